@@ -1,0 +1,176 @@
+"""Platform settings and strict config loading.
+
+Settings come from (lowest to highest precedence): defaults, an optional YAML file, the
+environment (``MLPLAT_*``), then explicit keyword overrides. Every config model forbids
+unknown keys, and :func:`load_config` reports problems by dotted path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from mlplat.errors import ConfigError
+
+__all__ = [
+    "StrictModel",
+    "S3Settings",
+    "ServeSettings",
+    "PlatformConfig",
+    "load_config",
+    "parse_config",
+    "platform_config",
+    "ENV_VARS",
+]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base for every user-facing config: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class S3Settings(StrictModel):
+    """Credentials and endpoint for an S3-compatible store (AWS, SeaweedFS, MinIO...)."""
+
+    endpoint_url: str | None = None
+    access_key: SecretStr | None = None
+    secret_key: SecretStr | None = None
+    region: str = "us-east-1"
+
+
+class ServeSettings(StrictModel):
+    """How Ray Serve is started; the serving issue extends this."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+
+
+class PlatformConfig(StrictModel):
+    """Where mlplat keeps its state and how it reaches Ray."""
+
+    root: str = "./.mlplat"
+    registry_db: str | None = None
+    ray_address: str | None = None
+    namespace: str = "mlplat"
+    api_token: SecretStr | None = None
+    s3: S3Settings = Field(default_factory=S3Settings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
+
+    def registry_db_path(self) -> str:
+        """The SQLite file of the registry: explicit, else ``<root>/registry.db`` for a local root."""
+        if self.registry_db:
+            return self.registry_db
+        if "://" in self.root and not self.root.startswith("file://"):
+            raise ConfigError(
+                f"root {self.root!r} is remote, so the registry database needs a local path: "
+                "set MLPLAT_REGISTRY_DB (or registry_db in the config file)"
+            )
+        local_root = self.root.removeprefix("file://")
+        return str(Path(local_root).expanduser().resolve() / "registry.db")
+
+
+#: Environment variable -> dotted config key.
+ENV_VARS: dict[str, str] = {
+    "MLPLAT_ROOT": "root",
+    "MLPLAT_REGISTRY_DB": "registry_db",
+    "MLPLAT_RAY_ADDRESS": "ray_address",
+    "MLPLAT_NAMESPACE": "namespace",
+    "MLPLAT_API_TOKEN": "api_token",
+    "MLPLAT_S3_ENDPOINT": "s3.endpoint_url",
+    "AWS_ENDPOINT_URL": "s3.endpoint_url",
+    "AWS_ACCESS_KEY_ID": "s3.access_key",
+    "AWS_SECRET_ACCESS_KEY": "s3.secret_key",
+    "AWS_REGION": "s3.region",
+    "MLPLAT_SERVE_HOST": "serve.host",
+    "MLPLAT_SERVE_PORT": "serve.port",
+}
+
+
+def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        target = target.setdefault(part, {})
+    target[leaf] = value
+
+
+def _format_errors(exc: pydantic.ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "<top level>"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key '{where}' (remove it or check its spelling)")
+        elif err["type"] == "missing":
+            lines.append(f"{source}: missing required key '{where}'")
+        else:
+            lines.append(f"{source}: '{where}': {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_config(data: Mapping[str, Any] | None, model: type[M], source: str = "config") -> M:
+    """Validate a mapping against ``model``; raise :class:`ConfigError` naming each bad key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: expected a mapping of keys to values at the top level, got {type(data).__name__}")
+    try:
+        return model.model_validate(dict(data))
+    except pydantic.ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+
+
+def _read_yaml(path: str | os.PathLike[str]) -> Any:
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} not found") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {exc.strerror}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+
+
+def load_config(path: str | os.PathLike[str], model: type[M]) -> M:
+    """Load a YAML file into ``model``.
+
+    >>> load_config("configs/platform.yaml", PlatformConfig)  # doctest: +SKIP
+    """
+    return parse_config(_read_yaml(path), model, source=str(path))
+
+
+def platform_config(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> PlatformConfig:
+    """Build the platform settings from defaults < YAML file < environment < overrides.
+
+    ``path`` defaults to ``$MLPLAT_CONFIG`` when that is set.
+    """
+    env = os.environ if env is None else env
+    path = path or env.get("MLPLAT_CONFIG")
+    data: dict[str, Any] = {}
+    source = "settings"
+    if path:
+        loaded = _read_yaml(path)
+        if loaded is not None and not isinstance(loaded, Mapping):
+            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
+        data = dict(loaded or {})
+        source = str(path)
+    for var, dotted in ENV_VARS.items():
+        if env.get(var):
+            _set_dotted(data, dotted, env[var])
+    for key, value in overrides.items():
+        if value is not None:
+            _set_dotted(data, key.replace("__", "."), value)
+    return parse_config(data, PlatformConfig, source=source)

