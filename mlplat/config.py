@@ -8,8 +8,9 @@ unknown keys, and :func:`load_config` reports problems by dotted path.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, TypeVar
 
 import pydantic
 import yaml

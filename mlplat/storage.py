@@ -16,8 +16,9 @@ import os
 import struct
 import urllib.parse
 import uuid
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import pyarrow.fs as pafs
 

@@ -58,3 +58,13 @@ def main(argv: list[str] | None = None) -> None:
     except MlplatError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+
+
+def _register_groups() -> None:
+    from mlplat.cli import data, features, models
+
+    for module in (models, data, features):
+        cli.add_command(module.group)
+
+
+_register_groups()

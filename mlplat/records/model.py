@@ -47,7 +47,7 @@ class ModelState(str, enum.Enum):
     PRODUCTION = ("PRODUCTION", False, True)
     ARCHIVED = ("ARCHIVED", False, False)
 
-    def __new__(cls, value: str, is_terminal: bool, is_servable: bool) -> "ModelState":
+    def __new__(cls, value: str, is_terminal: bool, is_servable: bool) -> ModelState:
         member = str.__new__(cls, value)
         member._value_ = value
         member.is_terminal = is_terminal
