@@ -129,10 +129,13 @@ class Storage:
     def read_bytes(self, *parts: str) -> bytes:
         path = self.path(*parts)
         try:
+            if self.is_local:  # plain read(): ~2x faster than pyarrow's stream for large files
+                with open(path, "rb") as handle:
+                    return handle.read()
             with self.fs.open_input_stream(path) as stream:
                 return stream.readall()
-        except FileNotFoundError:
-            raise NotFound(f"{self._show(path)} does not exist") from None
+        except (FileNotFoundError, IsADirectoryError):
+            raise NotFound(f"{self._show(path)} does not exist (or is a directory)") from None
         except OSError as exc:
             raise StorageError(f"cannot read {self._show(path)}: {exc}") from exc
 
@@ -331,16 +334,19 @@ _MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
 def _check_safetensors_bytes(data: bytes, where: str) -> None:
-    """Refuse anything that is not a safetensors file before any parser touches it."""
+    """Refuse anything that is not a safetensors file before any parser touches it.
+
+    The safetensors structure is checked first: its 8-byte little-endian header length can
+    itself start with 0x80, the pickle opcode, so a magic-byte test alone would misfire."""
+    if len(data) >= 10:
+        (header_len,) = struct.unpack("<Q", data[:8])
+        if header_len <= min(len(data) - 8, _MAX_HEADER_BYTES) and data[8:9] == b"{":
+            return
     if data[:4] == _ZIP_MAGIC:
         raise WeightsFormatError(f"{where} is a torch.save zip archive (pickle inside); mlplat loads safetensors only — re-save with safetensors.torch.save_file")
     if data[:1] == _PICKLE_MAGIC:
         raise WeightsFormatError(f"{where} is a Python pickle; mlplat never unpickles weights — re-save with safetensors.torch.save_file")
-    if len(data) < 10:
-        raise WeightsFormatError(f"{where} is too short ({len(data)} bytes) to be a safetensors file")
-    (header_len,) = struct.unpack("<Q", data[:8])
-    if header_len > min(len(data) - 8, _MAX_HEADER_BYTES) or data[8:9] != b"{":
-        raise WeightsFormatError(f"{where} does not start with a safetensors header; expected a file written by safetensors")
+    raise WeightsFormatError(f"{where} does not start with a safetensors header; expected a file written by safetensors")
 
 
 def save_weights(storage: Storage, tensors: Mapping[str, Any], *parts: str, metadata: Mapping[str, str] | None = None) -> ArtifactRef:
