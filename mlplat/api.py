@@ -10,6 +10,7 @@ from functools import cached_property
 from typing import Any
 
 from mlplat.config import PlatformConfig, platform_config
+from mlplat.registry import RegistryClient
 from mlplat.storage import Storage, open_root
 
 __all__ = ["Platform", "connect"]
@@ -27,6 +28,18 @@ class Platform:
     @cached_property
     def storage(self) -> Storage:
         return open_root(self.config.root, self.config.s3)
+
+    @cached_property
+    def registry(self) -> RegistryClient:
+        """The registry client, connected to the detached ``mlplat-registry`` actor.
+
+        ``MLPLAT_REGISTRY_MODE=local`` skips Ray and opens the registry database in this
+        process (single-user scripts, CLI tests); docs/registry.md.
+        """
+        if os.environ.get("MLPLAT_REGISTRY_MODE", "").lower() == "local":
+            return RegistryClient.local(self.config.registry_db_path())
+        self.ensure_ray()
+        return RegistryClient.connect(self.config)
 
     def ensure_ray(self) -> None:
         """Connect to Ray once: the configured address, else an embedded local instance."""

@@ -27,6 +27,7 @@ __all__ = [
     "FeatureSetRef",
     "ModelVersion",
     "Event",
+    "ModelInfo",
 ]
 
 
@@ -161,3 +162,17 @@ class Event(Record):
     subject: str  # e.g. "model:churn", "dataset:clicks"
     version: int | None = None
     payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelInfo(Record):
+    """A model as the registry holds it (its versions are :class:`ModelVersion` records)."""
+
+    name: str
+    description: str = ""
+    owner: str = ""
+    tags: tuple[str, ...] = ()
+    task_type: str | None = None
+    serving_policy: dict[str, Any] = Field(default_factory=dict)
+    created_at: float
+    updated_at: float
+    latest_version: int = 0  # 0 while the model has no version
