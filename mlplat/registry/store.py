@@ -364,7 +364,7 @@ class RegistryStore:
             )
 
     def _set_state(self, name: str, version: int, current: ModelState, target: ModelState | str, **fields: Any) -> ModelState:
-        new = check_transition(current, target)
+        new = check_transition(current, str(target).upper())
         sets = ["state=?", "updated_at=?"] + [f"{k}=?" for k in fields]
         self._conn.execute(
             f"UPDATE versions SET {', '.join(sets)} WHERE model=? AND version=?",
