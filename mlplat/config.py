@@ -21,6 +21,8 @@ from mlplat.errors import ConfigError
 __all__ = [
     "StrictModel",
     "S3Settings",
+    "PoolSettings",
+    "DedicatedSettings",
     "ServeSettings",
     "PlatformConfig",
     "load_config",
@@ -47,12 +49,62 @@ class S3Settings(StrictModel):
     region: str = "us-east-1"
 
 
+class PoolSettings(StrictModel):
+    """The multiplexed pool that serves the long tail of models."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(8.0, gt=0)
+    max_ongoing_requests: int = Field(64, ge=1)
+    #: Memory a replica may spend on cached models; with model_memory_mb it sets
+    #: max_num_models_per_replica (``memory_budget_mb // model_memory_mb``).
+    memory_budget_mb: int = Field(2048, ge=1)
+    model_memory_mb: float = Field(4.0, gt=0)
+    num_cpus: float = Field(0.5, ge=0)
+
+    @property
+    def max_models_per_replica(self) -> int:
+        return max(1, int(self.memory_budget_mb // self.model_memory_mb))
+
+
+class DedicatedSettings(StrictModel):
+    """Defaults for a hot model's own deployment (``serving_policy: {dedicated: true}``);
+    a model's serving_policy may override min/max replicas."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(16.0, gt=0)
+    max_ongoing_requests: int = Field(128, ge=1)
+    max_batch_size: int = Field(32, ge=1)
+    batch_wait_timeout_s: float = Field(0.002, ge=0)
+    num_cpus: float = Field(0.5, ge=0)
+
+
 class ServeSettings(StrictModel):
-    """How Ray Serve is started; the serving issue extends this."""
+    """How mlplat starts Ray Serve and guards its HTTP surface."""
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    app_name: str = "mlplat"
+    route_prefix: str = "/"
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_json_depth: int = Field(32, ge=2)
+    max_instances: int = Field(10_000, ge=1)
+    #: Without a token every route but health answers 401, unless this is set.
+    allow_anonymous: bool = False
+    ingress_replicas: int = Field(1, ge=1)
+    ingress_max_ongoing_requests: int = Field(256, ge=1)
+    ingress_num_cpus: float = Field(0.25, ge=0)
+    route_refresh_s: float = Field(0.5, gt=0)
+    telemetry: bool = True
+    telemetry_flush_s: float = Field(5.0, gt=0)
+    telemetry_max_rows: int = Field(20_000, ge=1)
+    #: Ray Serve's throughput-optimized mode and HAProxy ingress (ray-2.60-notes.md: 10x on
+    #: 2 cores). They act only when set before Ray starts, so mlplat exports them then.
+    throughput_optimized: bool = True
+    haproxy: bool = False
+    pool: PoolSettings = Field(default_factory=PoolSettings)
+    dedicated: DedicatedSettings = Field(default_factory=DedicatedSettings)
 
 
 class PlatformConfig(StrictModel):
@@ -93,6 +145,7 @@ ENV_VARS: dict[str, str] = {
     "AWS_REGION": "s3.region",
     "MLPLAT_SERVE_HOST": "serve.host",
     "MLPLAT_SERVE_PORT": "serve.port",
+    "MLPLAT_SERVE_HAPROXY": "serve.haproxy",
 }
 
 

@@ -1,0 +1,90 @@
+"""Build, start, inspect and stop the mlplat Serve application."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from mlplat.config import PlatformConfig
+
+__all__ = ["build_app", "start_serving", "serving_status", "stop_serving", "serve_env", "apply_serve_env"]
+
+
+def serve_env(config: PlatformConfig) -> dict[str, str]:
+    """Environment that must be set before Ray starts for the configured Serve mode."""
+    env: dict[str, str] = {}
+    if config.serve.throughput_optimized:
+        env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+    if config.serve.haproxy:
+        env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+    return env
+
+
+def build_app(config: PlatformConfig, registry_actor: str, dedicated_models: list[str] | None = None):
+    """The Serve application: ingress -> (model pool | one deployment per dedicated model)."""
+    from mlplat.names import validate_name
+    from mlplat.serving.deployments import DedicatedModel, ModelPool
+    from mlplat.serving.ingress import Ingress
+
+    s = config.serve
+    pool = ModelPool.options(
+        autoscaling_config={"min_replicas": s.pool.min_replicas, "max_replicas": s.pool.max_replicas,
+                            "target_ongoing_requests": s.pool.target_ongoing_requests},
+        max_ongoing_requests=s.pool.max_ongoing_requests,
+        ray_actor_options={"num_cpus": s.pool.num_cpus},
+    ).bind(config)
+    dedicated = {}
+    for name in dedicated_models or []:
+        validate_name(name, "model name")
+        dedicated[name] = DedicatedModel.options(
+            name=f"model-{name}",
+            autoscaling_config={"min_replicas": s.dedicated.min_replicas, "max_replicas": s.dedicated.max_replicas,
+                                "target_ongoing_requests": s.dedicated.target_ongoing_requests},
+            max_ongoing_requests=s.dedicated.max_ongoing_requests,
+            ray_actor_options={"num_cpus": s.dedicated.num_cpus},
+        ).bind(config, name)
+    return Ingress.options(
+        num_replicas=s.ingress_replicas,
+        max_ongoing_requests=s.ingress_max_ongoing_requests,
+        ray_actor_options={"num_cpus": s.ingress_num_cpus},
+    ).bind(config, registry_actor, pool, dedicated)
+
+
+def start_serving(config: PlatformConfig, *, registry_actor: str, dedicated_models: list[str] = (),
+                  blocking: bool = False) -> str:
+    """Deploy (or redeploy: Serve restarts every replica) the app; returns the base URL.
+    ``dedicated_models`` get their own deployment (the caller lists the models whose serving
+    policy says ``dedicated: true``); every other model is served from the pool."""
+    from ray import serve
+
+    actor_name = registry_actor
+    serve.start(http_options={"host": config.serve.host, "port": config.serve.port})
+    serve.run(build_app(config, actor_name, list(dedicated_models)), name=config.serve.app_name, route_prefix=config.serve.route_prefix,
+              blocking=blocking)
+    return f"http://{config.serve.host}:{config.serve.port}{config.serve.route_prefix.rstrip('/')}"
+
+
+def serving_status(config: PlatformConfig) -> dict[str, Any]:
+    from ray import serve
+
+    status = serve.status()
+    app = status.applications.get(config.serve.app_name)
+    if app is None:
+        return {"app": config.serve.app_name, "status": "NOT_RUNNING", "deployments": {}}
+    return {"app": config.serve.app_name, "status": str(app.status.value if hasattr(app.status, "value") else app.status),
+            "deployments": {name: {"status": str(getattr(d.status, "value", d.status)),
+                                   "replicas": {str(k): v for k, v in (d.replica_states or {}).items()}}
+                            for name, d in app.deployments.items()},
+            "url": f"http://{config.serve.host}:{config.serve.port}"}
+
+
+def stop_serving(config: PlatformConfig) -> None:
+    from ray import serve
+
+    serve.delete(config.serve.app_name)
+
+
+def apply_serve_env(config: PlatformConfig) -> None:
+    """Export the Serve mode variables into this process before it starts Ray."""
+    for key, value in serve_env(config).items():
+        os.environ.setdefault(key, value)

@@ -1,0 +1,265 @@
+"""The HTTP ingress: Open Inference Protocol v2 + a simple v1 predict, bearer-token auth,
+body limits, input validation, version resolution and telemetry, in one Serve deployment."""
+
+
+import asyncio
+import hmac
+import logging
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from mlplat.config import PlatformConfig
+from mlplat.errors import MlplatError
+from mlplat.serving.request import ParsedRequest, RequestError, parse_json_body, parse_v1, parse_v2
+from mlplat.serving.routes import ActorRegistryReader, Route, RouteTable
+from mlplat.serving.telemetry import TelemetryWriter
+from mlplat.storage import open_root
+
+__all__ = ["Ingress", "http_app", "schema_of_bundle"]
+
+log = logging.getLogger("mlplat.serving")
+
+http_app = FastAPI(
+    title="mlplat inference",
+    version="1",
+    description="Open Inference Protocol v2 and a simple v1 predict over raw features. "
+                "Every route but /v2/health/* needs `Authorization: Bearer <token>`.",
+)
+_DATATYPE = {"regression": "FP32", "binary": "FP32", "multiclass": "FP32"}
+
+
+def _error(status: int, message: str, field: str | None = None) -> JSONResponse:
+    return JSONResponse(RequestError(status, message, field).body(), status_code=status)
+
+
+def schema_of_bundle(storage: Any, name: str, version: int, bundle_sha256: str | None):
+    """Read bundle.json only (never weights) and derive the request schema."""
+    import json
+
+    from mlplat.features import FeatureEncoder
+    from mlplat.models.bundle import BUNDLE_FILE, bundle_dir
+    from mlplat.serving.request import InputSchema
+    from mlplat.storage import sha256_bytes
+
+    raw = storage.read_bytes(*bundle_dir(name, version), BUNDLE_FILE)
+    if bundle_sha256 is not None and sha256_bytes(raw) != bundle_sha256:
+        raise RequestError(503, f"model {name} v{version}: bundle.json does not match the registry's sha256")
+    meta = json.loads(raw)
+    encoder = FeatureEncoder.from_json(meta["encoder"]) if meta.get("encoder") else None
+    return InputSchema.from_encoder(encoder, int(meta["input_dim"])), meta["spec"]["task"]
+
+
+@serve.deployment(name="ingress")
+@serve.ingress(http_app)
+class Ingress:
+    def __init__(self, config: PlatformConfig, registry_actor: str, pool: Any, dedicated: dict[str, Any]):
+        import ray
+
+        self._config, self._serve = config, config.serve
+        self._token = config.api_token.get_secret_value().encode() if config.api_token else None
+        self._storage = open_root(config.root, config.s3)
+        self._pool, self._dedicated = pool, dict(dedicated)
+        actor = ray.get_actor(registry_actor, namespace=config.namespace)
+        self._routes = RouteTable(ActorRegistryReader(actor),
+                                  lambda n, v, sha: schema_of_bundle(self._storage, n, v, sha),
+                                  refresh_s=self._serve.route_refresh_s)
+        self._telemetry = TelemetryWriter(self._storage, max_rows=self._serve.telemetry_max_rows) if self._serve.telemetry else None
+        self._started: asyncio.Task | None = None
+        self._ready = False
+
+    async def _ensure_started(self) -> None:
+        if self._ready:
+            return
+        if self._started is None:
+            self._started = asyncio.get_running_loop().create_task(self._start())
+        await asyncio.shield(self._started)
+
+    async def _start(self) -> None:
+        await self._routes.start()
+        if self._telemetry is not None:
+            asyncio.get_running_loop().create_task(self._flush_telemetry())
+        self._ready = True
+
+    async def _flush_telemetry(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self._serve.telemetry_flush_s)
+            try:
+                await loop.run_in_executor(None, self._telemetry.flush)
+            except Exception:  # never let telemetry take serving down
+                log.exception("telemetry flush failed")
+
+    # -- guards ---------------------------------------------------------------------------
+    def _check_auth(self, request: Request) -> None:
+        if self._token is None:
+            if self._serve.allow_anonymous:
+                return
+            raise RequestError(401, "no API token is configured on the server (MLPLAT_API_TOKEN); requests are refused")
+        header = request.headers.get("authorization", "")
+        scheme, _, supplied = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(supplied.strip().encode(), self._token):
+            raise RequestError(401, "missing or wrong bearer token: send 'Authorization: Bearer <MLPLAT_API_TOKEN>'")
+
+    async def _read_json(self, request: Request) -> Any:
+        limit = self._serve.max_request_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise RequestError(413, f"request body is {declared} bytes; the limit is {limit} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        return parse_json_body(b"".join(chunks), max_bytes=limit, max_depth=self._serve.max_json_depth)
+
+    # -- inference --------------------------------------------------------------------------
+    async def _infer(self, request: Request, name: str, version: int | None, endpoint: str) -> JSONResponse:
+        started = time.perf_counter()
+        try:
+            self._check_auth(request)
+            await self._ensure_started()
+            route = await self._routes.resolve(name, version)
+            payload = await self._read_json(request)
+            parse = parse_v1 if endpoint == "v1" else parse_v2
+            parsed = parse(payload, route.schema, max_instances=self._serve.max_instances)
+            result = await self._call_backend(route, parsed)
+        except RequestError as exc:
+            return _error(exc.status, exc.message, exc.field)
+        predictions, answered = result["predictions"], result["version"]
+        latency_ms = (time.perf_counter() - started) * 1000
+        if self._telemetry is not None:
+            self._telemetry.record(name, answered, parsed.rows, predictions, request_id=parsed.request_id,
+                                   caller=request.headers.get("x-mlplat-caller", "")[:128] or None,
+                                   endpoint=endpoint, latency_ms=latency_ms)
+        headers = {"x-mlplat-model-version": str(answered)}
+        if endpoint == "v1":
+            return JSONResponse({"model_name": name, "model_version": str(answered), "predictions": predictions},
+                                headers=headers)
+        shape = [len(predictions)] + ([len(predictions[0])] if predictions and isinstance(predictions[0], list) else [])
+        flat = [v for p in predictions for v in p] if len(shape) == 2 else predictions
+        return JSONResponse({"model_name": name, "model_version": str(answered), "id": parsed.request_id,
+                             "outputs": [{"name": "predictions", "shape": shape, "datatype": _DATATYPE[route.task],
+                                          "data": flat}]}, headers=headers)
+
+    async def _call_backend(self, route: Route, parsed: ParsedRequest) -> dict[str, Any]:
+        from ray.exceptions import RayActorError
+        from ray.serve.exceptions import BackPressureError
+
+        body = {"rows": parsed.rows, "matrix": parsed.matrix, "version": route.version, "bundle_sha256": route.bundle_sha256}
+        handle = self._dedicated.get(route.name) if route.dedicated else None
+        for attempt in range(2):  # one retry: a replica that died mid-request is replaced
+            try:
+                if handle is not None:
+                    return await handle.predict.remote(body)
+                return await self._pool.options(multiplexed_model_id=route.serving_id).predict.remote(body)
+            except BackPressureError:
+                raise RequestError(503, f"model {route.serving_id} is at capacity; retry with backoff") from None
+            except RayActorError:
+                if attempt:
+                    raise RequestError(503, f"model {route.serving_id} backend restarting; retry") from None
+            except MlplatError as exc:
+                raise RequestError(503, f"model {route.serving_id} cannot serve: {exc}") from None
+            except Exception as exc:  # RayTaskError wrapping a load/predict failure
+                cause = getattr(exc, "cause", exc)
+                raise RequestError(503, f"model {route.serving_id} failed: {type(cause).__name__}: {cause}") from None
+        raise AssertionError("unreachable")
+
+    @http_app.post("/v1/models/{name}:predict")
+    async def predict_v1(self, name: str, request: Request) -> JSONResponse:
+        """Raw feature rows in, predictions out: `{"instances": [{feature: value}]}`."""
+        return await self._infer(request, name, None, "v1")
+
+    @http_app.post("/v2/models/{name}/infer")
+    async def infer_v2(self, name: str, request: Request) -> JSONResponse:
+        """Open Inference Protocol v2 inference on the production version."""
+        return await self._infer(request, name, None, "v2")
+
+    @http_app.post("/v2/models/{name}/versions/{version}/infer")
+    async def infer_v2_version(self, name: str, version: str, request: Request) -> JSONResponse:
+        """Open Inference Protocol v2 inference on one version."""
+        if not version.isdigit() or not 0 < int(version) < 10**9:
+            return _error(400, f"version {version!r} must be a positive integer", "version")
+        return await self._infer(request, name, int(version), "v2")
+
+    # -- metadata and health -------------------------------------------------------------------
+    @http_app.get("/v2/health/live")
+    async def live(self) -> dict[str, bool]:
+        return {"live": True}
+
+    @http_app.get("/v2/health/ready")
+    async def ready(self) -> JSONResponse:
+        try:
+            await asyncio.wait_for(self._ensure_started(), timeout=5)
+        except Exception:
+            return JSONResponse({"ready": False}, status_code=503)
+        return JSONResponse({"ready": True})
+
+    async def _metadata(self, request: Request, name: str, version: int | None) -> JSONResponse:
+        try:
+            self._check_auth(request)
+            await self._ensure_started()
+            route = await self._routes.resolve(name, version)
+        except RequestError as exc:
+            return _error(exc.status, exc.message, exc.field)
+        schema = route.schema
+        if schema.columns:
+            inputs = [{"name": col, "datatype": "FP32" if kind.startswith("number") else "BYTES", "shape": [-1]}
+                      for col, kind in schema.columns.items()]
+        else:
+            inputs = [{"name": "input", "datatype": "FP32", "shape": [-1, schema.input_dim]}]
+        return JSONResponse({"name": name, "versions": [str(route.version)], "platform": "mlplat-torch",
+                             "inputs": inputs, "outputs": [{"name": "predictions", "datatype": "FP32", "shape": [-1]}],
+                             "parameters": {"task": route.task, "dedicated": route.dedicated}},
+                            headers={"x-mlplat-model-version": str(route.version)})
+
+    @http_app.get("/v2/models/{name}")
+    async def model_metadata(self, name: str, request: Request) -> JSONResponse:
+        return await self._metadata(request, name, None)
+
+    @http_app.get("/v2/models/{name}/versions/{version}")
+    async def version_metadata(self, name: str, version: str, request: Request) -> JSONResponse:
+        if not version.isdigit() or not 0 < int(version) < 10**9:
+            return _error(400, f"version {version!r} must be a positive integer", "version")
+        return await self._metadata(request, name, int(version))
+
+    @http_app.get("/v2/models/{name}/ready")
+    async def model_ready(self, name: str, request: Request) -> JSONResponse:
+        response = await self._metadata(request, name, None)
+        if response.status_code != 200:
+            return response
+        return JSONResponse({"name": name, "ready": True},
+                            headers={"x-mlplat-model-version": response.headers["x-mlplat-model-version"]})
+
+    @http_app.get("/v2/models/{name}/versions/{version}/ready")
+    async def version_ready(self, name: str, version: str, request: Request) -> JSONResponse:
+        response = await self.version_metadata(name, version, request)
+        if response.status_code != 200:
+            return response
+        return JSONResponse({"name": name, "ready": True},
+                            headers={"x-mlplat-model-version": response.headers["x-mlplat-model-version"]})
+
+    @http_app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"], include_in_schema=False)
+    async def fallback(self, path: str) -> JSONResponse:
+        """Anything else: model paths with names that don't parse (traversal, encoded
+        slashes) are a 400, other paths a 404 -- both JSON."""
+        parts = path.split("/")
+        if len(parts) >= 3 and parts[0] in ("v1", "v2") and parts[1] == "models":
+            return _error(400, f"invalid model path {path!r}: model names match ^[a-z][a-z0-9_-]{{0,62}}$", "name")
+        return _error(404, f"no route {path!r}; see /docs for the API")
+
+    async def flush_telemetry(self) -> int:
+        """Write buffered telemetry now (tests, shutdown)."""
+        if self._telemetry is None:
+            return 0
+        return await asyncio.get_running_loop().run_in_executor(None, self._telemetry.flush)
+
+
+@http_app.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:  # never a 500 stack trace
+    log.exception("unexpected error on %s", request.url.path)
+    return _error(503, f"internal error ({type(exc).__name__}); the request was not processed, retry")
