@@ -225,3 +225,20 @@ def test_f6_client_killed_mid_registration(reg, ray_session, tmp_path):
             data = Path(ref.path).read_bytes()
             assert len(data) == ref.size_bytes and hashlib.sha256(data).hexdigest() == ref.sha256
     assert len(complete) == len(versions)
+
+
+def test_platform_registry_property(ray_session, tmp_path, monkeypatch):
+    """``Platform.registry`` connects to the named detached actor of its namespace."""
+    from mlplat.api import connect
+    from mlplat.registry import registry_actor_name
+
+    monkeypatch.delenv("MLPLAT_REGISTRY_MODE", raising=False)
+    p = connect(root=str(tmp_path / "root"), namespace=f"mlplat-regtest-{uuid.uuid4().hex[:8]}")
+    client = p.registry
+    try:
+        assert p.registry is client and not client.is_local
+        assert client.register_version("via-api").version == 1
+        handle = ray_session.get_actor(registry_actor_name, namespace=p.config.namespace)
+        assert ray_session.get(handle.db_path.remote()) == p.config.registry_db_path()
+    finally:
+        ray_session.kill(client.actor, no_restart=True)
