@@ -61,10 +61,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _register_groups() -> None:
-    from mlplat.cli import data, features, models
+    from mlplat.cli import data, features, models, serving
 
-    for module in (models, data, features):
+    for module in (models, data, features, serving):
         cli.add_command(module.group)
+    cli.add_command(serving.predict)
 
 
 _register_groups()
