@@ -19,6 +19,7 @@ from mlplat.config import PlatformConfig
 from mlplat.errors import ConfigError, MlplatError
 from mlplat.names import validate_name
 from mlplat.records import DatasetRef, Event, FeatureSetRef, ModelInfo, ModelState, ModelVersion
+from mlplat.registry.runs import RunQueueClientMixin
 from mlplat.registry.store import RegistryStore
 
 __all__ = ["RegistryClient", "registry_actor_name"]
@@ -34,7 +35,7 @@ class _ActorName(str):
 registry_actor_name = _ActorName("mlplat-registry")
 
 
-class RegistryClient:
+class RegistryClient(RunQueueClientMixin):
     """Typed access to the registry; build it with :meth:`connect` or :meth:`local`."""
 
     def __init__(self, *, store: RegistryStore | None = None, actor: Any = None, retry_s: float = 120.0,

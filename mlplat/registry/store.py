@@ -40,6 +40,7 @@ from mlplat.records import (
     Record,
     check_transition,
 )
+from mlplat.registry.runs import RUNS_SCHEMA, RunQueueStoreMixin
 
 __all__ = ["RegistryStore", "CATALOG_KINDS", "MUTATING_METHODS", "READ_METHODS", "validate_alias"]
 
@@ -206,7 +207,7 @@ def _read(fn: Callable[..., Any]) -> Callable[..., Any]:
 # ----------------------------------------------------------------------------- the store
 
 
-class RegistryStore:
+class RegistryStore(RunQueueStoreMixin):
     """The registry over one SQLite file. Thread-safe; one writer at a time.
 
     >>> store = RegistryStore("/tmp/registry.db")  # doctest: +SKIP
@@ -232,7 +233,7 @@ class RegistryStore:
             self._conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
             self._conn.execute("PRAGMA foreign_keys=ON")
             self._conn.execute("PRAGMA busy_timeout=30000")
-            self._conn.executescript(_SCHEMA)
+            self._conn.executescript(_SCHEMA + RUNS_SCHEMA)
         except sqlite3.Error as exc:
             raise StorageError(f"registry database {self.db_path!r} cannot be opened: {exc}") from None
         self._prune_idempotency()
@@ -868,6 +869,13 @@ class RegistryStore:
             raise ValidationError(f"unknown registry method {method!r}")
         return getattr(self, method)(**dict(kwargs))
 
+
+# The run queue (mlplat.registry.runs): its methods get the same transaction / read-lock wrappers.
+for _name, _fn in vars(RunQueueStoreMixin).items():
+    if getattr(_fn, "queue_kind", None) == "write":
+        setattr(RegistryStore, _name, _mutation(_fn))
+    elif getattr(_fn, "queue_kind", None) == "read":
+        setattr(RegistryStore, _name, _read(_fn))
 
 MUTATING_METHODS = frozenset(
     n for n, f in vars(RegistryStore).items() if callable(f) and getattr(f, "is_mutation", False)
