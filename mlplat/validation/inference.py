@@ -1,0 +1,193 @@
+"""Batch inference with Ray Data: an actor pool that loads each bundle once per actor.
+
+``predict_dataset`` adds one prediction column per bundle to a ``ray.data.Dataset``; the
+actors verify the bundle chain (registry sha256 -> bundle.json -> weights) when they load, so
+a bundle changed after registration fails here as it would in serving.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from mlplat.errors import NotFound, ValidationError
+from mlplat.features.encoders import FORMAT as ENCODER_FORMAT
+from mlplat.features.encoders import FeatureEncoder
+from mlplat.features.splits import SPLIT_COLUMN, VALIDATION
+from mlplat.models import load_bundle, predict_outputs
+from mlplat.records import CATALOG_FEATURE_SET, STATUS_READY, FeatureSetRef, FeatureSetVersion
+from mlplat.storage import Storage
+
+__all__ = ["BundleRef", "SplitSource", "BundlePredictor", "resolve_validation_split", "predict_dataset", "plan_pool",
+           "features_matrix"]
+
+
+@dataclass(frozen=True)
+class BundleRef:
+    """Which bundle to load in the actors, under which output column prefix."""
+
+    name: str
+    version: int
+    sha256: str | None
+    prefix: str = "pred"
+    input_columns: tuple[str, ...] = ()  # for column pruning; empty: read every column
+
+
+@dataclass(frozen=True)
+class SplitSource:
+    """The validation split of a materialized feature set, as Ray Data will read it."""
+
+    feature_set: FeatureSetRef
+    data_dir: str  # relative to the storage root
+    label_columns: tuple[str, ...]
+    key_columns: tuple[str, ...]
+    columns: tuple[str, ...]
+    rows: int
+    split_column: str = SPLIT_COLUMN
+    split_value: str = VALIDATION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def read(self, storage: Storage, columns: Sequence[str] | None = None):
+        """The split as a lazy ``ray.data.Dataset`` (Ray Data pushes the column selection and the
+        row filter down into the Parquet scan where it can)."""
+        import ray.data
+        from ray.data.expressions import col
+
+        ds = ray.data.read_parquet(storage.path(self.data_dir), filesystem=storage.fs)
+        if columns:
+            ds = ds.select_columns(list(dict.fromkeys([*columns, self.split_column])))
+        return ds.filter(expr=col(self.split_column) == self.split_value)
+
+
+def _count_rows(storage: Storage, data_dir: str, expr) -> tuple[int, tuple[str, ...]]:
+    import pyarrow.dataset as pads
+
+    try:
+        dataset = pads.dataset(storage.path(data_dir), filesystem=storage.fs, format="parquet", partitioning="hive")
+    except (FileNotFoundError, OSError) as exc:
+        raise NotFound(f"feature-set data {storage.uri_of(data_dir)} cannot be read: {exc}") from None
+    names = tuple(dataset.schema.names)
+    if SPLIT_COLUMN not in names:
+        raise ValidationError(f"feature-set data {storage.uri_of(data_dir)} has no {SPLIT_COLUMN!r} column; "
+                              "re-materialize the feature set with a split")
+    return int(dataset.count_rows(filter=expr)), names
+
+
+def resolve_validation_split(registry: Any, storage: Storage, ref: FeatureSetRef) -> SplitSource:
+    """Find the validation rows of feature set ``ref``: its catalog entry (must be ready), its
+    Parquet under ``features/<name>/v<N>/data/`` and the rows whose ``split`` is ``validation``.
+
+    This is the one place that knows how mlplat.features lays out a split."""
+    fsv = FeatureSetVersion.from_catalog(registry.catalog_get(CATALOG_FEATURE_SET, ref.name, ref.version))
+    if fsv.status != STATUS_READY:
+        raise NotFound(f"feature set {ref.name} v{ref.version} is {fsv.status}, not ready")
+    data_dir = fsv.data_path or f"features/{ref.name}/v{ref.version}/data"
+    import pyarrow.compute as pc
+
+    rows, names = _count_rows(storage, data_dir, pc.field(SPLIT_COLUMN) == VALIDATION)
+    keys = tuple(k for k in (fsv.entity_key, fsv.event_time) if k)
+    return SplitSource(feature_set=fsv.ref, data_dir=data_dir, label_columns=tuple(fsv.label_columns),
+                       key_columns=keys, columns=names, rows=rows)
+
+
+def _encoder_of(meta: dict[str, Any]) -> FeatureEncoder | None:
+    enc = meta.get("encoder")
+    if isinstance(enc, dict) and enc.get("format") == ENCODER_FORMAT:
+        return FeatureEncoder.from_json(enc)
+    return None
+
+
+def features_matrix(batch: pa.Table, input_columns: Sequence[str], encoder: FeatureEncoder | None) -> np.ndarray:
+    """The model input ``(rows, features)`` float32: the encoded columns when the batch has them
+    (a feature set), else the bundle's fitted encoder applied to raw columns (a dataset)."""
+    names = set(batch.schema.names)
+    missing = [c for c in input_columns if c not in names]
+    if missing and encoder is not None:
+        batch = encoder.transform_table(batch)
+        names = set(batch.schema.names)
+        missing = [c for c in input_columns if c not in names]
+    if missing:
+        raise ValidationError(f"input columns {missing} are missing; the model reads {list(input_columns)}")
+    if batch.num_rows == 0:
+        return np.zeros((0, len(input_columns)), dtype=np.float32)
+    cols = [batch.column(c).to_numpy(zero_copy_only=False) for c in input_columns]
+    return np.column_stack(cols).astype(np.float32, copy=False)
+
+
+class BundlePredictor:
+    """A Ray Data actor class: loads every bundle once in ``__init__``, then predicts batches.
+
+    Output: the ``keep`` columns unchanged plus one column per bundle (``prefix``): values for
+    regression, probability of class 1 for binary, a ``(rows, classes)`` tensor for multiclass.
+    """
+
+    def __init__(self, storage: Storage, bundles: Sequence[BundleRef], keep: Sequence[str], device: str = "cpu",
+                 constants: dict[str, Any] | None = None, class_ids: bool = False):
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.keep = list(keep)
+        self.constants = dict(constants or {})
+        self.class_ids = class_ids  # multiclass: also emit ``<prefix>_class`` (argmax)
+        self.models = []
+        for ref in bundles:
+            loaded = load_bundle(storage, ref.name, ref.version, expected_sha256=ref.sha256)
+            model = loaded.model.to(self.device)
+            self.models.append((ref.prefix, model, loaded.spec.task, loaded.input_columns, _encoder_of(loaded.meta)))
+
+    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for name in self.keep:
+            if name in batch.schema.names:
+                out[name] = batch.column(name).to_numpy(zero_copy_only=False)
+        with self.torch.inference_mode():
+            for prefix, model, task, input_columns, encoder in self.models:
+                X = features_matrix(batch, input_columns, encoder)
+                raw = model(self.torch.from_numpy(X).to(self.device))
+                pred = predict_outputs(task, raw).float().cpu().numpy()
+                out[prefix] = pred
+                if self.class_ids and task == "multiclass":
+                    out[f"{prefix}_class"] = pred.argmax(axis=1).astype(np.int64)
+        n = batch.num_rows
+        for name, value in self.constants.items():
+            out[name] = np.full(n, value, dtype=object if isinstance(value, str) else None)
+        return out
+
+
+def plan_pool(max_actors: int | None = None) -> dict[str, Any]:
+    """Actor-pool size and resources: one actor per GPU when the cluster has GPUs, else one per
+    CPU (capped by ``max_actors``)."""
+    import ray
+
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    if gpus:
+        size = min(gpus, max_actors or gpus)
+        return {"size": size, "num_gpus": 1, "num_cpus": 1, "device": "cuda"}
+    cpus = max(1, int(resources.get("CPU", 1)))
+    size = min(cpus, max_actors or cpus)
+    return {"size": size, "num_gpus": 0, "num_cpus": 1, "device": "cpu"}
+
+
+def predict_dataset(ds: Any, storage: Storage, bundles: Sequence[BundleRef], keep: Sequence[str], *,
+                    batch_size: int = 4096, max_actors: int | None = None, constants: dict[str, Any] | None = None,
+                    class_ids: bool = False) -> Any:
+    """``ds.map_batches(BundlePredictor, compute=ActorPoolStrategy(...))``: lazy; iterate or write it."""
+    import ray.data
+
+    plan = plan_pool(max_actors)
+    return ds.map_batches(
+        BundlePredictor,
+        fn_constructor_kwargs={"storage": storage, "bundles": list(bundles), "keep": list(keep), "device": plan["device"],
+                               "constants": constants, "class_ids": class_ids},
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan["size"]),
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        num_cpus=plan["num_cpus"],
+        num_gpus=plan["num_gpus"] or None,
+    )

@@ -1,0 +1,216 @@
+"""Validation through the real path: registry, bundles, Parquet feature set, Ray Data actor pool.
+
+Small data (2,000 rows) so the whole module stays well under two minutes on 2 cores."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mlplat.errors import ConfigError, IntegrityError, InvalidTransition, ValidationError
+from mlplat.models import ModelSpec, save_bundle
+from mlplat.records import CATALOG_FEATURE_SET, ModelState
+from mlplat.registry import RegistryClient
+from mlplat.storage import open_root
+from mlplat.validation import approve, reject, report_of, score, summary_text, validate
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+FEATURES = ["x0", "x1", "x2", "x3"]
+COEF = np.array([1.5, -2.0, 1.0, 0.5], dtype=np.float32)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _table(n: int = 2000, seed: int = 0, validation_fraction: float = 0.5) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 4)).astype(np.float32)
+    logit = X @ COEF
+    y_bin = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int64)
+    y_reg = (logit + rng.normal(scale=0.3, size=n)).astype(np.float64)
+    cols = {"id": np.arange(n), **{f: X[:, i] for i, f in enumerate(FEATURES)}, "label": y_bin, "target": y_reg,
+            "region": np.where(np.arange(n) % 3 == 0, "eu", "us"),
+            "split": np.where(rng.random(n) < validation_fraction, "validation", "train")}
+    return pa.table(cols)
+
+
+def _feature_set(registry, storage, name: str, table: pa.Table, labels: list[str]) -> dict:
+    record = registry.catalog_register(CATALOG_FEATURE_SET, name, {"status": "pending", "spec": {}, "source": {"name": "raw", "version": 1},
+                                                                    "path": "", "data_path": ""})
+    version = record["version"]
+    path = f"features/{name}/v{version}"
+    with storage.open_write(path, "data", "part-00000.parquet") as handle:
+        pq.write_table(table, handle)
+    registry.catalog_update(CATALOG_FEATURE_SET, name, version, {
+        "status": "ready", "path": path, "data_path": f"{path}/data", "num_rows": table.num_rows,
+        "output_columns": table.schema.names, "feature_columns": FEATURES, "label_columns": labels,
+        "entity_key": "id", "split": {"method": "hash"}})
+    return {"name": name, "version": version}
+
+
+def _linear(weights, bias: float = 0.0):
+    import torch
+
+    model = torch.nn.Linear(4, 1)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor(np.asarray(weights, dtype=np.float32)).reshape(1, 4))
+        model.bias.fill_(bias)
+    return model
+
+
+def _trained(registry, storage, name: str, model, fs: dict, task: str = "binary", label: str = "label") -> int:
+    mv = registry.register_version(name, feature_set=fs)
+    ref = save_bundle(storage, name, mv.version, model, spec=ModelSpec(task=task, architecture="linear"),
+                      input_columns=FEATURES, label_columns=[label], feature_set=fs)
+    registry.update_version(name, mv.version, artifacts={"bundle": ref.model_dump()})
+    registry.transition(name, mv.version, ModelState.TRAINING)
+    registry.transition(name, mv.version, ModelState.TRAINED)
+    return mv.version
+
+
+@pytest.fixture
+def env(tmp_path, ray_session):
+    storage = open_root(str(tmp_path / "root"))
+    registry = RegistryClient.local(str(tmp_path / "registry.db"))
+    return registry, storage
+
+
+def _check_report(storage, name: str, version: int, pngs: set[str]) -> dict:
+    from PIL import Image
+
+    report, location = report_of(storage, name, version)
+    files = {f for f in pngs | {"index.html", "validation.json"}}
+    for f in files:
+        assert storage.exists("reports", name, f"v{version}", f), f
+    for f in pngs:
+        data = storage.read_bytes("reports", name, f"v{version}", f)
+        assert data[:8] == PNG_MAGIC
+        import io
+
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            assert img.size[0] > 200 and img.size[1] > 200
+    html = storage.read_bytes("reports", name, f"v{version}", "index.html").decode()
+    for f in pngs:
+        assert f'src="{f}"' in html
+    assert location.endswith(f"reports/{name}/v{version}")
+    return report
+
+
+def test_good_and_bad_binary_models_end_validated_and_rejected(env):
+    registry, storage = env
+    fs = _feature_set(registry, storage, "churn-features", _table(), ["label"])
+    registry.create_model("churn", serving_policy={"validation": {
+        "guardrails": ["auc >= 0.8", "auc >= champion - 0.005", "ece <= 0.2"], "slices": ["region"]}})
+
+    good = _trained(registry, storage, "churn", _linear(COEF), fs)
+    out = validate(registry, storage, "churn", good)
+    assert out.state == ModelState.VALIDATED and out.passed, out.decision.reasons
+    assert out.metrics["auc"] > 0.8
+    mv = registry.get_version("churn", good)
+    assert mv.metrics["validation"]["auc"] == pytest.approx(out.metrics["auc"])
+    assert mv.artifacts["validation_report"].path == "reports/churn/v1/validation.json"
+    report = _check_report(storage, "churn", good, {"roc.png", "calibration.png", "metrics.png", "slice_region.png"})
+    assert set(report["slices"]["region"]) == {"eu", "us"}
+    assert report["slices"]["region"]["eu"]["rows"] + report["slices"]["region"]["us"]["rows"] == report["rows"]
+    assert "no production version" in report["decision"]["notes"][0]
+
+    bad = _trained(registry, storage, "churn", _linear(-COEF), fs)
+    out = validate(registry, storage, "churn", bad)
+    assert out.state == ModelState.REJECTED and not out.passed
+    assert any(r.startswith("auc >= 0.8: auc = ") for r in out.decision.reasons)
+    mv = registry.get_version("churn", bad)
+    assert mv.state == ModelState.REJECTED and "auc >= 0.8" in mv.error
+    _check_report(storage, "churn", bad, {"roc.png", "calibration.png", "metrics.png", "slice_region.png"})
+    assert "REJECTED" in summary_text(*report_of(storage, "churn", bad))
+
+    # With v1 in production, a slightly worse v3 fails the no-regression guardrail on the same rows.
+    registry.promote("churn", good)
+    worse = _trained(registry, storage, "churn", _linear(COEF + np.array([0.0, 1.2, 0.0, 0.0])), fs)
+    out = validate(registry, storage, "churn", worse)
+    report, _ = report_of(storage, "churn", worse)
+    assert report["champion"]["version"] == good
+    assert report["champion"]["metrics"]["auc"] == pytest.approx(registry.get_version("churn", good).metrics["validation"]["auc"])
+    assert out.state == ModelState.REJECTED
+    assert any("champion" in r for r in out.decision.reasons), out.decision.reasons
+
+
+def test_regression_nan_and_approval(env):
+    registry, storage = env
+    fs = _feature_set(registry, storage, "price-features", _table(seed=1), ["target"])
+    registry.create_model("price", serving_policy={"validation": {"guardrails": ["rmse <= 1.0"], "require_approval": True}})
+    good = _trained(registry, storage, "price", _linear(COEF), fs, task="regression", label="target")
+    out = validate(registry, storage, "price", good)
+    assert out.state == ModelState.VALIDATED and out.approval == "pending"
+    assert out.metrics["rmse"] == pytest.approx(0.3, abs=0.05) and out.metrics["r2"] > 0.9
+    _check_report(storage, "price", good, {"predicted_vs_actual.png", "residuals.png", "metrics.png"})
+    assert registry.get_version("price", good).extra["approval"] == "pending"
+    approved = approve(registry, "price", good, by="alice")
+    assert approved.state == ModelState.VALIDATED and approved.extra["approval"] == "approved"
+    with pytest.raises(InvalidTransition, match="awaiting approval"):
+        reject(registry, "price", good)
+
+    nan = _trained(registry, storage, "price", _linear([float("nan")] * 4), fs, task="regression", label="target")
+    out = validate(registry, storage, "price", nan)
+    assert out.state == ModelState.REJECTED
+    assert any("NaN/Inf predictions for" in r for r in out.decision.reasons)
+    assert "NaN" in registry.get_version("price", nan).error
+
+
+def test_bad_input_is_a_clear_error(env):
+    registry, storage = env
+    fs = _feature_set(registry, storage, "f", _table(n=300), ["label"])
+    empty = _feature_set(registry, storage, "empty", _table(n=300, validation_fraction=0.0), ["label"])
+    v = _trained(registry, storage, "m", _linear(COEF), fs)
+
+    with pytest.raises(ValidationError, match="zero rows"):
+        validate(registry, storage, "m", v, feature_set=f"empty@v{empty['version']}")
+    assert registry.get_version("m", v).state == ModelState.TRAINED
+
+    with pytest.raises(ConfigError, match="not computed for task 'binary'"):
+        validate(registry, storage, "m", v, policy={"guardrails": ["rmse <= 1"]})
+    assert registry.get_version("m", v).state == ModelState.TRAINED
+
+    # Tamper with bundle.json after registration: checksum fails, version ends REJECTED with the reason.
+    meta = json.loads(storage.read_bytes("models", "m", f"v{v}", "bundle.json"))
+    meta["extra"] = {"tampered": True}
+    storage.write_json(meta, "models", "m", f"v{v}", "bundle.json")
+    with pytest.raises(IntegrityError, match="changed after registration"):
+        validate(registry, storage, "m", v)
+    mv = registry.get_version("m", v)
+    assert mv.state == ModelState.REJECTED and "integrity" in mv.error
+    assert storage.exists("reports", "m", f"v{v}", "validation.json")
+
+    with pytest.raises(InvalidTransition, match="only TRAINED versions"):
+        validate(registry, storage, "m", v)
+
+
+def test_batch_scoring_joins_back_to_inputs(env, tmp_path):
+    from mlplat.data import get_dataset, register_dataset
+
+    registry, storage = env
+    fs = _feature_set(registry, storage, "sf", _table(n=500), ["label"])
+    v = _trained(registry, storage, "scorer", _linear(COEF), fs)
+    raw = _table(n=700, seed=5).drop_columns(["split", "label", "target"])
+    pq.write_table(raw, tmp_path / "raw.parquet")
+    register_dataset(storage, registry, "events", str(tmp_path / "raw.parquet"))
+
+    out = score(registry, storage, "scorer", dataset="events", version=v)
+    assert out.kind.value == "inference" and out.num_rows == 700 and out.name == "scorer-scores"
+    dv = get_dataset(registry, "scorer-scores")
+    assert dv.status == "ready"
+    got = pa.concat_tables([pq.read_table(storage.path(dv.path, f)) for f in dv.files])
+    assert set(got.schema.names) == {"id", "prediction", "model", "model_version"}
+    assert set(got.column("model_version").to_pylist()) == {v}
+    assert set(got.column("model").to_pylist()) == {"scorer"}
+    joined = raw.join(got, "id")
+    assert joined.num_rows == 700
+    X = np.column_stack([joined.column(f).to_numpy() for f in FEATURES])
+    expected = 1 / (1 + np.exp(-(X @ COEF)))
+    assert np.allclose(joined.column("prediction").to_numpy(), expected, atol=1e-5)
+
+    with pytest.raises(Exception, match="no production version"):
+        score(registry, storage, "scorer", dataset="events")
