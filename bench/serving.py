@@ -1,0 +1,350 @@
+"""P1 and P4 serving benchmarks, side by side in one run on this machine.
+
+P1 — one hot model (small MLP + fitted encoder), POST /v1/models/hot:predict with one raw row,
+loaded by wrk (C, loopback, bounded time) at 16 connections:
+  - ``mlplat``: the full path (bearer auth, validation, version routing, telemetry), a
+    dedicated deployment, Serve in throughput-optimized mode;
+  - ``mlplat+haproxy``: the same with HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1);
+  - ``serve-default``: a plain Ray Serve FastAPI deployment with the model, default settings;
+  - ``bare``: uvicorn + FastAPI in one process serving the same model (the baseline).
+Each side runs in its own subprocess (Serve modes are fixed when Ray starts), one at a time.
+
+P4 — many registered tiny models behind the multiplexed pool: cold-load latency (first request
+for a model: route resolve + bundle read + sha256 verify + load), warm-hit latency vs a
+dedicated deployment, and the pool replica's resident memory.
+
+``python -m bench.serving`` prints the table; ``python -m bench serving`` also stores it.
+Environment: BENCH_P4_MODELS (default 10000), BENCH_P1_SECONDS (default 8).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import row
+
+TOKEN = "bench-token"
+ROW = {"amount": 12.5, "age": 31, "country": "fr"}
+HERE = Path(__file__).resolve().parent
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = '{"instances": [{"amount": 12.5, "age": 31, "country": "fr"}]}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer bench-token"
+"""
+
+
+# -- the sides (each runs in a child process: python -m bench.serving --side NAME --port P --root R) --
+
+def _model(root: str):
+    """Build the benchmark model bundle + registry entries under ``root`` (idempotent)."""
+    from mlplat.config import PlatformConfig
+    from mlplat.registry import RegistryClient
+    from mlplat.storage import open_root
+    from tests.integration.serving_support import register_servable
+
+    registry = RegistryClient.local(PlatformConfig(root=root).registry_db_path(), synchronous="NORMAL")
+    storage = open_root(root)
+    if not registry.list_models():
+        register_servable(registry, storage, "hot", task="binary", dedicated=True, hidden=(64, 32))
+        register_servable(registry, storage, "pooled", task="binary", hidden=(64, 32))
+    return storage
+
+
+def _side_bare(port: int, root: str) -> None:
+    import uvicorn
+    from fastapi import FastAPI, Request
+
+    from mlplat.serving.runtime import load_servable
+
+    storage = _model(root)
+    model = load_servable(storage, "hot", 1, None)
+    app = FastAPI()
+
+    @app.post("/v1/models/hot:predict")
+    async def predict(request: Request):
+        body = await request.json()
+        return {"model_version": "1", "predictions": model.predict_rows(body["instances"])}
+
+    print("READY", flush=True)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="error")
+
+
+def _side_serve_default(port: int, root: str) -> None:
+    import ray
+    from fastapi import FastAPI, Request
+    from ray import serve
+
+    from mlplat.serving.runtime import load_servable
+
+    _model(root)
+    app = FastAPI()
+
+    @serve.deployment
+    @serve.ingress(app)
+    class Plain:
+        def __init__(self, root: str):
+            from mlplat.storage import open_root
+
+            self.model = load_servable(open_root(root), "hot", 1, None)
+
+        @app.post("/v1/models/hot:predict")
+        async def predict(self, request: Request):
+            body = await request.json()
+            return {"model_version": "1", "predictions": self.model.predict_rows(body["instances"])}
+
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(Plain.bind(root), route_prefix="/")
+    print("READY", flush=True)
+    signal.pause()
+
+
+def _side_mlplat(port: int, root: str, haproxy: bool) -> None:
+    import mlplat
+
+    _model(root)
+    p = mlplat.connect(root=root, api_token=TOKEN, serve__port=port, serve__haproxy=haproxy,
+                       serve__throughput_optimized=True)
+    p.ensure_ray()  # exports the Serve mode variables before Ray starts
+    p.serve_start()
+    print("READY", flush=True)
+    signal.pause()
+
+
+# -- the driver ------------------------------------------------------------------------------
+
+def _start_side(side: str, port: int, root: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
+    proc = subprocess.Popen([sys.executable, "-m", "bench.serving", "--side", side, "--port", str(port), "--root", root],
+                            cwd=HERE.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.strip() == "READY":
+            break
+        if not line and proc.poll() is not None:
+            raise RuntimeError(f"side {side} exited with {proc.returncode}")
+    _wait_http(port)
+    return proc
+
+
+def _wait_http(port: int) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + 120
+    body = json.dumps({"instances": [ROW]}).encode()
+    while time.monotonic() < deadline:
+        try:
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models/hot:predict", data=body, method="POST",
+                                             headers={"content-type": "application/json", "authorization": f"Bearer {TOKEN}"})
+            with urllib.request.urlopen(request, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except Exception:
+            time.sleep(0.5)
+    raise RuntimeError(f"nothing answers on port {port}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except Exception:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _wrk(port: int, seconds: int, connections: int = 16) -> dict[str, float]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(WRK_SCRIPT)
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name,
+                          f"http://127.0.0.1:{port}/v1/models/hot:predict"], capture_output=True, text=True, timeout=seconds + 60)
+    os.unlink(script.name)
+    text = out.stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    return {"rps": rps, "p50_ms": _latency(text, "50%"), "p99_ms": _latency(text, "99%"),
+            "errors": (int(errors.group(1)) if errors else 0) + (sum(map(int, socket_errors.groups())) if socket_errors else 0)}
+
+
+def _latency(text: str, pct: str) -> float:
+    match = re.search(rf"^\s+{re.escape(pct)}\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+    value, unit = float(match.group(1)), match.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def run_p1(seconds: int | None = None, repeats: int = 3) -> list[dict[str, Any]]:
+    if not shutil.which("wrk"):
+        raise RuntimeError("P1 needs wrk (Debian package 'wrk'): apt-get install wrk")
+    seconds = seconds or int(os.environ.get("BENCH_P1_SECONDS", "8"))
+    sides = ["bare", "serve-default", "mlplat", "mlplat+haproxy"]
+    results: dict[str, list[dict[str, float]]] = {}
+    for side in sides:
+        root = tempfile.mkdtemp(prefix=f"bench-{side}-")
+        port = 18000 + sides.index(side)
+        proc = _start_side(side, port, root)
+        try:
+            _wrk(port, 2)  # warm-up
+            results[side] = [_wrk(port, seconds) for _ in range(repeats)]
+        finally:
+            _stop(proc)
+            shutil.rmtree(root, ignore_errors=True)
+        time.sleep(3)
+    med = {s: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for s, runs in results.items()}
+    bare = med["bare"]
+    rows = []
+    for side in sides[1:]:
+        m = med[side]
+        rows.append(row("P1", f"{side}: req/s (p50 {m['p50_ms']:.1f} ms, p99 {m['p99_ms']:.1f} ms, non-2xx {int(m['errors'])})",
+                        m["rps"], "req/s", baseline=f"bare uvicorn+FastAPI (p50 {bare['p50_ms']:.1f} ms, p99 {bare['p99_ms']:.1f} ms)",
+                        baseline_value=bare["rps"], target="≥1,000 req/s and ≥0.6× bare" if side.startswith("mlplat") else "context"))
+    return rows
+
+
+# -- P4 ----------------------------------------------------------------------------------------
+
+def _register_many(root: str, count: int) -> None:
+    """``count`` tiny models: one real bundle copied on disk, registry rows written in bulk."""
+    from mlplat.config import PlatformConfig
+    from mlplat.models.bundle import BUNDLE_FILE, WEIGHTS_FILE, bundle_dir
+    from mlplat.records import ArtifactRef
+    from mlplat.registry import RegistryClient
+    from mlplat.storage import open_root
+    from tests.integration.serving_support import register_servable
+
+    storage = open_root(root)
+    registry = RegistryClient.local(PlatformConfig(root=root).registry_db_path(), synchronous="NORMAL")
+    register_servable(registry, storage, "tiny-00000", hidden=(32,))
+    register_servable(registry, storage, "dedicated-ref", hidden=(32,), dedicated=True)
+    template = Path(storage.path(*bundle_dir("tiny-00000", 1)))
+    sha = storage.sha256(*bundle_dir("tiny-00000", 1), BUNDLE_FILE)
+    size = (template / WEIGHTS_FILE).stat().st_size
+    for i in range(1, count):
+        name = f"tiny-{i:05d}"
+        target = Path(storage.path(*bundle_dir(name, 1)))
+        target.mkdir(parents=True, exist_ok=True)
+        for file in (WEIGHTS_FILE, BUNDLE_FILE):
+            shutil.copyfile(template / file, target / file)
+        ref = ArtifactRef(path=f"models/{name}/v1/{BUNDLE_FILE}", sha256=sha, size_bytes=0)
+        registry.batch([
+            ("register_version", {"name": name, "artifacts": {"bundle": ref}}),
+            ("transition", {"name": name, "version": 1, "state": "TRAINING"}),
+            ("transition", {"name": name, "version": 1, "state": "TRAINED"}),
+            ("transition", {"name": name, "version": 1, "state": "VALIDATING"}),
+            ("transition", {"name": name, "version": 1, "state": "VALIDATED"}),
+            ("promote", {"name": name, "version": 1}),
+        ])
+    return size
+
+
+def _side_p4(port: int, root: str) -> None:
+    import mlplat
+
+    p = mlplat.connect(root=root, api_token=TOKEN, serve__port=port, serve__telemetry=False,
+                       serve__throughput_optimized=False)
+    p.ensure_ray()
+    p.serve_start()
+    print("READY", flush=True)
+    from ray import serve
+
+    pool = serve.get_deployment_handle("model-pool", p.config.serve.app_name)
+    while True:  # the driver reads the pool's memory from here at the end
+        (Path(root) / "pool-stats.json").write_text(json.dumps(pool.stats.remote().result()))
+        time.sleep(2)
+
+
+def run_p4(count: int | None = None, cold_samples: int = 200, warm_samples: int = 300) -> list[dict[str, Any]]:
+    import httpx
+
+    count = count or int(os.environ.get("BENCH_P4_MODELS", "10000"))
+    root = tempfile.mkdtemp(prefix="bench-p4-")
+    t0 = time.perf_counter()
+    weights_bytes = _register_many(root, count)
+    setup_s = time.perf_counter() - t0
+    port = 18100
+    proc = subprocess.Popen([sys.executable, "-m", "bench.serving", "--side", "p4", "--port", str(port), "--root", root],
+                            cwd=HERE.parent, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        while proc.stdout.readline().strip() != "READY":
+            if proc.poll() is not None:
+                raise RuntimeError("p4 server exited")
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        body = {"instances": [ROW]}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=60) as client:
+            def timed(name: str) -> float:
+                start = time.perf_counter()
+                response = client.post(f"/v1/models/{name}:predict", json=body)
+                response.raise_for_status()
+                return (time.perf_counter() - start) * 1000
+
+            timed("tiny-00000")
+            timed("dedicated-ref")
+            import random
+
+            names = random.Random(0).sample(range(1, count), min(cold_samples, count - 1))
+            cold = [timed(f"tiny-{i:05d}") for i in names]
+            warm_name = f"tiny-{names[-1]:05d}"
+            warm_pool, warm_dedicated = [], []
+            for _ in range(warm_samples):  # interleaved
+                warm_pool.append(timed(warm_name))
+                warm_dedicated.append(timed("dedicated-ref"))
+            time.sleep(3)
+        stats_path = Path(root) / "pool-stats.json"
+        rss = json.loads(stats_path.read_text())["rss_mb"] if stats_path.exists() else None
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+    q = statistics.quantiles
+    cold_p50, cold_p99 = statistics.median(cold), q(cold, n=100)[98]
+    warm_p50, ded_p50 = statistics.median(warm_pool), statistics.median(warm_dedicated)
+    rows = [
+        row("P4", f"cold load p50 over {len(cold)} of {count} registered models ({weights_bytes / 1024:.0f} KB weights; setup {setup_s:.0f} s)",
+            cold_p50, "ms", target="≤100 ms"),
+        row("P4", "cold load p99", cold_p99, "ms", target="≤100 ms"),
+        row("P4", "warm hit p50 through the pool", warm_p50, "ms", baseline="dedicated deployment warm p50",
+            baseline_value=ded_p50, target="≤1.2×"),
+    ]
+    if rss is not None:
+        rows.append(row("P4", f"pool replica resident memory after {len(cold) + 1} cold loads", rss, "MB", target="informational"))
+    return rows
+
+
+def run() -> list[dict[str, Any]]:
+    return run_p1() + run_p4()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--side")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--root")
+    parser.add_argument("--only", choices=["p1", "p4"])
+    args = parser.parse_args()
+    if args.side:
+        sys.path.insert(0, str(HERE.parent))
+        {"bare": lambda: _side_bare(args.port, args.root),
+         "serve-default": lambda: _side_serve_default(args.port, args.root),
+         "mlplat": lambda: _side_mlplat(args.port, args.root, haproxy=False),
+         "mlplat+haproxy": lambda: _side_mlplat(args.port, args.root, haproxy=True),
+         "p4": lambda: _side_p4(args.port, args.root)}[args.side]()
+    else:
+        from bench.common import stamp, table
+
+        rows = run_p1() if args.only == "p1" else run_p4() if args.only == "p4" else run()
+        print(table(stamp(rows)))
