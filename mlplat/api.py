@@ -64,6 +64,155 @@ class Platform:
         ray.init(**kwargs)
 
 
+    # -- data catalog (docs/data.md) ------------------------------------------------------
+    def register_dataset(self, name: str, source: str | list[str], *, kind: str = "facts", format: str | None = None,
+                         partition: str | None = None, tags: list[str] | tuple[str, ...] = (),
+                         description: str = "") -> Any:
+        """Register a new dataset version from Parquet/CSV/JSON (local or s3://); returns a
+        :class:`~mlplat.records.DatasetVersion`."""
+        from mlplat.data import register_dataset
+
+        return register_dataset(self.storage, self.registry, name, source, kind=kind, format=format,
+                                partition=partition, tags=tags, description=description)
+
+    def append_partition(self, name: str, partition: str, source: str | list[str], *, version: int | None = None,
+                         format: str | None = None) -> Any:
+        """Append a hive partition (``date=2026-11-27``); its schema must match the dataset's."""
+        from mlplat.data import append_partition
+
+        return append_partition(self.storage, self.registry, name, partition, source, version=version, format=format)
+
+    def complete_partition(self, name: str, partition: str, *, version: int | None = None) -> Any:
+        """Mark a partition finished (writes the ``partition_completed`` registry event)."""
+        from mlplat.data import complete_partition
+
+        return complete_partition(self.registry, name, partition, version=version)
+
+    def list_datasets(self, *, prefix: str | None = None, tag: str | None = None, column: str | None = None,
+                      kind: str | None = None) -> list[Any]:
+        from mlplat.data import list_datasets
+
+        return list_datasets(self.registry, prefix=prefix, tag=tag, column=column, kind=kind)
+
+    def search_datasets(self, query: str) -> list[Any]:
+        from mlplat.data import search_datasets
+
+        return search_datasets(self.registry, query)
+
+    def dataset(self, name: str, version: int | None = None) -> Any:
+        """The catalog record of a dataset version (latest ready by default)."""
+        from mlplat.data import get_dataset
+
+        return get_dataset(self.registry, name, version)
+
+    def read_dataset(self, name: str, version: int | None = None, *, start: str | None = None,
+                     end: str | None = None, columns: list[str] | None = None) -> Any:
+        """A dataset version (optionally partitions ``start``..``end``) as a ``ray.data.Dataset``."""
+        from mlplat.data import read_dataset
+
+        self.ensure_ray()
+        return read_dataset(self.storage, self.dataset(name, version), start=start, end=end, columns=columns)
+
+    # -- feature sets (docs/data.md) -----------------------------------------------------
+    def build_features(self, spec: Any) -> Any:
+        """Fit + materialize + register a feature set from a spec (YAML path, dict or
+        :class:`~mlplat.records.FeatureSetSpec`); returns the FeatureSetVersion."""
+        from mlplat.features.build import load_spec, materialize, parse_spec
+
+        spec = load_spec(spec) if isinstance(spec, str | os.PathLike) else parse_spec(spec)
+        source = self.dataset(spec.source.dataset, spec.source.version)
+        rng = spec.partitions
+        self.ensure_ray()
+        ds = self.read_dataset(source.name, source.version, start=rng.start if rng else None,
+                               end=rng.end if rng else None)
+        return materialize(self.storage, self.registry, spec, source, ds)
+
+    def feature_set(self, name: str, version: int | None = None) -> Any:
+        from mlplat.features.build import get_feature_set
+
+        return get_feature_set(self.registry, name, version)
+
+    def list_feature_sets(self, *, prefix: str | None = None, tag: str | None = None) -> list[Any]:
+        from mlplat.features.build import list_feature_sets
+
+        return list_feature_sets(self.registry, prefix=prefix, tag=tag)
+
+    def feature_encoder(self, name: str, version: int | None = None) -> Any:
+        """The fitted :class:`~mlplat.features.FeatureEncoder` of a feature-set version."""
+        from mlplat.features.build import load_encoder
+
+        return load_encoder(self.storage, self.feature_set(name, version))
+
+    def read_features(self, name: str, version: int | None = None, *, split: str | None = None) -> Any:
+        """Materialized feature rows as a ``ray.data.Dataset`` (optionally one split)."""
+        from mlplat.features.build import read_feature_set
+
+        self.ensure_ray()
+        return read_feature_set(self.storage, self.feature_set(name, version), split=split)
+
+    # -- training (docs/training.md) -----------------------------------------------------
+    def _training_config(self, config: Any) -> Any:
+        from mlplat.training import load_training_config, parse_training_config
+
+        return load_training_config(config) if isinstance(config, str | os.PathLike) else parse_training_config(config)
+
+    def _start_scheduler(self) -> None:
+        from mlplat.training.queue import ensure_scheduler
+
+        self.ensure_ray()
+        ensure_scheduler(self.config)
+
+    def train(self, config: Any, *, wait: bool = False, timeout_s: float | None = None, priority: int = 0) -> dict[str, Any]:
+        """Queue a training request (YAML path, dict or TrainingConfig); returns its run record at
+        once, or the finished record with ``wait=True``. See ``runs()`` / ``run_status()``."""
+        from mlplat.training.queue import submit, wait_for_run
+
+        cfg = self._training_config(config)
+        self.ensure_ray()
+        run = submit(self.registry, cfg, priority=priority)
+        self._start_scheduler()
+        return wait_for_run(self.registry, run["run_id"], timeout_s=timeout_s) if wait else run
+
+    def tune(self, config: Any, *, wait: bool = False, timeout_s: float | None = None, priority: int = 0) -> dict[str, Any]:
+        """Queue a sweep over the config's ``search`` space; the best trial becomes the version."""
+        from mlplat.training.queue import submit, wait_for_run
+
+        cfg = self._training_config(config)
+        self.ensure_ray()
+        run = submit(self.registry, cfg, kind="tune", priority=priority)
+        self._start_scheduler()
+        return wait_for_run(self.registry, run["run_id"], timeout_s=timeout_s) if wait else run
+
+    def publish(self, model: str, code_version: str, *, config: Any = None, wait: bool = False,
+                timeout_s: float | None = None, priority: int = 0) -> dict[str, Any]:
+        """The CI hook: register a new version of ``model`` at ``code_version`` (REGISTERED) and queue
+        its training (the config given, else the recipe of the model's latest version)."""
+        from mlplat.training.queue import publish, wait_for_run
+
+        cfg = None if config is None else self._training_config(config)
+        self.ensure_ray()
+        version, run = publish(self.registry, self.storage, model, code_version, config=cfg, priority=priority)
+        self._start_scheduler()
+        run = wait_for_run(self.registry, run["run_id"], timeout_s=timeout_s) if wait else run
+        return {**run, "version": run.get("version") or version.version}
+
+    def runs(self, *, state: str | None = None, model: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Training runs, newest first (queued ones with their queue position)."""
+        return self.registry.list_runs(state=state, model=model, limit=limit)
+
+    def run_status(self, run_id: str) -> dict[str, Any]:
+        """One run: state, queue position or live progress (epoch, metrics), outcome."""
+        from mlplat.training.queue import run_status
+
+        return run_status(self.registry, self.storage, run_id)
+
+    def cancel_run(self, run_id: str) -> dict[str, Any]:
+        """Cancel a queued run at once, or ask the scheduler to stop a running one."""
+        run = self.registry.cancel_run(run_id)
+        if run["state"] == "RUNNING":
+            self._start_scheduler()
+        return run
+
     # -- serving ---------------------------------------------------------------------------
     def serve_start(self, *, blocking: bool = False) -> str:
         """Deploy the Serve app (ingress + pool + a deployment per model whose serving policy
