@@ -61,11 +61,12 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _register_groups() -> None:
-    from mlplat.cli import data, features, models, serving
+    from mlplat.cli import data, features, models, serving, training
 
     for module in (models, data, features, serving):
         cli.add_command(module.group)
     cli.add_command(serving.predict)
+    training.register(cli)  # train, publish, tune, runs
 
 
 _register_groups()

@@ -122,12 +122,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         try:
             storage.write_json({"run_id": run_id, "status": status, "epoch": history[-1]["epoch"] if history else None,
                                 "epochs": hp.epochs, "history": history, "resumes": resumes, "updated_at": time.time(),
+                                "rank0_pid": os.getpid(),
                                 **fields}, *progress_path(run_id))
         except Exception:  # progress is advisory; never fail training on it
             pass
 
-    if resumes:
-        write_progress("running")
+    write_progress("running")
     for epoch in range(start_epoch, hp.epochs):
         started = time.perf_counter()
         model.train()

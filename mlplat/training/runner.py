@@ -11,6 +11,7 @@ import logging
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -221,7 +222,8 @@ def finalize(prepared: Prepared, *, registry: Any, storage: Storage, run_id: str
 
 
 def train(config: TrainingConfig | dict[str, Any], *, registry: Any, storage: Storage, run_id: str | None = None,
-          version: int | None = None, extra: dict[str, Any] | None = None) -> TrainResult:
+          version: int | None = None, extra: dict[str, Any] | None = None,
+          on_start: Callable[[ModelVersion], None] | None = None) -> TrainResult:
     """Run one training request to the end in this process (Ray must be initialized).
 
     Config problems (unknown model type, factory that does not import, feature set without the
@@ -238,6 +240,8 @@ def train(config: TrainingConfig | dict[str, Any], *, registry: Any, storage: St
         raise
     mv = register_for_training(prepared, registry=registry, run_id=run_id, version=version, extra=extra)
     try:
+        if on_start is not None:
+            on_start(mv)
         fit_result = run_trainer(prepared, storage=storage, run_id=run_id)
         error = getattr(fit_result, "error", None)
         if error is not None:

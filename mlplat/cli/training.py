@@ -1,0 +1,164 @@
+"""`mlplat train|publish|tune` and `mlplat runs list|show|cancel|wait` (docs/training.md)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+__all__ = ["register", "train", "publish", "tune", "runs"]
+
+
+def _embedded(p: Any) -> bool:
+    return not p.config.ray_address
+
+
+def _must_wait(p: Any, wait: bool) -> bool:
+    if not wait and _embedded(p):
+        click.echo("note: no Ray address (embedded Ray lives only as long as this command): waiting for the run; "
+                   "set MLPLAT_RAY_ADDRESS to submit and return at once", err=True)
+        return True
+    return wait
+
+
+def _emit(run: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(run, indent=2, default=str))
+        return
+    line = f"run {run['run_id']}  {run['kind']}  model={run['model']}  version={run.get('version') or '-'}  state={run['state']}"
+    if run.get("queue_position"):
+        line += f"  queue_position={run['queue_position']}"
+    click.echo(line)
+    progress = run.get("progress") or {}
+    last = progress.get("last")
+    if last:
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, float))
+        click.echo(f"  epoch {progress.get('epoch')}/{progress.get('epochs')} ({progress.get('status')}): {metrics}")
+    for resume in progress.get("resumes") or []:
+        click.echo(f"  resumed from epoch {resume.get('from_epoch')} -> {resume.get('next_epoch')}")
+    if run.get("error"):
+        click.echo(f"  error: {run['error']}")
+    result = run.get("result") or {}
+    if result.get("bundle"):
+        click.echo(f"  bundle: {result['bundle']['path']} (sha256 {result['bundle']['sha256'][:12]}...)")
+
+
+def _exit_for(run: dict[str, Any]) -> None:
+    if run["state"] in ("FAILED", "CANCELLED"):
+        sys.exit(1)
+
+
+@click.command(name="train")
+@click.option("--config", "config", required=True, type=click.Path(dir_okay=False), help="configs/train-<x>.yaml")
+@click.option("--wait/--no-wait", default=False, help="Block until the run ends (exit 1 if it fails).")
+@click.option("--timeout", type=float, default=None, help="Seconds to wait at most.")
+@click.option("--priority", type=int, default=0)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def train(lazy: Any, config: str, wait: bool, timeout: float | None, priority: int, as_json: bool) -> None:
+    """Queue a training run from a YAML config; prints its run id."""
+    p = lazy.get()
+    wait = _must_wait(p, wait)
+    run = p.train(config, wait=wait, timeout_s=timeout, priority=priority)
+    _emit(p.run_status(run["run_id"]) if wait else run, as_json)
+    _exit_for(run)
+
+
+@click.command(name="tune")
+@click.option("--config", "config", required=True, type=click.Path(dir_okay=False))
+@click.option("--wait/--no-wait", default=False)
+@click.option("--timeout", type=float, default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def tune(lazy: Any, config: str, wait: bool, timeout: float | None, as_json: bool) -> None:
+    """Queue a Ray Tune sweep over the config's `search` space (best trial -> the version)."""
+    p = lazy.get()
+    wait = _must_wait(p, wait)
+    run = p.tune(config, wait=wait, timeout_s=timeout)
+    _emit(p.run_status(run["run_id"]) if wait else run, as_json)
+    _exit_for(run)
+
+
+@click.command(name="publish")
+@click.argument("model")
+@click.option("--code-version", required=True, help="The code version (git SHA) to train.")
+@click.option("--config", "config", default=None, type=click.Path(dir_okay=False),
+              help="Training config; default: the recipe of the model's latest version.")
+@click.option("--wait/--no-wait", default=False)
+@click.option("--timeout", type=float, default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def publish(lazy: Any, model: str, code_version: str, config: str | None, wait: bool, timeout: float | None,
+            as_json: bool) -> None:
+    """Register a new version of MODEL at --code-version and queue its training (the CI hook)."""
+    p = lazy.get()
+    wait = _must_wait(p, wait)
+    run = p.publish(model, code_version, config=config, wait=wait, timeout_s=timeout)
+    _emit(p.run_status(run["run_id"]) if wait else run, as_json)
+    _exit_for(run)
+
+
+@click.group(name="runs")
+def runs() -> None:
+    """Training runs: queue position, progress, outcome, cancel."""
+
+
+@runs.command(name="list")
+@click.option("--state", default=None, help="QUEUED, RUNNING, SUCCEEDED, FAILED or CANCELLED")
+@click.option("--model", default=None)
+@click.option("--limit", type=int, default=50)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def runs_list(lazy: Any, state: str | None, model: str | None, limit: int, as_json: bool) -> None:
+    """List runs, newest first."""
+    items = lazy.get().runs(state=state, model=model, limit=limit)
+    if as_json:
+        click.echo(json.dumps(items, indent=2, default=str))
+        return
+    if not items:
+        click.echo("no runs")
+    for run in items:
+        where = f"#{run['queue_position']} in queue" if run.get("queue_position") else ""
+        epoch = (run.get("progress") or {}).get("epoch")
+        if run["state"] == "RUNNING" and epoch is not None:
+            where = f"epoch {epoch}"
+        click.echo(f"{run['run_id']:<44} {run['kind']:<6} {run['model']:<20} v{run.get('version') or '-':<4} "
+                   f"{run['state']:<10} {where}")
+
+
+@runs.command(name="show")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def runs_show(lazy: Any, run_id: str, as_json: bool) -> None:
+    """One run: queue position or progress (epoch, metrics), and the outcome."""
+    _emit(lazy.get().run_status(run_id), as_json)
+
+
+@runs.command(name="cancel")
+@click.argument("run_id")
+@click.pass_obj
+def runs_cancel(lazy: Any, run_id: str) -> None:
+    """Cancel a queued run, or stop a running one (its version ends FAILED)."""
+    _emit(lazy.get().cancel_run(run_id), False)
+
+
+@runs.command(name="wait")
+@click.argument("run_id")
+@click.option("--timeout", type=float, default=None)
+@click.pass_obj
+def runs_wait(lazy: Any, run_id: str, timeout: float | None) -> None:
+    """Block until a run ends; exit 1 if it failed or was cancelled."""
+    from mlplat.training.queue import wait_for_run
+
+    p = lazy.get()
+    run = wait_for_run(p.registry, run_id, timeout_s=timeout)
+    _emit(p.run_status(run_id), False)
+    _exit_for(run)
+
+
+def register(cli: click.Group) -> None:
+    for command in (train, publish, tune, runs):
+        cli.add_command(command)
