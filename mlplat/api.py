@@ -275,6 +275,46 @@ class Platform:
         except urllib.error.URLError as exc:
             raise ConnectionError(f"no mlplat server at {base} ({exc.reason}); start one with `mlplat serve start`") from None
 
+    # -- validation (docs/validation.md) -------------------------------------------------
+    def validate(self, name: str, version: int, *, feature_set: str | None = None, policy: Any = None) -> Any:
+        """Validate a TRAINED version on its feature set's validation split (Ray Data batch
+        inference + guardrail gate); ends VALIDATED or REJECTED. Returns a ValidationOutcome.
+
+        >>> p.validate("churn", 3).decision.reasons  # doctest: +SKIP
+        """
+        from mlplat.validation import validate
+
+        self.ensure_ray()
+        return validate(self.registry, self.storage, name, version, feature_set=feature_set, policy=policy)
+
+    def approve(self, name: str, version: int, *, by: str | None = None, note: str | None = None) -> Any:
+        """Approve a VALIDATED version that waits for a human (``approval: pending``)."""
+        from mlplat.validation import approve
+
+        return approve(self.registry, name, version, by=by, note=note)
+
+    def reject(self, name: str, version: int, *, by: str | None = None, note: str | None = None) -> Any:
+        """Reject a VALIDATED version that waits for a human; it stays registered, never promoted."""
+        from mlplat.validation import reject
+
+        return reject(self.registry, name, version, by=by, note=note)
+
+    def report(self, name: str, version: int) -> tuple[dict[str, Any], str]:
+        """The validation report of a version and the URI of its directory (index.html inside)."""
+        from mlplat.validation import report_of
+
+        return report_of(self.storage, name, version)
+
+    def score(self, model: str, dataset: str, *, version: int | str | None = None, dataset_version: int | None = None,
+              output: str | None = None, keys: list[str] | None = None) -> Any:
+        """Batch scoring: predictions of ``model`` (production unless ``version``) for ``dataset``,
+        written to Parquet and registered as a dataset of kind ``inference``."""
+        from mlplat.validation import score
+
+        self.ensure_ray()
+        return score(self.registry, self.storage, model, dataset=dataset, dataset_version=dataset_version,
+                     version=version, output=output, keys=keys)
+
 
 _FORWARDED_ENV = (
     "MLPLAT_ROOT", "MLPLAT_REGISTRY_DB", "MLPLAT_S3_ENDPOINT", "AWS_ENDPOINT_URL",

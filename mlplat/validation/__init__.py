@@ -1,7 +1,7 @@
 """Validation (layer 3): batch inference over a feature set's validation split, metrics, the
 guardrail gate, reports, and batch scoring."""
 
-from mlplat.validation.gate import Check, Decision, Guardrail, ValidationPolicy, gate, parse_guardrail
+from mlplat.validation.gate import Check, Decision, Guardrail, ValidationJobConfig, ValidationPolicy, gate, parse_guardrail
 from mlplat.validation.metrics import METRICS_BY_TASK, make_accumulator
 from mlplat.validation.report import load_report, summary_text
 from mlplat.validation.runner import (
@@ -32,6 +32,7 @@ __all__ = [
     "Check",
     "Decision",
     "ValidationPolicy",
+    "ValidationJobConfig",
     "ValidationOutcome",
     "METRICS_BY_TASK",
     "make_accumulator",

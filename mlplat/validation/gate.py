@@ -25,7 +25,7 @@ from mlplat.config import StrictModel
 from mlplat.errors import ConfigError
 from mlplat.validation.metrics import METRICS_BY_TASK
 
-__all__ = ["Guardrail", "Check", "Decision", "ValidationPolicy", "parse_guardrail", "gate"]
+__all__ = ["Guardrail", "Check", "Decision", "ValidationPolicy", "ValidationJobConfig", "parse_guardrail", "gate"]
 
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
@@ -110,6 +110,16 @@ class ValidationPolicy(StrictModel):
             if g.metric not in known:
                 raise ConfigError(f"guardrail {g.text!r}: metric {g.metric!r} is not computed for task {task!r}; "
                                   f"available: {', '.join(known)}")
+
+
+class ValidationJobConfig(StrictModel):
+    """``configs/validate-*.yaml`` for ``jobs/validate.py``: which version, on which data, and
+    optionally a policy that replaces the model's own."""
+
+    model: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")
+    version: int = Field(ge=1)
+    feature_set: str | None = None
+    policy: ValidationPolicy | None = None
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from mlplat.features.encoders import FeatureEncoder
 from mlplat.features.splits import SPLIT_COLUMN, VALIDATION
 from mlplat.models import load_bundle, predict_outputs
 from mlplat.records import CATALOG_FEATURE_SET, STATUS_READY, FeatureSetRef, FeatureSetVersion
-from mlplat.storage import Storage
+from mlplat.storage import MANIFEST_NAME, Storage
 
 __all__ = ["BundleRef", "SplitSource", "BundlePredictor", "resolve_validation_split", "predict_dataset", "plan_pool",
            "features_matrix"]
@@ -47,6 +47,7 @@ class SplitSource:
     key_columns: tuple[str, ...]
     columns: tuple[str, ...]
     rows: int
+    files: tuple[str, ...] = ()  # relative to the root; empty: every Parquet file under data_dir
     split_column: str = SPLIT_COLUMN
     split_value: str = VALIDATION
     extra: dict[str, Any] = field(default_factory=dict)
@@ -57,17 +58,19 @@ class SplitSource:
         import ray.data
         from ray.data.expressions import col
 
-        ds = ray.data.read_parquet(storage.path(self.data_dir), filesystem=storage.fs)
+        paths = [storage.path(f) for f in self.files] if self.files else storage.path(self.data_dir)
+        ds = ray.data.read_parquet(paths, filesystem=storage.fs)
         if columns:
             ds = ds.select_columns(list(dict.fromkeys([*columns, self.split_column])))
         return ds.filter(expr=col(self.split_column) == self.split_value)
 
 
-def _count_rows(storage: Storage, data_dir: str, expr) -> tuple[int, tuple[str, ...]]:
+def _count_rows(storage: Storage, data_dir: str, files: Sequence[str], expr) -> tuple[int, tuple[str, ...]]:
     import pyarrow.dataset as pads
 
+    source = [storage.path(f) for f in files] if files else storage.path(data_dir)
     try:
-        dataset = pads.dataset(storage.path(data_dir), filesystem=storage.fs, format="parquet", partitioning="hive")
+        dataset = pads.dataset(source, filesystem=storage.fs, format="parquet", partitioning="hive")
     except (FileNotFoundError, OSError) as exc:
         raise NotFound(f"feature-set data {storage.uri_of(data_dir)} cannot be read: {exc}") from None
     names = tuple(dataset.schema.names)
@@ -86,12 +89,19 @@ def resolve_validation_split(registry: Any, storage: Storage, ref: FeatureSetRef
     if fsv.status != STATUS_READY:
         raise NotFound(f"feature set {ref.name} v{ref.version} is {fsv.status}, not ready")
     data_dir = fsv.data_path or f"features/{ref.name}/v{ref.version}/data"
+    files: tuple[str, ...] = ()
+    if fsv.path and storage.exists(*fsv.path.split("/"), MANIFEST_NAME):
+        # Only files the manifest lists are complete (mlplat.features writes it last).
+        manifest = storage.verify_manifest(*fsv.path.split("/"))
+        files = tuple(f"{data_dir}/{f}" for f in sorted(manifest.get("data_files") or {}))
+        if not files:
+            raise NotFound(f"feature set {ref.name} v{ref.version} lists no data files in its manifest")
     import pyarrow.compute as pc
 
-    rows, names = _count_rows(storage, data_dir, pc.field(SPLIT_COLUMN) == VALIDATION)
+    rows, names = _count_rows(storage, data_dir, files, pc.field(SPLIT_COLUMN) == VALIDATION)
     keys = tuple(k for k in (fsv.entity_key, fsv.event_time) if k)
     return SplitSource(feature_set=fsv.ref, data_dir=data_dir, label_columns=tuple(fsv.label_columns),
-                       key_columns=keys, columns=names, rows=rows)
+                       key_columns=keys, columns=names, rows=rows, files=files)
 
 
 def _encoder_of(meta: dict[str, Any]) -> FeatureEncoder | None:

@@ -141,8 +141,10 @@ def metrics_vs_champion_png(metrics: Mapping[str, float | None], champion: Mappi
     ax.set_xticks(x, [f"{m}\n({'higher' if HIGHER_IS_BETTER.get(m, True) else 'lower'} is better)" for m in names],
                   fontsize=8)
     ax.axhline(0, color="black", linewidth=0.6)
+    top = max([*cand, *(champ if champion else []), 0.0])
+    ax.set_ylim(top=top * 1.3 if top > 0 else None)  # headroom so the legend never covers a bar
     ax.set(title=f"Metrics {title}".strip())
-    ax.legend()
+    ax.legend(loc="upper right", ncol=2)
     ax.grid(axis="y", alpha=0.3)
     return _png(plt, fig)
 

@@ -59,7 +59,7 @@ def write_report(storage: Storage, report: dict[str, Any], curves: Mapping[str, 
     images = _plots(report, curves, champion_curves)
     for filename, data in images.items():
         storage.write_bytes(data, *parts, filename)
-    report = {**report, "plots": sorted(images)}
+    report = {**report, "plots": list(images)}
     storage.write_bytes(render_html(report).encode(), *parts, HTML_FILE)
     return storage.write_json(report, *parts, REPORT_FILE)
 
@@ -117,7 +117,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         f"<td class=\"{'good' if c['passed'] else 'bad'}\">{'pass' if c['passed'] else 'FAIL'}</td><td>{e(c.get('note') or '')}</td></tr>"
         for c in decision.get("checks") or [])
     reasons = "".join(f"<li>{e(r)}</li>" for r in decision.get("reasons") or [])
-    notes = "".join(f"<li>{e(n)}</li>" for n in decision.get("notes") or [])
+    notes = "".join(f"<li>{e(n)}</li>" for n in [*(decision.get("notes") or []), *(report.get("notes") or [])])
     slices = []
     for column, values in (report.get("slices") or {}).items():
         names = METRICS_BY_TASK[report["task"]]

@@ -44,6 +44,10 @@ def _feature_set(registry, storage, name: str, table: pa.Table, labels: list[str
     path = f"features/{name}/v{version}"
     with storage.open_write(path, "data", "part-00000.parquet") as handle:
         pq.write_table(table, handle)
+    # The layout mlplat.features writes: a manifest listing the complete data files; a stray file is ignored.
+    with storage.open_write(path, "data", "part-stray.parquet") as handle:
+        pq.write_table(table.slice(0, 10), handle)
+    storage.write_manifest({}, path, data_files={"part-00000.parquet": table.num_rows})
     registry.catalog_update(CATALOG_FEATURE_SET, name, version, {
         "status": "ready", "path": path, "data_path": f"{path}/data", "num_rows": table.num_rows,
         "output_columns": table.schema.names, "feature_columns": FEATURES, "label_columns": labels,
@@ -74,7 +78,7 @@ def _trained(registry, storage, name: str, model, fs: dict, task: str = "binary"
 @pytest.fixture
 def env(tmp_path, ray_session):
     storage = open_root(str(tmp_path / "root"))
-    registry = RegistryClient.local(str(tmp_path / "registry.db"))
+    registry = RegistryClient.local(str(tmp_path / "root" / "registry.db"))  # where the CLI looks for it
     return registry, storage
 
 
@@ -116,6 +120,7 @@ def test_good_and_bad_binary_models_end_validated_and_rejected(env):
     report = _check_report(storage, "churn", good, {"roc.png", "calibration.png", "metrics.png", "slice_region.png"})
     assert set(report["slices"]["region"]) == {"eu", "us"}
     assert report["slices"]["region"]["eu"]["rows"] + report["slices"]["region"]["us"]["rows"] == report["rows"]
+    assert report["rows"] == sum(1 for s in _table().column("split").to_pylist() if s == "validation")
     assert "no production version" in report["decision"]["notes"][0]
 
     bad = _trained(registry, storage, "churn", _linear(-COEF), fs)
@@ -148,8 +153,22 @@ def test_regression_nan_and_approval(env):
     assert out.metrics["rmse"] == pytest.approx(0.3, abs=0.05) and out.metrics["r2"] > 0.9
     _check_report(storage, "price", good, {"predicted_vs_actual.png", "residuals.png", "metrics.png"})
     assert registry.get_version("price", good).extra["approval"] == "pending"
-    approved = approve(registry, "price", good, by="alice")
+    # The CLI (registry in-process): `mlplat models approve` and `mlplat report`.
+    from click.testing import CliRunner
+
+    from mlplat.cli import cli
+
+    runner = CliRunner(env={"MLPLAT_REGISTRY_MODE": "local"})
+    root = storage.base
+    result = runner.invoke(cli, ["--root", root, "report", "price", str(good)])
+    assert result.exit_code == 0, result.output
+    assert "VALIDATED — awaiting approval" in result.output and "index.html" in result.output
+    result = runner.invoke(cli, ["--root", root, "models", "approve", "price", str(good), "--by", "alice"])
+    assert result.exit_code == 0, result.output
+    approved = registry.get_version("price", good)
     assert approved.state == ModelState.VALIDATED and approved.extra["approval"] == "approved"
+    assert approved.extra["approval_by"] == "alice"
+    assert approve is not None
     with pytest.raises(InvalidTransition, match="awaiting approval"):
         reject(registry, "price", good)
 
