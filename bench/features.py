@@ -1,0 +1,154 @@
+"""P5: feature fit + encode rows/s on Ray Data vs the same transforms in one pyarrow process.
+
+Both sides read the same Parquet files (8 files), fit the same encoders (standardize, log1p,
+min-max, quantile bucketize, one-hot over 50 categories, hashed buckets over 5,000 ids) with
+the same statistics code, encode, and write Parquet. Ray Data: ``fit_on_ray`` (one pass of
+per-block partials) + ``encode_dataset`` + ``write_parquet``. Baseline: ``pq.read_table`` +
+``FeatureEncoder.fit_table`` + ``transform_table`` + ``pq.write_table`` in this process.
+
+``python -m bench.features`` prints a table; ``BENCH_FEATURES_SIZES=100000,1000000`` picks
+sizes. Medians of repeats (fewer repeats at the largest size to stay within ~5 minutes).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SIZES = [100_000, 1_000_000, 10_000_000]
+FILES = 8
+SPECS = [
+    {"type": "standardize", "column": "x"},
+    {"type": "bucketize", "column": "x", "output": "x_q", "params": {"num_buckets": 10}},
+    {"type": "log1p", "column": "amount"},
+    {"type": "minmax", "column": "amount", "output": "amount_mm"},
+    {"type": "onehot", "column": "cat", "params": {"max_categories": 20}},
+    {"type": "hash", "column": "item", "params": {"num_buckets": 256}},
+]
+
+
+def _encoder():
+    from mlplat.features import FeatureEncoder, build_encoder
+
+    return FeatureEncoder([build_encoder(s) for s in SPECS], keep=["id"])
+
+
+def make_data(n: int, where: Path) -> Path:
+    rng = np.random.default_rng(n)
+    cats = np.array([f"c{i:02d}" for i in range(50)])
+    items = np.array([f"item-{i}" for i in range(5000)])
+    src = where / f"src-{n}"
+    src.mkdir(parents=True)
+    per = -(-n // FILES)
+    for i in range(FILES):
+        m = min(per, n - i * per)
+        if m <= 0:
+            break
+        x = rng.normal(50, 10, m)
+        x[rng.random(m) < 0.01] = np.nan
+        pq.write_table(pa.table({
+            "id": np.arange(i * per, i * per + m),
+            "x": x,
+            "amount": rng.exponential(30, m),
+            "cat": cats[rng.zipf(1.5, m) % 50],
+            "item": items[rng.integers(0, 5000, m)],
+        }), src / f"part-{i}.parquet")
+    return src
+
+
+def run_pyarrow(src: Path, out: Path) -> int:
+    table = pq.read_table(src)
+    fe = _encoder().fit_table(table)
+    encoded = fe.transform_table(table)
+    pq.write_table(encoded, out / "encoded.parquet")
+    return encoded.num_rows
+
+
+def run_ray(src: Path, out: Path) -> int:
+    import ray.data
+
+    from mlplat.features.build import encode_dataset, fit_on_ray
+
+    ds = ray.data.read_parquet(str(src))
+    fe, _ = fit_on_ray(ds, _encoder())
+    encode_dataset(ds, fe).write_parquet(str(out))
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in out.glob("*.parquet"))
+
+
+def _median_s(fn: Callable[[Path], int], out_root: Path, n: int, repeats: int) -> float:
+    times = []
+    for r in range(repeats):
+        out = out_root / f"out-{r}"
+        out.mkdir(parents=True)
+        start = time.perf_counter()
+        rows = fn(out)
+        times.append(time.perf_counter() - start)
+        shutil.rmtree(out, ignore_errors=True)
+        assert rows == n, (rows, n)
+    return statistics.median(times)
+
+
+def run(sizes: list[int] | None = None, budget_s: float = 300.0) -> list[dict[str, Any]]:
+    import ray
+
+    env_sizes = os.environ.get("BENCH_FEATURES_SIZES")
+    sizes = sizes or ([int(s) for s in env_sizes.split(",")] if env_sizes else SIZES)
+    if not ray.is_initialized():
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-features-"))
+    try:
+        # warm up Ray workers so the first size does not pay process start-up
+        _median_s(lambda o: run_ray(make_data(10_000, tmp / "warm"), o), tmp / "w", 10_000, 1)
+        for n in sizes:
+            elapsed = time.perf_counter() - started
+            if n >= 10_000_000 and elapsed > budget_s * 0.6:
+                print(f"skipping {n:,} rows: {elapsed:.0f}s of the {budget_s:.0f}s budget already used")
+                continue
+            src = make_data(n, tmp)
+            repeats = 3 if n < 10_000_000 else 2
+            base_s = _median_s(lambda o, s=src: run_pyarrow(s, o), tmp / f"pa-{n}", n, repeats)
+            ray_s = _median_s(lambda o, s=src: run_ray(s, o), tmp / f"ray-{n}", n, repeats)
+            rows.append({
+                "id": "P5", "metric": f"feature fit+encode+write, {n:,} rows", "value": n / ray_s, "unit": "rows/s",
+                "baseline": "pyarrow single process", "baseline_value": n / base_s, "ratio": base_s / ray_s,
+                "target": ">= 1.0x at 10M rows (2 cores)", "rows": n, "ray_s": round(ray_s, 2),
+                "baseline_s": round(base_s, 2), "repeats": repeats,
+            })
+            shutil.rmtree(src, ignore_errors=True)
+            print(f"{n:>11,} rows  ray {ray_s:7.2f}s  pyarrow {base_s:7.2f}s  ratio {base_s / ray_s:5.2f}", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    wins = [r["rows"] for r in rows if r["ratio"] >= 1.0]
+    for r in rows:
+        r["ray_wins_from_rows"] = min(wins) if wins else None
+    return rows
+
+
+def _print(rows: list[dict[str, Any]]) -> None:
+    try:
+        from bench.common import stamp, table
+
+        print(table(stamp(rows)))
+    except ImportError:
+        print("| rows | ray rows/s | pyarrow rows/s | ratio |")
+        for r in rows:
+            print(f"| {r['rows']:,} | {r['value']:,.0f} | {r['baseline_value']:,.0f} | {r['ratio']:.2f} |")
+    wins = rows[0]["ray_wins_from_rows"] if rows else None
+    print(f"Ray Data starts to win at: {f'{wins:,} rows' if wins else 'no measured size'}")
+
+
+if __name__ == "__main__":
+    _print(run())
