@@ -188,6 +188,8 @@ def test_materialize_register_reload(storage, tmp_path):
         sides.setdefault(row["user_id"], set()).add(row["split"])
     assert all(len(s) == 1 for s in sides.values())
 
+    if not storage.is_local:
+        return  # versioning is storage-independent: checked once, on local disk (keeps the file fast)
     # a second build is version 2; the first stays readable
     fsv2 = materialize(storage, reg, spec, dv, read_dataset(storage, dv, start="2026-11-02"))
     assert fsv2.version == 2 and fsv2.num_rows == 400
