@@ -40,12 +40,17 @@ def make_optimizer(name: str, params: Any, lr: float, weight_decay: float, momen
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
-def _restore(rejected: list[dict[str, str]]) -> CheckpointState | None:
+def _restore(rejected: list[dict[str, str]], storage: Storage | None, run_id: str) -> CheckpointState | None:
+    """The checkpoint to resume from: Ray's latest if it verifies, else the newest one of this run on
+    storage that does. Storage is scanned also when Ray hands back none: a report whose checkpoint
+    was uploaded can be lost with the worker before the controller polled it."""
     import ray.train
 
     ckpt = ray.train.get_checkpoint()
     if ckpt is None:
-        return None
+        if storage is None:
+            return None
+        return latest_valid_checkpoint(storage.fs, storage.path("runs", run_id), rejected=rejected)
     try:
         return read_checkpoint(ckpt)
     except Exception as exc:  # corrupted or partial: fall back to an older one of the same run
@@ -81,7 +86,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     criterion = loss_fn(spec.task)
 
     rejected: list[dict[str, str]] = []
-    restored = _restore(rejected)
+    restored = _restore(rejected, storage, run_id)
     history: list[dict[str, Any]] = []
     resumes: list[dict[str, Any]] = []
     start_epoch = 0

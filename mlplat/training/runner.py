@@ -195,7 +195,9 @@ def finalize(prepared: Prepared, *, registry: Any, storage: Storage, run_id: str
         fail_version(registry, cfg.model, version, result.error, history=history, resumes=resumes)
         return result
     history = list(ckpt.state.get("history", history))
-    resumes = list(ckpt.state.get("resumes", resumes))
+    # A resume after the last checkpoint (worker lost after the final epoch) is only in progress.json.
+    ckpt_resumes = list(ckpt.state.get("resumes", []))
+    resumes = resumes if len(resumes) > len(ckpt_resumes) else ckpt_resumes
     idx = best_index([h.get(metric) for h in history], mode, cfg.hyperparameters.early_stopping.min_delta)
     best = history[idx] if idx is not None else history[-1]
     metrics = {k: v for k, v in best.items() if isinstance(v, (int, float)) and k != "epoch_s"}

@@ -1,7 +1,7 @@
 """Sweeps: a Ray Tune search over ``search.space`` with early-stopping trials (ASHA).
 
 The Train V2 pattern (ray-2.60-notes.md, "Tune"): each trial is a Tune *function* that builds and
-fits its own TorchTrainer with ``TuneReportCallback``; the trial driver takes no CPU and
+fits its own TorchTrainer with ``TuneReportCallback``; the trial driver reserves 0.01 CPU and
 ``max_concurrent_trials`` caps how many trainers compete for the workers. The best trial becomes
 the model version (bundle + TRAINED); every trial is recorded on it (``extra.sweep``).
 """
@@ -29,7 +29,11 @@ from mlplat.training.runner import (
     run_trainer,
 )
 
-__all__ = ["tune", "search_space", "trial_run_id"]
+__all__ = ["tune", "search_space", "trial_run_id", "TRIAL_DRIVER_CPU"]
+
+#: CPU reserved by each trial's driver (Tune refuses an all-zero request); the trainer's workers
+#: reserve their own.
+TRIAL_DRIVER_CPU = 0.01
 
 
 def search_space(search: SearchSpec) -> dict[str, Any]:
@@ -95,7 +99,7 @@ def tune(config: TrainingConfig | dict[str, Any], *, registry: Any, storage: Sto
                                    grace_period=search.grace_period, reduction_factor=search.reduction_factor)
                      if search.scheduler == "asha" else FIFOScheduler())
         tuner = rt.Tuner(
-            rt.with_resources(_trial_fn(prepared, storage, run_id, metric, mode), {"CPU": 0}),
+            rt.with_resources(_trial_fn(prepared, storage, run_id, metric, mode), {"CPU": TRIAL_DRIVER_CPU}),
             param_space=search_space(search),
             tune_config=rt.TuneConfig(metric=metric, mode=mode, num_samples=search.num_samples,
                                       max_concurrent_trials=search.max_concurrent_trials, scheduler=scheduler),
