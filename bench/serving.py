@@ -2,9 +2,11 @@
 
 P1 — one hot model (small MLP + fitted encoder), POST /v1/models/hot:predict with one raw row,
 loaded by wrk (C, loopback, bounded time) at 16 connections:
-  - ``mlplat``: the full path (bearer auth, validation, version routing, telemetry), a
-    dedicated deployment, Serve in throughput-optimized mode;
+  - ``mlplat``: the full path (bearer auth, validation, version routing, telemetry) with the
+    model placed in the ingress (serving policy ``placement: ingress``), Serve in
+    throughput-optimized mode;
   - ``mlplat+haproxy``: the same with HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1);
+  - ``mlplat+haproxy dedicated``: the model in its own deployment (a second hop, batched);
   - ``serve-default``: a plain Ray Serve FastAPI deployment with the model, default settings;
   - ``bare``: uvicorn + FastAPI in one process serving the same model (the baseline).
 Each side runs in its own subprocess (Serve modes are fixed when Ray starts), one at a time.
@@ -17,7 +19,6 @@ dedicated deployment, and the pool replica's resident memory.
 Environment: BENCH_P4_MODELS (default 10000), BENCH_P1_SECONDS (default 8).
 """
 
-from __future__ import annotations
 
 import json
 import os
@@ -57,8 +58,8 @@ def _model(root: str):
     registry = RegistryClient.local(PlatformConfig(root=root).registry_db_path(), synchronous="NORMAL")
     storage = open_root(root)
     if not registry.list_models():
-        register_servable(registry, storage, "hot", task="binary", dedicated=True, hidden=(64, 32))
-        register_servable(registry, storage, "pooled", task="binary", hidden=(64, 32))
+        placement = os.environ.get("BENCH_PLACEMENT", "ingress")
+        register_servable(registry, storage, "hot", task="binary", placement=placement, hidden=(64, 32))
     return storage
 
 
@@ -127,18 +128,34 @@ def _side_mlplat(port: int, root: str, haproxy: bool) -> None:
 
 def _start_side(side: str, port: int, root: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
+    if side.endswith("dedicated"):
+        env["BENCH_PLACEMENT"] = "dedicated"
+    log = open(Path(root) / f"{side}.log", "w")  # noqa: SIM115 - the child writes it
     proc = subprocess.Popen([sys.executable, "-m", "bench.serving", "--side", side, "--port", str(port), "--root", root],
-                            cwd=HERE.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            cwd=HERE.parent, env=env, stdout=subprocess.PIPE, stderr=log, text=True,
                             start_new_session=True)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if line.strip() == "READY":
-            break
-        if not line and proc.poll() is not None:
-            raise RuntimeError(f"side {side} exited with {proc.returncode}")
-    _wait_http(port)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if line.strip() == "READY":
+                break
+            if not line and proc.poll() is not None:
+                raise RuntimeError(f"side {side} exited with {proc.returncode}")
+        _wait_http(port)
+    except BaseException:
+        _stop(proc)
+        print((Path(root) / f"{side}.log").read_text()[-3000:], file=sys.stderr)
+        raise
     return proc
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _wait_http(port: int) -> None:
@@ -162,7 +179,9 @@ def _stop(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
-    except Exception:
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
@@ -190,11 +209,11 @@ def run_p1(seconds: int | None = None, repeats: int = 3) -> list[dict[str, Any]]
     if not shutil.which("wrk"):
         raise RuntimeError("P1 needs wrk (Debian package 'wrk'): apt-get install wrk")
     seconds = seconds or int(os.environ.get("BENCH_P1_SECONDS", "8"))
-    sides = ["bare", "serve-default", "mlplat", "mlplat+haproxy"]
+    sides = ["bare", "serve-default", "mlplat", "mlplat+haproxy", "mlplat+haproxy dedicated"]
     results: dict[str, list[dict[str, float]]] = {}
     for side in sides:
-        root = tempfile.mkdtemp(prefix=f"bench-{side}-")
-        port = 18000 + sides.index(side)
+        root = tempfile.mkdtemp(prefix=f"bench-{side.replace(' ', '-')}-")
+        port = _free_port()
         proc = _start_side(side, port, root)
         try:
             _wrk(port, 2)  # warm-up
@@ -228,7 +247,7 @@ def _register_many(root: str, count: int) -> None:
     storage = open_root(root)
     registry = RegistryClient.local(PlatformConfig(root=root).registry_db_path(), synchronous="NORMAL")
     register_servable(registry, storage, "tiny-00000", hidden=(32,))
-    register_servable(registry, storage, "dedicated-ref", hidden=(32,), dedicated=True)
+    register_servable(registry, storage, "dedicated-ref", hidden=(32,), placement="dedicated")
     template = Path(storage.path(*bundle_dir("tiny-00000", 1)))
     sha = storage.sha256(*bundle_dir("tiny-00000", 1), BUNDLE_FILE)
     size = (template / WEIGHTS_FILE).stat().st_size
@@ -274,7 +293,7 @@ def run_p4(count: int | None = None, cold_samples: int = 200, warm_samples: int 
     t0 = time.perf_counter()
     weights_bytes = _register_many(root, count)
     setup_s = time.perf_counter() - t0
-    port = 18100
+    port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "bench.serving", "--side", "p4", "--port", str(port), "--root", root],
                             cwd=HERE.parent, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     try:
@@ -342,6 +361,7 @@ if __name__ == "__main__":
          "serve-default": lambda: _side_serve_default(args.port, args.root),
          "mlplat": lambda: _side_mlplat(args.port, args.root, haproxy=False),
          "mlplat+haproxy": lambda: _side_mlplat(args.port, args.root, haproxy=True),
+         "mlplat+haproxy dedicated": lambda: _side_mlplat(args.port, args.root, haproxy=True),
          "p4": lambda: _side_p4(args.port, args.root)}[args.side]()
     else:
         from bench.common import stamp, table

@@ -221,7 +221,9 @@ class Platform:
         from mlplat.serving import start_serving
 
         registry = self.registry
-        dedicated = [m.name for m in registry.list_models() if m.serving_policy.get("dedicated")]
+        from mlplat.serving.routes import placement_of
+
+        dedicated = [m.name for m in registry.list_models() if placement_of(m.serving_policy) == "dedicated"]
         return start_serving(self.config, registry_actor=str(registry_actor_name), dedicated_models=dedicated,
                              blocking=blocking)
 

@@ -14,8 +14,10 @@ from ray import serve
 
 from mlplat.config import PlatformConfig
 from mlplat.errors import MlplatError
+from mlplat.serving.deployments import run_prediction
 from mlplat.serving.request import ParsedRequest, RequestError, parse_json_body, parse_v1, parse_v2
 from mlplat.serving.routes import ActorRegistryReader, Route, RouteTable
+from mlplat.serving.runtime import load_servable
 from mlplat.serving.telemetry import TelemetryWriter
 from mlplat.storage import open_root
 
@@ -68,6 +70,8 @@ class Ingress:
                                   lambda n, v, sha: schema_of_bundle(self._storage, n, v, sha),
                                   refresh_s=self._serve.route_refresh_s)
         self._telemetry = TelemetryWriter(self._storage, max_rows=self._serve.telemetry_max_rows) if self._serve.telemetry else None
+        self._local: dict[tuple[str, int], Any] = {}
+        self._local_loading: dict[tuple[str, int], Any] = {}
         self._started: asyncio.Task | None = None
         self._ready = False
 
@@ -150,8 +154,15 @@ class Ingress:
         from ray.exceptions import RayActorError
         from ray.serve.exceptions import BackPressureError
 
+        if route.placement == "ingress":
+            model = await self._local_model(route)
+            try:
+                return {"predictions": run_prediction(model, {"rows": parsed.rows, "matrix": parsed.matrix}),
+                        "version": route.version}
+            except MlplatError as exc:
+                raise RequestError(503, f"model {route.serving_id} cannot serve: {exc}") from None
         body = {"rows": parsed.rows, "matrix": parsed.matrix, "version": route.version, "bundle_sha256": route.bundle_sha256}
-        handle = self._dedicated.get(route.name) if route.dedicated else None
+        handle = self._dedicated.get(route.name) if route.placement == "dedicated" else None
         for attempt in range(2):  # one retry: a replica that died mid-request is replaced
             try:
                 if handle is not None:
@@ -168,6 +179,29 @@ class Ingress:
                 cause = getattr(exc, "cause", exc)
                 raise RequestError(503, f"model {route.serving_id} failed: {type(cause).__name__}: {cause}") from None
         raise AssertionError("unreachable")
+
+    async def _local_model(self, route: Route) -> Any:
+        """Models placed in the ingress: loaded once per version per replica (two versions per
+        name at most, so a version change loads the new one beside the old)."""
+        key = (route.name, route.version)
+        model = self._local.get(key)
+        if model is not None:
+            return model
+        if key not in self._local_loading:
+            loop = asyncio.get_running_loop()
+            self._local_loading[key] = loop.run_in_executor(None, load_servable, self._storage, route.name,
+                                                            route.version, route.bundle_sha256)
+        try:
+            model = await self._local_loading[key]
+        except MlplatError as exc:
+            raise RequestError(503, f"model {route.serving_id} cannot load: {exc}") from None
+        finally:
+            self._local_loading.pop(key, None)
+        self._local[key] = model
+        versions = sorted(v for (n, v) in self._local if n == route.name)
+        for old in versions[:-2]:
+            self._local.pop((route.name, old)).close()
+        return model
 
     @http_app.post("/v1/models/{name}:predict")
     async def predict_v1(self, name: str, request: Request) -> JSONResponse:
@@ -214,7 +248,7 @@ class Ingress:
             inputs = [{"name": "input", "datatype": "FP32", "shape": [-1, schema.input_dim]}]
         return JSONResponse({"name": name, "versions": [str(route.version)], "platform": "mlplat-torch",
                              "inputs": inputs, "outputs": [{"name": "predictions", "datatype": "FP32", "shape": [-1]}],
-                             "parameters": {"task": route.task, "dedicated": route.dedicated}},
+                             "parameters": {"task": route.task, "placement": route.placement}},
                             headers={"x-mlplat-model-version": str(route.version)})
 
     @http_app.get("/v2/models/{name}")

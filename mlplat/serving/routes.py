@@ -13,7 +13,7 @@ from mlplat.names import validate_name
 from mlplat.records import ALIAS_PRODUCTION, ModelState, ModelVersion
 from mlplat.serving.request import InputSchema, RequestError
 
-__all__ = ["Route", "RouteTable", "ActorRegistryReader", "LocalRegistryReader", "SERVABLE_STATES"]
+__all__ = ["Route", "RouteTable", "placement_of", "PLACEMENTS", "ActorRegistryReader", "LocalRegistryReader", "SERVABLE_STATES"]
 
 #: States whose weights may answer a request that names the version explicitly.
 SERVABLE_STATES = frozenset({ModelState.VALIDATED, ModelState.CANARY, ModelState.PRODUCTION, ModelState.ARCHIVED})
@@ -25,13 +25,26 @@ class Route:
     name: str
     version: int
     bundle_sha256: str | None
-    dedicated: bool
+    placement: str  # "pool" | "dedicated" | "ingress" (see placement_of)
     schema: InputSchema
     task: str
 
     @property
     def serving_id(self) -> str:
         return f"{self.name}@v{self.version}"
+
+
+PLACEMENTS = ("pool", "dedicated", "ingress")
+
+
+def placement_of(serving_policy: dict[str, Any]) -> str:
+    """Where a model's versions run, from its serving policy.
+
+    ``pool`` (default): the multiplexed pool. ``dedicated`` (or ``dedicated: true``): its own
+    deployment with its own autoscaling and batching. ``ingress``: loaded inside every
+    ingress replica -- no second hop, for small hot models (~1 ms forward passes)."""
+    placement = serving_policy.get("placement") or ("dedicated" if serving_policy.get("dedicated") else "pool")
+    return placement if placement in PLACEMENTS else "pool"
 
 
 class ActorRegistryReader:
@@ -113,7 +126,7 @@ class RouteTable:
                 None, self._schema_loader, name, record.version, bundle.sha256)
         schema, task = self._schemas[skey]
         route = Route(name=name, version=record.version, bundle_sha256=bundle.sha256,
-                      dedicated=bool(model.serving_policy.get("dedicated")), schema=schema, task=task)
+                      placement=placement_of(model.serving_policy), schema=schema, task=task)
         if self._generation.get(name, 0) == generation:
             if version is None:
                 self._by_name[name] = route

@@ -29,7 +29,7 @@ def fitted_encoder(seed: int = 0) -> FeatureEncoder:
 
 
 def register_servable(registry, storage, name: str, *, task: str = "binary", seed: int = 0, promote: bool = True,
-                      dedicated: bool = False, hidden: tuple[int, ...] = (16,)) -> int:
+                      placement: str = "pool", hidden: tuple[int, ...] = (16,)) -> int:
     """Register a version that walks the real state machine to PRODUCTION (or VALIDATED)."""
     encoder = fitted_encoder(seed)
     spec = ModelSpec(task=task, hidden=list(hidden), num_classes=3 if task == "multiclass" else None)
@@ -38,7 +38,7 @@ def register_servable(registry, storage, name: str, *, task: str = "binary", see
     try:
         registry.get_model(name)
     except Exception:
-        registry.create_model(name, task_type=task, serving_policy={"dedicated": dedicated})
+        registry.create_model(name, task_type=task, serving_policy={"placement": placement})
     version = registry.register_version(name, code_version=f"seed{seed}").version
     ref = save_bundle(storage, name, version, model, spec=spec, input_columns=encoder.feature_columns,
                       encoder=encoder.to_json())

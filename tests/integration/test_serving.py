@@ -38,7 +38,8 @@ def served(ray_session, tmp_path_factory):
     storage = open_root(config.root)
     register_servable(registry, storage, "churn", task="binary", seed=1)
     register_servable(registry, storage, "churn", task="binary", seed=2)  # v2 becomes production
-    register_servable(registry, storage, "hot", task="regression", dedicated=True)
+    register_servable(registry, storage, "hot", task="regression", placement="dedicated")
+    register_servable(registry, storage, "inline", task="binary", placement="ingress")
     register_servable(registry, storage, "multi", task="multiclass")
     register_servable(registry, storage, "staged", promote=False)  # VALIDATED only
     for name in TAIL:
@@ -104,8 +105,11 @@ def test_v2_infer_encoded_input_tensor_and_multiclass(served):
     assert out["shape"] == [1, 3] and abs(sum(out["data"]) - 1.0) < 1e-5
 
 
-def test_dedicated_model_serves(served):
-    response = _predict(served["client"], "hot", [RAW_ROW] * 5)
+@pytest.mark.parametrize(("name", "placement"), [("hot", "dedicated"), ("inline", "ingress"), ("churn", "pool")])
+def test_each_placement_serves(served, name, placement):
+    client = served["client"]
+    assert client.get(f"/v2/models/{name}", headers=AUTH).json()["parameters"]["placement"] == placement
+    response = _predict(client, name, [RAW_ROW] * 5)
     assert response.status_code == 200, response.text
     assert len(response.json()["predictions"]) == 5
 
