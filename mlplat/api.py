@@ -41,13 +41,13 @@ class Platform:
         self.ensure_ray()
         return RegistryClient.connect(self.config)
 
-    def ensure_ray(self) -> None:
+    def ensure_ray(self, *, log_to_driver: bool = True) -> None:
         """Connect to Ray once: the configured address, else an embedded local instance."""
         import ray
 
         if ray.is_initialized():
             return
-        kwargs: dict[str, Any] = {"namespace": self.config.namespace, "log_to_driver": True}
+        kwargs: dict[str, Any] = {"namespace": self.config.namespace, "log_to_driver": log_to_driver}
         if self.config.ray_address:
             kwargs["address"] = self.config.ray_address
         else:
@@ -212,6 +212,24 @@ class Platform:
         if run["state"] == "RUNNING":
             self._start_scheduler()
         return run
+
+    # -- registry shortcuts ------------------------------------------------------------------
+    def promote(self, name: str, version: int) -> int:
+        """Make a VALIDATED (or CANARY) version PRODUCTION; the previous one is ARCHIVED and
+        becomes ``previous``. Refuses versions still waiting for, or refused by, a human."""
+        from mlplat.errors import InvalidTransition
+
+        record = self.registry.get_version(name, version)
+        approval = (record.extra or {}).get("approval")
+        if approval in ("pending", "rejected"):
+            raise InvalidTransition(f"{name} v{version} has approval {approval!r}; "
+                                    f"`mlplat approve {name} {version}` first" if approval == "pending" else
+                                    f"{name} v{version} was rejected by a reviewer and cannot be promoted")
+        return self.registry.promote(name, version)
+
+    def rollback(self, name: str) -> int:
+        """Put the ``previous`` version back in PRODUCTION (one transaction); returns it."""
+        return self.registry.rollback(name)
 
     # -- serving ---------------------------------------------------------------------------
     def serve_start(self, *, blocking: bool = False) -> str:
