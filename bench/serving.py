@@ -36,6 +36,8 @@ from typing import Any
 from bench.common import row
 
 TOKEN = "bench-token"
+#: One ingress replica per core: the ingress is where a request's Python work happens.
+INGRESS_REPLICAS = int(os.environ.get("BENCH_INGRESS_REPLICAS", str(os.cpu_count() or 1)))
 ROW = {"amount": 12.5, "age": 31, "country": "fr"}
 HERE = Path(__file__).resolve().parent
 WRK_SCRIPT = """
@@ -107,9 +109,26 @@ def _side_serve_default(port: int, root: str) -> None:
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
+    _shutdown_on_sigterm()
     serve.run(Plain.bind(root), route_prefix="/")
     print("READY", flush=True)
     signal.pause()
+
+
+def _shutdown_on_sigterm() -> None:
+    """SIGTERM -> serve.shutdown() + ray.shutdown(): Serve's HAProxy outlives a bare exit."""
+
+    def stop(*_: Any) -> None:
+        import ray
+        from ray import serve
+
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+            os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _side_mlplat(port: int, root: str, haproxy: bool) -> None:
@@ -117,8 +136,10 @@ def _side_mlplat(port: int, root: str, haproxy: bool) -> None:
 
     _model(root)
     p = mlplat.connect(root=root, api_token=TOKEN, serve__port=port, serve__haproxy=haproxy,
-                       serve__throughput_optimized=True)
+                       serve__throughput_optimized=True,
+                       serve__ingress_replicas=INGRESS_REPLICAS)
     p.ensure_ray()  # exports the Serve mode variables before Ray starts
+    _shutdown_on_sigterm()
     p.serve_start()
     print("READY", flush=True)
     signal.pause()
@@ -178,7 +199,7 @@ def _wait_http(port: int) -> None:
 def _stop(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        proc.wait(timeout=60)
     except ProcessLookupError:
         pass
     except subprocess.TimeoutExpired:
@@ -227,7 +248,8 @@ def run_p1(seconds: int | None = None, repeats: int = 3) -> list[dict[str, Any]]
     rows = []
     for side in sides[1:]:
         m = med[side]
-        rows.append(row("P1", f"{side}: req/s (p50 {m['p50_ms']:.1f} ms, p99 {m['p99_ms']:.1f} ms, non-2xx {int(m['errors'])})",
+        replicas = f", {INGRESS_REPLICAS} ingress replicas" if side.startswith("mlplat") else ""
+        rows.append(row("P1", f"{side}{replicas}: req/s (p50 {m['p50_ms']:.1f} ms, p99 {m['p99_ms']:.1f} ms, non-2xx {int(m['errors'])})",
                         m["rps"], "req/s", baseline=f"bare uvicorn+FastAPI (p50 {bare['p50_ms']:.1f} ms, p99 {bare['p99_ms']:.1f} ms)",
                         baseline_value=bare["rps"], target="≥1,000 req/s and ≥0.6× bare" if side.startswith("mlplat") else "context"))
     return rows
@@ -275,6 +297,7 @@ def _side_p4(port: int, root: str) -> None:
     p = mlplat.connect(root=root, api_token=TOKEN, serve__port=port, serve__telemetry=False,
                        serve__throughput_optimized=False)
     p.ensure_ray()
+    _shutdown_on_sigterm()
     p.serve_start()
     print("READY", flush=True)
     from ray import serve
@@ -324,8 +347,7 @@ def run_p4(count: int | None = None, cold_samples: int = 200, warm_samples: int 
         stats_path = Path(root) / "pool-stats.json"
         rss = json.loads(stats_path.read_text())["rss_mb"] if stats_path.exists() else None
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
+        _stop(proc)
         shutil.rmtree(root, ignore_errors=True)
     q = statistics.quantiles
     cold_p50, cold_p99 = statistics.median(cold), q(cold, n=100)[98]
