@@ -137,13 +137,14 @@ def register_for_training(prepared: Prepared, *, registry: Any, run_id: str, ver
 
 
 def run_trainer(prepared: Prepared, *, storage: Storage, run_id: str, callbacks: list[Any] | None = None,
-                metric: str | None = None, mode: str | None = None) -> Any:
+                metric: str | None = None, mode: str | None = None, datasets: dict[str, Any] | None = None) -> Any:
     """Build and fit the TorchTrainer; returns the ``ray.train.Result``."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     cfg = prepared.config
-    datasets = make_datasets(storage, prepared.data, cfg.spec.task)
+    if datasets is None:
+        datasets = make_datasets(storage, prepared.data, cfg.spec.task)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": cfg.model_dump(mode="json"), "storage": storage, "run_id": run_id,

@@ -17,6 +17,7 @@ from mlplat.errors import ConfigError, MlplatError
 from mlplat.records import ModelState, ModelVersion
 from mlplat.storage import Storage
 from mlplat.training.config import SearchSpec, TrainingConfig, apply_overrides, parse_training_config
+from mlplat.training.inputs import make_datasets
 from mlplat.training.runner import (
     Prepared,
     TrainResult,
@@ -62,7 +63,8 @@ def trial_run_id(sweep_run_id: str, trial_id: str) -> str:
     return f"{sweep_run_id}-t{re.sub(r'[^a-z0-9_-]', '-', trial_id.lower())}"
 
 
-def _trial_fn(prepared: Prepared, storage: Storage, sweep_run_id: str, metric: str, mode: str) -> Callable[[dict], None]:
+def _trial_fn(prepared: Prepared, storage: Storage, sweep_run_id: str, metric: str, mode: str,
+              datasets: dict[str, Any]) -> Callable[[dict], None]:
     def trial(trial_config: dict[str, Any]) -> None:
         from ray import tune as rt
         from ray.tune.integration.ray_train import TuneReportCallback
@@ -70,7 +72,7 @@ def _trial_fn(prepared: Prepared, storage: Storage, sweep_run_id: str, metric: s
         cfg = apply_overrides(prepared.config, trial_config)
         run_id = trial_run_id(sweep_run_id, rt.get_context().get_trial_id())
         result = run_trainer(dataclasses.replace(prepared, config=cfg), storage=storage, run_id=run_id,
-                             callbacks=[TuneReportCallback()], metric=metric, mode=mode)
+                             callbacks=[TuneReportCallback()], metric=metric, mode=mode, datasets=datasets)
         if getattr(result, "error", None) is not None:
             raise result.error
 
@@ -88,6 +90,11 @@ def tune(config: TrainingConfig | dict[str, Any], *, registry: Any, storage: Sto
         raise ConfigError("a sweep needs `search.space` in the training config (see docs/training.md)")
     run_id = run_id or new_run_id(cfg.model)
     prepared = prepare(cfg, registry=registry, storage=storage)
+    if cfg.scaling.resources_per_worker is None and not prepared.use_gpu:
+        # Observed on 2 CPUs: after a trial ends its trainer's CPU is not free in time for the next
+        # trial's workers; fractional CPUs per trial worker keep the next trial schedulable.
+        share = {**prepared.resources_per_worker, "CPU": min(prepared.resources_per_worker.get("CPU", 1.0), 0.5)}
+        prepared = dataclasses.replace(prepared, resources_per_worker=share)
     search, metric, mode = cfg.search, cfg.metric, cfg.mode
     mv = register_for_training(prepared, registry=registry, run_id=run_id, version=version,
                                extra={"sweep": {"space": search.space, "num_samples": search.num_samples,
@@ -98,11 +105,15 @@ def tune(config: TrainingConfig | dict[str, Any], *, registry: Any, storage: Sto
         scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=cfg.hyperparameters.epochs,
                                    grace_period=search.grace_period, reduction_factor=search.reduction_factor)
                      if search.scheduler == "asha" else FIFOScheduler())
+        # Read the feature set once, here: read tasks started inside a trial would be scheduled in the
+        # trial's tiny placement group (Tune captures child tasks) and wait forever.
+        datasets = make_datasets(storage, prepared.data, cfg.spec.task, materialize=True)
         tuner = rt.Tuner(
-            rt.with_resources(_trial_fn(prepared, storage, run_id, metric, mode), {"CPU": TRIAL_DRIVER_CPU}),
+            rt.with_resources(_trial_fn(prepared, storage, run_id, metric, mode, datasets), {"CPU": TRIAL_DRIVER_CPU}),
             param_space=search_space(search),
             tune_config=rt.TuneConfig(metric=metric, mode=mode, num_samples=search.num_samples,
-                                      max_concurrent_trials=search.max_concurrent_trials, scheduler=scheduler),
+                                      max_concurrent_trials=search.max_concurrent_trials, scheduler=scheduler,
+                                      reuse_actors=False),  # a fresh trial process per trial
             run_config=rt.RunConfig(name=f"{run_id}-tune", storage_path=storage.path("runs"), storage_filesystem=storage.fs),
         )
         grid = tuner.fit()
