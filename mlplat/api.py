@@ -214,20 +214,13 @@ class Platform:
         return run
 
     # -- registry shortcuts ------------------------------------------------------------------
-    def promote(self, name: str, version: int) -> int:
+    def promote(self, name: str, version: int) -> Any:
         """Make a VALIDATED (or CANARY) version PRODUCTION; the previous one is ARCHIVED and
-        becomes ``previous``. Refuses versions still waiting for, or refused by, a human."""
-        from mlplat.errors import InvalidTransition
-
-        record = self.registry.get_version(name, version)
-        approval = (record.extra or {}).get("approval")
-        if approval in ("pending", "rejected"):
-            raise InvalidTransition(f"{name} v{version} has approval {approval!r}; "
-                                    f"`mlplat approve {name} {version}` first" if approval == "pending" else
-                                    f"{name} v{version} was rejected by a reviewer and cannot be promoted")
+        becomes ``previous``. The registry refuses versions still waiting for, or refused by,
+        a human reviewer."""
         return self.registry.promote(name, version)
 
-    def rollback(self, name: str) -> int:
+    def rollback(self, name: str) -> Any:
         """Put the ``previous`` version back in PRODUCTION (one transaction); returns it."""
         return self.registry.rollback(name)
 

@@ -24,7 +24,15 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mlplat.errors import AlreadyExists, ConflictError, InvalidName, NotFound, StorageError, ValidationError
+from mlplat.errors import (
+    AlreadyExists,
+    ConflictError,
+    InvalidName,
+    InvalidTransition,
+    NotFound,
+    StorageError,
+    ValidationError,
+)
 from mlplat.names import validate_name
 from mlplat.records import (
     ALIAS_CANARY,
@@ -660,10 +668,17 @@ class RegistryStore(RunQueueStoreMixin):
         """
         validate_name(name, "model name")
         version = _int_version(version)
-        target = ModelState(self._version_row(name, version)["state"])
+        row = self._version_row(name, version)
+        target = ModelState(row["state"])
         old = self._alias_version(name, ALIAS_PRODUCTION)
         self._check_expected_alias(name, ALIAS_PRODUCTION, old, expected_production)
         check_transition(target, ModelState.PRODUCTION)
+        # A human gate (validation's require_approval) lives in extra.approval: the state
+        # machine has no VALIDATED -> REJECTED move for a reviewer's "no", so it is held here.
+        approval = json.loads(row["extra"]).get("approval")
+        if approval in ("pending", "rejected"):
+            hint = f"`mlplat approve {name} {version}` first" if approval == "pending" else "a reviewer rejected it"
+            raise InvalidTransition(f"{name} v{version} cannot be promoted: approval is {approval!r}; {hint}")
         transitions, alias_moves = [], {}
         if old is not None and old != version:
             old_state = ModelState(self._version_row(name, old)["state"])

@@ -351,3 +351,21 @@ def test_local_client_same_api(tmp_path):
     assert client.batch([("register_version", {"name": "churn"})])[0].version == 2
     assert [e.kind for e in client.events_since(0, kinds=("version_registered",))] == ["version_registered"] * 2
     assert client.read_batch([("last_seq", {})]) == [client.last_seq()]
+
+
+def test_promote_refuses_pending_or_rejected_approval(tmp_path):
+    from mlplat.errors import InvalidTransition
+    from mlplat.registry import RegistryStore
+
+    store = RegistryStore(str(tmp_path / "approval.db"))
+    for approval in ("pending", "rejected"):
+        name = f"gated-{approval}"
+        v = store.register_version(name).version
+        for state in ("TRAINING", "TRAINED", "VALIDATING", "VALIDATED"):
+            store.transition(name, v, state)
+        store.update_version(name, v, extra={"approval": approval})
+        with pytest.raises(InvalidTransition, match=approval):
+            store.promote(name, v)
+        assert store.get_version(name, v).state.value == "VALIDATED"
+        store.update_version(name, v, extra={"approval": "approved"})
+        assert store.promote(name, v).state.value == "PRODUCTION"
