@@ -57,3 +57,12 @@ def ray_session(session_tmp):
                  runtime_env={"env_vars": {"RAY_TRAIN_V2_ENABLED": "1"}})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def serve_http_port() -> int:
+    """Serve's HTTP proxy binds once per Ray instance: every Serve app in the session shares it
+    (a later serve.start with other http_options is ignored)."""
+    from tests.servers import free_port
+
+    return free_port()

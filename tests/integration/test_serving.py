@@ -15,7 +15,6 @@ from mlplat.registry import RegistryClient
 from mlplat.serving import start_serving
 from mlplat.storage import open_root
 from tests.integration.serving_support import RAW_ROW, register_servable
-from tests.servers import free_port
 
 TOKEN = "test-token-" + uuid.uuid4().hex
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -23,11 +22,11 @@ TAIL = [f"tail-{i}" for i in range(4)]
 
 
 @pytest.fixture(scope="module")
-def served(ray_session, tmp_path_factory):
+def served(ray_session, serve_http_port, tmp_path_factory):
     from ray import serve
 
     root = tmp_path_factory.mktemp("serving-root")
-    port = free_port()
+    port = serve_http_port
     config = PlatformConfig(
         root=str(root), namespace="mlplat-test", api_token=TOKEN,
         serve=ServeSettings(port=port, telemetry_flush_s=3600, pool=PoolSettings(memory_budget_mb=8, model_memory_mb=4,

@@ -16,19 +16,18 @@ from mlplat.registry import RegistryClient
 from mlplat.serving import start_serving
 from mlplat.storage import open_root
 from tests.integration.serving_support import RAW_ROW, register_servable
-from tests.servers import free_port
 
 TOKEN = "fault-" + uuid.uuid4().hex
 CONCURRENCY = 4
 
 
 @pytest.fixture(scope="module")
-def fault_app(ray_session, tmp_path_factory):
+def fault_app(ray_session, serve_http_port, tmp_path_factory):
     from ray import serve
 
     root = tmp_path_factory.mktemp("faults-root")
     config = PlatformConfig(root=str(root), namespace="mlplat-test", api_token=TOKEN,
-                            serve=ServeSettings(port=free_port(), app_name="mlplat-faults", telemetry=False,
+                            serve=ServeSettings(port=serve_http_port, app_name="mlplat-faults", telemetry=False,
                                                 pool=PoolSettings(min_replicas=1, max_replicas=1)))
     actor_name = f"registry-faults-{uuid.uuid4().hex[:6]}"
     registry = RegistryClient.connect(config, actor_name=actor_name, db_path=str(root / "registry.db"))
