@@ -112,14 +112,16 @@ def _steady(rates: list[float]) -> float:
     return statistics.median(rates[1:] if len(rates) > 1 else rates)
 
 
-def run(gpus: int = 0, rows: int | None = None, epochs: int | None = None) -> list[dict[str, Any]]:
+def run(gpus: int = 0, rows: int | None = None, epochs: int | None = None, hidden: list[int] | None = None,
+        batch_size: int | None = None, features: int | None = None) -> list[dict[str, Any]]:
     import ray
     import torch
 
     rows = rows or DEFAULTS["rows"]
     epochs = epochs or DEFAULTS["epochs"]
-    hidden, batch_size = DEFAULTS["hidden"], DEFAULTS["batch_size"]
-    x, y = _make_data(rows, DEFAULTS["features"])
+    hidden, batch_size = hidden or DEFAULTS["hidden"], batch_size or DEFAULTS["batch_size"]
+    features = features or DEFAULTS["features"]
+    x, y = _make_data(rows, features)
     device = "cuda" if gpus else "cpu"
     if gpus and not torch.cuda.is_available():
         raise SystemExit("--gpu/--gpus given but torch sees no CUDA device")
@@ -127,7 +129,7 @@ def run(gpus: int = 0, rows: int | None = None, epochs: int | None = None) -> li
         ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False,
                  runtime_env={"env_vars": {"RAY_TRAIN_V2_ENABLED": "1"}})
     torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1) if not gpus else torch.get_num_threads())
-    shape = f"MLP {DEFAULTS['features']}-{'-'.join(map(str, hidden))}-1, {rows:,} rows, batch {batch_size}"
+    shape = f"MLP {features}-{'-'.join(map(str, hidden))}-1, {rows:,} rows, batch {batch_size}"
     rows_out = []
     with tempfile.TemporaryDirectory(prefix="mlplat-bench-train-") as root:
         bare = _steady(bare_loop(x, y, hidden=hidden, batch_size=batch_size, epochs=epochs, device=device))
@@ -160,9 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus", type=int, default=0, help="also measure N GPUs (scaling efficiency)")
     parser.add_argument("--rows", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--hidden", type=lambda v: [int(w) for w in v.split(",")], default=None, help="e.g. 1024,1024")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--features", type=int, default=None)
     args = parser.parse_args(argv)
     gpus = max(args.gpus, 1 if args.gpu else 0)
-    rows = stamp(run(gpus=gpus, rows=args.rows, epochs=args.epochs))
+    rows = stamp(run(gpus=gpus, rows=args.rows, epochs=args.epochs, hidden=args.hidden, batch_size=args.batch_size,
+                     features=args.features))
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
     (out / ("training.json" if not gpus else f"training-gpu{gpus}.json")).write_text(json.dumps(rows, indent=2) + "\n")

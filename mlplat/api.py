@@ -51,7 +51,11 @@ class Platform:
         if self.config.ray_address:
             kwargs["address"] = self.config.ray_address
         else:
-            kwargs["include_dashboard"] = False
+            # The dashboard (on loopback) is not optional: Ray Train's PlacementGroupCleaner asks
+            # the state API whether a trainer is alive, and without it the placement groups of
+            # stopped trainers (Tune early stops, cancelled runs) are never freed.
+            kwargs["include_dashboard"] = True
+            kwargs["dashboard_host"] = "127.0.0.1"
             # Serve's throughput/HAProxy modes act only if set before Ray starts.
             from mlplat.serving import apply_serve_env
 

@@ -71,8 +71,8 @@ class RegistryClient(RunQueueClientMixin):
             kwargs: dict[str, Any] = {"namespace": config.namespace}
             if config.ray_address:
                 kwargs["address"] = config.ray_address
-            else:
-                kwargs["include_dashboard"] = False
+            else:  # same as Platform.ensure_ray: Ray Train's placement-group cleanup needs the state API
+                kwargs.update(include_dashboard=True, dashboard_host="127.0.0.1")
             ray.init(**kwargs)
         name = actor_name or str(registry_actor_name)
         path = db_path or config.registry_db_path()

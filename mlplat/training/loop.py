@@ -26,6 +26,48 @@ __all__ = ["train_loop_per_worker", "make_optimizer", "progress_path", "PROGRESS
 PROGRESS_FILE = "progress.json"
 
 
+class ShardBatches:
+    """One worker's batches of a dataset shard, epoch after epoch.
+
+    In memory (the feature set was materialized because it is small): the shard is pulled onto
+    the device once and each epoch slices it with a seeded permutation -- no per-batch Ray Data
+    iterator or host-to-device copy, so a GPU runs at the speed of a bare loop. Otherwise the
+    shard streams through ``iter_torch_batches`` every epoch."""
+
+    def __init__(self, shard: Any, device: Any, batch_size: int, in_memory: bool, seed: int, shuffle: bool):
+        self._shard, self._device, self._batch_size = shard, device, batch_size
+        self._seed, self._shuffle = seed, shuffle
+        self._tensors: tuple[Any, Any] | None = None
+        if in_memory:
+            import torch
+
+            xs, ys = [], []
+            for batch in shard.iter_torch_batches(batch_size=65536, device=device):
+                xs.append(batch["x"])
+                ys.append(batch["y"])
+            if xs:
+                self._tensors = (torch.cat(xs), torch.cat(ys))
+
+    def epoch(self, epoch: int | None) -> Any:
+        import torch
+
+        if self._tensors is None:
+            for batch in self._shard.iter_torch_batches(batch_size=self._batch_size, device=self._device):
+                yield batch["x"], batch["y"]
+            return
+        x, y = self._tensors
+        order = None
+        if self._shuffle and epoch is not None:
+            generator = torch.Generator(device="cpu").manual_seed(self._seed + epoch)
+            order = torch.randperm(len(x), generator=generator).to(x.device)
+        for start in range(0, len(x), self._batch_size):
+            if order is None:
+                yield x[start:start + self._batch_size], y[start:start + self._batch_size]
+            else:
+                index = order[start:start + self._batch_size]
+                yield x[index], y[index]
+
+
 def progress_path(run_id: str) -> tuple[str, str, str]:
     return ("runs", run_id, PROGRESS_FILE)
 
@@ -107,11 +149,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
-    train_shard = ray.train.get_dataset_shard(TRAIN)
+    in_memory = bool(loop_config.get("in_memory"))
+    seed = hp.seed + 1000 * rank
+    train_batches = ShardBatches(ray.train.get_dataset_shard(TRAIN), device, hp.batch_size, in_memory, seed, shuffle=True)
     try:
-        val_shard = ray.train.get_dataset_shard(VALIDATION)
+        val_batches = ShardBatches(ray.train.get_dataset_shard(VALIDATION), device, max(hp.batch_size, 1024), in_memory,
+                                   seed, shuffle=False)
     except (KeyError, ValueError):
-        val_shard = None
+        val_batches = None
 
     es = hp.early_stopping
     metric_name = loop_config.get("metric") or es.metric
@@ -136,31 +181,33 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     for epoch in range(start_epoch, hp.epochs):
         started = time.perf_counter()
         model.train()
-        sums = torch.zeros(5, dtype=torch.float64)  # train_loss*n, n, val_loss*n, val_n, correct
-        for batch in train_shard.iter_torch_batches(batch_size=hp.batch_size, device=device):
-            x, y = batch["x"], batch["y"]
+        # Sums stay on the device until the epoch ends: a float() per batch would force a
+        # host-device sync per batch and starve the GPU.
+        sums = torch.zeros(5, dtype=torch.float64, device=device)  # train_loss*n, n, val_loss*n, val_n, correct
+        for x, y in train_batches.epoch(epoch):
             out = model(x)
             loss = criterion(out, targets(y, out))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            sums[0] += float(loss.detach()) * len(x)
+            sums[0] += loss.detach().double() * len(x)
             sums[1] += len(x)
-        if val_shard is not None:
+        if val_batches is not None:
             net = _unwrap(model)
             net.eval()
             with torch.no_grad():
-                for batch in val_shard.iter_torch_batches(batch_size=max(hp.batch_size, 1024), device=device):
-                    x, y = batch["x"], batch["y"]
+                for x, y in val_batches.epoch(None):
                     out = net(x)
-                    sums[2] += float(criterion(out, targets(y, out))) * len(x)
+                    sums[2] += criterion(out, targets(y, out)).double() * len(x)
                     sums[3] += len(x)
                     if task == "binary":
-                        sums[4] += float(((out.reshape(-1) > 0).long() == y.long()).sum())
+                        sums[4] += ((out.reshape(-1) > 0).long() == y.long()).sum()
                     elif task == "multiclass":
-                        sums[4] += float((out.argmax(dim=-1) == y).sum())
+                        sums[4] += (out.argmax(dim=-1) == y).sum()
         if distributed:
-            torch.distributed.all_reduce(sums)  # gloo handles CPU tensors; values are tiny
+            # The reduction runs where the process group lives: NCCL (GPU) has no CPU backend.
+            torch.distributed.all_reduce(sums)
+        sums = sums.cpu()
         train_loss = float(sums[0] / sums[1]) if sums[1] else float("nan")
         metrics: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "train_rows": int(sums[1]),
                                    "epoch_s": round(time.perf_counter() - started, 4)}

@@ -139,6 +139,7 @@ def register_for_training(prepared: Prepared, *, registry: Any, run_id: str, ver
 def run_trainer(prepared: Prepared, *, storage: Storage, run_id: str, callbacks: list[Any] | None = None,
                 metric: str | None = None, mode: str | None = None, datasets: dict[str, Any] | None = None) -> Any:
     """Build and fit the TorchTrainer; returns the ``ray.train.Result``."""
+    from ray.data.dataset import MaterializedDataset
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -149,6 +150,7 @@ def run_trainer(prepared: Prepared, *, storage: Storage, run_id: str, callbacks:
         train_loop_per_worker,
         train_loop_config={"config": cfg.model_dump(mode="json"), "storage": storage, "run_id": run_id,
                            "input_dim": prepared.data.input_dim, "metric": metric or cfg.hyperparameters.early_stopping.metric,
+                           "in_memory": all(isinstance(d, MaterializedDataset) for d in datasets.values()),
                            "mode": mode or cfg.hyperparameters.early_stopping.mode},
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=prepared.use_gpu,
                                      resources_per_worker=prepared.resources_per_worker),
