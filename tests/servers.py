@@ -45,6 +45,16 @@ def weed_binary() -> str:
     return found
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGTERM the server if the test process dies without its teardown (e.g. killed)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 @dataclass
 class S3Server:
     endpoint_url: str
@@ -85,8 +95,10 @@ def start_seaweedfs(workdir: Path, timeout_s: float = 60.0) -> S3Server:
     proc = subprocess.Popen(
         [weed_binary(), "server", f"-dir={workdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
          f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
-         "-s3", f"-s3.port={ports['s3']}", f"-s3.config={config}", "-volume.max=20", "-master.volumeSizeLimitMB=64"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+         "-s3", f"-s3.port={ports['s3']}", f"-s3.config={config}", "-volume.max=20", "-master.volumeSizeLimitMB=64",
+         # fixed default ports of optional endpoints would collide with other servers on the box
+         "-s3.port.iceberg=0", "-s3.port.lance=0"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
     )
     server = S3Server(f"http://127.0.0.1:{ports['s3']}", ACCESS_KEY, SECRET_KEY, proc.pid, workdir)
     _wait_until_writable(server, proc, timeout_s)

@@ -18,8 +18,16 @@ from mlplat.storage import Storage
 __all__ = ["TrainingData", "resolve_training_data", "make_datasets", "pack_batch", "SPLIT_COLUMN", "TRAIN", "VALIDATION"]
 
 SPLIT_COLUMN = "split"
-#: Feature sets up to this size (rows x columns x 8 bytes) are read into the object store once.
+#: Feature sets up to this size (rows x columns x 8 bytes) are read into the object store once,
+#: or up to a quarter of the cluster's object store when that is larger (see materialize_limit).
 MATERIALIZE_MAX_BYTES = 256 * 1024 * 1024
+MATERIALIZE_OBJECT_STORE_FRACTION = 0.25
+
+
+def materialize_limit(object_store_bytes: float | None) -> int:
+    """Largest feature set read into memory once (then trained from device memory): a quarter
+    of the object store, never below MATERIALIZE_MAX_BYTES. Pure, so it is unit-testable."""
+    return int(max(MATERIALIZE_MAX_BYTES, MATERIALIZE_OBJECT_STORE_FRACTION * (object_store_bytes or 0)))
 TRAIN = "train"
 VALIDATION = "validation"
 
@@ -95,6 +103,7 @@ def make_datasets(storage: Storage, data: TrainingData, task: str, materialize: 
     """``{"train": ds, "validation": ds}`` (validation may be missing) as Ray Datasets: streamed,
     or materialized first when small (``materialize=None``: under MATERIALIZE_MAX_BYTES)."""
     import pyarrow.dataset as pads
+    import ray
     import ray.data
     from ray.data.expressions import col, lit
 
@@ -122,7 +131,8 @@ def make_datasets(storage: Storage, data: TrainingData, task: str, materialize: 
     else:
         out = {TRAIN: read(None)}
     approx_bytes = data.num_rows * (len(columns) + 1) * 8
-    if materialize or (materialize is None and 0 < approx_bytes <= MATERIALIZE_MAX_BYTES):
+    limit = materialize_limit(ray.cluster_resources().get("object_store_memory") if ray.is_initialized() else None)
+    if materialize or (materialize is None and 0 < approx_bytes <= limit):
         # Small feature sets: read once into the object store, so each epoch only splits blocks
         # (no per-epoch read tasks competing with the workers for CPUs).
         out = {k: v.materialize() for k, v in out.items()}

@@ -221,3 +221,11 @@ def test_feature_set_without_label_is_refused(tmp_path):
     storage, registry = _registry_with_feature_set(tmp_path, label_columns=())
     with pytest.raises(ConfigError, match="has no label column"):
         prepare(BASE, registry=registry, storage=storage, cluster={"CPU": 2.0})
+
+
+def test_materialize_limit_scales_with_the_object_store():
+    from mlplat.training.inputs import MATERIALIZE_MAX_BYTES, materialize_limit
+
+    assert materialize_limit(None) == MATERIALIZE_MAX_BYTES
+    assert materialize_limit(100 * 2**20) == MATERIALIZE_MAX_BYTES
+    assert materialize_limit(8 * 2**30) == 2 * 2**30
