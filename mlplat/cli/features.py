@@ -7,15 +7,11 @@ from typing import Any
 
 import click
 
+from mlplat.cli._format import table as _table
+
 __all__ = ["group"]
 
 
-def _table(headers: list[str], rows: list[list[Any]]) -> str:
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def _rows(sets: list[Any]) -> list[list[Any]]:

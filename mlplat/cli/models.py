@@ -13,12 +13,13 @@ from typing import Any
 
 import click
 
+from mlplat.cli._format import json_option as _json_option
+from mlplat.cli._format import table as _table
 from mlplat.records import ModelState
 
 __all__ = ["group"]
 
 _STATES = click.Choice([s.value for s in ModelState], case_sensitive=False)
-_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 
 def _registry(lazy: Any) -> Any:
@@ -43,13 +44,6 @@ def _when(ts: float | None) -> str:
     return "" if ts is None else _dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain fixed-width table."""
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def _short(text: str, width: int = 100) -> str:
