@@ -8,13 +8,13 @@ serving and validation load it cheaply from ``encoder.json``.
 from mlplat.features.encoders import (
     BUILTIN_ENCODERS,
     Encoder,
-    FeatureEncoder,
     NumericEncoder,
     build_encoder,
     encoder_class,
     register_encoder,
     stable_hash,
 )
+from mlplat.features.feature_encoder import FeatureEncoder
 
 __all__ = [
     "BUILTIN_ENCODERS",

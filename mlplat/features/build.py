@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 from mlplat.config import load_config, parse_config
 from mlplat.errors import NotFound, ValidationError
 from mlplat.features import stats as st
-from mlplat.features.encoders import FeatureEncoder, build_encoder
+from mlplat.features.encoders import build_encoder
+from mlplat.features.feature_encoder import FeatureEncoder
 from mlplat.features.splits import SPLIT_COLUMN, split_column
 from mlplat.names import validate_name
 from mlplat.records import (

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 __all__ = [
+    "as_array",
     "SKETCH_CAP",
     "COUNTS_CAP",
     "is_numeric_type",
@@ -41,7 +42,7 @@ def is_numeric_type(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_decimal(t)
 
 
-def _as_array(array: pa.Array | pa.ChunkedArray) -> pa.Array:
+def as_array(array: pa.Array | pa.ChunkedArray) -> pa.Array:
     if isinstance(array, pa.ChunkedArray):
         return array.combine_chunks() if array.num_chunks != 1 else array.chunk(0)
     return array
@@ -49,7 +50,7 @@ def _as_array(array: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 def numeric_values(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """Non-null, non-NaN values of a numeric column as float64."""
-    arr = _as_array(array)
+    arr = as_array(array)
     if not is_numeric_type(arr.type):
         raise TypeError(f"column of type {arr.type} is not numeric")
     arr = pc.cast(arr, pa.float64()).drop_null()
@@ -59,7 +60,7 @@ def numeric_values(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 def category_keys(array: pa.Array | pa.ChunkedArray) -> pa.Array:
     """The category key of each value: the value as a string (null stays null)."""
-    arr = _as_array(array)
+    arr = as_array(array)
     if pa.types.is_dictionary(arr.type):
         arr = arr.cast(arr.type.value_type)
     if pa.types.is_floating(arr.type):
@@ -114,7 +115,7 @@ def _sketch_from(values: np.ndarray, weights: np.ndarray | None = None) -> dict[
 def column_partial(array: pa.Array | pa.ChunkedArray, want: Iterable[str]) -> dict[str, Any]:
     """Partial statistics of one block of a column. ``want`` ⊆ {moments, sketch, counts}."""
     want = set(want)
-    arr = _as_array(array)
+    arr = as_array(array)
     out: dict[str, Any] = {"count": len(arr), "nulls": arr.null_count}
     if want & {"moments", "sketch"}:
         values = numeric_values(arr)

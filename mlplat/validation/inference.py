@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from mlplat.errors import NotFound, ValidationError
 from mlplat.features.encoders import FORMAT as ENCODER_FORMAT
-from mlplat.features.encoders import FeatureEncoder
+from mlplat.features.feature_encoder import FeatureEncoder
 from mlplat.features.splits import SPLIT_COLUMN, VALIDATION
 from mlplat.models import load_bundle, predict_outputs
 from mlplat.records import CATALOG_FEATURE_SET, STATUS_READY, FeatureSetRef, FeatureSetVersion
