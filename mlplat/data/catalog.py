@@ -330,11 +330,10 @@ def get_dataset(registry: Any, name: str, version: int | None = None) -> Dataset
         if dv.status != STATUS_READY:
             raise NotFound(f"dataset {name!r} v{version} is {dv.status}, not ready")
         return dv
-    ready = [r for r in registry.catalog_list(CATALOG_DATASET, prefix=name, latest_only=False)
-             if r["name"] == name and (r.get("payload") or {}).get("status") == STATUS_READY]
-    if not ready:
-        raise NotFound(f"dataset {name!r} has no ready version; register one with `mlplat data register`")
-    return DatasetVersion.from_catalog(max(ready, key=lambda r: r["version"]))
+    try:
+        return DatasetVersion.from_catalog(registry.catalog_get(CATALOG_DATASET, name, status=STATUS_READY))
+    except NotFound:
+        raise NotFound(f"dataset {name!r} has no ready version; register one with `mlplat data register`") from None
 
 
 def _latest_ready(records: Iterable[dict[str, Any]]) -> list[DatasetVersion]:

@@ -256,11 +256,10 @@ def get_feature_set(registry: Any, name: str, version: int | None = None) -> Fea
         if fsv.status != STATUS_READY:
             raise NotFound(f"feature set {name!r} v{version} is {fsv.status}, not ready")
         return fsv
-    ready = [r for r in registry.catalog_list(CATALOG_FEATURE_SET, prefix=name, latest_only=False)
-             if r["name"] == name and (r.get("payload") or {}).get("status") == STATUS_READY]
-    if not ready:
-        raise NotFound(f"feature set {name!r} has no ready version; build one with `mlplat features build`")
-    return FeatureSetVersion.from_catalog(max(ready, key=lambda r: r["version"]))
+    try:
+        return FeatureSetVersion.from_catalog(registry.catalog_get(CATALOG_FEATURE_SET, name, status=STATUS_READY))
+    except NotFound:
+        raise NotFound(f"feature set {name!r} has no ready version; build one with `mlplat features build`") from None
 
 
 def list_feature_sets(registry: Any, *, prefix: str | None = None, tag: str | None = None) -> list[FeatureSetVersion]:

@@ -259,8 +259,8 @@ class RegistryClient(RunQueueClientMixin):
         return self._write("catalog_update", kind=kind, name=name, version=version, patch=dict(patch),
                            idempotency_key=idempotency_key)
 
-    def catalog_get(self, kind: str, name: str, version: int | None = None) -> dict[str, Any]:
-        return self._read("catalog_get", kind=kind, name=name, version=version)
+    def catalog_get(self, kind: str, name: str, version: int | None = None, *, status: str | None = None) -> dict[str, Any]:
+        return self._read("catalog_get", kind=kind, name=name, version=version, status=status)
 
     def catalog_list(self, kind: str, *, prefix: str | None = None, tag: str | None = None,
                      latest_only: bool = True) -> list[dict[str, Any]]:

@@ -95,6 +95,19 @@ def _dumps(value: Any, what: str = "value") -> str:
         raise ValidationError(f"{what} must be JSON-serializable: {exc}") from None
 
 
+def _name_and_tag_filters(table: str, prefix: str | None, tag: str | None) -> tuple[list[str], list[Any]]:
+    """SQL conditions for "name starts with prefix" and "tags contain tag" on ``table``."""
+    where: list[str] = []
+    params: list[Any] = []
+    if prefix:
+        where.append(f"substr({table}.name, 1, ?) = ?")
+        params += [len(prefix), prefix]
+    if tag:
+        where.append(f"EXISTS (SELECT 1 FROM json_each({table}.tags) t WHERE t.value = ?)")
+        params.append(tag)
+    return where, params
+
+
 def _encode(value: Any) -> Any:
     """A result as JSON, records tagged so :func:`_decode` rebuilds the same type."""
     if isinstance(value, Record):
@@ -445,13 +458,7 @@ class RegistryStore(RunQueueStoreMixin):
     def list_models(self, *, prefix: str | None = None, tag: str | None = None,
                     state: ModelState | str | None = None) -> list[ModelInfo]:
         """Models by name prefix, tag, and/or the state of any of their versions."""
-        where, params = [], []
-        if prefix:
-            where.append("substr(m.name, 1, ?) = ?")
-            params += [len(prefix), prefix]
-        if tag:
-            where.append("EXISTS (SELECT 1 FROM json_each(m.tags) t WHERE t.value = ?)")
-            params.append(tag)
+        where, params = _name_and_tag_filters("m", prefix, tag)
         if state is not None:
             where.append("EXISTS (SELECT 1 FROM versions v WHERE v.model = m.name AND v.state = ?)")
             params.append(_state(state).value)
@@ -729,15 +736,20 @@ class RegistryStore(RunQueueStoreMixin):
 
     # -- catalog (datasets and feature sets) ------------------------------------------------------
 
-    def _catalog_row(self, kind: str, name: str, version: int | None) -> sqlite3.Row:
-        if version is None:
+    def _catalog_row(self, kind: str, name: str, version: int | None, status: str | None = None) -> sqlite3.Row:
+        if version is None and status is not None:
+            row = self._conn.execute(
+                "SELECT * FROM catalog WHERE kind=? AND name=? AND json_extract(payload, '$.status') = ? "
+                "ORDER BY version DESC LIMIT 1", (kind, name, status)).fetchone()
+        elif version is None:
             row = self._conn.execute(
                 "SELECT * FROM catalog WHERE kind=? AND name=? ORDER BY version DESC LIMIT 1", (kind, name)).fetchone()
         else:
             row = self._conn.execute(
                 "SELECT * FROM catalog WHERE kind=? AND name=? AND version=?", (kind, name, _int_version(version))).fetchone()
         if row is None:
-            which = "any version" if version is None else f"version {version}"
+            which = f"version {version}" if version is not None else (
+                f"{status!r} version" if status is not None else "any version")
             raise NotFound(f"{kind.replace('_', ' ')} {name!r} has no {which} in the catalog")
         return row
 
@@ -778,22 +790,21 @@ class RegistryStore(RunQueueStoreMixin):
         return self._catalog_record(self._catalog_row(kind, name, row["version"]))
 
     @_read
-    def catalog_get(self, kind: str, name: str, version: int | None = None) -> dict[str, Any]:
+    def catalog_get(self, kind: str, name: str, version: int | None = None, *,
+                    status: str | None = None) -> dict[str, Any]:
+        """One catalog version; the latest when ``version`` is None, or the latest whose
+        payload ``status`` equals ``status`` (e.g. the latest *ready* dataset version)."""
         _catalog_kind(kind)
         validate_name(name, f"{kind.replace('_', '-')} name")
-        return self._catalog_record(self._catalog_row(kind, name, version))
+        return self._catalog_record(self._catalog_row(kind, name, version, status))
 
     @_read
     def catalog_list(self, kind: str, *, prefix: str | None = None, tag: str | None = None,
                      latest_only: bool = True) -> list[dict[str, Any]]:
         _catalog_kind(kind)
-        where, params = ["c.kind = ?"], [kind]
-        if prefix:
-            where.append("substr(c.name, 1, ?) = ?")
-            params += [len(prefix), prefix]
-        if tag:
-            where.append("EXISTS (SELECT 1 FROM json_each(c.tags) t WHERE t.value = ?)")
-            params.append(tag)
+        where, params = _name_and_tag_filters("c", prefix, tag)
+        where.insert(0, "c.kind = ?")
+        params.insert(0, kind)
         if latest_only:
             where.append("c.version = (SELECT MAX(version) FROM catalog x WHERE x.kind = c.kind AND x.name = c.name)")
         sql = f"SELECT * FROM catalog c WHERE {' AND '.join(where)} ORDER BY c.name, c.version"

@@ -369,3 +369,15 @@ def test_promote_refuses_pending_or_rejected_approval(tmp_path):
         assert store.get_version(name, v).state.value == "VALIDATED"
         store.update_version(name, v, extra={"approval": "approved"})
         assert store.promote(name, v).state.value == "PRODUCTION"
+
+
+def test_catalog_get_latest_with_status(tmp_path):
+    store = RegistryStore(str(tmp_path / "status.db"))
+    store.catalog_register("dataset", "clicks", {"status": "ready"})
+    store.catalog_register("dataset", "clicks", {"status": "ready"})
+    store.catalog_register("dataset", "clicks", {"status": "pending"})
+    store.catalog_register("dataset", "clicks-extra", {"status": "ready"})
+    assert store.catalog_get("dataset", "clicks")["version"] == 3
+    assert store.catalog_get("dataset", "clicks", status="ready")["version"] == 2
+    with pytest.raises(NotFound, match="'failed' version"):
+        store.catalog_get("dataset", "clicks", status="failed")
