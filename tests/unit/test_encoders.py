@@ -135,6 +135,18 @@ def test_batch_and_single_row_paths_are_identical():
     assert fe.transform({**rows[0], "int": float(rows[0]["int"])}) == singles[0]
 
 
+def test_large_tables_encode_in_slices_with_the_same_result(monkeypatch):
+    import mlplat.features.feature_encoder as fe_module
+
+    fe = fit(_random_table(500, seed=1), *ALL_SPECS, keep=["uid"])
+    table = _random_table(1000, seed=4)
+    whole = fe.transform_table(table)
+    monkeypatch.setattr(fe_module, "SLICE_ROWS", 64)  # 16 slices, the last one short
+    sliced = fe.transform_table(table)
+    assert sliced.num_rows == 1000 and sliced.schema == whole.schema
+    assert sliced.to_pylist() == whole.to_pylist()
+
+
 def test_json_round_trip():
     train = _random_table(300, seed=3)
     fe = fit(train, *ALL_SPECS, keep=["uid"])
