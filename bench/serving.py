@@ -135,9 +135,11 @@ def _side_mlplat(port: int, root: str, haproxy: bool) -> None:
     import mlplat
 
     _model(root)
+    # BENCH_SERVE='{"haproxy_threads": 1}' tries other serve settings (JSON of serve.* keys)
+    extra = {f"serve__{k}": v for k, v in json.loads(os.environ.get("BENCH_SERVE", "{}")).items()}
     p = mlplat.connect(root=root, api_token=TOKEN, serve__port=port, serve__haproxy=haproxy,
                        serve__throughput_optimized=True,
-                       serve__ingress_replicas=INGRESS_REPLICAS)
+                       serve__ingress_replicas=INGRESS_REPLICAS, **extra)
     p.ensure_ray()  # exports the Serve mode variables before Ray starts
     _shutdown_on_sigterm()
     p.serve_start()

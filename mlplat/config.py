@@ -103,6 +103,20 @@ class ServeSettings(StrictModel):
     #: 2 cores). They act only when set before Ray starts, so mlplat exports them then.
     throughput_optimized: bool = True
     haproxy: bool = False
+    #: HAProxy worker threads. None: half the cores of the machine that starts Ray, 1 to 4
+    #: (Serve's own default of 4 competes with the replicas on a 2-core box: -9% req/s).
+    haproxy_threads: int | None = Field(None, ge=1)
+    #: Serve's per-request HTTP metrics in HAProxy mode (a log datagram per request, parsed
+    #: by the HAProxyManager actor: ~15% of a core at 1,800 req/s). mlplat's telemetry
+    #: records every inference with its latency either way.
+    haproxy_metrics: bool = False
+    #: Serve's per-request access log lines in the replica logs. mlplat's telemetry already
+    #: records every inference; the access log costs CPU on the request path.
+    access_log: bool = False
+    #: Python's generation-0 GC threshold in the serving replicas (Python's default is 700).
+    #: Every request allocates short-lived objects; collecting them 30x less often is +5%
+    #: req/s on the P1 benchmark. None keeps Python's default.
+    gc_threshold: int | None = Field(20_000, ge=1)
     pool: PoolSettings = Field(default_factory=PoolSettings)
     dedicated: DedicatedSettings = Field(default_factory=DedicatedSettings)
 

@@ -17,6 +17,9 @@ def serve_env(config: PlatformConfig) -> dict[str, str]:
         env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
     if config.serve.haproxy:
         env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+        env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] = "1" if config.serve.haproxy_metrics else "0"
+        threads = config.serve.haproxy_threads or min(4, max(1, (os.cpu_count() or 2) // 2))
+        env["RAY_SERVE_HAPROXY_NBTHREAD"] = str(threads)
     return env
 
 
@@ -44,6 +47,7 @@ def build_app(config: PlatformConfig, registry_actor: str, dedicated_models: lis
             ray_actor_options={"num_cpus": s.dedicated.num_cpus},
         ).bind(config, name)
     return Ingress.options(
+        logging_config={"enable_access_log": s.access_log},
         num_replicas=s.ingress_replicas,
         max_ongoing_requests=s.ingress_max_ongoing_requests,
         ray_actor_options={"num_cpus": s.ingress_num_cpus},

@@ -10,7 +10,7 @@ from ray import serve
 
 from mlplat.config import PlatformConfig
 from mlplat.names import parse_serving_id
-from mlplat.serving.runtime import ServableModel, load_servable
+from mlplat.serving.runtime import ServableModel, load_servable, tune_gc
 from mlplat.storage import open_root
 
 __all__ = ["ModelPool", "DedicatedModel", "run_prediction"]
@@ -30,6 +30,7 @@ class ModelPool:
     the bundle travels with each request (the ingress read it from the registry)."""
 
     def __init__(self, config: PlatformConfig):
+        tune_gc(config.serve.gc_threshold)
         self._storage = open_root(config.root, config.s3)
         self._expected_sha: dict[str, str | None] = {}
         self._loads = 0
@@ -78,6 +79,7 @@ class DedicatedModel:
     swap loads the new one beside the old) and batches concurrent requests into one forward pass."""
 
     def __init__(self, config: PlatformConfig, name: str):
+        tune_gc(config.serve.gc_threshold)
         self._storage = open_root(config.root, config.s3)
         self._name = name
         self._models: dict[int, ServableModel] = {}

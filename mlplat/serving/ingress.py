@@ -17,7 +17,7 @@ from mlplat.errors import MlplatError
 from mlplat.serving.deployments import run_prediction
 from mlplat.serving.request import ParsedRequest, RequestError, parse_json_body, parse_v1, parse_v2
 from mlplat.serving.routes import ActorRegistryReader, Route, RouteTable
-from mlplat.serving.runtime import load_servable
+from mlplat.serving.runtime import load_servable, tune_gc
 from mlplat.serving.telemetry import TelemetryWriter
 from mlplat.storage import open_root
 
@@ -61,6 +61,7 @@ class Ingress:
     def __init__(self, config: PlatformConfig, registry_actor: str, pool: Any, dedicated: dict[str, Any]):
         import ray
 
+        tune_gc(config.serve.gc_threshold)
         self._config, self._serve = config, config.serve
         self._token = config.api_token.get_secret_value().encode() if config.api_token else None
         self._storage = open_root(config.root, config.s3)

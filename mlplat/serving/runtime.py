@@ -13,7 +13,16 @@ from mlplat.models import load_bundle, predict_outputs
 from mlplat.serving.request import InputSchema
 from mlplat.storage import Storage
 
-__all__ = ["ServableModel", "load_servable"]
+__all__ = ["ServableModel", "load_servable", "tune_gc"]
+
+
+def tune_gc(gen0_threshold: int | None) -> None:
+    """Raise the generation-0 GC threshold of a serving process (``serve.gc_threshold``)."""
+    import gc
+
+    if gen0_threshold is not None:
+        _, gen1, gen2 = gc.get_threshold()
+        gc.set_threshold(gen0_threshold, gen1, gen2)
 
 
 @dataclass

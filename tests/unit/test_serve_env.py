@@ -1,0 +1,31 @@
+"""The environment mlplat exports before Ray starts, per Serve setting (pure, no Ray)."""
+
+from __future__ import annotations
+
+from mlplat.config import PlatformConfig
+from mlplat.serving.app import serve_env
+
+
+def _env(**serve) -> dict[str, str]:
+    return serve_env(PlatformConfig(serve=serve))
+
+
+def test_defaults_are_throughput_mode_without_haproxy():
+    assert _env() == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    assert _env(throughput_optimized=False) == {}
+
+
+def test_haproxy_gets_threads_for_the_machine_and_no_per_request_metrics(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    env = _env(haproxy=True)
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert env["RAY_SERVE_HAPROXY_NBTHREAD"] == "1"
+    assert env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] == "0"
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    assert _env(haproxy=True)["RAY_SERVE_HAPROXY_NBTHREAD"] == "4"
+
+
+def test_explicit_haproxy_settings_win():
+    env = _env(haproxy=True, haproxy_threads=3, haproxy_metrics=True)
+    assert env["RAY_SERVE_HAPROXY_NBTHREAD"] == "3"
+    assert env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] == "1"
