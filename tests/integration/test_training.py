@@ -209,3 +209,49 @@ def test_publish_runs_through_the_queue(tmp_path, ray_session):
                 ray.kill(ray.get_actor(name, namespace=ns), no_restart=True)
             except ValueError:
                 pass
+
+
+def test_restarted_scheduler_adopts_a_running_run_and_cancel_stops_it(tmp_path, ray_session):
+    """The scheduler is killed while a run trains: a new scheduler adopts the live runner (the run
+    is not started twice), then cancelling the RUNNING run kills it and fails its version."""
+    import ray
+
+    from mlplat.api import connect
+    from mlplat.training.queue import SCHEDULER_NAME, ensure_scheduler, runner_name, wait_for_run
+
+    ns = f"t-adopt-{uuid.uuid4().hex[:6]}"
+    p = connect(root=str(tmp_path / "root"), namespace=ns)
+    try:
+        make_feature_set(p.storage, p.registry)
+        run = p.publish("adopt", "c0ffee1", config=config(model="adopt", epochs=500), wait=False)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:  # wait until it is really training (an epoch reported)
+            shown = p.run_status(run["run_id"])
+            if shown["state"] == "RUNNING" and (shown.get("progress") or {}).get("epoch") is not None:
+                break
+            assert shown["state"] in ("QUEUED", "RUNNING"), shown
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"run never started training: {shown}")
+        runner = ray.get_actor(runner_name(run["run_id"]), namespace=ns)
+
+        ray.kill(ray.get_actor(SCHEDULER_NAME, namespace=ns), no_restart=True)
+        ensure_scheduler(p.config)  # a fresh scheduler, nothing in memory from the old one
+        time.sleep(3)  # a few scheduler ticks
+        adopted = p.registry.get_run(run["run_id"])
+        assert adopted["state"] == "RUNNING" and adopted["attempts"] == 1, adopted
+        assert ray.get(runner.ping.remote(), timeout=30)  # the same runner, still alive
+
+        assert p.cancel_run(run["run_id"])["state"] == "RUNNING"  # cancel requested; the scheduler acts
+        final = wait_for_run(p.registry, run["run_id"], timeout_s=60)
+        assert final["state"] == "CANCELLED", final
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(runner.ping.remote(), timeout=30)
+        mv = p.registry.get_version("adopt", run["version"])
+        assert mv.state.value == "FAILED" and "cancel" in (mv.error or ""), mv
+    finally:
+        for name in (SCHEDULER_NAME, "mlplat-registry"):
+            try:
+                ray.kill(ray.get_actor(name, namespace=ns), no_restart=True)
+            except ValueError:
+                pass
