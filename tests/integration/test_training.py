@@ -175,11 +175,23 @@ def test_sweep_registers_best_trial(env):
     assert mv.state.value == "TRAINED" and "bundle" in mv.artifacts
 
 
-def test_publish_runs_through_the_queue(tmp_path, ray_session):
+def _kill_platform_actors(ns: str) -> None:
+    """The detached scheduler and registry actors a test's namespace started."""
     import ray
 
+    from mlplat.training.queue import SCHEDULER_NAME
+
+    for name in (SCHEDULER_NAME, "mlplat-registry"):
+        try:
+            ray.kill(ray.get_actor(name, namespace=ns), no_restart=True)
+        except ValueError:
+            pass
+
+
+def test_publish_runs_through_the_queue(tmp_path, ray_session):
+
     from mlplat.api import connect
-    from mlplat.training.queue import SCHEDULER_NAME, wait_for_run
+    from mlplat.training.queue import wait_for_run
 
     ns = f"t-train-{uuid.uuid4().hex[:6]}"
     p = connect(root=str(tmp_path / "root"), namespace=ns)
@@ -204,11 +216,7 @@ def test_publish_runs_through_the_queue(tmp_path, ray_session):
         final = wait_for_run(p.registry, again["run_id"], timeout_s=120)
         assert final["state"] in ("CANCELLED", "SUCCEEDED")
     finally:
-        for name in (SCHEDULER_NAME, "mlplat-registry"):
-            try:
-                ray.kill(ray.get_actor(name, namespace=ns), no_restart=True)
-            except ValueError:
-                pass
+        _kill_platform_actors(ns)
 
 
 def test_restarted_scheduler_adopts_a_running_run_and_cancel_stops_it(tmp_path, ray_session):
@@ -250,8 +258,4 @@ def test_restarted_scheduler_adopts_a_running_run_and_cancel_stops_it(tmp_path, 
         mv = p.registry.get_version("adopt", run["version"])
         assert mv.state.value == "FAILED" and "cancel" in (mv.error or ""), mv
     finally:
-        for name in (SCHEDULER_NAME, "mlplat-registry"):
-            try:
-                ray.kill(ray.get_actor(name, namespace=ns), no_restart=True)
-            except ValueError:
-                pass
+        _kill_platform_actors(ns)
