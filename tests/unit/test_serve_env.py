@@ -29,3 +29,18 @@ def test_explicit_haproxy_settings_win():
     env = _env(haproxy=True, haproxy_threads=3, haproxy_metrics=True)
     assert env["RAY_SERVE_HAPROXY_NBTHREAD"] == "3"
     assert env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] == "1"
+
+
+def test_tune_gc_sets_only_generation_0():
+    import gc
+
+    from mlplat.serving.runtime import tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc(None)
+        assert gc.get_threshold() == before
+        tune_gc(20_000)
+        assert gc.get_threshold() == (20_000, before[1], before[2])
+    finally:
+        gc.set_threshold(*before)
