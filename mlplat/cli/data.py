@@ -13,9 +13,6 @@ from mlplat.cli._format import table as _table
 __all__ = ["group"]
 
 
-
-
-
 def _dump(value: Any) -> Any:
     if hasattr(value, "model_dump"):
         return value.model_dump(mode="json")

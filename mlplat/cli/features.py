@@ -12,8 +12,6 @@ from mlplat.cli._format import table as _table
 __all__ = ["group"]
 
 
-
-
 def _rows(sets: list[Any]) -> list[list[Any]]:
     return [[f.name, f"v{f.version}", f"{f.source.name}@v{f.source.version}", f.num_rows, len(f.feature_columns),
              ",".join(f.label_columns), json.dumps(f.split.get("counts", {}), sort_keys=True)] for f in sets]

@@ -11,6 +11,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError
 
 from mlplat.config import PlatformConfig
 from mlplat.errors import MlplatError
@@ -152,9 +154,6 @@ class Ingress:
                                           "data": flat}]}, headers=headers)
 
     async def _call_backend(self, route: Route, parsed: ParsedRequest) -> dict[str, Any]:
-        from ray.exceptions import RayActorError
-        from ray.serve.exceptions import BackPressureError
-
         if route.placement == "ingress":
             model = await self._local_model(route)
             try:

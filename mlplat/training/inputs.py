@@ -22,14 +22,14 @@ SPLIT_COLUMN = "split"
 #: or up to a quarter of the cluster's object store when that is larger (see materialize_limit).
 MATERIALIZE_MAX_BYTES = 256 * 1024 * 1024
 MATERIALIZE_OBJECT_STORE_FRACTION = 0.25
+TRAIN = "train"
+VALIDATION = "validation"
 
 
 def materialize_limit(object_store_bytes: float | None) -> int:
     """Largest feature set read into memory once (then trained from device memory): a quarter
     of the object store, never below MATERIALIZE_MAX_BYTES. Pure, so it is unit-testable."""
     return int(max(MATERIALIZE_MAX_BYTES, MATERIALIZE_OBJECT_STORE_FRACTION * (object_store_bytes or 0)))
-TRAIN = "train"
-VALIDATION = "validation"
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def pack_batch(batch: dict[str, Any], feature_columns: tuple[str, ...], label: s
 
 def make_datasets(storage: Storage, data: TrainingData, task: str, materialize: bool | None = None) -> dict[str, Any]:
     """``{"train": ds, "validation": ds}`` (validation may be missing) as Ray Datasets: streamed,
-    or materialized first when small (``materialize=None``: under MATERIALIZE_MAX_BYTES)."""
+    or materialized first when small (``materialize=None``: up to :func:`materialize_limit`)."""
     import pyarrow.dataset as pads
     import ray
     import ray.data

@@ -30,7 +30,7 @@ class ShardBatches:
     """One worker's batches of a dataset shard, epoch after epoch.
 
     In memory (the feature set was materialized because it is small): the shard is pulled onto
-    the device once and each epoch slices it with a seeded permutation -- no per-batch Ray Data
+    the device once and each epoch permutes it (seeded) and slices it -- no per-batch Ray Data
     iterator or host-to-device copy, so a GPU runs at the speed of a bare loop. Otherwise the
     shard streams through ``iter_torch_batches`` every epoch."""
 
@@ -57,9 +57,9 @@ class ShardBatches:
             return
         x, y = self._tensors
         if self._shuffle and epoch is not None:
-            # One gather per epoch, then contiguous slices: a gather per batch costs two extra
-            # kernel launches per step, which a small model on a GPU feels (~5%).
-            # Drawn where the rows are (a CPU randperm of 500k rows is ~5% of a GPU epoch).
+            # One permutation per epoch, drawn on the rows' device, then contiguous slices: a
+            # gather per batch (two kernel launches per step) and a CPU randperm (~5% of a
+            # 500k-row GPU epoch) are what a small model on a GPU feels.
             generator = torch.Generator(device=x.device).manual_seed(self._seed + epoch)
             order = torch.randperm(len(x), generator=generator, device=x.device)
             x, y = x[order], y[order]
