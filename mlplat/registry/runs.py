@@ -17,8 +17,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from mlplat.errors import AlreadyExists, ConflictError, InvalidTransition, NotFound, ValidationError
+from mlplat.registry.sqlutil import dumps_json, store_method
 
-__all__ = ["RUNS_SCHEMA", "RUN_STATES", "RUN_TERMINAL", "RunQueueStoreMixin", "RunQueueClientMixin", "queue_method"]
+__all__ = ["RUNS_SCHEMA", "RUN_STATES", "RUN_TERMINAL", "RunQueueStoreMixin", "RunQueueClientMixin"]
 
 RUN_STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 RUN_TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
@@ -42,17 +43,6 @@ CREATE INDEX IF NOT EXISTS runs_by_model ON runs(model, created_at);
 """
 
 
-def queue_method(kind: str):
-    """Mark a mixin method as ``"write"`` or ``"read"``; store.py wraps it in its transaction
-    (``_mutation``) or read lock (``_read``)."""
-
-    def mark(fn):
-        fn.queue_kind = kind
-        return fn
-
-    return mark
-
-
 def _run_state(value: str) -> str:
     state = str(value).upper()
     if state not in RUN_STATES:
@@ -64,13 +54,6 @@ def _run_id(run_id: object) -> str:
     if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
         raise ValidationError(f"invalid run id {run_id!r}: expected lowercase letters, digits, '_', '.' or '-' (1-128)")
     return run_id
-
-
-def _json(value: Any, what: str) -> str:
-    try:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise ValidationError(f"{what} must be JSON-serializable: {exc}") from None
 
 
 class RunQueueStoreMixin:
@@ -112,7 +95,7 @@ class RunQueueStoreMixin:
             self._emit(f"run_{target.lower()}", f"model:{row['model']}", row["version"],  # type: ignore[attr-defined]
                        {"run_id": row["run_id"], "from": current, "to": target, **({"error": fields["error"]} if fields.get("error") else {})})
 
-    @queue_method("write")
+    @store_method("write")
     def enqueue_run(self, run_id: str, *, kind: str, model: str, request: Mapping[str, Any], version: int | None = None,
                     priority: int = 0, idempotency_key: str | None = None) -> dict[str, Any]:
         """Add a request in state QUEUED; AlreadyExists if ``run_id`` is taken."""
@@ -127,11 +110,11 @@ class RunQueueStoreMixin:
             "heartbeat_at, cancel_requested, progress, result, error, created_at, updated_at, finished_at) "
             "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (run_id, str(kind), str(model), None if version is None else int(version), "QUEUED",
-             _json(dict(request), "run request"), int(priority), 0, None, None, None, 0, "{}", None, None, now, now, None))
+             dumps_json(dict(request), "run request"), int(priority), 0, None, None, None, 0, "{}", None, None, now, now, None))
         self._emit("run_queued", f"model:{model}", version, {"run_id": run_id, "kind": kind})  # type: ignore[attr-defined]
         return self._run_record(self._run_row(run_id))
 
-    @queue_method("write")
+    @store_method("write")
     def claim_next_run(self, worker: str, *, run_id: str | None = None, kinds: list[str] | None = None,
                        idempotency_key: str | None = None) -> dict[str, Any] | None:
         """Atomically move the next QUEUED run (highest priority, oldest first; or ``run_id``) to
@@ -158,7 +141,7 @@ class RunQueueStoreMixin:
                    {"run_id": row["run_id"], "from": "QUEUED", "to": "RUNNING", "worker": worker, "attempt": row["attempts"] + 1})
         return self._run_record(self._run_row(row["run_id"]))
 
-    @queue_method("write")
+    @store_method("write")
     def update_run(self, run_id: str, *, state: str | None = None, expected_state: str | None = None,
                    claimed_by: str | None = None, version: int | None = None, progress: Mapping[str, Any] | None = None,
                    result: Mapping[str, Any] | None = None, error: str | None = None,
@@ -174,9 +157,9 @@ class RunQueueStoreMixin:
         if version is not None:
             fields["version"] = int(version)
         if progress is not None:
-            fields["progress"] = _json(dict(progress), "run progress")
+            fields["progress"] = dumps_json(dict(progress), "run progress")
         if result is not None:
-            fields["result"] = _json(dict(result), "run result")
+            fields["result"] = dumps_json(dict(result), "run result")
         if error is not None:
             fields["error"] = str(error)[:4000]
         if state is None:
@@ -190,7 +173,7 @@ class RunQueueStoreMixin:
             self._move_run(row, target, **fields)
         return self._run_record(self._run_row(run_id))
 
-    @queue_method("write")
+    @store_method("write")
     def cancel_run(self, run_id: str, *, idempotency_key: str | None = None) -> dict[str, Any]:
         """QUEUED -> CANCELLED at once; RUNNING: ``cancel_requested`` is set and the scheduler stops it."""
         row = self._run_row(run_id)
@@ -201,11 +184,11 @@ class RunQueueStoreMixin:
             self._emit("run_cancel_requested", f"model:{row['model']}", row["version"], {"run_id": run_id})  # type: ignore[attr-defined]
         return self._run_record(self._run_row(run_id))
 
-    @queue_method("read")
+    @store_method("read")
     def get_run(self, run_id: str) -> dict[str, Any]:
         return self._run_record(self._run_row(run_id))
 
-    @queue_method("read")
+    @store_method("read")
     def list_runs(self, *, state: str | None = None, model: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Runs, newest first (QUEUED ones carry their ``queue_position``)."""
         where, params = [], []

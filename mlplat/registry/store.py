@@ -9,6 +9,10 @@ Guarantees
   the same key returns the first result and writes nothing again.
 - ``synchronous=FULL`` by default: a call that returned survives a process kill and a power cut.
 - Nothing lives only in memory: a new store on the same file sees everything.
+
+Models, versions, states and aliases are here; the run queue (``runs.py``) and the catalog of
+datasets and feature sets (``catalog.py``) are mixins whose methods get the same transaction
+and read-lock wrappers.
 """
 
 from __future__ import annotations
@@ -48,11 +52,15 @@ from mlplat.records import (
     Record,
     check_transition,
 )
+from mlplat.registry.catalog import CATALOG_SCHEMA, CatalogStoreMixin
 from mlplat.registry.runs import RUNS_SCHEMA, RunQueueStoreMixin
+from mlplat.registry.sqlutil import dumps_json as _dumps
+from mlplat.registry.sqlutil import int_version as _int_version
+from mlplat.registry.sqlutil import name_and_tag_filters as _name_and_tag_filters
+from mlplat.registry.sqlutil import parse_tags as _tags
 
-__all__ = ["RegistryStore", "CATALOG_KINDS", "MUTATING_METHODS", "READ_METHODS", "validate_alias"]
+__all__ = ["RegistryStore", "MUTATING_METHODS", "READ_METHODS", "validate_alias"]
 
-CATALOG_KINDS = ("dataset", "feature_set")
 _ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,62}(\.[a-z][a-z0-9_-]{0,62})?$")
 _EVENT_KIND = re.compile(r"^[a-z][a-z0-9_.]{0,62}$")
 _RECORD_TYPES: dict[str, type[Record]] = {"ModelVersion": ModelVersion, "Event": Event, "ModelInfo": ModelInfo}
@@ -72,9 +80,6 @@ CREATE INDEX IF NOT EXISTS versions_by_state ON versions(state, model);
 CREATE TABLE IF NOT EXISTS aliases (
     model TEXT NOT NULL REFERENCES models(name), alias TEXT NOT NULL, version INTEGER NOT NULL,
     updated_at REAL NOT NULL, PRIMARY KEY (model, alias));
-CREATE TABLE IF NOT EXISTS catalog (
-    kind TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, payload TEXT NOT NULL,
-    tags TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL, PRIMARY KEY (kind, name, version));
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, kind TEXT NOT NULL, subject TEXT NOT NULL,
     version INTEGER, payload TEXT NOT NULL);
@@ -86,26 +91,6 @@ CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency(created_at);
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _dumps(value: Any, what: str = "value") -> str:
-    try:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise ValidationError(f"{what} must be JSON-serializable: {exc}") from None
-
-
-def _name_and_tag_filters(table: str, prefix: str | None, tag: str | None) -> tuple[list[str], list[Any]]:
-    """SQL conditions for "name starts with prefix" and "tags contain tag" on ``table``."""
-    where: list[str] = []
-    params: list[Any] = []
-    if prefix:
-        where.append(f"substr({table}.name, 1, ?) = ?")
-        params += [len(prefix), prefix]
-    if tag:
-        where.append(f"EXISTS (SELECT 1 FROM json_each({table}.tags) t WHERE t.value = ?)")
-        params.append(tag)
-    return where, params
 
 
 def _encode(value: Any) -> Any:
@@ -145,37 +130,6 @@ def validate_alias(alias: object) -> str:
             "or 'production.<region>' (lowercase letters, digits, '_' or '-')"
         )
     return alias
-
-
-def _catalog_kind(kind: object) -> str:
-    if kind not in CATALOG_KINDS:
-        raise ValidationError(f"unknown catalog kind {kind!r}; expected one of: {', '.join(CATALOG_KINDS)}")
-    return kind  # type: ignore[return-value]
-
-
-def _tags(tags: Iterable[str] | str | None) -> tuple[str, ...]:
-    if tags is None:
-        return ()
-    if isinstance(tags, str):
-        tags = (tags,)
-    out = []
-    for tag in tags:
-        if not isinstance(tag, str) or not tag or len(tag) > 128:
-            raise ValidationError(f"invalid tag {tag!r}: expected a non-empty string of at most 128 characters")
-        if tag not in out:
-            out.append(tag)
-    return tuple(out)
-
-
-def _int_version(version: object) -> int:
-    if isinstance(version, bool) or not isinstance(version, int):
-        try:
-            version = int(str(version).removeprefix("v"))
-        except ValueError:
-            raise ValidationError(f"invalid version {version!r}: expected a positive integer") from None
-    if version < 1:
-        raise ValidationError(f"invalid version {version!r}: expected a positive integer")
-    return version
 
 
 def _mutation(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -228,7 +182,7 @@ def _read(fn: Callable[..., Any]) -> Callable[..., Any]:
 # ----------------------------------------------------------------------------- the store
 
 
-class RegistryStore(RunQueueStoreMixin):
+class RegistryStore(RunQueueStoreMixin, CatalogStoreMixin):
     """The registry over one SQLite file. Thread-safe; one writer at a time.
 
     >>> store = RegistryStore("/tmp/registry.db")  # doctest: +SKIP
@@ -254,7 +208,7 @@ class RegistryStore(RunQueueStoreMixin):
             self._conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
             self._conn.execute("PRAGMA foreign_keys=ON")
             self._conn.execute("PRAGMA busy_timeout=30000")
-            self._conn.executescript(_SCHEMA + RUNS_SCHEMA)
+            self._conn.executescript(_SCHEMA + RUNS_SCHEMA + CATALOG_SCHEMA)
         except sqlite3.Error as exc:
             raise StorageError(f"registry database {self.db_path!r} cannot be opened: {exc}") from None
         self._prune_idempotency()
@@ -341,18 +295,6 @@ class RegistryStore(RunQueueStoreMixin):
             updated_at=row["updated_at"],
             latest_version=row["latest_version"] or 0,
         )
-
-    @staticmethod
-    def _catalog_record(row: sqlite3.Row) -> dict[str, Any]:
-        return {
-            "kind": row["kind"],
-            "name": row["name"],
-            "version": row["version"],
-            "payload": json.loads(row["payload"]),
-            "tags": json.loads(row["tags"]),
-            "created_at": row["created_at"],
-            "updated_at": row["updated_at"],
-        }
 
     _MODEL_SELECT = (
         "SELECT m.*, (SELECT MAX(v.version) FROM versions v WHERE v.model = m.name) AS latest_version FROM models m"
@@ -734,82 +676,6 @@ class RegistryStore(RunQueueStoreMixin):
         })
         return self._version_record(self._version_row(name, prev))
 
-    # -- catalog (datasets and feature sets) ------------------------------------------------------
-
-    def _catalog_row(self, kind: str, name: str, version: int | None, status: str | None = None) -> sqlite3.Row:
-        if version is None and status is not None:
-            row = self._conn.execute(
-                "SELECT * FROM catalog WHERE kind=? AND name=? AND json_extract(payload, '$.status') = ? "
-                "ORDER BY version DESC LIMIT 1", (kind, name, status)).fetchone()
-        elif version is None:
-            row = self._conn.execute(
-                "SELECT * FROM catalog WHERE kind=? AND name=? ORDER BY version DESC LIMIT 1", (kind, name)).fetchone()
-        else:
-            row = self._conn.execute(
-                "SELECT * FROM catalog WHERE kind=? AND name=? AND version=?", (kind, name, _int_version(version))).fetchone()
-        if row is None:
-            which = f"version {version}" if version is not None else (
-                f"{status!r} version" if status is not None else "any version")
-            raise NotFound(f"{kind.replace('_', ' ')} {name!r} has no {which} in the catalog")
-        return row
-
-    @_mutation
-    def catalog_register(self, kind: str, name: str, payload: Mapping[str, Any], *, tags: Iterable[str] = (),
-                         idempotency_key: str | None = None) -> dict[str, Any]:
-        """Add the next version of a dataset or feature set; returns its catalog entry."""
-        _catalog_kind(kind)
-        validate_name(name, f"{kind.replace('_', '-')} name")
-        if not isinstance(payload, Mapping):
-            raise ValidationError(f"catalog payload must be a dict, got {type(payload).__name__}")
-        tag_list = list(_tags(tags))
-        row = self._conn.execute(
-            "SELECT COALESCE(MAX(version), 0) + 1 AS v FROM catalog WHERE kind=? AND name=?", (kind, name)).fetchone()
-        now = time.time()
-        self._conn.execute(
-            "INSERT INTO catalog(kind, name, version, payload, tags, created_at, updated_at) VALUES (?,?,?,?,?,?,?)",
-            (kind, name, row["v"], _dumps(dict(payload), "catalog payload"), _dumps(tag_list), now, now),
-        )
-        self._emit(f"{kind}_registered", f"{kind}:{name}", row["v"], {"tags": tag_list})
-        return self._catalog_record(self._catalog_row(kind, name, row["v"]))
-
-    @_mutation
-    def catalog_update(self, kind: str, name: str, version: int, patch: Mapping[str, Any], *,
-                       idempotency_key: str | None = None) -> dict[str, Any]:
-        """Shallow-merge ``patch`` into the payload of one catalog version."""
-        _catalog_kind(kind)
-        validate_name(name, f"{kind.replace('_', '-')} name")
-        if not isinstance(patch, Mapping):
-            raise ValidationError(f"catalog patch must be a dict, got {type(patch).__name__}")
-        row = self._catalog_row(kind, name, version)
-        merged = {**json.loads(row["payload"]), **dict(patch)}
-        self._conn.execute(
-            "UPDATE catalog SET payload=?, updated_at=? WHERE kind=? AND name=? AND version=?",
-            (_dumps(merged, "catalog payload"), time.time(), kind, name, row["version"]),
-        )
-        self._emit(f"{kind}_updated", f"{kind}:{name}", row["version"], {"changed": sorted(patch)})
-        return self._catalog_record(self._catalog_row(kind, name, row["version"]))
-
-    @_read
-    def catalog_get(self, kind: str, name: str, version: int | None = None, *,
-                    status: str | None = None) -> dict[str, Any]:
-        """One catalog version; the latest when ``version`` is None, or the latest whose
-        payload ``status`` equals ``status`` (e.g. the latest *ready* dataset version)."""
-        _catalog_kind(kind)
-        validate_name(name, f"{kind.replace('_', '-')} name")
-        return self._catalog_record(self._catalog_row(kind, name, version, status))
-
-    @_read
-    def catalog_list(self, kind: str, *, prefix: str | None = None, tag: str | None = None,
-                     latest_only: bool = True) -> list[dict[str, Any]]:
-        _catalog_kind(kind)
-        where, params = _name_and_tag_filters("c", prefix, tag)
-        where.insert(0, "c.kind = ?")
-        params.insert(0, kind)
-        if latest_only:
-            where.append("c.version = (SELECT MAX(version) FROM catalog x WHERE x.kind = c.kind AND x.name = c.name)")
-        sql = f"SELECT * FROM catalog c WHERE {' AND '.join(where)} ORDER BY c.name, c.version"
-        return [self._catalog_record(r) for r in self._conn.execute(sql, params)]
-
     # -- events ---------------------------------------------------------------------------------
 
     @_mutation
@@ -896,12 +762,14 @@ class RegistryStore(RunQueueStoreMixin):
         return getattr(self, method)(**dict(kwargs))
 
 
-# The run queue (mlplat.registry.runs): its methods get the same transaction / read-lock wrappers.
-for _name, _fn in vars(RunQueueStoreMixin).items():
-    if getattr(_fn, "queue_kind", None) == "write":
-        setattr(RegistryStore, _name, _mutation(_fn))
-    elif getattr(_fn, "queue_kind", None) == "read":
-        setattr(RegistryStore, _name, _read(_fn))
+# The run queue (mlplat.registry.runs) and the catalog (mlplat.registry.catalog): their methods
+# get the same transaction / read-lock wrappers.
+for _mixin in (RunQueueStoreMixin, CatalogStoreMixin):
+    for _name, _fn in vars(_mixin).items():
+        if getattr(_fn, "store_kind", None) == "write":
+            setattr(RegistryStore, _name, _mutation(_fn))
+        elif getattr(_fn, "store_kind", None) == "read":
+            setattr(RegistryStore, _name, _read(_fn))
 
 MUTATING_METHODS = frozenset(
     n for n, f in vars(RegistryStore).items() if callable(f) and getattr(f, "is_mutation", False)
