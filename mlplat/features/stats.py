@@ -53,9 +53,13 @@ def numeric_values(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
     arr = as_array(array)
     if not is_numeric_type(arr.type):
         raise TypeError(f"column of type {arr.type} is not numeric")
-    arr = pc.cast(arr, pa.float64()).drop_null()
+    if arr.type != pa.float64():
+        arr = pc.cast(arr, pa.float64())
+    if arr.null_count:
+        arr = arr.drop_null()
     values = arr.to_numpy(zero_copy_only=False)
-    return values[~np.isnan(values)]
+    nan = np.isnan(values)
+    return values[~nan] if nan.any() else values
 
 
 def category_keys(array: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -90,17 +94,34 @@ def category_key(value: Any) -> str | None:
 # -- partials --------------------------------------------------------------------------------
 
 
+def _sketch_of_values(values: np.ndarray) -> dict[str, list[float]]:
+    """The sketch of unweighted values: one sort, then either the exact (value, count) pairs or,
+    past :data:`SKETCH_CAP` distinct values, the values at the SKETCH_CAP target ranks, read
+    straight off the sorted array (the same values the cumulative-count search would pick)."""
+    s = np.sort(values)
+    n = s.size
+    new = np.empty(n, dtype=bool)
+    new[0] = True
+    np.not_equal(s[1:], s[:-1], out=new[1:])
+    starts = np.flatnonzero(new)
+    if starts.size <= SKETCH_CAP:
+        counts = np.diff(np.append(starts, n)).astype(np.float64)
+        return {"v": s[starts].tolist(), "w": counts.tolist()}
+    step = n / SKETCH_CAP
+    ranks = np.minimum(np.ceil((np.arange(SKETCH_CAP) + 0.5) * step).astype(np.int64) - 1, n - 1)
+    picked, picked_counts = np.unique(s[ranks], return_counts=True)
+    return {"v": picked.tolist(), "w": (picked_counts * step).tolist()}
+
+
 def _sketch_from(values: np.ndarray, weights: np.ndarray | None = None) -> dict[str, list[float]]:
     if values.size == 0:
         return {"v": [], "w": []}
     if weights is None:
-        uniq, counts = np.unique(values, return_counts=True)
-        w = counts.astype(np.float64)
-    else:
-        order = np.argsort(values, kind="stable")
-        v_sorted, w_sorted = values[order], weights[order]
-        uniq, start = np.unique(v_sorted, return_index=True)
-        w = np.add.reduceat(w_sorted, start)
+        return _sketch_of_values(values)
+    order = np.argsort(values, kind="stable")
+    v_sorted, w_sorted = values[order], weights[order]
+    uniq, start = np.unique(v_sorted, return_index=True)
+    w = np.add.reduceat(w_sorted, start)
     if uniq.size > SKETCH_CAP:
         cum = np.cumsum(w)
         total = cum[-1]

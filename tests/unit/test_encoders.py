@@ -183,6 +183,34 @@ def test_sketch_compresses_and_stays_close():
         assert st.quantile(merged, q) == pytest.approx(np.quantile(values, q), abs=0.02)
 
 
+def _sketch_by_unique_and_search(values: np.ndarray) -> dict:
+    """The sketch as first written: np.unique counts, then a cumulative-count search."""
+    uniq, counts = np.unique(values, return_counts=True)
+    w = counts.astype(np.float64)
+    if uniq.size > st.SKETCH_CAP:
+        cum = np.cumsum(w)
+        targets = (np.arange(st.SKETCH_CAP) + 0.5) * (cum[-1] / st.SKETCH_CAP)
+        idx = np.minimum(np.searchsorted(cum, targets, side="left"), uniq.size - 1)
+        idx, inverse = np.unique(idx, return_inverse=True)
+        uniq, w = uniq[idx], np.bincount(inverse, minlength=idx.size) * (cum[-1] / st.SKETCH_CAP)
+    return {"v": uniq.tolist(), "w": w.tolist()}
+
+
+def test_sorted_array_sketch_equals_the_unique_and_search_sketch():
+    """The one-sort sketch (picks capped ranks off the sorted array) gives exactly the values and
+    weights of the np.unique + searchsorted version, below, at and past SKETCH_CAP."""
+    rng = np.random.default_rng(7)
+    for trial in range(200):
+        n = int(rng.integers(1, 12_000))
+        distinct = int(rng.choice([1, 2, 50, st.SKETCH_CAP, st.SKETCH_CAP + 1, 5_000, 10**9]))
+        values = rng.integers(0, distinct, n).astype(np.float64) * rng.choice([1.0, 0.25, -1.0])
+        if trial % 3 == 0:
+            values = rng.normal(size=n)
+        if trial % 5 == 0:
+            values[: min(n, 4)] = -0.0
+        assert st._sketch_from(values) == _sketch_by_unique_and_search(values), trial
+
+
 def test_reference_stats_shapes():
     t = _random_table(400, seed=6)
     num = st.reference_stats(st.column_partial(t.column("num"), {"moments", "sketch"}))
