@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from mlplat.errors import AlreadyExists, NotFound, SchemaMismatch, StorageError, ValidationError
 from mlplat.names import validate_name
+from mlplat.raydata import read_parquet
 from mlplat.records import (
     CATALOG_DATASET,
     EVENT_PARTITION_COMPLETED,
@@ -387,7 +388,6 @@ def read_dataset(storage: Storage, dv: DatasetVersion, *, start: str | None = No
                  key: str | None = None, columns: Sequence[str] | None = None):
     """The version (or partitions ``start``..``end``) as a lazy ``ray.data.Dataset``;
     partition keys are columns (strings)."""
-    import ray.data
     from ray.data.datasource import Partitioning
 
     files = dataset_files(dv, start=start, end=end, key=key)
@@ -396,7 +396,7 @@ def read_dataset(storage: Storage, dv: DatasetVersion, *, start: str | None = No
     kwargs: dict[str, Any] = {"filesystem": storage.fs}
     if dv.partition_keys:
         kwargs["partitioning"] = Partitioning("hive", base_dir=storage.path(dv.path))
-    ds = ray.data.read_parquet([storage.path(f) for f in files], **kwargs)
+    ds = read_parquet([storage.path(f) for f in files], **kwargs)
     if columns:
         ds = ds.select_columns(list(columns))
     return ds

@@ -25,6 +25,7 @@ from mlplat.features.encoders import build_encoder
 from mlplat.features.feature_encoder import FeatureEncoder
 from mlplat.features.splits import SPLIT_COLUMN, split_column
 from mlplat.names import validate_name
+from mlplat.raydata import read_parquet, task_only_execution
 from mlplat.records import (
     CATALOG_FEATURE_SET,
     STATUS_PENDING,
@@ -112,8 +113,10 @@ def column_stats_on_ray(ds: Any, need: dict[str, list[str]]) -> dict[str, dict[s
     """Merged column statistics of a Ray Dataset: one partial per block, merged here."""
     if not need:
         return {}
-    rows = ds.select_columns(list(need)).map_batches(_partials_fn(need), batch_format="pyarrow",
-                                                     batch_size=None, zero_copy_batch=True).take_all()
+    partials = ds.select_columns(list(need)).map_batches(_partials_fn(need), batch_format="pyarrow",
+                                                         batch_size=None, zero_copy_batch=True)
+    with task_only_execution(partials):
+        rows = partials.take_all()
     merged: dict[str, dict[str, Any]] = {}
     for row in rows:
         for c, p in json.loads(row["partial"]).items():
@@ -226,7 +229,9 @@ def write_encoded(storage: Storage, rel_dir: str, encoded: Any, fe: FeatureEncod
         return pa.table({"file": [name], "rows": [batch.num_rows], "partial": [json.dumps(parts)],
                          "columns": [json.dumps(batch.schema.names)]})
 
-    rows = encoded.map_batches(write_block, batch_format="pyarrow", batch_size=None).take_all()
+    written = encoded.map_batches(write_block, batch_format="pyarrow", batch_size=None)
+    with task_only_execution(written):
+        rows = written.take_all()
     if not rows:
         raise ValidationError("the source dataset is empty: nothing to materialize")
     merged: dict[str, dict[str, Any]] = {}
@@ -234,15 +239,6 @@ def write_encoded(storage: Storage, rel_dir: str, encoded: Any, fe: FeatureEncod
         for c, p in json.loads(row["partial"]).items():
             merged[c] = p if c not in merged else st.merge_partials(merged[c], p)
     return sorted((r["file"], int(r["rows"])) for r in rows), merged, json.loads(rows[0]["columns"])
-
-
-def _read_parquet_dir(storage: Storage, rel: str) -> Any:
-    import ray.data
-
-    files = [f"{rel}/{n}" for n in storage.list_dir(*rel.split("/")) if n.endswith(".parquet")]
-    if not files:
-        raise ValidationError(f"no Parquet files were written under {storage.uri_of(*rel.split('/'))}")
-    return ray.data.read_parquet([storage.path(f) for f in files], filesystem=storage.fs)
 
 
 # -- reads -------------------------------------------------------------------------------
@@ -282,13 +278,11 @@ def load_stats(storage: Storage, fsv: FeatureSetVersion) -> dict[str, Any]:
 
 def read_feature_set(storage: Storage, fsv: FeatureSetVersion, split: str | None = None) -> Any:
     """The materialized rows as a ``ray.data.Dataset`` (optionally one split)."""
-    import ray.data
-
     manifest = storage.verify_manifest(*fsv.path.split("/"))
     files = sorted(manifest.get("data_files") or {})
     if not files:
         raise NotFound(f"feature set {fsv.name!r} v{fsv.version} lists no data files")
-    ds = ray.data.read_parquet([storage.path(fsv.data_path, f) for f in files], filesystem=storage.fs)
+    ds = read_parquet([storage.path(fsv.data_path, f) for f in files], filesystem=storage.fs)
     if split is not None:
         import pyarrow.compute as pc
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlplat.errors import ConfigError, NotFound, ValidationError
+from mlplat.raydata import read_parquet
 from mlplat.records import DatasetRef, FeatureSetRef, FeatureSetVersion
 from mlplat.records.data import CATALOG_FEATURE_SET, STATUS_READY
 from mlplat.storage import Storage
@@ -120,7 +121,7 @@ def make_datasets(storage: Storage, data: TrainingData, task: str, materialize: 
     pack_args = (data.feature_columns, data.label, task == "multiclass")
 
     def read(split: str | None) -> Any:
-        ds = ray.data.read_parquet(path, filesystem=storage.fs)
+        ds = read_parquet(path, filesystem=storage.fs)
         if split is not None:
             ds = ds.filter(expr=col(data.split_column) == lit(split))
         ds = ds.select_columns(columns)

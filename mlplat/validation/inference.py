@@ -19,6 +19,7 @@ from mlplat.features.encoders import FORMAT as ENCODER_FORMAT
 from mlplat.features.feature_encoder import FeatureEncoder
 from mlplat.features.splits import SPLIT_COLUMN, VALIDATION
 from mlplat.models import load_bundle, predict_outputs
+from mlplat.raydata import read_parquet
 from mlplat.records import CATALOG_FEATURE_SET, STATUS_READY, FeatureSetRef, FeatureSetVersion
 from mlplat.storage import MANIFEST_NAME, Storage
 
@@ -55,11 +56,10 @@ class SplitSource:
     def read(self, storage: Storage, columns: Sequence[str] | None = None):
         """The split as a lazy ``ray.data.Dataset`` (Ray Data pushes the column selection and the
         row filter down into the Parquet scan where it can)."""
-        import ray.data
         from ray.data.expressions import col
 
         paths = [storage.path(f) for f in self.files] if self.files else storage.path(self.data_dir)
-        ds = ray.data.read_parquet(paths, filesystem=storage.fs)
+        ds = read_parquet(paths, filesystem=storage.fs)
         if columns:
             ds = ds.select_columns(list(dict.fromkeys([*columns, self.split_column])))
         return ds.filter(expr=col(self.split_column) == self.split_value)
