@@ -4,7 +4,7 @@
 4096. Both sides read the Parquet file, run the model in inference mode and produce the
 predictions; repeats are interleaved and the medians compared.
 
-- mlplat: ``ray.data.read_parquet`` -> ``map_batches(BundlePredictor, ActorPoolStrategy)`` (one
+- mlplat: ``mlplat.raydata.read_parquet`` (the reader validation uses) -> ``map_batches(BundlePredictor, ActorPoolStrategy)`` (one
   actor per CPU, each loading the bundle once, verifying its sha256), consumed by the driver as
   validation does. End to end, so the actor pool's start-up (process + torch import + bundle
   load) is counted.
@@ -70,12 +70,11 @@ def _bare(storage, names, sha) -> float:
 
 
 def _ray(storage, names, sha) -> float:
-    import ray.data
-
+    from mlplat.raydata import read_parquet
     from mlplat.validation.inference import BundleRef, predict_dataset
 
     start = time.perf_counter()
-    ds = ray.data.read_parquet(storage.path("bench", "data.parquet"), filesystem=storage.fs)
+    ds = read_parquet([storage.path("bench", "data.parquet")], filesystem=storage.fs)
     preds = predict_dataset(ds, storage, [BundleRef("bench", 1, sha, "pred", tuple(names))], [], batch_size=BATCH)
     rows = 0
     for batch in preds.iter_batches(batch_size=None, batch_format="numpy"):
