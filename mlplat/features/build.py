@@ -1,7 +1,8 @@
 """Fit encoders on Ray Data, materialize a feature-set version, and load it back.
 
 Fit is one distributed pass: every block yields a small JSON partial of the column statistics
-the encoders need (plus the raw-column reference stats), the driver merges them. Materialize
+the encoders need (plus the raw-column reference stats), the driver merges them. A source
+small against the object store is read into it once for both passes (``cache_if_small``). Materialize
 encodes with ``map_batches``, writes Parquet to ``features/<name>/v<N>/data/``, computes the
 output reference stats in a second pass over what was written, writes ``encoder.json`` and
 ``stats.json`` and flips the catalog record to ``ready``.
@@ -25,7 +26,7 @@ from mlplat.features.encoders import build_encoder
 from mlplat.features.feature_encoder import FeatureEncoder
 from mlplat.features.splits import SPLIT_COLUMN, split_column
 from mlplat.names import validate_name
-from mlplat.raydata import read_parquet, task_only_execution
+from mlplat.raydata import approx_bytes, cache_if_small, read_parquet, task_only_execution
 from mlplat.records import (
     CATALOG_FEATURE_SET,
     STATUS_PENDING,
@@ -168,6 +169,7 @@ def materialize(storage: Storage, registry: Any, spec: FeatureSetSpec, source: D
     check_spec_against(spec, schema.names)
     fe = encoder_for_spec(spec)
     raw_columns = list(dict.fromkeys([*fe.input_columns, *spec.labels]))
+    ds = cache_if_small(ds, approx_bytes(schema, source.num_rows))  # the fit and the encode pass read it
     fe, raw_stats = fit_on_ray(ds, fe, raw_columns)
     for label in spec.labels:
         s = raw_stats.get(label)

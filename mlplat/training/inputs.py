@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlplat.errors import ConfigError, NotFound, ValidationError
-from mlplat.raydata import read_parquet
+from mlplat.raydata import materialize_limit, read_parquet
 from mlplat.records import DatasetRef, FeatureSetRef, FeatureSetVersion
 from mlplat.records.data import CATALOG_FEATURE_SET, STATUS_READY
 from mlplat.storage import Storage
@@ -19,18 +19,8 @@ from mlplat.storage import Storage
 __all__ = ["TrainingData", "resolve_training_data", "make_datasets", "pack_batch", "SPLIT_COLUMN", "TRAIN", "VALIDATION"]
 
 SPLIT_COLUMN = "split"
-#: Feature sets up to this size (rows x columns x 8 bytes) are read into the object store once,
-#: or up to a quarter of the cluster's object store when that is larger (see materialize_limit).
-MATERIALIZE_MAX_BYTES = 256 * 1024 * 1024
-MATERIALIZE_OBJECT_STORE_FRACTION = 0.25
 TRAIN = "train"
 VALIDATION = "validation"
-
-
-def materialize_limit(object_store_bytes: float | None) -> int:
-    """Largest feature set read into memory once (then trained from device memory): a quarter
-    of the object store, never below MATERIALIZE_MAX_BYTES. Pure, so it is unit-testable."""
-    return int(max(MATERIALIZE_MAX_BYTES, MATERIALIZE_OBJECT_STORE_FRACTION * (object_store_bytes or 0)))
 
 
 @dataclass(frozen=True)

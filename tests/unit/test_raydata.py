@@ -38,3 +38,11 @@ def test_read_settings_live_only_for_the_call_and_the_operators_value_wins(monke
     assert seen[-1][raydata.READ_UNIT_ENV] == "1048576"
     assert os.environ[raydata.READ_UNIT_ENV] == "1048576"
     assert raydata.FOOTER_ACTORS_ENV not in os.environ
+
+
+def test_approx_bytes_counts_fixed_widths_and_guesses_strings():
+    import pyarrow as pa
+
+    schema = pa.schema([("id", pa.int64()), ("x", pa.float32()), ("flag", pa.bool_()), ("name", pa.string())])
+    assert raydata.approx_bytes(schema, 1000) == (8 + 4 + 1 + raydata.VARIABLE_WIDTH_VALUE_BYTES) * 1000
+    assert raydata.approx_bytes(schema, 0) == 0

@@ -224,7 +224,7 @@ def test_feature_set_without_label_is_refused(tmp_path):
 
 
 def test_materialize_limit_scales_with_the_object_store():
-    from mlplat.training.inputs import MATERIALIZE_MAX_BYTES, materialize_limit
+    from mlplat.raydata import MATERIALIZE_MAX_BYTES, materialize_limit
 
     assert materialize_limit(None) == MATERIALIZE_MAX_BYTES
     assert materialize_limit(100 * 2**20) == MATERIALIZE_MAX_BYTES
