@@ -1,32 +1,31 @@
 """How the platform reads Parquet into Ray Data and runs task-only pipelines.
 
-Two Ray Data 2.60 defaults cost the platform's own pipelines real time on small clusters
-(measured on the 2-core CI box, ``docs/data.md``):
+Ray Data 2.60 defaults that cost the platform's own pipelines real time on small clusters
+(measured on the 2-core CI box; ``docs/data.md`` and ``docs/validation.md`` have the numbers):
 
-- **Read units.** The Parquet V2 reader bin-packs row groups into read tasks of up to 128 MiB
-  (uncompressed). A 10M-row, 8-file table became 3 read tasks of 1, 2 and 5 files: one
-  task ran 5.4 s while the other core sat idle. :func:`read_parquet` packs 32 MiB units
-  instead (10 balanced tasks for that table). The value only lives for the planning call;
-  a ``RAY_DATA_PARQUET_BIN_PACKING_BYTES`` set by the operator wins.
-- **Footer readers.** Before reading, the V2 reader starts up to 32 ``FooterReader`` actors
-  (new worker processes) per read to read the Parquet footers, 10 files per actor call. For
-  the few files of a typical platform read that is dozens of process starts on a small box
-  (Ray warned "8 PYTHON worker processes have been started ... 4x the maximum expected").
-  :func:`read_parquet` asks for one actor per 10 listed files (at most 32, at most the
-  cluster's CPUs); for a directory, one per CPU up to 32. The platform's reads list their
-  files (the catalog knows them).
+- **Reader.** The default Parquet reader (V2) lists the files in a task that first starts a
+  ``FooterReader`` actor, a new worker process: ~0.9 s before the first block of every read
+  on the 2-core box, against ~2 s for the whole bare-torch run of the validation benchmark.
+  The V1 reader (``DataContext.use_datasource_v2 = False``) has no such start-up. With
+  ``read_op_min_num_blocks`` at :data:`MIN_BLOCKS_PER_CPU` per CPU (Ray's 200 made 200 tiny
+  read tasks) it read both benchmark workloads faster than V2: validation's 1M rows in
+  1.4 s instead of 2.1 s, the 10M-row feature build in 6.0 s instead of 7.0 s.
+  :func:`read_parquet` uses it unless the operator exported ``RAY_DATA_USE_DATASOURCE_V2``.
+- **V2 read units and footer readers** (when V2 is chosen): V2 bin-packs row groups into
+  128 MiB read tasks (an 8-file table became 3 tasks of 1, 2 and 5 files, one core idle) and
+  starts up to 32 footer-reader actors per read. :func:`read_parquet` asks for 32 MiB units
+  and one actor per 10 listed files (at most one per CPU, 32 in all); exported values win.
 - **Per-operator reservation.** Ray Data reserves a share of the cluster for each operator so
   an actor pool downstream of a read cannot be starved. A fused read -> map -> write pipeline
   has no such neighbour, and on 2 CPUs the reservation let it run one task at a time about
   half of the time (8 x 0.4 s tasks took 2.7 s instead of 1.7 s). :func:`task_only_execution`
-  turns it off for the duration of one execution of such a pipeline. Never use it around a
-  pipeline with an actor pool (validation, scoring): they rely on the reservation to leave
-  CPUs for the read.
+  turns it off for the duration of one execution of such a pipeline, :func:`drop_reservation`
+  for a pipeline built for one call. Never use either on a pipeline with an actor pool: it
+  relies on the reservation to leave CPUs for the read.
 
 A source that two passes read (feature fit, then encode) is read once into the object store
-when it is small against it (:func:`cache_if_small`): each Ray Data read pays ~0.9 s on the
-2-core box before its first block (the listing task waits for a new footer-reader process),
-and Parquet is decoded once instead of twice. Training inputs use the same limit.
+when it is small against it (:func:`cache_if_small`), so Parquet is decoded once instead of
+twice. Training inputs use the same limit.
 """
 
 from __future__ import annotations
@@ -40,10 +39,12 @@ from typing import Any
 __all__ = [
     "MATERIALIZE_MAX_BYTES",
     "MATERIALIZE_OBJECT_STORE_FRACTION",
+    "MIN_BLOCKS_PER_CPU",
     "READ_UNIT_BYTES",
     "READ_UNIT_ENV",
     "approx_bytes",
     "cache_if_small",
+    "drop_reservation",
     "footer_actors",
     "materialize_limit",
     "read_parquet",
@@ -54,6 +55,8 @@ READ_UNIT_ENV = "RAY_DATA_PARQUET_BIN_PACKING_BYTES"
 READ_UNIT_BYTES = 32 * 1024 * 1024
 FOOTER_ACTORS_ENV = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
 FILES_PER_FOOTER_ACTOR = 10  # Ray's RAY_DATA_PARQUET_FOOTER_BATCH_SIZE default
+READER_ENV = "RAY_DATA_USE_DATASOURCE_V2"
+MIN_BLOCKS_PER_CPU = 4
 
 #: Data up to this size is read into the object store once, or up to a quarter of the
 #: cluster's object store when that is larger (see materialize_limit).
@@ -103,24 +106,39 @@ def footer_actors(paths: str | list[str], cluster_cpus: int) -> int:
 
 
 def read_parquet(paths: str | list[str], **kwargs: Any) -> Any:
-    """``ray.data.read_parquet`` with the platform's read units and footer readers (module doc).
+    """``ray.data.read_parquet`` with the platform's reader settings (see the module doc).
 
-    Ray reads both settings from the environment while it plans the read, inside this call, so
-    they are set here and put back afterwards (a value the operator exported wins); the lock
-    keeps two threads of one driver from seeing each other's values."""
+    Ray reads them from the driver's ``DataContext`` and environment while it plans the read,
+    inside this call, so they are set here and put back afterwards (the Dataset keeps its own
+    copy of the context); values the operator exported win. The lock keeps two threads of one
+    driver from seeing each other's values."""
     import ray
     import ray.data
 
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1))) if ray.is_initialized() else 1
     wanted = {READ_UNIT_ENV: str(READ_UNIT_BYTES), FOOTER_ACTORS_ENV: str(footer_actors(paths, cpus))}
+    context = ray.data.DataContext.get_current()
     with _env_lock:
         ours = [k for k in wanted if k not in os.environ]
+        before = (context.use_datasource_v2, context.read_op_min_num_blocks)
         os.environ.update({k: wanted[k] for k in ours})
+        if READER_ENV not in os.environ:
+            context.use_datasource_v2 = False
+            kwargs.setdefault("override_num_blocks", MIN_BLOCKS_PER_CPU * cpus)
         try:
             return ray.data.read_parquet(paths, **kwargs)
         finally:
+            context.use_datasource_v2, context.read_op_min_num_blocks = before
             for k in ours:
                 os.environ.pop(k, None)
+
+
+def drop_reservation(ds: Any) -> Any:
+    """``ds`` set to run without the per-operator reservation for good (its context is shared
+    with the datasets it was derived from: use it only on a pipeline built for one call, made of
+    task operators only). Returns ``ds``."""
+    ds.context.op_resource_reservation_enabled = False
+    return ds
 
 
 @contextmanager

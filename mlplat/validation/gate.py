@@ -17,7 +17,7 @@ import operator
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -89,6 +89,8 @@ class ValidationPolicy(StrictModel):
     slices: list[str] = Field(default_factory=list)
     batch_size: int = Field(4096, ge=1, le=1_000_000)
     max_actors: int | None = Field(None, ge=1)
+    #: batch inference: "auto" (actor pool on GPU clusters, cached-bundle tasks on CPU), "actors", "tasks"
+    executor: Literal["auto", "actors", "tasks"] = "auto"
 
     @field_validator("guardrails")
     @classmethod

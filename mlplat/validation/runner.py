@@ -240,7 +240,8 @@ def _run(storage: Storage, name: str, version: int, cand_ref: BundleRef, spec: A
     bundles = [cand_ref] + ([champ_ref] if champ_ref else [])
     keep = list(dict.fromkeys([label, *pol.slices]))
     ds = split.read(storage, columns=[*keep, *(c for b in bundles for c in b.input_columns)])
-    preds = predict_dataset(ds, storage, bundles, keep, batch_size=pol.batch_size, max_actors=pol.max_actors)
+    preds = predict_dataset(ds, storage, bundles, keep, batch_size=pol.batch_size, max_actors=pol.max_actors,
+                            executor=pol.executor)
     cand = _Scorer(spec.task, spec.num_classes, pol.slices)
     champ = _Scorer(spec.task, spec.num_classes, []) if champ_ref else None
     rows = no_label = 0

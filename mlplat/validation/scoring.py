@@ -59,7 +59,7 @@ def _default_keys(registry: Any, mv: ModelVersion, columns: Sequence[str]) -> li
 
 def score(registry: Any, storage: Storage, model: str, *, dataset: str, dataset_version: int | None = None,
           version: int | str | None = None, output: str | None = None, keys: Sequence[str] | None = None,
-          batch_size: int = 4096, max_actors: int | None = None) -> DatasetVersion:
+          batch_size: int = 4096, max_actors: int | None = None, executor: str = "auto") -> DatasetVersion:
     """Score ``dataset`` with ``model`` (its production version unless ``version`` is given) and
     register the predictions as dataset ``output`` (default ``<model>-scores``), kind inference."""
     validate_name(model, "model name")
@@ -92,7 +92,7 @@ def score(registry: Any, storage: Storage, model: str, *, dataset: str, dataset_
         preds = predict_dataset(ds, storage, [BundleRef(model, mv.version, ref.sha256, PREDICTION)], keys,
                                 batch_size=batch_size, max_actors=max_actors,
                                 constants={MODEL_COLUMN: model, VERSION_COLUMN: int(mv.version)},
-                                class_ids=task == "multiclass")
+                                class_ids=task == "multiclass", executor=executor)
         if task == "multiclass":  # class id as "prediction", probabilities beside it
             preds = preds.rename_columns({PREDICTION: "probabilities", f"{PREDICTION}_class": PREDICTION})
         preds.write_parquet(storage.path(dest), filesystem=storage.fs)

@@ -233,3 +233,35 @@ def test_batch_scoring_joins_back_to_inputs(env, tmp_path):
 
     with pytest.raises(Exception, match="no production version"):
         score(registry, storage, "scorer", dataset="events")
+
+
+def test_cached_bundle_tasks_match_the_actor_pool_and_reload_a_changed_bundle(env):
+    """The two batch-inference executors give the same predictions; a task worker's cached
+    bundle is not used once the bundle changed on storage (the tamper is still caught)."""
+    from mlplat.records import FeatureSetRef
+    from mlplat.validation.inference import BundleRef, predict_dataset, resolve_validation_split
+
+    registry, storage = env
+    fs = _feature_set(registry, storage, "ef", _table(n=600), ["label"])
+    v = _trained(registry, storage, "exec", _linear(COEF), fs)
+    sha = registry.get_version("exec", v).artifacts["bundle"].sha256
+    split = resolve_validation_split(registry, storage, FeatureSetRef(name="ef", version=fs["version"]))
+    refs = [BundleRef("exec", v, sha, "pred", tuple(FEATURES))]
+
+    def predictions(executor: str) -> dict[int, float]:
+        ds = split.read(storage, columns=["id", *FEATURES])
+        out = predict_dataset(ds, storage, refs, ["id"], batch_size=64, executor=executor)
+        return {int(i): float(p) for b in out.iter_batches(batch_size=None, batch_format="numpy")
+                for i, p in zip(b["id"], b["pred"], strict=True)}
+
+    by_actors = predictions("actors")
+    first, warm = predictions("tasks"), predictions("tasks")
+    assert len(by_actors) == split.rows > 0
+    assert first == warm and set(first) == set(by_actors)
+    assert max(abs(first[i] - by_actors[i]) for i in first) < 1e-6
+
+    meta = json.loads(storage.read_bytes("models", "exec", f"v{v}", "bundle.json"))
+    meta["extra"] = {"tampered": True}
+    storage.write_json(meta, "models", "exec", f"v{v}", "bundle.json")
+    with pytest.raises(Exception, match="changed after registration"):
+        predictions("tasks")
