@@ -6,11 +6,14 @@ Ray Data 2.60 defaults that cost the platform's own pipelines real time on small
 - **Reader.** The default Parquet reader (V2) lists the files in a task that first starts a
   ``FooterReader`` actor, a new worker process: ~0.9 s before the first block of every read
   on the 2-core box, against ~2 s for the whole bare-torch run of the validation benchmark.
-  The V1 reader (``DataContext.use_datasource_v2 = False``) has no such start-up. With
-  ``read_op_min_num_blocks`` at :data:`MIN_BLOCKS_PER_CPU` per CPU (Ray's 200 made 200 tiny
-  read tasks) it read both benchmark workloads faster than V2: validation's 1M rows in
-  1.4 s instead of 2.1 s, the 10M-row feature build in 6.0 s instead of 7.0 s.
-  :func:`read_parquet` uses it unless the operator exported ``RAY_DATA_USE_DATASOURCE_V2``.
+  The V1 reader (``DataContext.use_datasource_v2 = False``) has no such start-up. Asked for
+  :data:`MIN_BLOCKS_PER_CPU` blocks per CPU (``override_num_blocks``; left to itself it made
+  200 tiny read tasks) it ran both benchmark workloads faster than V2: validation's 1M rows
+  in 1.4-1.7 s instead of 2.1 s, the 10M-row feature build in 6.3 s instead of 7.0 s.
+  :func:`read_parquet` uses it unless the operator exported ``RAY_DATA_USE_DATASOURCE_V2``
+  (a caller's own ``override_num_blocks`` wins). The block count has to be passed with the
+  read: Ray sizes V1 reads from the driver's global ``DataContext`` when the plan executes,
+  not from the Dataset's copy.
 - **V2 read units and footer readers** (when V2 is chosen): V2 bin-packs row groups into
   128 MiB read tasks (an 8-file table became 3 tasks of 1, 2 and 5 files, one core idle) and
   starts up to 32 footer-reader actors per read. :func:`read_parquet` asks for 32 MiB units
@@ -120,7 +123,7 @@ def read_parquet(paths: str | list[str], **kwargs: Any) -> Any:
     context = ray.data.DataContext.get_current()
     with _env_lock:
         ours = [k for k in wanted if k not in os.environ]
-        before = (context.use_datasource_v2, context.read_op_min_num_blocks)
+        before = context.use_datasource_v2
         os.environ.update({k: wanted[k] for k in ours})
         if READER_ENV not in os.environ:
             context.use_datasource_v2 = False
@@ -128,7 +131,7 @@ def read_parquet(paths: str | list[str], **kwargs: Any) -> Any:
         try:
             return ray.data.read_parquet(paths, **kwargs)
         finally:
-            context.use_datasource_v2, context.read_op_min_num_blocks = before
+            context.use_datasource_v2 = before
             for k in ours:
                 os.environ.pop(k, None)
 

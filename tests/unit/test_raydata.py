@@ -26,7 +26,7 @@ def test_read_settings_live_only_for_the_call_and_the_operators_value_wins(monke
 
     def fake_read_parquet(paths, **kwargs):
         seen.append({**{k: os.environ.get(k) for k in (raydata.READ_UNIT_ENV, raydata.FOOTER_ACTORS_ENV)},
-                     "v2": context.use_datasource_v2, "min_blocks": context.read_op_min_num_blocks})
+                     "v2": context.use_datasource_v2, "blocks": kwargs.get("override_num_blocks")})
         return "dataset"
 
     monkeypatch.setattr(ray.data, "read_parquet", fake_read_parquet)
@@ -39,13 +39,13 @@ def test_read_settings_live_only_for_the_call_and_the_operators_value_wins(monke
     cpus = int(ray.cluster_resources()["CPU"]) if ray.is_initialized() else 1  # the suite may share a Ray
     assert raydata.read_parquet(["a.parquet", "b.parquet"]) == "dataset"
     assert seen[-1] == {raydata.READ_UNIT_ENV: str(raydata.READ_UNIT_BYTES), raydata.FOOTER_ACTORS_ENV: "1",
-                        "v2": False, "min_blocks": raydata.MIN_BLOCKS_PER_CPU * cpus}
+                        "v2": False, "blocks": raydata.MIN_BLOCKS_PER_CPU * cpus}
     assert raydata.READ_UNIT_ENV not in os.environ and raydata.FOOTER_ACTORS_ENV not in os.environ
     assert (context.use_datasource_v2, context.read_op_min_num_blocks) == before
 
     monkeypatch.setenv(raydata.READER_ENV, "1")  # the operator chose the V2 reader
     raydata.read_parquet(["a.parquet"])
-    assert seen[-1]["v2"] == before[0] and seen[-1]["min_blocks"] == before[1]
+    assert seen[-1]["v2"] == before[0] and seen[-1]["blocks"] is None
 
     monkeypatch.setenv(raydata.READ_UNIT_ENV, "1048576")
     raydata.read_parquet(["a.parquet"])
