@@ -6,8 +6,8 @@ executors, the same predictions:
 - ``actors``: an actor pool, one actor per GPU (or per CPU), each loading the bundles in its
   constructor. The default where the cluster has GPUs.
 - ``tasks``: plain Ray Data tasks over whole blocks; each worker process keeps the last
-  :data:`PROCESS_CACHE_BUNDLES` bundles it loaded, keyed by their sha256, so a warm cluster
-  predicts without starting anything. The default on CPU-only clusters: on the 2-core box an
+  :data:`PROCESS_CACHE_BUNDLES` bundles it loaded (keyed by the registry's sha256 and the
+  bundle files' size and mtime), so a warm cluster predicts without starting anything. The default on CPU-only clusters: on the 2-core box an
   actor pool paid ~2.5 s per run to start its actor (process, ``import torch``, bundle load)
   against ~2 s for the whole bare-torch run (docs/validation.md).
 
@@ -40,7 +40,7 @@ __all__ = ["BundleRef", "SplitSource", "BundlePredictor", "resolve_validation_sp
 
 EXECUTORS = ("auto", "actors", "tasks")
 PROCESS_CACHE_BUNDLES = 4  # bundles a task worker process keeps loaded (least recently used go)
-_LOADED: OrderedDict[tuple, tuple] = OrderedDict()  # per worker process: (name, version, sha256, device) -> model
+_LOADED: OrderedDict[tuple, tuple] = OrderedDict()  # per worker process, see _load
 
 
 @dataclass(frozen=True)
