@@ -21,3 +21,12 @@ def test_unknown_executor_is_a_clear_error():
         choose_executor("threads", cluster_gpus=0)
     with pytest.raises(ValueError, match="executor"):
         ValidationPolicy(executor="threads")
+
+
+def test_the_validate_example_config_parses():
+    from pathlib import Path
+
+    import yaml
+
+    doc = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs" / "validate-example.yaml").read_text())
+    assert ValidationPolicy(**doc["policy"]).executor == "auto"
