@@ -4,7 +4,8 @@
 4096. Both sides read the Parquet file, run the model in inference mode and produce the
 predictions; repeats are interleaved and the medians compared.
 
-- mlplat: ``mlplat.raydata.read_parquet`` (the reader validation uses) -> ``predict_dataset``,
+- mlplat: ``mlplat.raydata.read_parquet`` with validation's read batch size (as
+  ``SplitSource.read``) -> ``predict_dataset``,
   consumed by the driver as validation does, end to end. Two rows, one per executor:
   - ``tasks`` (the default on CPU clusters): Ray Data tasks over whole blocks; each worker
     process keeps the bundles it loaded (keyed by sha256 and the files' size and mtime). The
@@ -77,10 +78,10 @@ def _bare(storage, names, sha) -> float:
 
 def _ray(storage, names, sha, executor: str = "auto") -> float:
     from mlplat.raydata import read_parquet
-    from mlplat.validation.inference import BundleRef, predict_dataset
+    from mlplat.validation.inference import SPLIT_READ_BATCH_ROWS, BundleRef, predict_dataset
 
     start = time.perf_counter()
-    ds = read_parquet([storage.path("bench", "data.parquet")], filesystem=storage.fs)
+    ds = read_parquet([storage.path("bench", "data.parquet")], filesystem=storage.fs, batch_size=SPLIT_READ_BATCH_ROWS)
     preds = predict_dataset(ds, storage, [BundleRef("bench", 1, sha, "pred", tuple(names))], [], batch_size=BATCH,
                             executor=executor)
     rows = 0
