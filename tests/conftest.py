@@ -16,6 +16,45 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
 
+def _ray_cluster_state() -> str:
+    """What holds the test cluster's resources: a hung Ray Data pipeline is usually waiting for
+    a CPU somebody else holds, and this names who."""
+    import ray
+    from ray.util.state import list_actors, list_placement_groups, list_tasks
+
+    lines = [f"available: {ray.available_resources()}", f"total: {ray.cluster_resources()}"]
+    for title, rows in (
+        ("actors", lambda: [(a.class_name, a.state, a.pid, a.required_resources)
+                            for a in list_actors(filters=[("state", "!=", "DEAD")], limit=200, detail=True, timeout=10)]),
+        ("placement groups", lambda: [(g.name, g.state, g.bundles)
+                                      for g in list_placement_groups(filters=[("state", "!=", "REMOVED")], limit=100,
+                                                                     detail=True, timeout=10)]),
+        ("unfinished tasks", lambda: [(t.name, t.state, t.type)
+                                      for t in list_tasks(filters=[("state", "!=", "FINISHED")], limit=100, timeout=10)]),
+    ):
+        try:
+            lines += [f"{title}:", *(f"  {row}" for row in rows())]
+        except Exception as exc:  # diagnostics only
+            lines.append(f"{title}: could not list ({type(exc).__name__}: {exc})")
+    return "\n".join(lines)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed (or timed-out) test that used Ray gets the cluster's resource state in its report."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    try:
+        import ray
+
+        if ray.is_initialized():
+            report.sections.append(("ray cluster state", _ray_cluster_state()))
+    except Exception as exc:  # never hide the test's own failure
+        report.sections.append(("ray cluster state", f"unavailable: {exc}"))
+
+
 @pytest.fixture(scope="session")
 def session_tmp(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("mlplat-session")

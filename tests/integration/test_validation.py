@@ -250,7 +250,12 @@ def test_cached_bundle_tasks_match_the_actor_pool_and_reload_a_changed_bundle(en
 
     def predictions(executor: str) -> dict[int, float]:
         ds = split.read(storage, columns=["id", *FEATURES])
-        out = predict_dataset(ds, storage, refs, ["id"], batch_size=64, executor=executor)
+        if executor == "actors":
+            # Read first, then one actor: the pipeline never needs more than one CPU at a time, so
+            # a CPU still held by an earlier test's leftovers slows it instead of starving the read
+            # behind the actor (a CI run hung here for 600 s with the actor up and the read queued).
+            ds = ds.materialize()
+        out = predict_dataset(ds, storage, refs, ["id"], batch_size=64, executor=executor, max_actors=1)
         return {int(i): float(p) for b in out.iter_batches(batch_size=None, batch_format="numpy")
                 for i, p in zip(b["id"], b["pred"], strict=True)}
 
