@@ -88,13 +88,14 @@ def approx_bytes(schema: Any, num_rows: int) -> int:
     return per_row * max(0, int(num_rows))
 
 
-def cache_if_small(ds: Any, size_bytes: int) -> Any:
+def cache_if_small(ds: Any, size_bytes: int, always: bool = False) -> Any:
     """``ds`` read once into the object store when ``size_bytes`` is within
-    :func:`materialize_limit` of this cluster, else ``ds`` unchanged (streamed per pass)."""
+    :func:`materialize_limit` of this cluster (or ``always``), else ``ds`` unchanged (streamed
+    per pass). ``ds`` must be a pipeline of tasks (see :func:`task_only_execution`)."""
     import ray
 
     store = ray.cluster_resources().get("object_store_memory") if ray.is_initialized() else None
-    if not 0 < size_bytes <= materialize_limit(store):
+    if not always and not 0 < size_bytes <= materialize_limit(store):
         return ds
     with task_only_execution(ds):
         return ds.materialize()

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlplat.errors import ConfigError, NotFound, ValidationError
-from mlplat.raydata import materialize_limit, read_parquet
+from mlplat.raydata import cache_if_small, read_parquet
 from mlplat.records import DatasetRef, FeatureSetRef, FeatureSetVersion
 from mlplat.records.data import CATALOG_FEATURE_SET, STATUS_READY
 from mlplat.storage import Storage
@@ -92,10 +92,8 @@ def pack_batch(batch: dict[str, Any], feature_columns: tuple[str, ...], label: s
 
 def make_datasets(storage: Storage, data: TrainingData, task: str, materialize: bool | None = None) -> dict[str, Any]:
     """``{"train": ds, "validation": ds}`` (validation may be missing) as Ray Datasets: streamed,
-    or materialized first when small (``materialize=None``: up to :func:`materialize_limit`)."""
+    or materialized first when small (``materialize=None``: up to ``raydata.materialize_limit``)."""
     import pyarrow.dataset as pads
-    import ray
-    import ray.data
     from ray.data.expressions import col, lit
 
     path = storage.path(data.data_path)
@@ -121,10 +119,10 @@ def make_datasets(storage: Storage, data: TrainingData, task: str, materialize: 
         out = {TRAIN: read(TRAIN), VALIDATION: read(VALIDATION)}
     else:
         out = {TRAIN: read(None)}
-    approx_bytes = data.num_rows * (len(columns) + 1) * 8
-    limit = materialize_limit(ray.cluster_resources().get("object_store_memory") if ray.is_initialized() else None)
-    if materialize or (materialize is None and 0 < approx_bytes <= limit):
-        # Small feature sets: read once into the object store, so each epoch only splits blocks
-        # (no per-epoch read tasks competing with the workers for CPUs).
-        out = {k: v.materialize() for k, v in out.items()}
-    return out
+    if materialize is False:
+        return out
+    # Small feature sets: read once into the object store, so each epoch only splits blocks (no
+    # per-epoch read tasks competing with the workers for CPUs). Packed size: float32 features and
+    # the label, counted at 8 bytes a value.
+    packed_bytes = data.num_rows * (len(columns) + 1) * 8
+    return {k: cache_if_small(v, packed_bytes, always=bool(materialize)) for k, v in out.items()}

@@ -175,6 +175,27 @@ def test_sweep_registers_best_trial(env):
     assert mv.state.value == "TRAINED" and "bundle" in mv.artifacts
 
 
+def test_training_inputs_are_cached_when_small_and_streamed_when_told(env):
+    """make_datasets reads a small feature set once into the object store (epochs only split
+    blocks); materialize=False streams; both give the same packed rows."""
+    from ray.data.dataset import MaterializedDataset
+
+    from mlplat.training.inputs import TRAIN, VALIDATION, make_datasets, resolve_training_data
+
+    storage, registry = env
+    data = resolve_training_data(registry, storage, "toy", None, None)
+    cached = make_datasets(storage, data, "binary")
+    streamed = make_datasets(storage, data, "binary", materialize=False)
+    assert set(cached) == set(streamed) == {TRAIN, VALIDATION}
+    assert all(isinstance(ds, MaterializedDataset) for ds in cached.values())
+    assert not any(isinstance(ds, MaterializedDataset) for ds in streamed.values())
+    for split in (TRAIN, VALIDATION):
+        a = sorted(map(tuple, np.concatenate([b["x"] for b in cached[split].iter_batches(batch_format="numpy")])))
+        b = sorted(map(tuple, np.concatenate([b["x"] for b in streamed[split].iter_batches(batch_format="numpy")])))
+        assert a == b and len(a) > 0
+    assert sum(ds.count() for ds in cached.values()) == data.num_rows
+
+
 def _kill_platform_actors(ns: str) -> None:
     """The detached scheduler and registry actors a test's namespace started."""
     import ray
