@@ -5,7 +5,8 @@
 predictions; repeats are interleaved and the medians compared.
 
 - mlplat: ``mlplat.raydata.read_parquet`` with validation's read batch size (as
-  ``SplitSource.read``) -> ``predict_dataset``,
+  ``SplitSource.read``; one file of 16 row groups, so it reads by row groups, fused with the
+  prediction) -> ``predict_dataset``,
   consumed by the driver as validation does, end to end. Two rows, one per executor:
   - ``tasks`` (the default on CPU clusters): Ray Data tasks over whole blocks; each worker
     process keeps the bundles it loaded (keyed by sha256 and the files' size and mtime). The
@@ -92,7 +93,7 @@ def _ray(storage, names, sha, executor: str = "auto") -> float:
     return elapsed
 
 
-def run(repeats: int = 3) -> list[dict]:
+def run(repeats: int = 5) -> list[dict]:
     import ray
     import torch
 
