@@ -45,3 +45,20 @@ def test_each_reader_returns_the_same_rows(tmp_path, ray_session, files, rows_pe
     assert reader in stats, stats
     assert got.column("id").to_pylist() == want.column("id").to_pylist()
     assert got.column("x").to_pylist() == want.column("x").to_pylist()
+
+
+def test_row_group_read_from_the_storage_root(storage, ray_session):
+    """The row-group read on the platform's filesystem, local disk and SeaweedFS S3 alike."""
+    parts = []
+    for i in range(2):
+        ids = range(i * 600, (i + 1) * 600)
+        table = pa.table({"id": pa.array(ids, pa.int64()), "x": pa.array([j / 7 for j in ids], pa.float64())})
+        with storage.open_write("rg", f"part-{i}.parquet") as handle:
+            pq.write_table(table, handle, row_group_size=200)
+        parts.append(table)
+    ds = raydata.read_parquet([storage.path("rg", f"part-{i}.parquet") for i in range(2)], filesystem=storage.fs)
+    ds = ds.select_columns(["x"]).map_batches(lambda b: b, batch_format="pyarrow", batch_size=None)
+    got = pa.concat_tables(ds.iter_batches(batch_size=None, batch_format="pyarrow"))
+    assert "ReadParquetRowGroups" in ds.stats()
+    assert got.schema.names == ["x"]
+    assert sorted(got.column("x").to_pylist()) == sorted(pa.concat_tables(parts).column("x").to_pylist())
