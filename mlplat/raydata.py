@@ -173,10 +173,12 @@ def _define_row_group_datasource() -> type:
             self._projection_map = {c: c for c in columns} if columns else None
             self._units: list[tuple[str, int, int, int]] = []  # (path, row group, rows, bytes)
             self._file_schema: pa.Schema | None = None
+            self.uniform = True  # every file has the first file's schema
             for path in paths:
                 meta = pq.ParquetFile(path, filesystem=filesystem).metadata
                 schema = meta.schema.to_arrow_schema()
                 self._file_schema = self._file_schema or schema
+                self.uniform = self.uniform and schema.remove_metadata().equals(self._file_schema.remove_metadata())
                 missing = [c for c in (columns or []) if c not in schema.names]
                 if missing:
                     raise ValidationError(f"{path} has no column(s) {missing}; it has {schema.names}")
@@ -248,8 +250,10 @@ def _read_row_groups(paths: str | list[str], cpus: int, kwargs: dict[str, Any]) 
                                        kwargs.get("batch_size"))
     except OSError:
         return None  # Ray's reader reports an unreadable file in its own words
-    if source.num_units < cpus:
-        return None  # fewer row groups than CPUs: V1 splits the output across them instead
+    if source.num_units < cpus or not source.uniform:
+        # Fewer row groups than CPUs: V1 splits the output across them instead. Files whose
+        # schemas differ: Ray's reader unifies them.
+        return None
     return ray.data.read_datasource(source, override_num_blocks=blocks)
 
 
