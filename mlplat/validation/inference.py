@@ -36,7 +36,7 @@ from mlplat.records import CATALOG_FEATURE_SET, STATUS_READY, FeatureSetRef, Fea
 from mlplat.storage import MANIFEST_NAME, Storage
 
 __all__ = ["BundleRef", "SplitSource", "BundlePredictor", "resolve_validation_split", "predict_dataset", "plan_pool",
-           "features_matrix", "EXECUTORS", "choose_executor", "PROCESS_CACHE_BUNDLES"]
+           "features_matrix", "EXECUTORS", "choose_executor", "inference_plan", "PROCESS_CACHE_BUNDLES"]
 
 EXECUTORS = ("auto", "actors", "tasks")
 #: Rows per Parquet read batch of a validation split: prediction starts on the first batch
@@ -231,6 +231,18 @@ def choose_executor(executor: str, cluster_gpus: int) -> str:
     return executor
 
 
+def inference_plan(executor: str = "auto", max_actors: int | None = None) -> dict[str, Any]:
+    """Where :func:`predict_dataset` runs on this cluster: ``executor`` (tasks or actors),
+    ``device`` (cpu or cuda) and ``actors`` (the pool's largest size; None for tasks)."""
+    import ray
+
+    gpus = int(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else 0
+    if choose_executor(executor, gpus) == "tasks":
+        return {"executor": "tasks", "device": "cpu", "actors": None}
+    plan = plan_pool(max_actors)
+    return {"executor": "actors", "device": plan["device"], "actors": plan["size"]}
+
+
 def _predict_blocks(batch: pa.Table, storage: Storage, bundles: Sequence[BundleRef], keep: Sequence[str],
                     constants: dict[str, Any] | None, class_ids: bool, batch_size: int) -> dict[str, np.ndarray]:
     """The ``tasks`` executor: one whole block, predicted ``batch_size`` rows at a time by the
@@ -248,11 +260,10 @@ def predict_dataset(ds: Any, storage: Storage, bundles: Sequence[BundleRef], kee
 
     With tasks the pipeline has no actor pool, so it runs without Ray Data's per-operator
     reservation (``drop_reservation``: ``ds`` must be a dataset built for this call)."""
-    import ray
     import ray.data
 
-    gpus = int(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else 0
-    if choose_executor(executor, gpus) == "tasks":
+    where = inference_plan(executor, max_actors)
+    if where["executor"] == "tasks":
         preds = ds.map_batches(_predict_blocks, batch_size=None, batch_format="pyarrow",
                                fn_args=(storage, list(bundles), list(keep), constants, class_ids, batch_size))
         return drop_reservation(preds)

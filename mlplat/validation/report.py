@@ -132,13 +132,16 @@ def render_html(report: Mapping[str, Any]) -> str:
         badge += ' <span class="badge pending">awaiting approval</span>'
     fs = report.get("feature_set") or {}
     champ_head = f"champion v{champ.get('version')}" if champ else ""
+    inference = report.get("inference") or {}
+    where = (f" · inference: {e(str(inference.get('executor')))} on {e(str(inference.get('device')))}"
+             if inference else "")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{e(report['model'])} v{report['version']} — validation</title>
 <style>{_CSS}</style></head><body>
 <h1>{e(report['model'])} v{report['version']} {badge}</h1>
 <p class="sub">{e(report['task'])} · feature set {e(str(fs.get('name')))} v{e(str(fs.get('version')))}, split
 <code>{e(str((report.get('split') or {}).get('value')))}</code> · {_num(report.get('rows'))} rows
-({_num(report.get('non_finite_predictions'))} non-finite predictions) · outcome <b>{e(str(report.get('outcome')))}</b></p>
+({_num(report.get('non_finite_predictions'))} non-finite predictions) · outcome <b>{e(str(report.get('outcome')))}</b>{where}</p>
 {f'<h2>Why it failed</h2><ul class="reasons">{reasons}</ul>' if reasons else ''}
 {f'<h2>Notes</h2><ul>{notes}</ul>' if notes else ''}
 {f'<p class="bad">Error: {e(str(report["error"]))}</p>' if report.get('error') else ''}
@@ -163,6 +166,10 @@ def summary_text(report: Mapping[str, Any], location: str) -> str:
         f"  split: feature set {report['feature_set']['name']} v{report['feature_set']['version']}, "
         f"{report.get('rows', 0):,} rows, {report.get('non_finite_predictions', 0)} non-finite predictions",
     ]
+    where = report.get("inference") or {}
+    if where:
+        lines.append(f"  inference: {where.get('executor')} on {where.get('device')}"
+                     + (f" (up to {where['actors']} actors)" if where.get("actors") else ""))
     for m, v in (report.get("metrics") or {}).items():
         c = (champ.get("metrics") or {}).get(m) if champ else None
         lines.append(f"  {m:<10} {_num(v):>10}" + (f"   champion v{champ['version']}: {_num(c)}" if champ else ""))

@@ -27,7 +27,7 @@ from mlplat.models import load_bundle
 from mlplat.records import ALIAS_PRODUCTION, FeatureSetRef, ModelState, ModelVersion
 from mlplat.storage import Storage
 from mlplat.validation.gate import Decision, ValidationPolicy, gate
-from mlplat.validation.inference import BundleRef, SplitSource, predict_dataset, resolve_validation_split
+from mlplat.validation.inference import BundleRef, SplitSource, inference_plan, predict_dataset, resolve_validation_split
 from mlplat.validation.metrics import make_accumulator
 from mlplat.validation.report import REPORT_FORMAT, load_report, report_dir, write_report
 
@@ -273,6 +273,7 @@ def _run(storage: Storage, name: str, version: int, cand_ref: BundleRef, spec: A
         "label": label, "rows": rows, "rows_scored": cand.overall.rows, "rows_without_label": no_label,
         "non_finite_predictions": cand.non_finite, "metrics": cand.overall.result(), "slices": cand.slice_results(),
         "champion": champion, "guardrails": list(pol.guardrails), "notes": notes, "created_at": time.time(),
+        "inference": inference_plan(pol.executor, pol.max_actors),
     }
     return report, cand.overall.curves(), (champ.overall.curves() if champ else None)
 

@@ -100,6 +100,7 @@ def _check_report(storage, name: str, version: int, pngs: set[str]) -> dict:
     html = storage.read_bytes("reports", name, f"v{version}", "index.html").decode()
     for f in pngs:
         assert f'src="{f}"' in html
+    assert f"inference: {report['inference']['executor']} on {report['inference']['device']}" in html
     assert location.endswith(f"reports/{name}/v{version}")
     return report
 
@@ -122,6 +123,7 @@ def test_good_and_bad_binary_models_end_validated_and_rejected(env):
     assert report["slices"]["region"]["eu"]["rows"] + report["slices"]["region"]["us"]["rows"] == report["rows"]
     assert report["rows"] == sum(1 for s in _table().column("split").to_pylist() if s == "validation")
     assert "no production version" in report["decision"]["notes"][0]
+    assert report["inference"] == {"executor": "tasks", "device": "cpu", "actors": None}  # no GPUs here
 
     bad = _trained(registry, storage, "churn", _linear(-COEF), fs)
     out = validate(registry, storage, "churn", bad)
@@ -131,6 +133,7 @@ def test_good_and_bad_binary_models_end_validated_and_rejected(env):
     assert mv.state == ModelState.REJECTED and "auc >= 0.8" in mv.error
     _check_report(storage, "churn", bad, {"roc.png", "calibration.png", "metrics.png", "slice_region.png"})
     assert "REJECTED" in summary_text(*report_of(storage, "churn", bad))
+    assert "inference: tasks on cpu" in summary_text(*report_of(storage, "churn", bad))
 
     # With v1 in production, a slightly worse v3 fails the no-regression guardrail on the same rows.
     registry.promote("churn", good)
