@@ -273,3 +273,29 @@ def test_cached_bundle_tasks_match_the_actor_pool_and_reload_a_changed_bundle(en
     storage.write_json(meta, "models", "exec", f"v{v}", "bundle.json")
     with pytest.raises(Exception, match="changed after registration"):
         predictions("tasks")
+
+
+def test_validate_job_exit_codes_and_output(env, monkeypatch, capsys):
+    """jobs/validate.py (what `ray job submit` runs): 0 and the JSON verdict for a VALIDATED
+    version, 1 for a REJECTED one, 2 with a one-line error for a version not in TRAINED."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("validate_job", Path(__file__).parents[2] / "jobs" / "validate.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    monkeypatch.setenv("MLPLAT_REGISTRY_MODE", "local")  # the registry the env fixture wrote
+    registry, storage = env
+    fs = _feature_set(registry, storage, "job-features", _table(), ["label"])
+    registry.create_model("jobbed", serving_policy={"validation": {"guardrails": ["auc >= 0.8"]}})
+    good = _trained(registry, storage, "jobbed", _linear(COEF), fs)
+    bad = _trained(registry, storage, "jobbed", _linear(-COEF), fs)
+
+    assert job.main(["--root", storage.base, "--model", "jobbed", "--version", str(good)]) == 0
+    verdict = json.loads(capsys.readouterr().out)
+    assert verdict["state"] == "VALIDATED" and verdict["passed"] and verdict["report"].endswith(f"reports/jobbed/v{good}")
+    assert job.main(["--root", storage.base, "--model", "jobbed", "--version", str(bad)]) == 1
+    verdict = json.loads(capsys.readouterr().out)
+    assert verdict["state"] == "REJECTED" and any(r.startswith("auc >= 0.8") for r in verdict["reasons"])
+    assert job.main(["--root", storage.base, "--model", "jobbed", "--version", str(good)]) == 2
+    assert "only TRAINED versions" in capsys.readouterr().err
