@@ -25,6 +25,9 @@ from mlplat.config import StrictModel
 from mlplat.errors import ConfigError
 from mlplat.validation.metrics import METRICS_BY_TASK
 
+#: Where batch inference runs (mlplat.validation.inference.choose_executor decides "auto").
+Executor = Literal["auto", "actors", "tasks"]
+
 __all__ = ["Guardrail", "Check", "Decision", "ValidationPolicy", "ValidationJobConfig", "parse_guardrail", "gate"]
 
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
@@ -90,7 +93,7 @@ class ValidationPolicy(StrictModel):
     batch_size: int = Field(4096, ge=1, le=1_000_000)
     max_actors: int | None = Field(None, ge=1)
     #: batch inference: "auto" (actor pool on GPU clusters, cached-bundle tasks on CPU), "actors", "tasks"
-    executor: Literal["auto", "actors", "tasks"] = "auto"
+    executor: Executor = "auto"
 
     @field_validator("guardrails")
     @classmethod
