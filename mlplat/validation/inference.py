@@ -37,7 +37,8 @@ from mlplat.storage import MANIFEST_NAME, Storage
 from mlplat.validation.gate import Executor
 
 __all__ = ["BundleRef", "SplitSource", "BundlePredictor", "resolve_validation_split", "predict_dataset", "plan_pool",
-           "features_matrix", "EXECUTORS", "choose_executor", "inference_plan", "PROCESS_CACHE_BUNDLES"]
+           "features_matrix", "EXECUTORS", "choose_executor", "inference_plan", "PLAN_REPORT_KEYS",
+           "PROCESS_CACHE_BUNDLES"]
 
 EXECUTORS: tuple[str, ...] = get_args(Executor)  # the policy's choices, in one place
 #: Rows per Parquet read batch of a validation split: prediction starts on the first batch
@@ -232,16 +233,22 @@ def choose_executor(executor: str, cluster_gpus: int) -> str:
     return executor
 
 
+#: The keys of an inference plan a validation report records.
+PLAN_REPORT_KEYS = ("executor", "device", "actors")
+
+
 def inference_plan(executor: str = "auto", max_actors: int | None = None) -> dict[str, Any]:
     """Where :func:`predict_dataset` runs on this cluster: ``executor`` (tasks or actors),
-    ``device`` (cpu or cuda) and ``actors`` (the pool's largest size; None for tasks)."""
+    ``device`` (cpu or cuda), ``actors`` (the pool's largest size; None for tasks) and, for an
+    actor pool, each actor's ``num_cpus`` and ``num_gpus``."""
     import ray
 
     gpus = int(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else 0
     if choose_executor(executor, gpus) == "tasks":
         return {"executor": "tasks", "device": "cpu", "actors": None}
-    plan = plan_pool(max_actors)
-    return {"executor": "actors", "device": plan["device"], "actors": plan["size"]}
+    pool = plan_pool(max_actors)
+    return {"executor": "actors", "device": pool["device"], "actors": pool["size"], "num_cpus": pool["num_cpus"],
+            "num_gpus": pool["num_gpus"]}
 
 
 def _predict_blocks(batch: pa.Table, storage: Storage, bundles: Sequence[BundleRef], keep: Sequence[str],
@@ -255,27 +262,28 @@ def _predict_blocks(batch: pa.Table, storage: Storage, bundles: Sequence[BundleR
 
 def predict_dataset(ds: Any, storage: Storage, bundles: Sequence[BundleRef], keep: Sequence[str], *,
                     batch_size: int = 4096, max_actors: int | None = None, constants: dict[str, Any] | None = None,
-                    class_ids: bool = False, executor: str = "auto") -> Any:
+                    class_ids: bool = False, executor: str = "auto", plan: dict[str, Any] | None = None) -> Any:
     """``ds`` with the prediction columns: lazy; iterate or write it. ``executor``: see the
-    module doc (``auto``: an actor pool on GPU clusters, cached-bundle tasks on CPU ones).
+    module doc (``auto``: an actor pool on GPU clusters, cached-bundle tasks on CPU ones);
+    ``plan``: an :func:`inference_plan` already made (then ``executor`` and ``max_actors`` are
+    not looked at), so a caller records what actually ran.
 
     With tasks the pipeline has no actor pool, so it runs without Ray Data's per-operator
     reservation (``drop_reservation``: ``ds`` must be a dataset built for this call)."""
     import ray.data
 
-    where = inference_plan(executor, max_actors)
+    where = plan or inference_plan(executor, max_actors)
     if where["executor"] == "tasks":
         preds = ds.map_batches(_predict_blocks, batch_size=None, batch_format="pyarrow",
                                fn_args=(storage, list(bundles), list(keep), constants, class_ids, batch_size))
         return drop_reservation(preds)
-    plan = plan_pool(max_actors)
     return ds.map_batches(
         BundlePredictor,
-        fn_constructor_kwargs={"storage": storage, "bundles": list(bundles), "keep": list(keep), "device": plan["device"],
+        fn_constructor_kwargs={"storage": storage, "bundles": list(bundles), "keep": list(keep), "device": where["device"],
                                "constants": constants, "class_ids": class_ids},
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan["size"]),
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=where["actors"]),
         batch_size=batch_size,
         batch_format="pyarrow",
-        num_cpus=plan["num_cpus"],
-        num_gpus=plan["num_gpus"] or None,
+        num_cpus=where["num_cpus"],
+        num_gpus=where["num_gpus"] or None,
     )

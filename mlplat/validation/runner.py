@@ -27,7 +27,14 @@ from mlplat.models import load_bundle
 from mlplat.records import ALIAS_PRODUCTION, FeatureSetRef, ModelState, ModelVersion
 from mlplat.storage import Storage
 from mlplat.validation.gate import Decision, ValidationPolicy, gate
-from mlplat.validation.inference import BundleRef, SplitSource, inference_plan, predict_dataset, resolve_validation_split
+from mlplat.validation.inference import (
+    PLAN_REPORT_KEYS,
+    BundleRef,
+    SplitSource,
+    inference_plan,
+    predict_dataset,
+    resolve_validation_split,
+)
 from mlplat.validation.metrics import make_accumulator
 from mlplat.validation.report import REPORT_FORMAT, load_report, report_dir, write_report
 
@@ -240,8 +247,8 @@ def _run(storage: Storage, name: str, version: int, cand_ref: BundleRef, spec: A
     bundles = [cand_ref] + ([champ_ref] if champ_ref else [])
     keep = list(dict.fromkeys([label, *pol.slices]))
     ds = split.read(storage, columns=[*keep, *(c for b in bundles for c in b.input_columns)])
-    preds = predict_dataset(ds, storage, bundles, keep, batch_size=pol.batch_size, max_actors=pol.max_actors,
-                            executor=pol.executor)
+    where = inference_plan(pol.executor, pol.max_actors)  # decided once: run with it, record it
+    preds = predict_dataset(ds, storage, bundles, keep, batch_size=pol.batch_size, plan=where)
     cand = _Scorer(spec.task, spec.num_classes, pol.slices)
     champ = _Scorer(spec.task, spec.num_classes, []) if champ_ref else None
     rows = no_label = 0
@@ -273,7 +280,7 @@ def _run(storage: Storage, name: str, version: int, cand_ref: BundleRef, spec: A
         "label": label, "rows": rows, "rows_scored": cand.overall.rows, "rows_without_label": no_label,
         "non_finite_predictions": cand.non_finite, "metrics": cand.overall.result(), "slices": cand.slice_results(),
         "champion": champion, "guardrails": list(pol.guardrails), "notes": notes, "created_at": time.time(),
-        "inference": inference_plan(pol.executor, pol.max_actors),
+        "inference": {k: where[k] for k in PLAN_REPORT_KEYS},
     }
     return report, cand.overall.curves(), (champ.overall.curves() if champ else None)
 
