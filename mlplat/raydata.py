@@ -25,13 +25,12 @@ Ray Data 2.60 defaults that cost the platform's own pipelines real time on small
   turns it off for the duration of one execution of such a pipeline, :func:`drop_reservation`
   for a pipeline built for one call. Never use either on a pipeline with an actor pool: it
   relies on the reservation to leave CPUs for the read.
-
 - **Few large files.** Ray's V1 reader makes one read task per file; with fewer files than
   the wanted blocks it splits each file's output afterwards (``SplitBlocks``), and Ray never
   fuses such a read with the map after it: every row crosses the object store once more, and
   one task decodes the whole file. Validation's 1M-row single-file benchmark spent 0.74 s in
   that one read task. :func:`read_parquet` reads an explicit list of fewer files than wanted
-  blocks by **row groups** instead (:class:`ParquetRowGroups`: footers read in the driver,
+  blocks by **row groups** instead (:func:`row_group_source`: footers read in the driver,
   contiguous row-group ranges balanced by rows, one task each, fused with the maps after it),
   when the files hold at least one row group per CPU. Same benchmark: 1.92 s -> 1.17 s
   (hand run, medians of 5; docs/validation.md).
@@ -43,6 +42,7 @@ twice. Training inputs use the same limit.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Iterator
@@ -53,7 +53,6 @@ __all__ = [
     "MATERIALIZE_MAX_BYTES",
     "MATERIALIZE_OBJECT_STORE_FRACTION",
     "MIN_BLOCKS_PER_CPU",
-    "ParquetRowGroups",
     "READ_UNIT_BYTES",
     "READ_UNIT_ENV",
     "approx_bytes",
@@ -62,6 +61,7 @@ __all__ = [
     "footer_actors",
     "materialize_limit",
     "read_parquet",
+    "row_group_source",
     "task_only_execution",
 ]
 
@@ -140,25 +140,19 @@ def _row_ranges(rows: list[int], tasks: int) -> list[tuple[int, int]]:
     return ranges
 
 
-class ParquetRowGroups:
-    """A Ray Data datasource over the row groups of a list of Parquet files (see the module
-    doc). Built with :meth:`plan`; supports column pruning (``select_columns`` is pushed into
-    the read). Kept free of a Ray import at module level: the class is made a ``Datasource``
-    subclass on first use."""
-
-    _cls: Any = None
-
-    @classmethod
-    def plan(cls, paths: list[str], filesystem: Any, columns: list[str] | None = None,
-             batch_size: int | None = None) -> Any:
-        """The datasource for ``paths``: every file's footer read here, in the driver. Raises
-        OSError when a footer cannot be read and ValidationError for a missing column."""
-        if cls._cls is None:
-            cls._cls = _define_row_group_datasource()
-        return cls._cls(paths, filesystem, columns, batch_size)
+def row_group_source(paths: list[str], filesystem: Any, columns: list[str] | None = None,
+                     batch_size: int | None = None) -> Any:
+    """A :class:`ParquetRowGroups` Ray Data datasource over ``paths`` (see the module doc), with
+    every file's footer read here, in the driver. Raises OSError when a footer cannot be read and
+    ValidationError for a missing column. It supports column pruning (``select_columns`` is
+    pushed into the read)."""
+    return _row_group_datasource_class()(paths, filesystem, columns, batch_size)
 
 
-def _define_row_group_datasource() -> type:
+@functools.cache
+def _row_group_datasource_class() -> type:
+    """The datasource class, defined on first use: it subclasses Ray's ``Datasource``, and this
+    module is imported where Ray is not (the CLI, unit tests)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from ray.data import Datasource, ReadTask
@@ -166,7 +160,7 @@ def _define_row_group_datasource() -> type:
 
     from mlplat.errors import ValidationError
 
-    class _ParquetRowGroups(Datasource):
+    class ParquetRowGroups(Datasource):
         def __init__(self, paths: list[str], filesystem: Any, columns: list[str] | None, batch_size: int | None):
             super().__init__()
             self._fs, self._batch_size = filesystem, batch_size
@@ -231,7 +225,7 @@ def _define_row_group_datasource() -> type:
                 tasks.append(ReadTask(read, meta, schema=self._schema(), per_task_row_limit=per_task_row_limit))
             return tasks
 
-    return _ParquetRowGroups
+    return ParquetRowGroups
 
 
 ROW_GROUP_READ_KWARGS = frozenset({"filesystem", "columns", "batch_size", "override_num_blocks"})
@@ -246,8 +240,8 @@ def _read_row_groups(paths: str | list[str], cpus: int, kwargs: dict[str, Any]) 
             or not set(kwargs) <= ROW_GROUP_READ_KWARGS):
         return None
     try:
-        source = ParquetRowGroups.plan(list(paths), kwargs.get("filesystem"), kwargs.get("columns"),
-                                       kwargs.get("batch_size"))
+        source = row_group_source(list(paths), kwargs.get("filesystem"), kwargs.get("columns"),
+                                  kwargs.get("batch_size"))
     except OSError:
         return None  # Ray's reader reports an unreadable file in its own words
     if source.num_units < cpus or not source.uniform:

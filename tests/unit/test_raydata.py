@@ -100,7 +100,7 @@ def test_row_group_source_reads_every_row_once_in_order_with_the_asked_columns(t
     import pyarrow.fs as pafs
 
     paths, total = _files(tmp_path)
-    source = raydata.ParquetRowGroups.plan(paths, pafs.LocalFileSystem(), columns=["id", "x"], batch_size=64)
+    source = raydata.row_group_source(paths, pafs.LocalFileSystem(), columns=["id", "x"], batch_size=64)
     assert source.num_units == 6
     assert source.estimate_inmemory_data_size() > 0
     tasks = source.get_read_tasks(4)
@@ -121,7 +121,7 @@ def test_row_group_source_names_a_missing_column_and_the_file(tmp_path):
 
     paths, _ = _files(tmp_path)
     with pytest.raises(ValidationError, match=r"part-0\.parquet has no column\(s\) \['nope'\]"):
-        raydata.ParquetRowGroups.plan(paths, pafs.LocalFileSystem(), columns=["id", "nope"])
+        raydata.row_group_source(paths, pafs.LocalFileSystem(), columns=["id", "nope"])
 
 
 def test_row_group_source_tells_files_of_another_schema(tmp_path):
@@ -130,8 +130,8 @@ def test_row_group_source_tells_files_of_another_schema(tmp_path):
     import pyarrow.parquet as pq
 
     paths, _ = _files(tmp_path, groups_per_file=(2, 2))
-    assert raydata.ParquetRowGroups.plan(paths, pafs.LocalFileSystem()).uniform
+    assert raydata.row_group_source(paths, pafs.LocalFileSystem()).uniform
     other = str(tmp_path / "other.parquet")
     pq.write_table(pa.table({"id": pa.array([1, 2], pa.int32()), "x": pa.array([0.5, 1.5], pa.float32()),
                              "s": pa.array(["a", "b"])}), other)
-    assert not raydata.ParquetRowGroups.plan([*paths, other], pafs.LocalFileSystem()).uniform
+    assert not raydata.row_group_source([*paths, other], pafs.LocalFileSystem()).uniform
