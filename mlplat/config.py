@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import pydantic
 import yaml
@@ -25,6 +26,9 @@ __all__ = [
     "DedicatedSettings",
     "ServeSettings",
     "PlatformConfig",
+    "RegistrySettings",
+    "normalize_registry_url",
+    "redact_url",
     "load_config",
     "parse_config",
     "platform_config",
@@ -32,6 +36,48 @@ __all__ = [
 ]
 
 M = TypeVar("M", bound=BaseModel)
+
+
+_SETTING = "registry.url (env MLPLAT_REGISTRY_URL)"
+
+
+def normalize_registry_url(url_or_path: str | Path) -> str:
+    """``registry.url`` in canonical form; a one-line ConfigError naming the setting otherwise.
+
+    >>> normalize_registry_url("/var/lib/mlplat/registry.db")
+    'sqlite:////var/lib/mlplat/registry.db'
+    >>> normalize_registry_url("postgres://u@db/mlplat")
+    'postgresql://u@db/mlplat'
+    """
+    text = str(url_or_path).strip()
+    if not text:
+        raise ConfigError(f"{_SETTING} is empty: expected sqlite:///PATH or postgresql://USER@HOST/DB")
+    if "://" not in text:  # a plain file path
+        return "sqlite:///" + (text if text == ":memory:" else str(Path(text).expanduser()))
+    scheme, _, rest = text.partition("://")
+    scheme = scheme.lower()
+    if scheme == "sqlite":
+        if not rest.startswith("/") or rest == "/":
+            raise ConfigError(f"{_SETTING} {text!r}: expected sqlite:///relative/path.db or sqlite:////absolute/path.db")
+        return "sqlite://" + rest
+    if scheme in ("postgresql", "postgres", "postgresql+psycopg"):
+        parts = urlsplit("postgresql://" + rest)
+        if not parts.netloc and "host=" not in parts.query:
+            raise ConfigError(f"{_SETTING} {redact_url(text)!r}: expected postgresql://USER@HOST[:PORT]/DB "
+                              "or postgresql://USER@/DB?host=/socket/dir")
+        return urlunsplit(parts)
+    raise ConfigError(f"{_SETTING} {redact_url(text)!r} is not supported: expected sqlite:///PATH or "
+                      "postgresql://USER@HOST/DB")
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password (for messages and ``backend_url()``)."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
 
 
 class StrictModel(BaseModel):
@@ -121,19 +167,43 @@ class ServeSettings(StrictModel):
     dedicated: DedicatedSettings = Field(default_factory=DedicatedSettings)
 
 
+class RegistrySettings(StrictModel):
+    """Where the registry's database is: ``url`` is ``sqlite:///PATH`` (embedded, the default:
+    ``<root>/registry.db`` for a local root) or ``postgresql://USER@HOST/DB`` (shared by clusters)."""
+
+    url: str | None = None
+
+
 class PlatformConfig(StrictModel):
     """Where mlplat keeps its state and how it reaches Ray."""
 
     root: str = "./.mlplat"
-    registry_db: str | None = None
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    registry_db: str | None = None  # a SQLite file path; registry.url is the general form
     ray_address: str | None = None
     namespace: str = "mlplat"
     api_token: SecretStr | None = None
     s3: S3Settings = Field(default_factory=S3Settings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
 
+    def registry_url(self) -> str:
+        """The registry database as a URL: ``registry.url``, else ``registry_db`` (a SQLite path),
+        else ``sqlite:///<root>/registry.db`` for a local root. Both set and different: ConfigError."""
+        if self.registry.url and self.registry_db:
+            url, path = normalize_registry_url(self.registry.url), normalize_registry_url(self.registry_db)
+            if url != path:
+                raise ConfigError(f"registry.url {self.registry.url!r} (MLPLAT_REGISTRY_URL) and registry_db "
+                                  f"{self.registry_db!r} (MLPLAT_REGISTRY_DB) name different databases; set one of them")
+        if self.registry.url:
+            return normalize_registry_url(self.registry.url)
+        return normalize_registry_url(self.registry_db_path())
+
     def registry_db_path(self) -> str:
         """The SQLite file of the registry: explicit, else ``<root>/registry.db`` for a local root."""
+        if self.registry.url and not self.registry.url.startswith("sqlite:"):
+            raise ConfigError(f"the registry is not a SQLite file: registry.url is {self.registry.url.split('@')[-1]!r}")
+        if self.registry.url:
+            return self.registry.url.removeprefix("sqlite:///")
         if self.registry_db:
             return self.registry_db
         if "://" in self.root and not self.root.startswith("file://"):
@@ -149,6 +219,7 @@ class PlatformConfig(StrictModel):
 ENV_VARS: dict[str, str] = {
     "MLPLAT_ROOT": "root",
     "MLPLAT_REGISTRY_DB": "registry_db",
+    "MLPLAT_REGISTRY_URL": "registry.url",
     "MLPLAT_RAY_ADDRESS": "ray_address",
     "MLPLAT_NAMESPACE": "namespace",
     "MLPLAT_API_TOKEN": "api_token",

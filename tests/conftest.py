@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import S3Server, start_seaweedfs
+from tests.servers import PostgresServer, S3Server, start_postgres, start_seaweedfs
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
@@ -72,6 +72,23 @@ def s3_settings(s3_server):
     from mlplat.config import S3Settings
 
     return S3Settings(endpoint_url=s3_server.endpoint_url, access_key=s3_server.access_key, secret_key=s3_server.secret_key)
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory) -> PostgresServer:
+    """One PostgreSQL per session (the registry's shared backend); each test takes a fresh database."""
+    server = start_postgres(tmp_path_factory.mktemp("pg") / "data")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def registry_url(request, tmp_path) -> str:
+    """A fresh, empty registry database per test: a SQLite file, and a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'registry.db'}"
+    server = request.getfixturevalue("postgres_server")
+    return server.create_database(f"t_{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])

@@ -1,4 +1,5 @@
-"""Real servers for tests: SeaweedFS as the S3 store. Started on loopback, stopped by pid."""
+"""Real servers for tests: SeaweedFS as the S3 store (loopback) and PostgreSQL for the registry
+(a Unix socket in a temp dir). Each is stopped by its pid."""
 
 from __future__ import annotations
 
@@ -126,3 +127,58 @@ def _wait_until_writable(server: S3Server, proc: subprocess.Popen, timeout_s: fl
             time.sleep(0.5)
     server.stop()
     raise RuntimeError(f"SeaweedFS S3 not ready after {timeout_s}s: {last_error}")
+
+
+@dataclass
+class PostgresServer:
+    """A PostgreSQL server from the ``pgserver`` wheel, listening on a Unix socket in ``pgdata``."""
+
+    url: str
+    pid: int
+    pgdata: Path
+    _handle: object
+
+    def database_url(self, dbname: str) -> str:
+        """The URL of another database on this server (create it first with :meth:`create_database`)."""
+        base, _, query = self.url.partition("?")
+        return f"{base.rsplit('/', 1)[0]}/{dbname}" + (f"?{query}" if query else "")
+
+    def create_database(self, dbname: str) -> str:
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{dbname}"')
+        return self.database_url(dbname)
+
+    def stop(self) -> None:
+        try:
+            self._handle.cleanup()  # type: ignore[attr-defined]  # pg_ctl stop
+        except Exception:
+            pass
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def start_postgres(pgdata: Path) -> PostgresServer:
+    """Start PostgreSQL in ``pgdata`` (initialized on first use; about 1 s)."""
+    import warnings
+
+    import pgserver
+
+    pgdata.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset
+        handle = pgserver.get_server(pgdata, cleanup_mode="stop")
+    pid = handle.get_pid()
+    if pid is None:
+        raise RuntimeError(f"PostgreSQL did not start in {pgdata}")
+    return PostgresServer(url=handle.get_uri(), pid=pid, pgdata=pgdata, _handle=handle)

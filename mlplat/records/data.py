@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from mlplat.config import StrictModel
 from mlplat.names import NAME_PATTERN
 from mlplat.records.model import ArtifactRef, DatasetRef, FeatureSetRef, Record
+from mlplat.records.run import CatalogEntry
 
 __all__ = [
     "DatasetKind",
@@ -115,11 +116,11 @@ class DatasetVersion(Record):
         return self.model_dump(mode="json", exclude={"name", "version", "created_at", "updated_at"})
 
     @classmethod
-    def from_catalog(cls, record: dict[str, Any]) -> DatasetVersion:
-        payload = dict(record.get("payload") or {})
-        payload.setdefault("tags", record.get("tags") or ())
-        return cls(name=record["name"], version=record["version"], created_at=record.get("created_at"),
-                   updated_at=record.get("updated_at"), **payload)
+    def from_catalog(cls, entry: CatalogEntry) -> DatasetVersion:
+        payload = dict(entry.payload)
+        payload.setdefault("tags", entry.tags)
+        return cls(name=entry.name, version=entry.version, created_at=entry.created_at,
+                   updated_at=entry.updated_at, **payload)
 
 
 # -- feature-set spec (YAML) -----------------------------------------------------------------
@@ -228,8 +229,8 @@ class FeatureSetVersion(Record):
         return self.model_dump(mode="json", exclude={"name", "version", "created_at", "updated_at"})
 
     @classmethod
-    def from_catalog(cls, record: dict[str, Any]) -> FeatureSetVersion:
-        payload = dict(record.get("payload") or {})
-        payload.setdefault("tags", record.get("tags") or ())
-        return cls(name=record["name"], version=record["version"], created_at=record.get("created_at"),
-                   updated_at=record.get("updated_at"), **payload)
+    def from_catalog(cls, entry: CatalogEntry) -> FeatureSetVersion:
+        payload = dict(entry.payload)
+        payload.setdefault("tags", entry.tags)
+        return cls(name=entry.name, version=entry.version, created_at=entry.created_at,
+                   updated_at=entry.updated_at, **payload)

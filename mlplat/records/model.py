@@ -28,46 +28,52 @@ __all__ = [
     "ModelVersion",
     "Event",
     "ModelInfo",
+    "ApprovalState",
+    "APPROVAL_TRANSITIONS",
+    "check_approval",
+    "Approval",
 ]
 
 
 class ModelState(str, enum.Enum):
-    """A model version's lifecycle state; each member carries its flags.
+    """A model version's lifecycle state.
 
     ``is_terminal``: no move leaves the state. ``is_servable``: weights may take traffic.
     """
 
-    REGISTERED = ("REGISTERED", False, False)
-    TRAINING = ("TRAINING", False, False)
-    TRAINED = ("TRAINED", False, False)
-    FAILED = ("FAILED", True, False)
-    VALIDATING = ("VALIDATING", False, False)
-    VALIDATED = ("VALIDATED", False, False)
-    REJECTED = ("REJECTED", True, False)
-    CANARY = ("CANARY", False, True)
-    PRODUCTION = ("PRODUCTION", False, True)
-    ARCHIVED = ("ARCHIVED", False, False)
+    REGISTERED = "REGISTERED"
+    TRAINING = "TRAINING"
+    TRAINED = "TRAINED"
+    FAILED = "FAILED"
+    VALIDATING = "VALIDATING"
+    VALIDATED = "VALIDATED"
+    REJECTED = "REJECTED"
+    CANARY = "CANARY"
+    PRODUCTION = "PRODUCTION"
+    ARCHIVED = "ARCHIVED"
 
-    def __new__(cls, value: str, is_terminal: bool, is_servable: bool) -> ModelState:
-        member = str.__new__(cls, value)
-        member._value_ = value
-        member.is_terminal = is_terminal
-        member.is_servable = is_servable
-        return member
+    @property
+    def is_terminal(self) -> bool:
+        return not TRANSITIONS[self]
+
+    @property
+    def is_servable(self) -> bool:
+        return self in (ModelState.CANARY, ModelState.PRODUCTION)
 
     def __str__(self) -> str:  # "PRODUCTION", not "ModelState.PRODUCTION"
         return self.value
 
 
 _S = ModelState
-#: The only legal moves (architecture.md). ARCHIVED -> PRODUCTION is a rollback.
+#: The only legal moves (architecture.md). ARCHIVED -> PRODUCTION is a rollback;
+#: VALIDATED -> REJECTED is a human reviewer refusing a version that passed the gate.
 TRANSITIONS: dict[ModelState, frozenset[ModelState]] = {
     _S.REGISTERED: frozenset({_S.TRAINING}),
     _S.TRAINING: frozenset({_S.TRAINED, _S.FAILED}),
     _S.TRAINED: frozenset({_S.VALIDATING}),
     _S.FAILED: frozenset(),
     _S.VALIDATING: frozenset({_S.VALIDATED, _S.REJECTED}),
-    _S.VALIDATED: frozenset({_S.CANARY, _S.PRODUCTION}),
+    _S.VALIDATED: frozenset({_S.CANARY, _S.PRODUCTION, _S.REJECTED}),  # REJECTED: a reviewer's "no"
     _S.REJECTED: frozenset(),
     _S.CANARY: frozenset({_S.PRODUCTION, _S.REJECTED}),
     _S.PRODUCTION: frozenset({_S.ARCHIVED}),
@@ -134,6 +140,66 @@ class FeatureSetRef(Record):
     version: int = Field(ge=1)
 
 
+class ApprovalState(str, enum.Enum):
+    """The human gate of a version, next to its model state.
+
+    ``NOT_REQUIRED`` unless the validation policy says ``require_approval``; then a version
+    reaches VALIDATED with ``PENDING`` and a reviewer moves it to ``APPROVED`` or ``REJECTED``
+    (the version itself then moves VALIDATED -> REJECTED).
+    """
+
+    NOT_REQUIRED = "NOT_REQUIRED"
+    PENDING = "PENDING"
+    APPROVED = "APPROVED"
+    REJECTED = "REJECTED"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_A = ApprovalState
+#: The only legal approval moves; a decision is final.
+APPROVAL_TRANSITIONS: dict[ApprovalState, frozenset[ApprovalState]] = {
+    _A.NOT_REQUIRED: frozenset({_A.PENDING}),
+    _A.PENDING: frozenset({_A.APPROVED, _A.REJECTED}),
+    _A.APPROVED: frozenset(),
+    _A.REJECTED: frozenset(),
+}
+
+
+def check_approval(current: ApprovalState | str, target: ApprovalState | str) -> ApprovalState:
+    """Return ``target`` if the approval may move there from ``current``, else raise.
+
+    >>> check_approval("PENDING", "APPROVED")
+    <ApprovalState.APPROVED: 'APPROVED'>
+    """
+    try:
+        current_state, target_state = ApprovalState(str(current).upper()), ApprovalState(str(target).upper())
+    except ValueError:
+        valid = ", ".join(a.value for a in ApprovalState)
+        raise InvalidTransition(f"unknown approval state in {current!r} -> {target!r}; approval states are: {valid}") from None
+    if target_state not in APPROVAL_TRANSITIONS[current_state]:
+        allowed = ", ".join(sorted(a.value for a in APPROVAL_TRANSITIONS[current_state])) or "none (decided)"
+        raise InvalidTransition(
+            f"illegal approval move {current_state.value} -> {target_state.value}; allowed from {current_state.value}: {allowed}"
+        )
+    return target_state
+
+
+class Approval(Record):
+    """Who decided what about a version that needed a human; ``state`` alone when undecided."""
+
+    state: ApprovalState = ApprovalState.NOT_REQUIRED
+    by: str | None = None
+    note: str | None = None
+    at: float | None = None
+
+    @property
+    def blocks_promotion(self) -> bool:
+        """A version waiting for, or refused by, a reviewer is never promoted."""
+        return self.state in (ApprovalState.PENDING, ApprovalState.REJECTED)
+
+
 class ModelVersion(Record):
     """One version of a model as the registry holds it."""
 
@@ -150,6 +216,7 @@ class ModelVersion(Record):
     feature_set: FeatureSetRef | None = None
     run_id: str | None = None
     error: str | None = None
+    approval: Approval = Field(default_factory=Approval)
     extra: dict[str, Any] = Field(default_factory=dict)
 
 

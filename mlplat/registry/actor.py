@@ -1,9 +1,10 @@
-"""The registry actor: the only writer of the registry database.
+"""The registry actor: the registry store behind one named, detached Ray actor.
 
-One named, detached async actor (``max_restarts=-1``, ``max_task_retries=-1``, ``num_cpus=0``).
-It holds nothing but an open :class:`RegistryStore`: a restart reruns ``__init__``, which
-reopens the same SQLite file, so every acknowledged write is still there. Ray retries calls
-that were in flight when it died; idempotency keys make those retries write nothing twice.
+``@ray.remote`` options in :data:`ACTOR_OPTIONS` (``max_restarts=-1``, ``max_task_retries=-1``,
+``num_cpus=0``). It holds nothing but an open :class:`RegistryStore`: a restart reruns
+``__init__``, which reopens the same database, so every acknowledged write is still there. Ray
+retries calls that were in flight when it died; idempotency keys make those retries write
+nothing twice.
 """
 
 from __future__ import annotations
@@ -12,30 +13,36 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from mlplat.errors import ValidationError
+from mlplat.registry.protocol import REGISTRY_CALLS
 from mlplat.registry.store import RegistryStore
 
-__all__ = ["RegistryActor", "ACTOR_OPTIONS"]
+__all__ = ["RegistryActor", "ACTOR_OPTIONS", "REGISTRY_ACTOR_NAME"]
 
+#: The actor's name in its namespace.
+REGISTRY_ACTOR_NAME = "mlplat-registry"
 #: Options of ``ray.remote`` for the actor class (ray-2.60-notes.md, "Actors as services").
 ACTOR_OPTIONS: dict[str, Any] = {"num_cpus": 0, "max_restarts": -1, "max_task_retries": -1}
 
 
 class RegistryActor:
-    """Serves :class:`RegistryStore` methods by name. Async: calls run one at a time on its loop,
-    so the SQLite connection has exactly one user (the store's lock is then never contended)."""
+    """Serves every :data:`REGISTRY_CALLS` method by name. Async: calls run one at a time on its
+    event loop, so the store's connection has exactly one user."""
 
-    def __init__(self, db_path: str, synchronous: str = "FULL"):
-        self._store = RegistryStore(db_path, synchronous=synchronous)
+    def __init__(self, url: str, synchronous: str = "FULL"):
+        self._store = RegistryStore(url, synchronous=synchronous)
         self._pid = os.getpid()
 
     async def call(self, method: str, kwargs: Mapping[str, Any]) -> Any:
-        return self._store.dispatch(method, kwargs)
+        if method not in REGISTRY_CALLS:
+            raise ValidationError(f"unknown registry call {method!r}")
+        return getattr(self._store, method)(**dict(kwargs))
 
     async def getpid(self) -> int:
         return self._pid
 
-    async def db_path(self) -> str:
-        return self._store.db_path
+    async def backend_url(self) -> str:
+        return self._store.backend_url()
 
     async def ping(self) -> bool:
         return True

@@ -1,6 +1,7 @@
-"""The registry through its detached Ray actor: same records and errors as the store,
-concurrent writers, F5 (SIGKILL the actor during 1,000 idempotent writes) and F6 (a client
-process killed mid-registration leaves each version absent or complete).
+"""The registry through its detached Ray actor, on SQLite and on PostgreSQL (the module runs once
+per backend): same records and errors as the in-process store, concurrent writers, F5 (SIGKILL
+the actor during 1,000 idempotent writes) and F6 (a client process killed mid-registration leaves
+each version absent or complete).
 
 Uses its own actor name, namespace and database, and kills only that actor."""
 
@@ -20,31 +21,50 @@ from pathlib import Path
 
 import pytest
 
-from mlplat.config import PlatformConfig
-from mlplat.errors import ConflictError, InvalidName, InvalidTransition, NotFound
+from mlplat.config import PlatformConfig, redact_url
+from mlplat.errors import ConfigError, ConflictError, InvalidName, InvalidTransition, NotFound
 from mlplat.records import Event, ModelState, ModelVersion, check_transition
-from mlplat.registry import RegistryClient
+from mlplat.registry import REGISTRY_CALLS, ActorRegistry, RegistryStore
 
 pytestmark = [pytest.mark.ray]
 S = ModelState
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def reg(ray_session, tmp_path_factory):
-    """A registry actor of this module only: (client, config, actor_name)."""
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def reg(request, ray_session, tmp_path_factory):
+    """A registry actor of this module and backend only: (transport, config, actor_name)."""
     suffix = uuid.uuid4().hex[:8]
     root = tmp_path_factory.mktemp("registry-actor")
-    config = PlatformConfig(root=str(root), namespace=f"mlplat-regtest-{suffix}")
+    if request.param == "sqlite":
+        url = f"sqlite:///{root / 'registry.db'}"
+    else:
+        url = request.getfixturevalue("postgres_server").create_database(f"actor_{suffix}")
+    config = PlatformConfig(root=str(root), namespace=f"mlplat-regtest-{suffix}", registry={"url": url})
     name = f"registry-test-{suffix}"
-    client = RegistryClient.connect(config, actor_name=name)
+    client = ActorRegistry.connect(config, actor_name=name)
     yield client, config, name
     ray_session.kill(client.actor, no_restart=True)
 
 
+def test_every_protocol_call_goes_through_the_actor(reg):
+    client, config, _ = reg
+    assert client.backend_url() == redact_url(config.registry_url())
+    assert set(dir(client)) >= set(REGISTRY_CALLS)
+    with pytest.raises(AttributeError, match="not a Registry call"):
+        client.drop_everything  # noqa: B018
+    with pytest.raises(TypeError):
+        client.get_version("x", 1, bogus=True)
+    run = client.enqueue_run("actor-run-1", kind="train", model="m", request={"a": 1})
+    assert run.queue_position == 1 and client.claim_next_run("w").run_id == "actor-run-1"
+    assert client.update_run("actor-run-1", state="SUCCEEDED", metrics={"auc": 0.9}).metrics == {"auc": 0.9}
+    entry = client.catalog_register("dataset", "actor-ds", {"status": "ready"}, tags=iter(["t"]))  # iterators are sent as lists
+    assert client.catalog_get("dataset", "actor-ds", status="ready") == entry and entry.tags == ("t",)
+
+
 def test_same_records_and_errors_as_local(reg, tmp_path):
     client, _, _ = reg
-    local = RegistryClient.local(str(tmp_path / "local.db"))
+    local = RegistryStore(tmp_path / "local.db")
     for c in (client, local):
         v = c.register_version("parity", datasets=[{"name": "clicks", "version": 2}], metrics={"auc": 0.9})
         assert isinstance(v, ModelVersion) and v.state is S.REGISTERED and v.datasets[0].version == 2
@@ -66,14 +86,17 @@ def test_same_records_and_errors_as_local(reg, tmp_path):
 
 def test_connect_twice_reuses_the_actor(reg):
     client, config, name = reg
-    again = RegistryClient.connect(config, actor_name=name)
+    again = ActorRegistry.connect(config, actor_name=name)
     assert again.getpid() == client.getpid()
+    other = config.model_copy(update={"registry": config.registry.model_copy(update={"url": "/tmp/elsewhere.db"})})
+    with pytest.raises(ConfigError, match="already runs on"):
+        ActorRegistry.connect(other, actor_name=name)
 
 
 def _writer_task(config_json: str, actor_name: str, worker: int, n: int):
     """Runs in a Ray task: its own client, n registrations, and one race for the same version."""
     cfg = PlatformConfig.model_validate_json(config_json)
-    c = RegistryClient.connect(cfg, actor_name=actor_name)
+    c = ActorRegistry.connect(cfg, actor_name=actor_name)
     versions = [c.register_version("shared", extra={"worker": worker, "j": j}).version for j in range(n)]
     try:
         c.transition("race", 1, "TRAINING", expected_state="REGISTERED")
@@ -163,12 +186,12 @@ def test_f5_sigkill_actor_during_1000_idempotent_writes(reg):
 F6_SCRIPT = textwrap.dedent("""
     import hashlib, os, sys
     import ray
-    from mlplat.config import PlatformConfig
-    from mlplat.registry import RegistryClient
+    from mlplat.config import PlatformConfig, redact_url
+    from mlplat.registry import ActorRegistry
 
     config_json, actor_name, out_dir = sys.argv[1], sys.argv[2], sys.argv[3]
     ray.init(address=os.environ["F6_RAY_ADDRESS"], namespace="f6-client", log_to_driver=False, configure_logging=False)
-    client = RegistryClient.connect(PlatformConfig.model_validate_json(config_json), actor_name=actor_name)
+    client = ActorRegistry.connect(PlatformConfig.model_validate_json(config_json), actor_name=actor_name)
     i = 0
     while True:
         arts = {}
@@ -230,15 +253,15 @@ def test_f6_client_killed_mid_registration(reg, ray_session, tmp_path):
 def test_platform_registry_property(ray_session, tmp_path, monkeypatch):
     """``Platform.registry`` connects to the named detached actor of its namespace."""
     from mlplat.api import connect
-    from mlplat.registry import registry_actor_name
+    from mlplat.registry import REGISTRY_ACTOR_NAME, ActorRegistry
 
     monkeypatch.delenv("MLPLAT_REGISTRY_MODE", raising=False)
     p = connect(root=str(tmp_path / "root"), namespace=f"mlplat-regtest-{uuid.uuid4().hex[:8]}")
     client = p.registry
     try:
-        assert p.registry is client and not client.is_local
+        assert p.registry is client and isinstance(client, ActorRegistry)
         assert client.register_version("via-api").version == 1
-        handle = ray_session.get_actor(registry_actor_name, namespace=p.config.namespace)
-        assert ray_session.get(handle.db_path.remote()) == p.config.registry_db_path()
+        handle = ray_session.get_actor(REGISTRY_ACTOR_NAME, namespace=p.config.namespace)
+        assert ray_session.get(handle.backend_url.remote()) == p.config.registry_url()
     finally:
         ray_session.kill(client.actor, no_restart=True)

@@ -1,4 +1,5 @@
-"""`mlplat models ...` against a local registry database (MLPLAT_REGISTRY_MODE=local, no Ray)."""
+"""`mlplat models ...` against a local registry database (MLPLAT_REGISTRY_MODE=local, no Ray),
+SQLite and PostgreSQL chosen by MLPLAT_REGISTRY_URL."""
 
 from __future__ import annotations
 
@@ -7,16 +8,15 @@ import json
 import pytest
 
 from mlplat.cli import main
-from mlplat.registry import RegistryClient
+from mlplat.registry import RegistryStore
 
 
 @pytest.fixture
-def reg(tmp_path, monkeypatch):
-    db = tmp_path / "registry.db"
+def reg(tmp_path, monkeypatch, registry_url):
     monkeypatch.setenv("MLPLAT_REGISTRY_MODE", "local")
     monkeypatch.setenv("MLPLAT_ROOT", str(tmp_path / "root"))
-    monkeypatch.setenv("MLPLAT_REGISTRY_DB", str(db))
-    client = RegistryClient.local(str(db))
+    monkeypatch.setenv("MLPLAT_REGISTRY_URL", registry_url)
+    client = RegistryStore(registry_url)
     client.create_model("churn", owner="ml", tags=["tab"], task_type="classification")
     for _ in range(2):
         v = client.register_version("churn", metrics={"auc": 0.9}).version

@@ -1,4 +1,4 @@
-"""The model-version state machine, exhaustively: every (from, to) pair, pure, no Ray."""
+"""The state machines of versions, approvals and runs, exhaustively: every (from, to) pair, pure, no Ray."""
 
 from __future__ import annotations
 
@@ -7,7 +7,18 @@ import itertools
 import pytest
 
 from mlplat.errors import InvalidTransition
-from mlplat.records import TRANSITIONS, ModelState, allowed_transitions, check_transition
+from mlplat.records import (
+    RUN_TRANSITIONS,
+    TRANSITIONS,
+    Approval,
+    ApprovalState,
+    ModelState,
+    RunState,
+    allowed_transitions,
+    check_approval,
+    check_run_transition,
+    check_transition,
+)
 
 S = ModelState
 LEGAL = {
@@ -15,7 +26,7 @@ LEGAL = {
     (S.TRAINING, S.TRAINED), (S.TRAINING, S.FAILED),
     (S.TRAINED, S.VALIDATING),
     (S.VALIDATING, S.VALIDATED), (S.VALIDATING, S.REJECTED),
-    (S.VALIDATED, S.CANARY), (S.VALIDATED, S.PRODUCTION),
+    (S.VALIDATED, S.CANARY), (S.VALIDATED, S.PRODUCTION), (S.VALIDATED, S.REJECTED),  # a reviewer's no
     (S.CANARY, S.PRODUCTION), (S.CANARY, S.REJECTED),
     (S.PRODUCTION, S.ARCHIVED),
     (S.ARCHIVED, S.PRODUCTION),
@@ -79,3 +90,30 @@ def test_store_rejects_illegal_moves_with_from_and_to(tmp_path, current, target)
         store.transition("m", v, target)
     assert store.get_version("m", v).state is current
     assert store.last_seq() == seq  # nothing written
+
+
+APPROVAL_LEGAL = {("NOT_REQUIRED", "PENDING"), ("PENDING", "APPROVED"), ("PENDING", "REJECTED")}
+
+
+@pytest.mark.parametrize(("current", "target"), list(itertools.product(ApprovalState, ApprovalState)))
+def test_every_approval_pair(current, target):
+    if (current.value, target.value) in APPROVAL_LEGAL:
+        assert check_approval(current, target) is target
+    else:
+        with pytest.raises(InvalidTransition, match=f"{current.value} -> {target.value}"):
+            check_approval(current, target)
+    assert Approval(state=current).blocks_promotion == (current in (ApprovalState.PENDING, ApprovalState.REJECTED))
+
+
+RUN_LEGAL = {("QUEUED", "RUNNING"), ("QUEUED", "CANCELLED"), ("QUEUED", "FAILED"), ("RUNNING", "SUCCEEDED"),
+             ("RUNNING", "FAILED"), ("RUNNING", "CANCELLED"), ("RUNNING", "QUEUED")}
+
+
+@pytest.mark.parametrize(("current", "target"), list(itertools.product(RunState, RunState)))
+def test_every_run_pair(current, target):
+    if current == target or (current.value, target.value) in RUN_LEGAL:
+        assert check_run_transition("r1", current, target) is target
+    else:
+        with pytest.raises(InvalidTransition, match=f"run r1: illegal move {current.value} -> {target.value}"):
+            check_run_transition("r1", current, target)
+    assert current.is_terminal == (not RUN_TRANSITIONS[current])

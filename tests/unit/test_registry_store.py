@@ -1,5 +1,6 @@
-"""The registry store without Ray: versions, aliases, promote/rollback, idempotency,
-optimistic concurrency, search, events, catalog, batching and durability across reopen."""
+"""The registry store without Ray, on SQLite and on PostgreSQL (``registry_url`` runs each test
+on both): versions, aliases, promote/rollback, approval, idempotency, optimistic concurrency,
+search, events, catalog, batching and durability across reopen."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import threading
 import pytest
 
 from mlplat.errors import AlreadyExists, ConflictError, InvalidName, InvalidTransition, NotFound, ValidationError
-from mlplat.records import DatasetRef, Event, FeatureSetRef, ModelInfo, ModelState, ModelVersion
-from mlplat.registry import RegistryClient, RegistryStore, registry_actor_name
+from mlplat.records import ApprovalState, CatalogEntry, DatasetRef, Event, FeatureSetRef, ModelInfo, ModelState, ModelVersion
+from mlplat.registry import REGISTRY_ACTOR_NAME, RegistryStore
 
 S = ModelState
 TO_VALIDATED = [S.TRAINING, S.TRAINED, S.VALIDATING, S.VALIDATED]
@@ -17,10 +18,18 @@ SHA = "a" * 64
 
 
 @pytest.fixture
-def store(tmp_path) -> RegistryStore:
-    s = RegistryStore(tmp_path / "registry.db")
+def store(registry_url) -> RegistryStore:
+    s = RegistryStore(registry_url)
     yield s
     s.close()
+
+
+def validated_awaiting_approval(store, name: str) -> int:
+    v = store.register_version(name).version
+    for state in TO_VALIDATED[:-1]:
+        store.transition(name, v, state)
+    store.transition(name, v, S.VALIDATED, require_approval=True)
+    return v
 
 
 def validated(store, name="churn", **kwargs) -> int:
@@ -30,13 +39,14 @@ def validated(store, name="churn", **kwargs) -> int:
     return v
 
 
-def test_exports_and_actor_name():
-    assert registry_actor_name == "mlplat-registry"
-    assert registry_actor_name() == "mlplat-registry"
+def test_actor_name():
+    assert REGISTRY_ACTOR_NAME == "mlplat-registry"
 
 
-def test_wal_mode(store):
-    assert store._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+def test_sqlite_runs_in_wal_mode(tmp_path):
+    store = RegistryStore(tmp_path / "registry.db")
+    assert store._backend.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.backend_url() == f"sqlite:///{tmp_path / 'registry.db'}"
 
 
 def test_models_create_get_list(store):
@@ -223,11 +233,12 @@ def test_idempotency(store):
     assert store.append_event("custom", "model:churn", {"a": 1}, idempotency_key="e1") == e
     c = store.catalog_register("dataset", "clicks", {"uri": "x"}, idempotency_key="c1")
     assert store.catalog_register("dataset", "clicks", {"uri": "x"}, idempotency_key="c1") == c
-    assert store.catalog_get("dataset", "clicks")["version"] == 1
-    # a failed call stores no key: the retry runs (and fails) again
-    with pytest.raises(InvalidTransition):
-        store.transition("churn", 1, S.PRODUCTION, idempotency_key="bad")
-    assert store._conn.execute("SELECT COUNT(*) FROM idempotency WHERE key='bad'").fetchone()[0] == 0
+    assert store.catalog_get("dataset", "clicks").version == 1
+    # a failed call stores no key: the retry runs (and fails) again, and the key stays free
+    for _ in range(2):
+        with pytest.raises(InvalidTransition):
+            store.transition("churn", 1, S.PRODUCTION, idempotency_key="bad")
+    assert store.append_event("custom", "model:churn", idempotency_key="bad").kind == "custom"
 
 
 def test_events_log(store):
@@ -255,28 +266,28 @@ def test_events_log(store):
 
 def test_catalog(store):
     d1 = store.catalog_register("dataset", "clicks", {"uri": "datasets/clicks/v1", "rows": 10}, tags=["raw"])
-    assert set(d1) == {"kind", "name", "version", "payload", "tags", "created_at", "updated_at"}
-    assert (d1["kind"], d1["version"], d1["tags"]) == ("dataset", 1, ["raw"])
+    assert isinstance(d1, CatalogEntry)
+    assert (d1.kind, d1.version, d1.tags) == ("dataset", 1, ("raw",))
     d2 = store.catalog_register("dataset", "clicks", {"uri": "datasets/clicks/v2"})
-    assert d2["version"] == 2
+    assert d2.version == 2
     store.catalog_register("feature_set", "clicks", {"encoder": "e.json"})  # own numbering per kind
-    assert store.catalog_get("feature_set", "clicks")["version"] == 1
+    assert store.catalog_get("feature_set", "clicks").version == 1
     store.catalog_register("dataset", "users", {}, tags=["raw"])
     up = store.catalog_update("dataset", "clicks", 1, {"rows": 12, "schema": {"a": "int"}})
-    assert up["payload"] == {"uri": "datasets/clicks/v1", "rows": 12, "schema": {"a": "int"}}
-    assert store.catalog_get("dataset", "clicks")["version"] == 2
-    assert store.catalog_get("dataset", "clicks", 1)["payload"]["rows"] == 12
+    assert up.payload == {"uri": "datasets/clicks/v1", "rows": 12, "schema": {"a": "int"}}
+    assert store.catalog_get("dataset", "clicks").version == 2
+    assert store.catalog_get("dataset", "clicks", 1).payload["rows"] == 12
     with pytest.raises(NotFound):
         store.catalog_get("dataset", "clicks", 7)
     with pytest.raises(NotFound):
         store.catalog_get("dataset", "nothing")
     with pytest.raises(ValidationError, match="kind"):
         store.catalog_register("model", "x", {})
-    assert [(d["name"], d["version"]) for d in store.catalog_list("dataset")] == [("clicks", 2), ("users", 1)]
-    assert [(d["name"], d["version"]) for d in store.catalog_list("dataset", latest_only=False)] == [
+    assert [(d.name, d.version) for d in store.catalog_list("dataset")] == [("clicks", 2), ("users", 1)]
+    assert [(d.name, d.version) for d in store.catalog_list("dataset", latest_only=False)] == [
         ("clicks", 1), ("clicks", 2), ("users", 1)]
-    assert [d["name"] for d in store.catalog_list("dataset", tag="raw")] == ["users"]  # latest clicks has no tag
-    assert [d["version"] for d in store.catalog_list("dataset", tag="raw", latest_only=False, prefix="cl")] == [1]
+    assert [d.name for d in store.catalog_list("dataset", tag="raw")] == ["users"]  # latest clicks has no tag
+    assert [d.version for d in store.catalog_list("dataset", tag="raw", latest_only=False, prefix="cl")] == [1]
     kinds = [e.kind for e in store.events_since(0)]
     assert kinds.count("dataset_registered") == 3 and "dataset_updated" in kinds and "feature_set_registered" in kinds
     with pytest.raises(ValidationError, match="JSON"):
@@ -305,8 +316,8 @@ def test_batch_is_one_transaction(store):
         store.read_batch([("register_version", {"name": "churn"})])
 
 
-def test_reopen_keeps_everything(tmp_path):
-    path = tmp_path / "r.db"
+def test_reopen_keeps_everything(registry_url):
+    path = registry_url
     a = RegistryStore(path)
     v = validated(a)
     a.promote("churn", v)
@@ -341,43 +352,52 @@ def test_threads_share_one_store(store):
         assert [v.version for v in store.list_versions(f"m{i}")] == list(range(1, 41))
 
 
-def test_local_client_same_api(tmp_path):
-    client = RegistryClient.local(str(tmp_path / "r.db"))
-    assert client.is_local and client.actor is None
-    v = client.register_version("churn", datasets=[DatasetRef(name="d", version=1)])
-    assert client.get_version("churn", v.version) == v
-    with pytest.raises(InvalidName):
-        client.get_model("Bad")
-    assert client.batch([("register_version", {"name": "churn"})])[0].version == 2
-    assert [e.kind for e in client.events_since(0, kinds=("version_registered",))] == ["version_registered"] * 2
-    assert client.read_batch([("last_seq", {})]) == [client.last_seq()]
+def test_approval_gate_review_and_promotion(store):
+    approved, rejected = validated_awaiting_approval(store, "gated"), validated_awaiting_approval(store, "gated")
+    assert store.get_version("gated", approved).approval.state is ApprovalState.PENDING
+    with pytest.raises(InvalidTransition, match="approval is PENDING"):
+        store.promote("gated", approved)
+    with pytest.raises(ValidationError, match="reviewer"):
+        store.review("gated", approved, "APPROVED", by="")
+    ok = store.review("gated", approved, ApprovalState.APPROVED, by="alice", note="looks good")
+    assert (ok.state, ok.approval.state, ok.approval.by, ok.approval.note) == (S.VALIDATED, ApprovalState.APPROVED, "alice", "looks good")
+    assert ok.approval.at is not None
+    with pytest.raises(InvalidTransition, match="APPROVED -> REJECTED"):
+        store.review("gated", approved, "REJECTED", by="bob")
+    no = store.review("gated", rejected, "rejected", by="bob", note="slice eu regressed")
+    assert no.state is S.REJECTED and no.approval.state is ApprovalState.REJECTED
+    assert no.error == "rejected by bob: slice eu regressed"
+    event = store.events_since(0, kinds=["version_reviewed"])[-1]
+    assert event.payload == {"approval": "REJECTED", "by": "bob", "note": "slice eu regressed", "from": "VALIDATED", "to": "REJECTED"}
+    with pytest.raises(InvalidTransition, match="REJECTED -> PRODUCTION"):
+        store.promote("gated", rejected)
+    assert store.promote("gated", approved).state is S.PRODUCTION
+    plain = validated(store, "plain")  # no approval required: promotable, and review is refused
+    with pytest.raises(InvalidTransition, match="NOT_REQUIRED -> APPROVED"):
+        store.review("plain", plain, "APPROVED", by="alice")
+    with pytest.raises(ValidationError, match="require_approval"):
+        store.transition("plain", store.register_version("plain").version, S.TRAINING, require_approval=True)
 
 
-def test_promote_refuses_pending_or_rejected_approval(tmp_path):
-    from mlplat.errors import InvalidTransition
-    from mlplat.registry import RegistryStore
-
-    store = RegistryStore(str(tmp_path / "approval.db"))
-    for approval in ("pending", "rejected"):
-        name = f"gated-{approval}"
-        v = store.register_version(name).version
-        for state in ("TRAINING", "TRAINED", "VALIDATING", "VALIDATED"):
-            store.transition(name, v, state)
-        store.update_version(name, v, extra={"approval": approval})
-        with pytest.raises(InvalidTransition, match=approval):
-            store.promote(name, v)
-        assert store.get_version(name, v).state.value == "VALIDATED"
-        store.update_version(name, v, extra={"approval": "approved"})
-        assert store.promote(name, v).state.value == "PRODUCTION"
-
-
-def test_catalog_get_latest_with_status(tmp_path):
-    store = RegistryStore(str(tmp_path / "status.db"))
+def test_catalog_get_latest_with_status(store):
     store.catalog_register("dataset", "clicks", {"status": "ready"})
     store.catalog_register("dataset", "clicks", {"status": "ready"})
     store.catalog_register("dataset", "clicks", {"status": "pending"})
     store.catalog_register("dataset", "clicks-extra", {"status": "ready"})
-    assert store.catalog_get("dataset", "clicks")["version"] == 3
-    assert store.catalog_get("dataset", "clicks", status="ready")["version"] == 2
+    assert store.catalog_get("dataset", "clicks").version == 3
+    assert store.catalog_get("dataset", "clicks", status="ready").version == 2
     with pytest.raises(NotFound, match="'failed' version"):
         store.catalog_get("dataset", "clicks", status="failed")
+
+
+def test_read_batch_versions_equal_single_reads_and_missing_ones_raise(store):
+    for i in range(12):
+        store.register_version(f"m{i % 3}", metrics={"i": i})
+    calls = [("get_version", {"name": f"m{i % 3}", "version": 1 + i // 3}) for i in range(12)]
+    batched = store.read_batch([*calls, ("get_model", {"name": "m1"}), ("get_version", {"name": "m0", "version": "v2"})])
+    assert batched[:12] == [store.get_version(**kw) for _, kw in calls]
+    assert batched[12].name == "m1" and batched[13] == store.get_version("m0", 2)
+    with pytest.raises(NotFound, match="no version 9"):
+        store.read_batch([*calls, ("get_version", {"name": "m0", "version": 9})])
+    with pytest.raises(InvalidName):
+        store.read_batch([*calls, ("get_version", {"name": "../x", "version": 1})])
