@@ -12,6 +12,7 @@ import sys
 
 from mlplat.api import connect
 from mlplat.errors import MlplatError
+from mlplat.records import RunState
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,13 +40,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run = p.train(args.config, wait=wait, timeout_s=args.timeout)
         if wait:
-            run = p.run_status(run["run_id"])
+            run = p.run_status(run.run_id)
     except MlplatError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({k: run.get(k) for k in ("run_id", "kind", "model", "version", "state", "error", "result")},
+    record = run.model_dump(mode="json")
+    print(json.dumps({k: record[k] for k in ("run_id", "kind", "model", "version", "state", "metrics", "error", "result")},
                      indent=2, default=str))
-    return 1 if run["state"] in ("FAILED", "CANCELLED") else 0
+    return 1 if run.state in (RunState.FAILED, RunState.CANCELLED) else 0
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from mlplat.records import Run, RunState
+
 __all__ = ["register", "train", "publish", "tune", "runs"]
 
 
@@ -23,30 +25,36 @@ def _must_wait(p: Any, wait: bool) -> bool:
     return wait
 
 
-def _emit(run: dict[str, Any], as_json: bool) -> None:
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _emit(run: Run, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(run, indent=2, default=str))
+        click.echo(json.dumps(run.model_dump(mode="json"), indent=2, default=str))
         return
-    line = f"run {run['run_id']}  {run['kind']}  model={run['model']}  version={run.get('version') or '-'}  state={run['state']}"
-    if run.get("queue_position"):
-        line += f"  queue_position={run['queue_position']}"
+    line = f"run {run.run_id}  {run.kind}  model={run.model}  version={run.version or '-'}  state={run.state.value}"
+    if run.queue_position:
+        line += f"  queue_position={run.queue_position}"
     click.echo(line)
-    progress = run.get("progress") or {}
+    progress = run.progress
     last = progress.get("last")
     if last:
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, float))
         click.echo(f"  epoch {progress.get('epoch')}/{progress.get('epochs')} ({progress.get('status')}): {metrics}")
     for resume in progress.get("resumes") or []:
         click.echo(f"  resumed from epoch {resume.get('from_epoch')} -> {resume.get('next_epoch')}")
-    if run.get("error"):
-        click.echo(f"  error: {run['error']}")
-    result = run.get("result") or {}
+    if run.metrics:
+        click.echo("  metrics: " + ", ".join(f"{k}={_fmt(v)}" for k, v in run.metrics.items()))
+    if run.error:
+        click.echo(f"  error: {run.error}")
+    result = run.result or {}
     if result.get("bundle"):
         click.echo(f"  bundle: {result['bundle']['path']} (sha256 {result['bundle']['sha256'][:12]}...)")
 
 
-def _exit_for(run: dict[str, Any]) -> None:
-    if run["state"] in ("FAILED", "CANCELLED"):
+def _exit_for(run: Run) -> None:
+    if run.state in (RunState.FAILED, RunState.CANCELLED):
         sys.exit(1)
 
 
@@ -62,7 +70,7 @@ def train(lazy: Any, config: str, wait: bool, timeout: float | None, priority: i
     p = lazy.get()
     wait = _must_wait(p, wait)
     run = p.train(config, wait=wait, timeout_s=timeout, priority=priority)
-    _emit(p.run_status(run["run_id"]) if wait else run, as_json)
+    _emit(p.run_status(run.run_id) if wait else run, as_json)
     _exit_for(run)
 
 
@@ -77,7 +85,7 @@ def tune(lazy: Any, config: str, wait: bool, timeout: float | None, as_json: boo
     p = lazy.get()
     wait = _must_wait(p, wait)
     run = p.tune(config, wait=wait, timeout_s=timeout)
-    _emit(p.run_status(run["run_id"]) if wait else run, as_json)
+    _emit(p.run_status(run.run_id) if wait else run, as_json)
     _exit_for(run)
 
 
@@ -96,7 +104,7 @@ def publish(lazy: Any, model: str, code_version: str, config: str | None, wait: 
     p = lazy.get()
     wait = _must_wait(p, wait)
     run = p.publish(model, code_version, config=config, wait=wait, timeout_s=timeout)
-    _emit(p.run_status(run["run_id"]) if wait else run, as_json)
+    _emit(p.run_status(run.run_id) if wait else run, as_json)
     _exit_for(run)
 
 
@@ -115,17 +123,20 @@ def runs_list(lazy: Any, state: str | None, model: str | None, limit: int, as_js
     """List runs, newest first."""
     items = lazy.get().runs(state=state, model=model, limit=limit)
     if as_json:
-        click.echo(json.dumps(items, indent=2, default=str))
+        click.echo(json.dumps([run.model_dump(mode="json") for run in items], indent=2, default=str))
         return
     if not items:
         click.echo("no runs")
     for run in items:
-        where = f"#{run['queue_position']} in queue" if run.get("queue_position") else ""
-        epoch = (run.get("progress") or {}).get("epoch")
-        if run["state"] == "RUNNING" and epoch is not None:
+        where = f"#{run.queue_position} in queue" if run.queue_position else ""
+        epoch = run.progress.get("epoch")
+        if run.state == RunState.RUNNING and epoch is not None:
             where = f"epoch {epoch}"
-        click.echo(f"{run['run_id']:<44} {run['kind']:<6} {run['model']:<20} v{run.get('version') or '-':<4} "
-                   f"{run['state']:<10} {where}")
+        metric = run.metrics.get("metric")
+        if run.state == RunState.SUCCEEDED and metric in run.metrics:
+            where = f"{metric}={_fmt(run.metrics[metric])}"
+        click.echo(f"{run.run_id:<44} {run.kind:<6} {run.model:<20} v{run.version or '-':<4} "
+                   f"{run.state.value:<10} {where}")
 
 
 @runs.command(name="show")

@@ -14,6 +14,7 @@ from mlplat.errors import ConfigError, NotFound, ValidationError
 from mlplat.raydata import cache_if_small, read_parquet
 from mlplat.records import DatasetRef, FeatureSetRef, FeatureSetVersion
 from mlplat.records.data import CATALOG_FEATURE_SET, STATUS_READY
+from mlplat.registry import Registry
 from mlplat.storage import Storage
 
 __all__ = ["TrainingData", "resolve_training_data", "make_datasets", "pack_batch", "SPLIT_COLUMN", "TRAIN", "VALIDATION"]
@@ -42,7 +43,7 @@ class TrainingData:
         return len(self.feature_columns)
 
 
-def resolve_training_data(registry: Any, storage: Storage, name: str, version: int | None, label: str | None) -> TrainingData:
+def resolve_training_data(registry: Registry, storage: Storage, name: str, version: int | None, label: str | None) -> TrainingData:
     """Look the feature set up in the catalog and check it can train a model.
 
     Raises NotFound (no such feature set / version, or not ready) and ConfigError (no label,
@@ -108,10 +109,12 @@ def make_datasets(storage: Storage, data: TrainingData, task: str, materialize: 
                           f"(label {data.label!r}); it has {sorted(schema_names)}")
     pack_args = (data.feature_columns, data.label, task == "multiclass")
 
+    split_column = data.split_column
+
     def read(split: str | None) -> Any:
         ds = read_parquet(path, filesystem=storage.fs)
-        if split is not None:
-            ds = ds.filter(expr=col(data.split_column) == lit(split))
+        if split is not None and split_column is not None:
+            ds = ds.filter(expr=col(split_column) == lit(split))
         ds = ds.select_columns(columns)
         return ds.map_batches(pack_batch, batch_format="numpy", fn_args=pack_args)
 

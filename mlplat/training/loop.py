@@ -4,6 +4,11 @@ Per epoch: train on this worker's shard (``ray.train.get_dataset_shard``), evalu
 validation shard, all-reduce the sums, then every worker calls ``ray.train.report`` (a barrier);
 rank 0 attaches a checkpoint sealed by a sha256 manifest and writes ``runs/<run-id>/progress.json``.
 On start it resumes from the newest checkpoint that verifies, falling back to older ones.
+
+:func:`train_loop_per_worker` is a sequence of named steps: ``_worker`` (config, rank) ->
+``_build`` -> ``_restore_state`` -> ``_prepare_model`` (DDP) -> ``_shards``, then per epoch
+``_run_epoch`` -> ``_reduce_metrics`` -> ``_check_finite`` -> ``_epoch_state`` (early stopping)
+-> ``_save_checkpoint`` (the report every worker makes) -> ``_write_progress``.
 """
 
 from __future__ import annotations
@@ -12,12 +17,13 @@ import math
 import os
 import tempfile
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
-from mlplat.models import ModelSpec, build_model, loss_fn
+from mlplat.models import build_model, loss_fn
 from mlplat.storage import Storage
 from mlplat.training.checkpoints import CheckpointState, latest_valid_checkpoint, read_checkpoint, write_checkpoint
-from mlplat.training.config import TrainingConfig
+from mlplat.training.config import HyperParams, TrainingConfig
 from mlplat.training.inputs import TRAIN, VALIDATION
 from mlplat.training.policy import best_index, should_stop_early
 
@@ -104,158 +110,269 @@ def _unwrap(model: Any) -> Any:
     return getattr(model, "module", model)
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    import numpy as np
+@dataclass(frozen=True)
+class _Worker:
+    """What one worker knows of its run: the config, its rank, and where progress goes."""
+
+    cfg: TrainingConfig
+    storage: Storage | None
+    run_id: str
+    input_dim: int
+    rank: int
+    world: int
+    distributed: bool  # world > 1 with a live process group: the epoch sums are all-reduced
+    metric: str  # the metric early stopping and the best epoch follow
+    mode: str
+    in_memory: bool
+
+    @property
+    def hp(self) -> HyperParams:
+        return self.cfg.hyperparameters
+
+
+@dataclass
+class _Progress:
+    """The run so far on this worker: restored from a checkpoint, then one entry per epoch."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resumes: list[dict[str, Any]] = field(default_factory=list)
+    start_epoch: int = 0
+    best_state: dict[str, Any] | None = None  # the best epoch's weights (rank 0 writes them)
+
+
+def _worker(loop_config: dict[str, Any]) -> _Worker:
     import ray.train
-    import ray.train.torch
     import torch
 
     cfg = TrainingConfig.model_validate(loop_config["config"])
-    storage: Storage | None = loop_config.get("storage")
-    run_id: str = loop_config["run_id"]
-    input_dim: int = loop_config["input_dim"]
-    hp = cfg.hyperparameters
-    spec: ModelSpec = cfg.spec
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    distributed = world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+    es = cfg.hyperparameters.early_stopping
+    return _Worker(cfg=cfg, storage=loop_config.get("storage"), run_id=loop_config["run_id"],
+                   input_dim=loop_config["input_dim"], rank=rank, world=world,
+                   distributed=world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized(),
+                   metric=loop_config.get("metric") or es.metric, mode=loop_config.get("mode") or es.mode,
+                   in_memory=bool(loop_config.get("in_memory")))
 
+
+def _build(w: _Worker) -> tuple[Any, Any, Any]:
+    """Seeded model, optimizer and loss function (the model still on the host, not yet wrapped)."""
+    import numpy as np
+    import torch
+
+    hp = w.hp
     torch.manual_seed(hp.seed)
-    np.random.seed(hp.seed + rank)
-    model = build_model(spec, input_dim)
+    np.random.seed(hp.seed + w.rank)
+    model = build_model(w.cfg.spec, w.input_dim)
     optimizer = make_optimizer(hp.optimizer, model.parameters(), hp.lr, hp.weight_decay, hp.momentum)
-    criterion = loss_fn(spec.task)
+    return model, optimizer, loss_fn(w.cfg.spec.task)
 
+
+def _restore_state(w: _Worker, model: Any, optimizer: Any) -> _Progress:
+    """Load the newest verified checkpoint into ``model``/``optimizer``; record the resume."""
     rejected: list[dict[str, str]] = []
-    restored = _restore(rejected, storage, run_id)
-    history: list[dict[str, Any]] = []
-    resumes: list[dict[str, Any]] = []
-    start_epoch = 0
-    best_state: dict[str, Any] | None = None
+    restored = _restore(rejected, w.storage, w.run_id)
+    progress = _Progress()
     if restored is not None:
         model.load_state_dict(restored.model_weights())
         optim_state = restored.optimizer_state()
         if optim_state is not None:
             optimizer.load_state_dict(optim_state)
-        history = list(restored.state.get("history", []))
-        resumes = list(restored.state.get("resumes", []))
-        start_epoch = restored.epoch + 1
-        resumes.append({"from_epoch": restored.epoch, "next_epoch": start_epoch, "checkpoint": restored.path,
-                        "rejected": rejected, "at": time.time()})
-        best_state = restored.model_weights(best=True)  # the best epoch's weights (model file if it is the last)
+        progress.history = list(restored.state.get("history", []))
+        progress.resumes = list(restored.state.get("resumes", []))
+        progress.start_epoch = restored.epoch + 1
+        progress.resumes.append({"from_epoch": restored.epoch, "next_epoch": progress.start_epoch,
+                                 "checkpoint": restored.path, "rejected": rejected, "at": time.time()})
+        progress.best_state = restored.model_weights(best=True)  # the best epoch's weights (model file if it is the last)
     elif rejected:
-        resumes.append({"from_epoch": None, "next_epoch": 0, "checkpoint": None, "rejected": rejected, "at": time.time()})
+        progress.resumes.append({"from_epoch": None, "next_epoch": 0, "checkpoint": None, "rejected": rejected,
+                                 "at": time.time()})
+    return progress
+
+
+def _prepare_model(w: _Worker, model: Any) -> tuple[Any, Any]:
+    """Move the model to this worker's device and wrap it in DDP when world > 1; returns (model, device)."""
+    import ray.train.torch
 
     # DDP (world > 1): gradients live in the all-reduce buckets (one copy less per step); the zoo's
     # models use the same parameters every step, so DDP may also skip its per-step graph search.
-    ddp_kwargs = {"gradient_as_bucket_view": True, **({"static_graph": True} if spec.architecture != "custom" else {})}
+    ddp_kwargs = {"gradient_as_bucket_view": True, **({"static_graph": True} if w.cfg.spec.architecture != "custom" else {})}
     model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=ddp_kwargs)
-    device = ray.train.torch.get_device()
-    in_memory = bool(loop_config.get("in_memory"))
-    seed = hp.seed + 1000 * rank
-    train_batches = ShardBatches(ray.train.get_dataset_shard(TRAIN), device, hp.batch_size, in_memory, seed, shuffle=True)
+    return model, ray.train.torch.get_device()
+
+
+def _shards(w: _Worker, device: Any) -> tuple[ShardBatches, ShardBatches | None]:
+    """This worker's training batches and validation batches (None without a validation split)."""
+    import ray.train
+
+    hp = w.hp
+    seed = hp.seed + 1000 * w.rank
+    train_batches = ShardBatches(ray.train.get_dataset_shard(TRAIN), device, hp.batch_size, w.in_memory, seed, shuffle=True)
     try:
-        val_batches = ShardBatches(ray.train.get_dataset_shard(VALIDATION), device, max(hp.batch_size, 1024), in_memory,
+        val_batches = ShardBatches(ray.train.get_dataset_shard(VALIDATION), device, max(hp.batch_size, 1024), w.in_memory,
                                    seed, shuffle=False)
     except (KeyError, ValueError):
         val_batches = None
+    return train_batches, val_batches
 
-    es = hp.early_stopping
-    metric_name = loop_config.get("metric") or es.metric
-    mode = loop_config.get("mode") or es.mode
-    task = spec.task
 
-    def targets(y: Any, out: Any) -> Any:
-        return y if task == "multiclass" else y.reshape(out.shape)
+def _targets(y: Any, out: Any, task: str) -> Any:
+    return y if task == "multiclass" else y.reshape(out.shape)
 
-    def write_progress(status: str, **fields: Any) -> None:
-        if rank != 0 or storage is None:
-            return
-        try:
-            storage.write_json({"run_id": run_id, "status": status, "epoch": history[-1]["epoch"] if history else None,
-                                "epochs": hp.epochs, "history": history, "resumes": resumes, "updated_at": time.time(),
-                                "rank0_pid": os.getpid(),
-                                **fields}, *progress_path(run_id))
-        except Exception:  # progress is advisory; never fail training on it
-            pass
 
-    write_progress("running")
-    for epoch in range(start_epoch, hp.epochs):
+def _run_epoch(model: Any, optimizer: Any, criterion: Any, train_batches: ShardBatches,
+               val_batches: ShardBatches | None, task: str, device: Any, epoch: int) -> Any:
+    """Train one epoch on this worker's shard, then evaluate; returns this worker's sums, on the
+    device: ``[train loss sum, train rows, val loss sum, val rows, correct]``."""
+    import torch
+
+    model.train()
+    # Loss sums stay on the device until the epoch ends (a float() per batch would force a
+    # host-device sync per batch and starve the GPU); one fused add per batch, row counts on
+    # the host.
+    train_sum = torch.zeros((), dtype=torch.float64, device=device)
+    val_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.float64, device=device)
+    train_n = val_n = 0
+    for x, y in train_batches.epoch(epoch):
+        out = model(x)
+        loss = criterion(out, _targets(y, out, task))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        train_sum.add_(loss.detach(), alpha=len(x))
+        train_n += len(x)
+    if val_batches is not None:
+        net = _unwrap(model)
+        net.eval()
+        with torch.no_grad():
+            for x, y in val_batches.epoch(None):
+                out = net(x)
+                val_sum.add_(criterion(out, _targets(y, out, task)), alpha=len(x))
+                val_n += len(x)
+                if task == "binary":
+                    correct += ((out.reshape(-1) > 0).long() == y.long()).sum()
+                elif task == "multiclass":
+                    correct += (out.argmax(dim=-1) == y).sum()
+    return torch.stack([train_sum, torch.tensor(float(train_n), dtype=torch.float64, device=device),
+                        val_sum, torch.tensor(float(val_n), dtype=torch.float64, device=device), correct])
+
+
+def _reduce_metrics(w: _Worker, sums: Any, epoch: int, started: float) -> dict[str, Any]:
+    """All-reduce the epoch's sums over the workers and turn them into the epoch's metrics (the
+    same on every worker)."""
+    import torch
+
+    if w.distributed:
+        # The reduction runs where the process group lives: NCCL (GPU) has no CPU backend.
+        torch.distributed.all_reduce(sums)
+    sums = sums.cpu()
+    train_loss = float(sums[0] / sums[1]) if sums[1] else float("nan")
+    metrics: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "train_rows": int(sums[1]),
+                               "epoch_s": round(time.perf_counter() - started, 4)}
+    if sums[3]:
+        metrics["val_loss"] = float(sums[2] / sums[3])
+        if w.cfg.spec.task != "regression":
+            metrics["val_accuracy"] = float(sums[4] / sums[3])
+    return metrics
+
+
+def _check_finite(metrics: dict[str, Any]) -> bool:
+    """Are the epoch's losses finite?
+
+    >>> _check_finite({"train_loss": 0.5, "val_loss": 0.7}), _check_finite({"train_loss": float("nan")})
+    (True, False)
+    """
+    return all(math.isfinite(v) for k, v in metrics.items() if k in ("train_loss", "val_loss"))
+
+
+def _save_checkpoint(w: _Worker, model: Any, optimizer: Any, metrics: dict[str, Any], state: dict[str, Any],
+                     best_state: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Report the epoch: every worker calls this once per epoch (``ray.train.report`` is a barrier);
+    rank 0 attaches a checkpoint sealed by its manifest (``best_state``: the best epoch's weights
+    when they are not this epoch's). Returns rank 0's weights of this epoch (None elsewhere)."""
+    import ray.train
+
+    if w.rank != 0:
+        ray.train.report(metrics)
+        return None
+    with tempfile.TemporaryDirectory(prefix="mlplat-ckpt-") as tmp:
+        net = _unwrap(model)
+        current = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+        write_checkpoint(tmp, model_state=current, optimizer_state=optimizer.state_dict(), state=state,
+                         best_state=best_state)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    return current
+
+
+def _write_progress(w: _Worker, progress: _Progress, status: str, **fields: Any) -> None:
+    """Rank 0 rewrites ``runs/<run-id>/progress.json`` (advisory: a failed write never fails training)."""
+    if w.rank != 0 or w.storage is None:
+        return
+    history = progress.history
+    try:
+        w.storage.write_json({"run_id": w.run_id, "status": status, "epoch": history[-1]["epoch"] if history else None,
+                              "epochs": w.hp.epochs, "history": history, "resumes": progress.resumes,
+                              "updated_at": time.time(), "rank0_pid": os.getpid(), **fields}, *progress_path(w.run_id))
+    except Exception:  # progress is advisory; never fail training on it
+        pass
+
+
+def _report_nonfinite(w: _Worker, progress: _Progress, metrics: dict[str, Any]) -> None:
+    """The epoch's loss is NaN/inf: report it (every worker, as a normal epoch) and record why the run stops."""
+    import ray.train
+
+    epoch = metrics["epoch"]
+    ray.train.report({**metrics, "nonfinite": True})
+    _write_progress(w, progress, "nonfinite", nonfinite_epoch=epoch,
+                    error=f"non-finite loss at epoch {epoch} (train_loss={metrics['train_loss']}, "
+                          f"val_loss={metrics.get('val_loss')})")
+
+
+def _epoch_state(w: _Worker, progress: _Progress, epoch: int) -> dict[str, Any]:
+    """The checkpoint's ``state.json`` after ``epoch``: history, the best epoch so far, and whether
+    early stopping ends the run here (``stopped_early``)."""
+    es = w.hp.early_stopping
+    history = progress.history
+    values = [h[w.metric] for h in history]
+    best = best_index(values, w.mode, es.min_delta)
+    return {"epoch": epoch, "history": history, "resumes": progress.resumes,
+            "best_epoch": history[best]["epoch"] if best is not None else None, "metric": w.metric, "mode": w.mode,
+            "run_id": w.run_id, "stopped_early": should_stop_early(values, w.mode, es.patience, es.min_delta)}
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    w = _worker(loop_config)
+    model, optimizer, criterion = _build(w)
+    progress = _restore_state(w, model, optimizer)
+    model, device = _prepare_model(w, model)
+    train_batches, val_batches = _shards(w, device)
+
+    _write_progress(w, progress, "running")
+    for epoch in range(progress.start_epoch, w.hp.epochs):
         started = time.perf_counter()
-        model.train()
-        # Loss sums stay on the device until the epoch ends (a float() per batch would force a
-        # host-device sync per batch and starve the GPU); one fused add per batch, row counts on
-        # the host.
-        train_sum = torch.zeros((), dtype=torch.float64, device=device)
-        val_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.float64, device=device)
-        train_n = val_n = 0
-        for x, y in train_batches.epoch(epoch):
-            out = model(x)
-            loss = criterion(out, targets(y, out))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            train_sum.add_(loss.detach(), alpha=len(x))
-            train_n += len(x)
-        if val_batches is not None:
-            net = _unwrap(model)
-            net.eval()
-            with torch.no_grad():
-                for x, y in val_batches.epoch(None):
-                    out = net(x)
-                    val_sum.add_(criterion(out, targets(y, out)), alpha=len(x))
-                    val_n += len(x)
-                    if task == "binary":
-                        correct += ((out.reshape(-1) > 0).long() == y.long()).sum()
-                    elif task == "multiclass":
-                        correct += (out.argmax(dim=-1) == y).sum()
-        sums = torch.stack([train_sum, torch.tensor(float(train_n), dtype=torch.float64, device=device),
-                            val_sum, torch.tensor(float(val_n), dtype=torch.float64, device=device), correct])
-        if distributed:
-            # The reduction runs where the process group lives: NCCL (GPU) has no CPU backend.
-            torch.distributed.all_reduce(sums)
-        sums = sums.cpu()
-        train_loss = float(sums[0] / sums[1]) if sums[1] else float("nan")
-        metrics: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "train_rows": int(sums[1]),
-                                   "epoch_s": round(time.perf_counter() - started, 4)}
-        if sums[3]:
-            metrics["val_loss"] = float(sums[2] / sums[3])
-            if task != "regression":
-                metrics["val_accuracy"] = float(sums[4] / sums[3])
-        nonfinite = not all(math.isfinite(v) for k, v in metrics.items() if k in ("train_loss", "val_loss"))
-        if metric_name not in metrics:
-            metrics[metric_name] = metrics["train_loss"]  # no validation rows: track the training loss
-        history.append(metrics)
-        if nonfinite:
+        sums = _run_epoch(model, optimizer, criterion, train_batches, val_batches, w.cfg.spec.task, device, epoch)
+        metrics = _reduce_metrics(w, sums, epoch, started)
+        finite = _check_finite(metrics)
+        metrics.setdefault(w.metric, metrics["train_loss"])  # no validation rows: track the training loss
+        progress.history.append(metrics)
+        if not finite:
             # Every worker sees the same reduced sums, so all stop here together (no barrier mismatch).
-            ray.train.report({**metrics, "nonfinite": True})
-            write_progress("nonfinite", nonfinite_epoch=epoch,
-                           error=f"non-finite loss at epoch {epoch} (train_loss={train_loss}, val_loss={metrics.get('val_loss')})")
+            _report_nonfinite(w, progress, metrics)
             return
-        values = [h[metric_name] for h in history]
-        best = best_index(values, mode, es.min_delta)
-        best_epoch = history[best]["epoch"] if best is not None else None
-        stop = should_stop_early(values, mode, es.patience, es.min_delta)
-        state = {"epoch": epoch, "history": history, "resumes": resumes, "best_epoch": best_epoch,
-                 "metric": metric_name, "mode": mode, "run_id": run_id, "stopped_early": stop}
-        if rank == 0:
-            with tempfile.TemporaryDirectory(prefix="mlplat-ckpt-") as tmp:
-                net = _unwrap(model)
-                current = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-                write_checkpoint(tmp, model_state=current, optimizer_state=optimizer.state_dict(), state=state,
-                                 best_state=best_state if best_epoch != epoch else None)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-            if best_epoch == epoch:
-                best_state = current
-        else:
-            ray.train.report(metrics)
-        write_progress("running", best_epoch=best_epoch)
-        if stop:
-            write_progress("stopped_early", best_epoch=best_epoch)
+        state = _epoch_state(w, progress, epoch)
+        best_epoch = state["best_epoch"]
+        current = _save_checkpoint(w, model, optimizer, metrics, state,
+                                   progress.best_state if best_epoch != epoch else None)
+        if current is not None and best_epoch == epoch:
+            progress.best_state = current
+        _write_progress(w, progress, "running", best_epoch=best_epoch)
+        if state["stopped_early"]:
+            _write_progress(w, progress, "stopped_early", best_epoch=best_epoch)
             break
     else:
-        idx = best_index([h[metric_name] for h in history], mode, es.min_delta)
-        write_progress("finished", best_epoch=None if idx is None else history[idx]["epoch"])
+        history = progress.history
+        idx = best_index([h[w.metric] for h in history], w.mode, w.hp.early_stopping.min_delta)
+        _write_progress(w, progress, "finished", best_epoch=None if idx is None else history[idx]["epoch"])
     if os.environ.get("MLPLAT_TRAIN_DEBUG"):
-        print(f"[mlplat] rank {rank} done after {len(history)} epoch(s)")
+        print(f"[mlplat] rank {w.rank} done after {len(progress.history)} epoch(s)")

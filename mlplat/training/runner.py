@@ -8,6 +8,7 @@ code version, config hash, run id, metrics per epoch (``extra.history``).
 from __future__ import annotations
 
 import logging
+import math
 import time
 import traceback
 import uuid
@@ -19,6 +20,7 @@ from mlplat.errors import ConfigError, MlplatError
 from mlplat.models import build_model, save_bundle
 from mlplat.names import validate_name
 from mlplat.records import ArtifactRef, ModelState, ModelVersion
+from mlplat.registry import Registry
 from mlplat.storage import Storage
 from mlplat.training.checkpoints import latest_valid_checkpoint
 from mlplat.training.config import TrainingConfig, config_hash, parse_training_config
@@ -27,7 +29,7 @@ from mlplat.training.loop import progress_path, train_loop_per_worker
 from mlplat.training.policy import best_index, worker_resources
 
 __all__ = ["TrainResult", "TrainingFailed", "new_run_id", "train", "prepare", "register_for_training",
-           "run_trainer", "finalize", "fail_version", "read_progress", "cluster_resources"]
+           "run_trainer", "finalize", "fail_version", "read_progress", "cluster_resources", "json_safe"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,22 @@ def new_run_id(model: str) -> str:
     return f"{validate_name(model, 'model name')}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with each NaN/inf float replaced by its name: the registry stores strict JSON, and
+    a diverged run's history holds them.
+
+    >>> json_safe({"history": [{"train_loss": float("nan"), "epoch": 0}], "x": -float("inf")})
+    {'history': [{'train_loss': 'nan', 'epoch': 0}], 'x': '-inf'}
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def cluster_resources() -> dict[str, float]:
     import ray
 
@@ -86,7 +104,7 @@ class Prepared:
     notes: tuple[str, ...]
 
 
-def prepare(config: TrainingConfig | dict[str, Any], *, registry: Any, storage: Storage,
+def prepare(config: TrainingConfig | dict[str, Any], *, registry: Registry, storage: Storage,
             cluster: dict[str, float] | None = None) -> Prepared:
     """Every check that can fail before anything is registered: config, feature set, label,
     model factory, resources (ResourceError unless CPU fallback is allowed)."""
@@ -104,7 +122,7 @@ def prepare(config: TrainingConfig | dict[str, Any], *, registry: Any, storage: 
     return Prepared(config, data, use_gpu, res, (note,) if note else ())
 
 
-def register_for_training(prepared: Prepared, *, registry: Any, run_id: str, version: int | None = None,
+def register_for_training(prepared: Prepared, *, registry: Registry, run_id: str, version: int | None = None,
                           extra: dict[str, Any] | None = None) -> ModelVersion:
     """Register a new version (or adopt ``version``, REGISTERED or resuming TRAINING) and move it to TRAINING."""
     cfg, data = prepared.config, prepared.data
@@ -163,18 +181,18 @@ def run_trainer(prepared: Prepared, *, storage: Storage, run_id: str, callbacks:
     return trainer.fit()
 
 
-def fail_version(registry: Any, model: str, version: int, error: str, *, history: list[dict[str, Any]] | None = None,
+def fail_version(registry: Registry, model: str, version: int, error: str, *, history: list[dict[str, Any]] | None = None,
                  resumes: list[dict[str, Any]] | None = None) -> None:
     """Move a TRAINING version to FAILED with the error (and whatever history there is)."""
     try:
         if history is not None:
-            registry.update_version(model, version, extra={"history": history, "resumes": resumes or []})
+            registry.update_version(model, version, extra=json_safe({"history": history, "resumes": resumes or []}))
         registry.transition(model, version, ModelState.FAILED, expected_state=ModelState.TRAINING, error=error[:4000])
     except MlplatError as exc:
         log.warning("could not mark %s v%s FAILED: %s", model, version, exc)
 
 
-def finalize(prepared: Prepared, *, registry: Any, storage: Storage, run_id: str, version: int,
+def finalize(prepared: Prepared, *, registry: Registry, storage: Storage, run_id: str, version: int,
              preferred_checkpoint: str | None = None, extra: dict[str, Any] | None = None,
              metric: str | None = None, mode: str | None = None) -> TrainResult:
     """After fit: verify the newest checkpoint, write the bundle of the best epoch, register it TRAINED.
@@ -203,7 +221,7 @@ def finalize(prepared: Prepared, *, registry: Any, storage: Storage, run_id: str
     resumes = resumes if len(resumes) > len(ckpt_resumes) else ckpt_resumes
     idx = best_index([h.get(metric) for h in history], mode, cfg.hyperparameters.early_stopping.min_delta)
     best = history[idx] if idx is not None else history[-1]
-    metrics = {k: v for k, v in best.items() if isinstance(v, (int, float)) and k != "epoch_s"}
+    metrics: dict[str, Any] = {k: v for k, v in best.items() if isinstance(v, (int, float)) and k != "epoch_s"}
     metrics.update({"best_epoch": best["epoch"], "epochs_run": len(history), "metric": metric,
                     "stopped_early": bool(ckpt.state.get("stopped_early"))})
     model = build_model(cfg.spec, data.input_dim)
@@ -217,7 +235,7 @@ def finalize(prepared: Prepared, *, registry: Any, storage: Storage, run_id: str
                **(extra or {})}
     registry.batch([
         ("update_version", {"name": cfg.model, "version": version, "artifacts": {"bundle": bundle.model_dump(mode="json")},
-                            "extra": lineage, "expected_state": ModelState.TRAINING.value}),
+                            "extra": json_safe(lineage), "expected_state": ModelState.TRAINING.value}),
         ("transition", {"name": cfg.model, "version": version, "state": ModelState.TRAINED.value,
                         "expected_state": ModelState.TRAINING.value, "metrics": metrics}),
     ], idempotency_key=f"train-finish:{run_id}")
@@ -226,7 +244,7 @@ def finalize(prepared: Prepared, *, registry: Any, storage: Storage, run_id: str
     return result
 
 
-def train(config: TrainingConfig | dict[str, Any], *, registry: Any, storage: Storage, run_id: str | None = None,
+def train(config: TrainingConfig | dict[str, Any], *, registry: Registry, storage: Storage, run_id: str | None = None,
           version: int | None = None, extra: dict[str, Any] | None = None,
           on_start: Callable[[ModelVersion], None] | None = None) -> TrainResult:
     """Run one training request to the end in this process (Ray must be initialized).
@@ -263,7 +281,7 @@ def train(config: TrainingConfig | dict[str, Any], *, registry: Any, storage: St
                            history=progress.get("history", []), error=message, resumes=progress.get("resumes", []))
 
 
-def _fail_registered(registry: Any, model: str, version: int, error: str) -> None:
+def _fail_registered(registry: Registry, model: str, version: int, error: str) -> None:
     """A published version whose request cannot even start: REGISTERED -> TRAINING -> FAILED."""
     try:
         mv = registry.get_version(model, version)

@@ -15,6 +15,7 @@ from typing import Any
 
 from mlplat.errors import ConfigError, MlplatError
 from mlplat.records import ModelState, ModelVersion
+from mlplat.registry import Registry
 from mlplat.storage import Storage
 from mlplat.training.config import SearchSpec, TrainingConfig, apply_overrides, parse_training_config
 from mlplat.training.inputs import make_datasets
@@ -79,7 +80,7 @@ def _trial_fn(prepared: Prepared, storage: Storage, sweep_run_id: str, metric: s
     return trial
 
 
-def tune(config: TrainingConfig | dict[str, Any], *, registry: Any, storage: Storage, run_id: str | None = None,
+def tune(config: TrainingConfig | dict[str, Any], *, registry: Registry, storage: Storage, run_id: str | None = None,
          version: int | None = None, on_start: Callable[[ModelVersion], None] | None = None) -> TrainResult:
     """Run the sweep and register its best trial as one version (TRAINED), or FAILED."""
     from ray import tune as rt
@@ -117,8 +118,8 @@ def tune(config: TrainingConfig | dict[str, Any], *, registry: Any, storage: Sto
             run_config=rt.RunConfig(name=f"{run_id}-tune", storage_path=storage.path("runs"), storage_filesystem=storage.fs),
         )
         grid = tuner.fit()
-        trials = []
-        for res in grid:
+        trials: list[dict[str, Any]] = []
+        for res in (grid[i] for i in range(len(grid))):  # ResultGrid: indexable, no __iter__ in its type
             trial_id = res.path.rstrip("/").rsplit("/", 1)[-1] if res.path else None
             tid = (res.metrics or {}).get("trial_id")
             trun = trial_run_id(run_id, tid) if tid else None

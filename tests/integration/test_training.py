@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from mlplat.models import load_bundle
-from mlplat.records import DatasetRef, FeatureSetVersion
-from mlplat.registry import RegistryClient
+from mlplat.records import DatasetRef, FeatureSetVersion, RunState
+from mlplat.registry import RegistryStore
 from mlplat.storage import open_root
 from mlplat.training import read_progress, train
 from mlplat.training.checkpoints import MODEL_FILE, latest_valid_checkpoint, list_checkpoints
@@ -50,7 +50,7 @@ def config(model="churn", **hp):
 @pytest.fixture
 def env(tmp_path, ray_session):
     storage = open_root(str(tmp_path / "root"))
-    registry = RegistryClient.local(str(tmp_path / "registry.db"))
+    registry = RegistryStore(tmp_path / "registry.db")
     make_feature_set(storage, registry)
     make_feature_set(storage, registry, name="toy-reg", task="regression")
     return storage, registry
@@ -220,22 +220,23 @@ def test_publish_runs_through_the_queue(tmp_path, ray_session):
         make_feature_set(p.storage, p.registry)
         cfg = config(model="pub")
         run = p.publish("pub", "abc1234", config=cfg, wait=True, timeout_s=240)
-        assert run["state"] == "SUCCEEDED", run
-        mv = p.registry.get_version("pub", run["version"])
-        assert mv.state.value == "TRAINED" and mv.code_version == "abc1234" and mv.run_id == run["run_id"]
+        assert run.state is RunState.SUCCEEDED, run
+        mv = p.registry.get_version("pub", run.version)
+        assert mv.state.value == "TRAINED" and mv.code_version == "abc1234" and mv.run_id == run.run_id
+        assert run.metrics and run.metrics == mv.metrics  # the run carries the trained version's metrics
         assert mv.feature_set.version == 1
-        shown = p.run_status(run["run_id"])
-        assert shown["progress"]["epoch"] == 1 and shown["result"]["bundle"]["path"].endswith("bundle.json")
+        shown = p.run_status(run.run_id)
+        assert shown.progress["epoch"] == 1 and shown.result["bundle"]["path"].endswith("bundle.json")
         # Queue semantics: a cancelled queued request never runs.
         queued = p.registry.enqueue_run(f"pub-q-{uuid.uuid4().hex[:4]}", kind="train", model="pub",
                                         request={"config": cfg, "version": None})
-        assert p.cancel_run(queued["run_id"])["state"] == "CANCELLED"
+        assert p.cancel_run(queued.run_id).state is RunState.CANCELLED
         # publish again without a config: reuses the latest version's recipe
         again = p.publish("pub", "abc1235", wait=False)
-        assert again["state"] in ("QUEUED", "RUNNING")
-        p.cancel_run(again["run_id"])
-        final = wait_for_run(p.registry, again["run_id"], timeout_s=120)
-        assert final["state"] in ("CANCELLED", "SUCCEEDED")
+        assert again.state in (RunState.QUEUED, RunState.RUNNING)
+        p.cancel_run(again.run_id)
+        final = wait_for_run(p.registry, again.run_id, timeout_s=120)
+        assert final.state in (RunState.CANCELLED, RunState.SUCCEEDED)
     finally:
         _kill_platform_actors(ns)
 
@@ -255,28 +256,28 @@ def test_restarted_scheduler_adopts_a_running_run_and_cancel_stops_it(tmp_path, 
         run = p.publish("adopt", "c0ffee1", config=config(model="adopt", epochs=500), wait=False)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:  # wait until it is really training (an epoch reported)
-            shown = p.run_status(run["run_id"])
-            if shown["state"] == "RUNNING" and (shown.get("progress") or {}).get("epoch") is not None:
+            shown = p.run_status(run.run_id)
+            if shown.state is RunState.RUNNING and shown.progress.get("epoch") is not None:
                 break
-            assert shown["state"] in ("QUEUED", "RUNNING"), shown
+            assert shown.state in (RunState.QUEUED, RunState.RUNNING), shown
             time.sleep(0.5)
         else:
             pytest.fail(f"run never started training: {shown}")
-        runner = ray.get_actor(runner_name(run["run_id"]), namespace=ns)
+        runner = ray.get_actor(runner_name(run.run_id), namespace=ns)
 
         ray.kill(ray.get_actor(SCHEDULER_NAME, namespace=ns), no_restart=True)
         ensure_scheduler(p.config)  # a fresh scheduler, nothing in memory from the old one
         time.sleep(3)  # a few scheduler ticks
-        adopted = p.registry.get_run(run["run_id"])
-        assert adopted["state"] == "RUNNING" and adopted["attempts"] == 1, adopted
+        adopted = p.registry.get_run(run.run_id)
+        assert adopted.state is RunState.RUNNING and adopted.attempts == 1, adopted
         assert ray.get(runner.ping.remote(), timeout=30)  # the same runner, still alive
 
-        assert p.cancel_run(run["run_id"])["state"] == "RUNNING"  # cancel requested; the scheduler acts
-        final = wait_for_run(p.registry, run["run_id"], timeout_s=60)
-        assert final["state"] == "CANCELLED", final
+        assert p.cancel_run(run.run_id).state is RunState.RUNNING  # cancel requested; the scheduler acts
+        final = wait_for_run(p.registry, run.run_id, timeout_s=60)
+        assert final.state is RunState.CANCELLED, final
         with pytest.raises(ray.exceptions.RayActorError):
             ray.get(runner.ping.remote(), timeout=30)
-        mv = p.registry.get_version("adopt", run["version"])
+        mv = p.registry.get_version("adopt", run.version)
         assert mv.state.value == "FAILED" and "cancel" in (mv.error or ""), mv
     finally:
         _kill_platform_actors(ns)

@@ -177,11 +177,11 @@ def test_optimizer_state_flattening_is_lossless():
 
 def _registry_with_feature_set(tmp_path, label_columns=("y",)):
     from mlplat.records import DatasetRef, FeatureSetVersion
-    from mlplat.registry import RegistryClient
+    from mlplat.registry import RegistryStore
     from mlplat.storage import open_root
 
     storage = open_root(str(tmp_path / "root"))
-    registry = RegistryClient.local(str(tmp_path / "reg.db"))
+    registry = RegistryStore(str(tmp_path / "reg.db"))
     fsv = FeatureSetVersion(name="toy", version=1, spec={}, source=DatasetRef(name="raw", version=1), path="features/toy/v1",
                             data_path="features/toy/v1/data", num_rows=10, feature_columns=("a", "b"),
                             label_columns=label_columns, output_columns=("a", "b", *label_columns))
