@@ -22,13 +22,13 @@ import numpy as np
 
 
 def check_validation(tmp: str) -> dict:
-    from mlplat.registry import RegistryClient
+    from mlplat.registry import RegistryStore
     from mlplat.storage import open_root
     from mlplat.validation import report_of, validate
     from tests.integration.test_validation import COEF, _feature_set, _linear, _table, _trained
 
     storage = open_root(os.path.join(tmp, "root"))
-    registry = RegistryClient.local(os.path.join(tmp, "registry.db"))
+    registry = RegistryStore(os.path.join(tmp, "registry.db"))
     fs = _feature_set(registry, storage, "gpu-fs", _table(n=200_000), ["label"])
     registry.create_model("gpu", serving_policy={"validation": {"guardrails": ["auc >= 0.8"], "slices": ["region"]}})
     on_gpu = validate(registry, storage, "gpu", _trained(registry, storage, "gpu", _linear(COEF), fs))

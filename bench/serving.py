@@ -53,11 +53,11 @@ wrk.headers["Authorization"] = "Bearer bench-token"
 def _model(root: str):
     """Build the benchmark model bundle + registry entries under ``root`` (idempotent)."""
     from mlplat.config import PlatformConfig
-    from mlplat.registry import RegistryClient
+    from mlplat.registry import RegistryStore
     from mlplat.storage import open_root
     from tests.integration.serving_support import register_servable
 
-    registry = RegistryClient.local(PlatformConfig(root=root).registry_db_path(), synchronous="NORMAL")
+    registry = RegistryStore(PlatformConfig(root=root).registry_db_path(), synchronous="NORMAL")
     storage = open_root(root)
     if not registry.list_models():
         placement = os.environ.get("BENCH_PLACEMENT", "ingress")
@@ -283,12 +283,12 @@ def _register_many(root: str, count: int) -> None:
     from mlplat.config import PlatformConfig
     from mlplat.models.bundle import BUNDLE_FILE, WEIGHTS_FILE, bundle_dir
     from mlplat.records import ArtifactRef
-    from mlplat.registry import RegistryClient
+    from mlplat.registry import RegistryStore
     from mlplat.storage import open_root
     from tests.integration.serving_support import register_servable
 
     storage = open_root(root)
-    registry = RegistryClient.local(PlatformConfig(root=root).registry_db_path(), synchronous="NORMAL")
+    registry = RegistryStore(PlatformConfig(root=root).registry_db_path(), synchronous="NORMAL")
     register_servable(registry, storage, "tiny-00000", hidden=(32,))
     register_servable(registry, storage, "dedicated-ref", hidden=(32,), placement="dedicated")
     template = Path(storage.path(*bundle_dir("tiny-00000", 1)))

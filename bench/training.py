@@ -76,13 +76,13 @@ def ray_train(x, y, *, hidden: list[int], batch_size: int, epochs: int, num_work
     import pyarrow.parquet as pq
 
     from mlplat.records import DatasetRef, FeatureSetVersion
-    from mlplat.registry import RegistryClient
+    from mlplat.registry import RegistryStore
     from mlplat.storage import open_root
     from mlplat.training import read_progress
     from mlplat.training.runner import prepare, run_trainer
 
     storage = open_root(root)
-    registry = RegistryClient.local(os.path.join(root, "registry.db"))
+    registry = RegistryStore(os.path.join(root, "registry.db"))
     name = f"bench-{uuid.uuid4().hex[:6]}"
     cols = {f"f{i}": x[:, i] for i in range(x.shape[1])}
     cols["y"] = y

@@ -10,7 +10,8 @@ from functools import cached_property
 from typing import Any
 
 from mlplat.config import PlatformConfig, platform_config
-from mlplat.registry import RegistryClient
+from mlplat.records import ModelVersion, Run, RunState
+from mlplat.registry import REGISTRY_ACTOR_NAME, Registry, RegistryStore, connect_actor
 from mlplat.storage import Storage, open_root
 
 __all__ = ["Platform", "connect"]
@@ -30,16 +31,16 @@ class Platform:
         return open_root(self.config.root, self.config.s3)
 
     @cached_property
-    def registry(self) -> RegistryClient:
-        """The registry client, connected to the detached ``mlplat-registry`` actor.
+    def registry(self) -> Registry:
+        """The registry, through the detached ``mlplat-registry`` actor.
 
-        ``MLPLAT_REGISTRY_MODE=local`` skips Ray and opens the registry database in this
-        process (single-user scripts, CLI tests); docs/registry.md.
+        ``MLPLAT_REGISTRY_MODE=local`` skips Ray and opens the registry database
+        (``registry.url``) in this process (single-user scripts, CLI tests); docs/registry.md.
         """
         if os.environ.get("MLPLAT_REGISTRY_MODE", "").lower() == "local":
-            return RegistryClient.local(self.config.registry_db_path())
+            return RegistryStore(self.config.registry_url())
         self.ensure_ray()
-        return RegistryClient.connect(self.config)
+        return connect_actor(self.config)
 
     def ensure_ray(self, *, log_to_driver: bool = True) -> None:
         """Connect to Ray once: the configured address, else an embedded local instance."""
@@ -166,7 +167,7 @@ class Platform:
         self.ensure_ray()
         ensure_scheduler(self.config)
 
-    def train(self, config: Any, *, wait: bool = False, timeout_s: float | None = None, priority: int = 0) -> dict[str, Any]:
+    def train(self, config: Any, *, wait: bool = False, timeout_s: float | None = None, priority: int = 0) -> Run:
         """Queue a training request (YAML path, dict or TrainingConfig); returns its run record at
         once, or the finished record with ``wait=True``. See ``runs()`` / ``run_status()``."""
         from mlplat.training.queue import submit, wait_for_run
@@ -175,9 +176,9 @@ class Platform:
         self.ensure_ray()
         run = submit(self.registry, cfg, priority=priority)
         self._start_scheduler()
-        return wait_for_run(self.registry, run["run_id"], timeout_s=timeout_s) if wait else run
+        return wait_for_run(self.registry, run.run_id, timeout_s=timeout_s) if wait else run
 
-    def tune(self, config: Any, *, wait: bool = False, timeout_s: float | None = None, priority: int = 0) -> dict[str, Any]:
+    def tune(self, config: Any, *, wait: bool = False, timeout_s: float | None = None, priority: int = 0) -> Run:
         """Queue a sweep over the config's ``search`` space; the best trial becomes the version."""
         from mlplat.training.queue import submit, wait_for_run
 
@@ -185,10 +186,10 @@ class Platform:
         self.ensure_ray()
         run = submit(self.registry, cfg, kind="tune", priority=priority)
         self._start_scheduler()
-        return wait_for_run(self.registry, run["run_id"], timeout_s=timeout_s) if wait else run
+        return wait_for_run(self.registry, run.run_id, timeout_s=timeout_s) if wait else run
 
     def publish(self, model: str, code_version: str, *, config: Any = None, wait: bool = False,
-                timeout_s: float | None = None, priority: int = 0) -> dict[str, Any]:
+                timeout_s: float | None = None, priority: int = 0) -> Run:
         """The CI hook: register a new version of ``model`` at ``code_version`` (REGISTERED) and queue
         its training (the config given, else the recipe of the model's latest version)."""
         from mlplat.training.queue import publish, wait_for_run
@@ -197,34 +198,34 @@ class Platform:
         self.ensure_ray()
         version, run = publish(self.registry, self.storage, model, code_version, config=cfg, priority=priority)
         self._start_scheduler()
-        run = wait_for_run(self.registry, run["run_id"], timeout_s=timeout_s) if wait else run
-        return {**run, "version": run.get("version") or version.version}
+        run = wait_for_run(self.registry, run.run_id, timeout_s=timeout_s) if wait else run
+        return run if run.version else run.model_copy(update={"version": version.version})
 
-    def runs(self, *, state: str | None = None, model: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    def runs(self, *, state: str | None = None, model: str | None = None, limit: int = 50) -> list[Run]:
         """Training runs, newest first (queued ones with their queue position)."""
         return self.registry.list_runs(state=state, model=model, limit=limit)
 
-    def run_status(self, run_id: str) -> dict[str, Any]:
+    def run_status(self, run_id: str) -> Run:
         """One run: state, queue position or live progress (epoch, metrics), outcome."""
         from mlplat.training.queue import run_status
 
         return run_status(self.registry, self.storage, run_id)
 
-    def cancel_run(self, run_id: str) -> dict[str, Any]:
+    def cancel_run(self, run_id: str) -> Run:
         """Cancel a queued run at once, or ask the scheduler to stop a running one."""
         run = self.registry.cancel_run(run_id)
-        if run["state"] == "RUNNING":
+        if run.state == RunState.RUNNING:
             self._start_scheduler()
         return run
 
     # -- registry shortcuts ------------------------------------------------------------------
-    def promote(self, name: str, version: int) -> Any:
+    def promote(self, name: str, version: int) -> ModelVersion:
         """Make a VALIDATED (or CANARY) version PRODUCTION; the previous one is ARCHIVED and
         becomes ``previous``. The registry refuses versions still waiting for, or refused by,
         a human reviewer."""
         return self.registry.promote(name, version)
 
-    def rollback(self, name: str) -> Any:
+    def rollback(self, name: str) -> ModelVersion:
         """Put the ``previous`` version back in PRODUCTION (one transaction); returns it."""
         return self.registry.rollback(name)
 
@@ -232,14 +233,13 @@ class Platform:
     def serve_start(self, *, blocking: bool = False) -> str:
         """Deploy the Serve app (ingress + pool + a deployment per model whose serving policy
         says ``dedicated: true``); returns the base URL. Redeploying restarts every replica."""
-        from mlplat.registry import registry_actor_name
         from mlplat.serving import start_serving
 
         registry = self.registry
         from mlplat.serving.routes import placement_of
 
         dedicated = [m.name for m in registry.list_models() if placement_of(m.serving_policy) == "dedicated"]
-        return start_serving(self.config, registry_actor=str(registry_actor_name), dedicated_models=dedicated,
+        return start_serving(self.config, registry_actor=REGISTRY_ACTOR_NAME, dedicated_models=dedicated,
                              blocking=blocking)
 
     def serve_status(self) -> dict[str, Any]:
@@ -283,7 +283,8 @@ class Platform:
         request = urllib.request.Request(base + path, data=json.dumps(body).encode(), headers=headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=timeout_s) as response:
-                return json.loads(response.read())
+                answer: dict[str, Any] = json.loads(response.read())
+                return answer
         except urllib.error.HTTPError as exc:
             detail = json.loads(exc.read() or b"{}").get("error", exc.reason)
             if exc.code == 404:
@@ -304,14 +305,14 @@ class Platform:
         self.ensure_ray()
         return validate(self.registry, self.storage, name, version, feature_set=feature_set, policy=policy)
 
-    def approve(self, name: str, version: int, *, by: str | None = None, note: str | None = None) -> Any:
-        """Approve a VALIDATED version that waits for a human (``approval: pending``)."""
+    def approve(self, name: str, version: int, *, by: str | None = None, note: str | None = None) -> ModelVersion:
+        """Approve a VALIDATED version that waits for a human (approval PENDING -> APPROVED)."""
         from mlplat.validation import approve
 
         return approve(self.registry, name, version, by=by, note=note)
 
-    def reject(self, name: str, version: int, *, by: str | None = None, note: str | None = None) -> Any:
-        """Reject a VALIDATED version that waits for a human; it stays registered, never promoted."""
+    def reject(self, name: str, version: int, *, by: str | None = None, note: str | None = None) -> ModelVersion:
+        """Reject a VALIDATED version that waits for a human: it moves to REJECTED, with who and why."""
         from mlplat.validation import reject
 
         return reject(self.registry, name, version, by=by, note=note)
@@ -334,7 +335,7 @@ class Platform:
 
 
 _FORWARDED_ENV = (
-    "MLPLAT_ROOT", "MLPLAT_REGISTRY_DB", "MLPLAT_S3_ENDPOINT", "AWS_ENDPOINT_URL",
+    "MLPLAT_ROOT", "MLPLAT_REGISTRY_DB", "MLPLAT_REGISTRY_URL", "MLPLAT_S3_ENDPOINT", "AWS_ENDPOINT_URL",
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "MLPLAT_NAMESPACE",
 )
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mlplat.api import Platform, connect
+from mlplat.records import RunState
 
 MODEL = "clicks-ctr"
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -52,7 +53,7 @@ class Demo:
     def __init__(self, p: Platform, workdir: Path):
         self.p, self.workdir = p, workdir
         self.rows: list[dict[str, Any]] = []
-        self.version: int | None = None
+        self.version = 0  # set by the training stage
         self.report_uri = ""
         self.url = ""
 
@@ -80,11 +81,13 @@ class Demo:
 
     def train(self) -> str:
         run = self.p.train(str(CONFIGS / "train-example.yaml"), wait=True, timeout_s=900)
-        if run.get("state") != "SUCCEEDED":
-            raise RuntimeError(f"training run {run.get('run_id')} ended {run.get('state')}: {run.get('error')}")
-        self.version = int(run["version"])
-        metrics = {k: round(v, 4) for k, v in (run.get("metrics") or {}).items() if isinstance(v, float)}
-        return f"{MODEL} v{self.version} TRAINED (run {run['run_id']}, {metrics})"
+        if run.state != RunState.SUCCEEDED or run.version is None:
+            raise RuntimeError(f"training run {run.run_id} ended {run.state.value}: {run.error}")
+        self.version = run.version
+        if not run.metrics:
+            raise RuntimeError(f"training run {run.run_id} succeeded but recorded no metrics")
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(run.metrics.items()) if isinstance(v, int | float))
+        return f"{MODEL} v{self.version} TRAINED (run {run.run_id}; {metrics})"
 
     def validate(self) -> str:
         outcome = self.p.validate(MODEL, self.version, policy={"guardrails": ["auc >= 0.65", "auc >= champion - 0.005"]})

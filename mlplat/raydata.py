@@ -127,7 +127,8 @@ def _row_ranges(rows: list[int], tasks: int) -> list[tuple[int, int]]:
         return []
     tasks = max(1, min(tasks, len(rows)))
     total = sum(rows)
-    ranges, lo, acc = [], 0, 0
+    ranges: list[tuple[int, int]] = []
+    lo, acc = 0, 0
     for i, n in enumerate(rows):
         acc += n
         remaining_units, remaining_tasks = len(rows) - i - 1, tasks - len(ranges) - 1
@@ -221,7 +222,7 @@ def _row_group_datasource_class() -> type:
 
                 units = self._units[lo:hi]
                 meta = BlockMetadata(num_rows=sum(u[2] for u in units), size_bytes=sum(u[3] for u in units),
-                                     input_files=list(groups), exec_stats=None)
+                                     input_files=tuple(groups), exec_stats=None)
                 tasks.append(ReadTask(read, meta, schema=self._schema(), per_task_row_limit=per_task_row_limit))
             return tasks
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import struct
@@ -18,7 +17,7 @@ import urllib.parse
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow.fs as pafs
 
@@ -168,7 +167,7 @@ class Storage:
 
     # -- writes --------------------------------------------------------------------------
     @contextlib.contextmanager
-    def open_write(self, *parts: str) -> Iterator[io.RawIOBase]:
+    def open_write(self, *parts: str) -> Iterator[BinaryIO]:
         """Write a file atomically: bytes go to a temporary sibling that is moved into place
         only if the block finishes; on error the temporary file is removed."""
         final = self.path(*parts)

@@ -15,15 +15,17 @@ import click
 
 from mlplat.cli._format import json_option as _json_option
 from mlplat.cli._format import table as _table
-from mlplat.records import ModelState
+from mlplat.records import ApprovalState, ModelState, ModelVersion
+from mlplat.registry import Registry
 
 __all__ = ["group"]
 
 _STATES = click.Choice([s.value for s in ModelState], case_sensitive=False)
 
 
-def _registry(lazy: Any) -> Any:
-    return lazy.get().registry
+def _registry(lazy: Any) -> Registry:
+    registry: Registry = lazy.get().registry
+    return registry
 
 
 def _jsonable(value: Any) -> Any:
@@ -48,18 +50,25 @@ def _short(text: str, width: int = 100) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def _version_rows(versions: Sequence[Any], aliases: dict[str, int]) -> list[list[Any]]:
+def _approval(v: ModelVersion) -> str:
+    a = v.approval
+    if a.state == ApprovalState.NOT_REQUIRED:
+        return ""
+    return a.state.value.lower() + (f" by {a.by}" if a.by else "")
+
+
+def _version_rows(versions: Sequence[ModelVersion], aliases: dict[str, int]) -> list[list[Any]]:
     by_version: dict[int, list[str]] = {}
     for alias, v in sorted(aliases.items()):
         by_version.setdefault(v, []).append(alias)
     return [
-        [v.version, v.state.value, ",".join(by_version.get(v.version, [])), _when(v.created_at), _when(v.updated_at),
-         v.run_id or "", json.dumps(v.metrics, sort_keys=True) if v.metrics else "", v.error or ""]
+        [v.version, v.state.value, ",".join(by_version.get(v.version, [])), _approval(v), _when(v.created_at),
+         _when(v.updated_at), v.run_id or "", json.dumps(v.metrics, sort_keys=True) if v.metrics else "", v.error or ""]
         for v in versions
     ]
 
 
-_VERSION_HEADERS = ("VERSION", "STATE", "ALIASES", "CREATED", "UPDATED", "RUN", "METRICS", "ERROR")
+_VERSION_HEADERS = ("VERSION", "STATE", "ALIASES", "APPROVAL", "CREATED", "UPDATED", "RUN", "METRICS", "ERROR")
 
 
 @click.group(name="models")
@@ -135,7 +144,7 @@ def events(lazy: Any, since: int, limit: int, subject: str | None, kinds: tuple[
                        for e in found]))
 
 
-def _echo_version(v: Any, as_json: bool, what: str) -> None:
+def _echo_version(v: ModelVersion, as_json: bool, what: str) -> None:
     if as_json:
         return _echo_json(v)
     click.echo(f"{what}: {v.name} v{v.version} is {v.state.value}")

@@ -8,17 +8,29 @@ from typing import Any
 
 import click
 
+from mlplat.records import Approval, ApprovalState
+
 __all__ = ["register", "validate", "score", "report", "approve", "reject"]
+
+
+def _approval_text(approval: Approval) -> str:
+    """``PENDING``, or a decision with who and why: ``REJECTED by alice: too slow``."""
+    text = approval.state.value
+    if approval.by:
+        text += f" by {approval.by}"
+    if approval.note:
+        text += f": {approval.note}"
+    return text
 
 
 def _echo_outcome(out: Any, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"model": out.name, "version": out.version, "state": out.state.value, "passed": out.passed,
                                "reasons": list(out.decision.reasons), "notes": list(out.decision.notes),
-                               "metrics": out.metrics, "approval": out.approval, "report": out.report_path}, indent=2))
+                               "metrics": out.metrics, "approval": out.approval.value, "report": out.report_path}, indent=2))
         return
     verdict = "VALIDATED" if out.passed else "REJECTED"
-    click.echo(f"{out.name} v{out.version}: {verdict}" + (" (awaiting approval)" if out.approval == "pending" else ""))
+    click.echo(f"{out.name} v{out.version}: {verdict}" + (" (awaiting approval)" if out.approval == ApprovalState.PENDING else ""))
     for k, v in out.metrics.items():
         click.echo(f"  {k:<10} {'n/a' if v is None else f'{v:.6g}'}")
     for r in out.decision.reasons:
@@ -86,30 +98,31 @@ def report(lazy: Any, name: str, version: int, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({**data, "location": location}, indent=2, default=str))
         return
+    approval: Approval | None = None
     try:  # the approval may have changed since the report was written
-        approval = p.registry.get_version(name, version).extra.get("approval")
-        data = {**data, "approval": approval}
+        approval = p.registry.get_version(name, version).approval
+        data = {**data, "approval": approval.state.value}
     except Exception:  # the report alone is still worth printing
         pass
     click.echo(summary_text(data, f"{location}/index.html"))
-    if data.get("approval") in ("approved", "rejected"):
-        click.echo(f"  approval: {data['approval']}")
+    if approval is not None and approval.state in (ApprovalState.APPROVED, ApprovalState.REJECTED):
+        click.echo(f"  approval: {_approval_text(approval)}")
 
 
 def _approval_command(verdict: str):
     @click.command(name=verdict)
     @click.argument("name")
     @click.argument("version", type=int)
-    @click.option("--by", default=None, help="Who decides (recorded in the version's extra).")
-    @click.option("--note", default=None)
+    @click.option("--by", default=None, help="Who decides (recorded in the version's approval; default: login name).")
+    @click.option("--note", default=None, help="Why (recorded in the version's approval).")
     @click.pass_obj
     def command(lazy: Any, name: str, version: int, by: str | None, note: str | None) -> None:
         p = lazy.get()
         mv = (p.approve if verdict == "approve" else p.reject)(name, version, by=by, note=note)
-        click.echo(f"{name} v{version}: {mv.state.value}, approval {mv.extra.get('approval')}")
+        click.echo(f"{mv.name} v{mv.version}: {mv.state.value}, approval {_approval_text(mv.approval)}")
 
     command.help = ("Approve a VALIDATED version that waits for human approval." if verdict == "approve" else
-                    "Reject a VALIDATED version that waits for human approval (it stays registered, never promoted).")
+                    "Reject a VALIDATED version that waits for human approval: it moves to REJECTED (final).")
     return command
 
 

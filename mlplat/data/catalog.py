@@ -29,11 +29,13 @@ from mlplat.records import (
     EVENT_PARTITION_COMPLETED,
     STATUS_PENDING,
     STATUS_READY,
+    CatalogEntry,
     ColumnInfo,
     DatasetKind,
     DatasetVersion,
     PartitionInfo,
 )
+from mlplat.registry import Registry
 from mlplat.storage import Storage
 
 __all__ = [
@@ -223,7 +225,7 @@ def _ingest(storage: Storage, fs: pafs.FileSystem, files: list[tuple[str, str]],
     return columns, keys, parts, plain, total
 
 
-def register_dataset(storage: Storage, registry: Any, name: str, source: str | Sequence[str], *,
+def register_dataset(storage: Storage, registry: Registry, name: str, source: str | Sequence[str], *,
                      kind: str | DatasetKind = DatasetKind.FACTS, format: str | None = None,
                      partition: str | None = None, tags: Sequence[str] = (), description: str = "") -> DatasetVersion:
     """Register a new version of dataset ``name`` from Parquet/CSV/JSON files or directories
@@ -243,7 +245,7 @@ def register_dataset(storage: Storage, registry: Any, name: str, source: str | S
         {"status": STATUS_PENDING, "kind": kind.value, "path": "", "source": ", ".join(map(str, sources))},
         tags=tuple(tags), idempotency_key=f"dataset-register:{name}:{uuid.uuid4().hex}",
     )
-    version = int(record["version"])
+    version = record.version
     dest = f"datasets/{name}/v{version}"
     try:
         columns, keys, parts, plain, total = _ingest(storage, fs, files, format, dest, part_values, None, name)
@@ -263,7 +265,7 @@ def register_dataset(storage: Storage, registry: Any, name: str, source: str | S
     return DatasetVersion.from_catalog(saved)
 
 
-def append_partition(storage: Storage, registry: Any, name: str, partition: str, source: str | Sequence[str], *,
+def append_partition(storage: Storage, registry: Registry, name: str, partition: str, source: str | Sequence[str], *,
                      version: int | None = None, format: str | None = None) -> DatasetVersion:
     """Add partition ``partition`` (e.g. ``date=2026-11-27``) to a dataset version (latest
     ready by default). The files must have exactly the dataset's columns and types, else
@@ -296,7 +298,7 @@ def append_partition(storage: Storage, registry: Any, name: str, partition: str,
     return DatasetVersion.from_catalog(saved)
 
 
-def complete_partition(registry: Any, name: str, partition: str, *, version: int | None = None) -> DatasetVersion:
+def complete_partition(registry: Registry, name: str, partition: str, *, version: int | None = None) -> DatasetVersion:
     """Mark a partition finished and write a ``partition_completed`` event (idempotent)."""
     dv = get_dataset(registry, name, version)
     key = _partition_key(parse_partition(partition))
@@ -322,7 +324,7 @@ def complete_partition(registry: Any, name: str, partition: str, *, version: int
 # -- reads -------------------------------------------------------------------------------
 
 
-def get_dataset(registry: Any, name: str, version: int | None = None) -> DatasetVersion:
+def get_dataset(registry: Registry, name: str, version: int | None = None) -> DatasetVersion:
     """A ready dataset version (the latest ready one when ``version`` is None)."""
     validate_name(name, "dataset name")
     if version is not None:
@@ -337,17 +339,17 @@ def get_dataset(registry: Any, name: str, version: int | None = None) -> Dataset
         raise NotFound(f"dataset {name!r} has no ready version; register one with `mlplat data register`") from None
 
 
-def _latest_ready(records: Iterable[dict[str, Any]]) -> list[DatasetVersion]:
-    best: dict[str, dict[str, Any]] = {}
-    for r in records:
-        if (r.get("payload") or {}).get("status") != STATUS_READY:
+def _latest_ready(entries: Iterable[CatalogEntry]) -> list[DatasetVersion]:
+    best: dict[str, CatalogEntry] = {}
+    for e in entries:
+        if e.payload.get("status") != STATUS_READY:
             continue
-        if r["name"] not in best or r["version"] > best[r["name"]]["version"]:
-            best[r["name"]] = r
+        if e.name not in best or e.version > best[e.name].version:
+            best[e.name] = e
     return [DatasetVersion.from_catalog(best[n]) for n in sorted(best)]
 
 
-def list_datasets(registry: Any, *, prefix: str | None = None, tag: str | None = None, column: str | None = None,
+def list_datasets(registry: Registry, *, prefix: str | None = None, tag: str | None = None, column: str | None = None,
                   kind: str | None = None) -> list[DatasetVersion]:
     """Latest ready version of each dataset, filtered by name prefix, tag, column or kind."""
     out = _latest_ready(registry.catalog_list(CATALOG_DATASET, prefix=prefix, tag=tag, latest_only=False))
@@ -358,7 +360,7 @@ def list_datasets(registry: Any, *, prefix: str | None = None, tag: str | None =
     return out
 
 
-def search_datasets(registry: Any, query: str) -> list[DatasetVersion]:
+def search_datasets(registry: Registry, query: str) -> list[DatasetVersion]:
     """Datasets whose name, a tag, a column name or the description contains ``query``."""
     q = query.lower()
     return [d for d in _latest_ready(registry.catalog_list(CATALOG_DATASET, latest_only=False))
@@ -388,14 +390,14 @@ def read_dataset(storage: Storage, dv: DatasetVersion, *, start: str | None = No
                  key: str | None = None, columns: Sequence[str] | None = None):
     """The version (or partitions ``start``..``end``) as a lazy ``ray.data.Dataset``;
     partition keys are columns (strings)."""
-    from ray.data.datasource import Partitioning
+    from ray.data.datasource import Partitioning, PartitionStyle
 
     files = dataset_files(dv, start=start, end=end, key=key)
     if not files:
         raise NotFound(f"dataset {dv.name!r} v{dv.version} has no partitions in [{start or '...'}, {end or '...'}]")
     kwargs: dict[str, Any] = {"filesystem": storage.fs}
     if dv.partition_keys:
-        kwargs["partitioning"] = Partitioning("hive", base_dir=storage.path(dv.path))
+        kwargs["partitioning"] = Partitioning(PartitionStyle.HIVE, base_dir=storage.path(dv.path))
     ds = read_parquet([storage.path(f) for f in files], **kwargs)
     if columns:
         ds = ds.select_columns(list(columns))

@@ -31,10 +31,12 @@ from mlplat.records import (
     CATALOG_FEATURE_SET,
     STATUS_PENDING,
     STATUS_READY,
+    CatalogEntry,
     DatasetVersion,
     FeatureSetSpec,
     FeatureSetVersion,
 )
+from mlplat.registry import Registry
 from mlplat.storage import Storage
 
 __all__ = [
@@ -160,7 +162,7 @@ def encode_dataset(ds: Any, fe: FeatureEncoder, spec: FeatureSetSpec | None = No
     return ds.map_batches(apply, batch_format="pyarrow", **map_kwargs)
 
 
-def materialize(storage: Storage, registry: Any, spec: FeatureSetSpec, source: DatasetVersion, ds: Any) -> FeatureSetVersion:
+def materialize(storage: Storage, registry: Registry, spec: FeatureSetSpec, source: DatasetVersion, ds: Any) -> FeatureSetVersion:
     """Fit, encode, write and register a new version of the feature set ``spec.name``.
 
     ``ds`` is the source dataset (already resolved by the caller, e.g. ``Platform``)."""
@@ -182,7 +184,7 @@ def materialize(storage: Storage, registry: Any, spec: FeatureSetSpec, source: D
          "source": source.ref.model_dump(mode="json"), "path": "", "data_path": ""},
         tags=tuple(spec.tags), idempotency_key=f"feature-set-register:{spec.name}:{uuid.uuid4().hex}",
     )
-    version = int(record["version"])
+    version = record.version
     base = f"features/{spec.name}/v{version}"
     try:
         fe.meta.update(feature_set=spec.name, version=version, source=source.ref.model_dump(mode="json"))
@@ -246,7 +248,7 @@ def write_encoded(storage: Storage, rel_dir: str, encoded: Any, fe: FeatureEncod
 # -- reads -------------------------------------------------------------------------------
 
 
-def get_feature_set(registry: Any, name: str, version: int | None = None) -> FeatureSetVersion:
+def get_feature_set(registry: Registry, name: str, version: int | None = None) -> FeatureSetVersion:
     """A ready feature-set version (latest ready when ``version`` is None)."""
     validate_name(name, "feature-set name")
     if version is not None:
@@ -260,11 +262,11 @@ def get_feature_set(registry: Any, name: str, version: int | None = None) -> Fea
         raise NotFound(f"feature set {name!r} has no ready version; build one with `mlplat features build`") from None
 
 
-def list_feature_sets(registry: Any, *, prefix: str | None = None, tag: str | None = None) -> list[FeatureSetVersion]:
-    best: dict[str, dict[str, Any]] = {}
-    for r in registry.catalog_list(CATALOG_FEATURE_SET, prefix=prefix, tag=tag, latest_only=False):
-        if (r.get("payload") or {}).get("status") == STATUS_READY and (r["name"] not in best or r["version"] > best[r["name"]]["version"]):
-            best[r["name"]] = r
+def list_feature_sets(registry: Registry, *, prefix: str | None = None, tag: str | None = None) -> list[FeatureSetVersion]:
+    best: dict[str, CatalogEntry] = {}
+    for e in registry.catalog_list(CATALOG_FEATURE_SET, prefix=prefix, tag=tag, latest_only=False):
+        if e.payload.get("status") == STATUS_READY and (e.name not in best or e.version > best[e.name].version):
+            best[e.name] = e
     return [FeatureSetVersion.from_catalog(best[n]) for n in sorted(best)]
 
 

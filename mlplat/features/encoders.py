@@ -165,7 +165,10 @@ class NumericEncoder(Encoder):
         if fill == "mean":
             value = st.mean(stats)
         elif fill == "median":
-            value = st.quantile(stats, 0.5)
+            median = st.quantile(stats, 0.5)
+            if median is None:
+                raise ValidationError(f"column {self.column!r} has no sketched values to take the median of for {self.type_name()!r}")
+            value = median
         else:
             value = float(fill)
         self.fitted = {"fill": float(value)}
@@ -556,7 +559,7 @@ def encoder_class(name: str) -> type[Encoder]:
             module = importlib.import_module(module_name)
         except ImportError as exc:
             raise ConfigError(f"encoder {name!r}: cannot import module {module_name!r}: {exc}") from None
-        cls = module
+        cls: object = module
         for part in attr.split("."):
             cls = getattr(cls, part, None)
             if cls is None:

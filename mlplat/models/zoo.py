@@ -47,7 +47,11 @@ class ModelSpec(StrictModel):
 
     @property
     def output_dim(self) -> int:
-        return self.num_classes if self.task == "multiclass" else 1
+        if self.task != "multiclass":
+            return 1
+        if self.num_classes is None:
+            raise ConfigError("task 'multiclass' needs num_classes (>= 2)")
+        return self.num_classes
 
 
 def import_factory(path: str) -> Any:

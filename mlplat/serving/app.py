@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from mlplat.config import PlatformConfig
@@ -30,7 +31,8 @@ def build_app(config: PlatformConfig, registry_actor: str, dedicated_models: lis
     from mlplat.serving.ingress import Ingress
 
     s = config.serve
-    pool = ModelPool.options(
+    # @serve.deployment turns these classes into Deployments (with .options) at runtime; mypy sees the classes.
+    pool = ModelPool.options(  # type: ignore[attr-defined]
         autoscaling_config={"min_replicas": s.pool.min_replicas, "max_replicas": s.pool.max_replicas,
                             "target_ongoing_requests": s.pool.target_ongoing_requests},
         max_ongoing_requests=s.pool.max_ongoing_requests,
@@ -39,14 +41,14 @@ def build_app(config: PlatformConfig, registry_actor: str, dedicated_models: lis
     dedicated = {}
     for name in dedicated_models or []:
         validate_name(name, "model name")
-        dedicated[name] = DedicatedModel.options(
+        dedicated[name] = DedicatedModel.options(  # type: ignore[attr-defined]
             name=f"model-{name}",
             autoscaling_config={"min_replicas": s.dedicated.min_replicas, "max_replicas": s.dedicated.max_replicas,
                                 "target_ongoing_requests": s.dedicated.target_ongoing_requests},
             max_ongoing_requests=s.dedicated.max_ongoing_requests,
             ray_actor_options={"num_cpus": s.dedicated.num_cpus},
         ).bind(config, name)
-    return Ingress.options(
+    return Ingress.options(  # type: ignore[attr-defined]
         logging_config={"enable_access_log": s.access_log},
         num_replicas=s.ingress_replicas,
         max_ongoing_requests=s.ingress_max_ongoing_requests,
@@ -54,7 +56,7 @@ def build_app(config: PlatformConfig, registry_actor: str, dedicated_models: lis
     ).bind(config, registry_actor, pool, dedicated)
 
 
-def start_serving(config: PlatformConfig, *, registry_actor: str, dedicated_models: list[str] = (),
+def start_serving(config: PlatformConfig, *, registry_actor: str, dedicated_models: Sequence[str] = (),
                   blocking: bool = False) -> str:
     """Deploy (or redeploy: Serve restarts every replica) the app; returns the base URL.
     ``dedicated_models`` get their own deployment (the caller lists the models whose serving

@@ -84,8 +84,9 @@ class DedicatedModel:
         self._name = name
         self._models: dict[int, ServableModel] = {}
         self._loading: dict[int, asyncio.Future] = {}
-        self._predict_batch.set_max_batch_size(config.serve.dedicated.max_batch_size)
-        self._predict_batch.set_batch_wait_timeout_s(config.serve.dedicated.batch_wait_timeout_s)
+        # @serve.batch adds these setters at runtime; its type hints hide them from mypy.
+        self._predict_batch.set_max_batch_size(config.serve.dedicated.max_batch_size)  # type: ignore[attr-defined]
+        self._predict_batch.set_batch_wait_timeout_s(config.serve.dedicated.batch_wait_timeout_s)  # type: ignore[attr-defined]
 
     async def _model(self, version: int, sha: str | None) -> ServableModel:
         if version in self._models:

@@ -18,7 +18,7 @@ from mlplat.config import PlatformConfig
 from mlplat.errors import MlplatError
 from mlplat.serving.deployments import run_prediction
 from mlplat.serving.request import ParsedRequest, RequestError, parse_json_body, parse_v1, parse_v2
-from mlplat.serving.routes import ActorRegistryReader, Route, RouteTable
+from mlplat.serving.routes import RegistryReader, Route, RouteTable, actor_registry_reader
 from mlplat.serving.runtime import load_servable, tune_gc
 from mlplat.serving.telemetry import TelemetryWriter
 from mlplat.storage import open_root
@@ -60,17 +60,18 @@ def schema_of_bundle(storage: Any, name: str, version: int, bundle_sha256: str |
 @serve.deployment(name="ingress")
 @serve.ingress(http_app)
 class Ingress:
-    def __init__(self, config: PlatformConfig, registry_actor: str, pool: Any, dedicated: dict[str, Any]):
-        import ray
-
+    def __init__(self, config: PlatformConfig, registry_actor: str, pool: Any, dedicated: dict[str, Any],
+                 reader: RegistryReader | None = None):
+        """``reader``: how routes read the registry; by default the actor named ``registry_actor``
+        (a test passes an in-memory reader instead)."""
         tune_gc(config.serve.gc_threshold)
         self._config, self._serve = config, config.serve
         self._token = config.api_token.get_secret_value().encode() if config.api_token else None
         self._storage = open_root(config.root, config.s3)
         self._pool, self._dedicated = pool, dict(dedicated)
-        actor = ray.get_actor(registry_actor, namespace=config.namespace)
-        self._routes = RouteTable(ActorRegistryReader(actor),
-                                  lambda n, v, sha: schema_of_bundle(self._storage, n, v, sha),
+        if reader is None:
+            reader = actor_registry_reader(registry_actor, config.namespace)
+        self._routes = RouteTable(reader, lambda n, v, sha: schema_of_bundle(self._storage, n, v, sha),
                                   refresh_s=self._serve.route_refresh_s)
         self._telemetry = TelemetryWriter(self._storage, max_rows=self._serve.telemetry_max_rows) if self._serve.telemetry else None
         self._local: dict[tuple[str, int], Any] = {}
@@ -92,11 +93,14 @@ class Ingress:
         self._ready = True
 
     async def _flush_telemetry(self) -> None:
+        telemetry = self._telemetry
+        if telemetry is None:  # telemetry is off: nothing to flush
+            return
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self._serve.telemetry_flush_s)
             try:
-                await loop.run_in_executor(None, self._telemetry.flush)
+                await loop.run_in_executor(None, telemetry.flush)
             except Exception:  # never let telemetry take serving down
                 log.exception("telemetry flush failed")
 

@@ -78,7 +78,11 @@ class ParsedRequest:
 
     @property
     def num_rows(self) -> int:
-        return len(self.rows) if self.rows is not None else int(self.matrix.shape[0])
+        if self.rows is not None:
+            return len(self.rows)
+        if self.matrix is None:
+            raise ValueError("ParsedRequest has neither rows nor a matrix")
+        return int(self.matrix.shape[0])
 
 
 def _depth_exceeds(obj: Any, max_depth: int) -> bool:

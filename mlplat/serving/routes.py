@@ -1,23 +1,34 @@
 """Which version answers a model name: resolved from registry aliases, cached in the
-ingress, invalidated by the registry's event log (no registry round trip per request)."""
+ingress, invalidated by the registry's event log (no registry round trip per request).
+
+The route table reads the registry through :class:`RegistryReader`, the four awaitable reads
+it needs: :class:`ActorRegistryReader` awaits the registry actor (the ingress),
+:class:`LocalRegistryReader` calls a :class:`~mlplat.registry.Registry` in this process, and a
+unit test passes any small in-memory class with the same methods.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from mlplat.errors import InvalidName, MlplatError, NotFound
 from mlplat.names import validate_name
-from mlplat.records import ALIAS_PRODUCTION, ModelState, ModelVersion
+from mlplat.records import ALIAS_PRODUCTION, Event, ModelInfo, ModelState, ModelVersion
+from mlplat.registry import Registry
 from mlplat.serving.request import InputSchema, RequestError
 
-__all__ = ["Route", "RouteTable", "placement_of", "PLACEMENTS", "ActorRegistryReader", "LocalRegistryReader", "SERVABLE_STATES"]
+__all__ = ["Route", "RouteTable", "placement_of", "PLACEMENTS", "RegistryReader", "ActorRegistryReader",
+           "LocalRegistryReader", "actor_registry_reader", "SchemaLoader", "SERVABLE_STATES", "EVENT_PAGE"]
 
 #: States whose weights may answer a request that names the version explicitly.
 SERVABLE_STATES = frozenset({ModelState.VALIDATED, ModelState.CANARY, ModelState.PRODUCTION, ModelState.ARCHIVED})
 _NEGATIVE_TTL_S = 2.0
+#: Events read per poll of the registry's log.
+EVENT_PAGE = 1000
 
 
 @dataclass(frozen=True)
@@ -47,13 +58,29 @@ def placement_of(serving_policy: dict[str, Any]) -> str:
     return placement if placement in PLACEMENTS else "pool"
 
 
-class ActorRegistryReader:
-    """Awaitable registry reads through the registry actor (never blocks the event loop)."""
+@runtime_checkable
+class RegistryReader(Protocol):
+    """The registry reads a :class:`RouteTable` makes, awaitable so an ingress never blocks its
+    event loop; each has the meaning (and the errors, e.g. NotFound) of the :class:`Registry`
+    method of the same name."""
 
-    def __init__(self, actor: Any):
+    async def last_seq(self) -> int: ...
+
+    async def events_since(self, seq: int, *, limit: int = EVENT_PAGE) -> list[Event]: ...
+
+    async def resolve(self, name: str, ref: int | str) -> ModelVersion: ...
+
+    async def get_model(self, name: str) -> ModelInfo: ...
+
+
+class ActorRegistryReader:
+    """:class:`RegistryReader` through the registry actor's one entry point,
+    ``call.remote(method, kwargs)``; an mlplat error raised there is re-raised here unwrapped."""
+
+    def __init__(self, actor: Any):  # a Ray ActorHandle of the registry actor
         self._actor = actor
 
-    async def call(self, method: str, **kwargs: Any) -> Any:
+    async def _call(self, method: str, **kwargs: Any) -> Any:
         from ray.exceptions import RayTaskError
 
         try:
@@ -64,15 +91,48 @@ class ActorRegistryReader:
                 raise cause from None
             raise
 
+    async def last_seq(self) -> int:
+        return int(await self._call("last_seq"))
+
+    async def events_since(self, seq: int, *, limit: int = EVENT_PAGE) -> list[Event]:
+        return list(await self._call("events_since", seq=seq, limit=limit))
+
+    async def resolve(self, name: str, ref: int | str) -> ModelVersion:
+        return await self._call("resolve", name=name, ref=ref)
+
+    async def get_model(self, name: str) -> ModelInfo:
+        return await self._call("get_model", name=name)
+
+
+def actor_registry_reader(actor_name: str, namespace: str) -> ActorRegistryReader:
+    """The reader of a running registry actor, found by name (the ingress's reader)."""
+    import ray
+
+    return ActorRegistryReader(ray.get_actor(actor_name, namespace=namespace))
+
 
 class LocalRegistryReader:
-    """The same interface over an in-process client or store (tests, single process)."""
+    """:class:`RegistryReader` over a registry in this process (tests, one process): each read
+    runs the synchronous call in place."""
 
-    def __init__(self, registry: Any):
+    def __init__(self, registry: Registry):
         self._registry = registry
 
-    async def call(self, method: str, **kwargs: Any) -> Any:
-        return getattr(self._registry, method)(**kwargs)
+    async def last_seq(self) -> int:
+        return self._registry.last_seq()
+
+    async def events_since(self, seq: int, *, limit: int = EVENT_PAGE) -> list[Event]:
+        return self._registry.events_since(seq, limit=limit)
+
+    async def resolve(self, name: str, ref: int | str) -> ModelVersion:
+        return self._registry.resolve(name, ref)
+
+    async def get_model(self, name: str) -> ModelInfo:
+        return self._registry.get_model(name)
+
+
+#: ``(name, version, bundle_sha256) -> (InputSchema, task)``: reads bundle.json, never weights.
+SchemaLoader = Callable[[str, int, str | None], tuple[InputSchema, str]]
 
 
 class RouteTable:
@@ -81,7 +141,7 @@ class RouteTable:
     ``schema_loader(name, version, bundle_sha256) -> (InputSchema, task)`` reads bundle.json
     (small; never the weights), so a request with bad features is refused before any load."""
 
-    def __init__(self, reader: Any, schema_loader: Any, refresh_s: float = 0.5):
+    def __init__(self, reader: RegistryReader, schema_loader: SchemaLoader, refresh_s: float = 0.5):
         self._reader, self._schema_loader, self._refresh_s = reader, schema_loader, refresh_s
         self._by_name: dict[str, Route] = {}
         self._by_version: dict[tuple[str, int], Route] = {}
@@ -89,10 +149,10 @@ class RouteTable:
         self._missing: dict[tuple[str, int | None], float] = {}
         self._generation: dict[str, int] = {}  # bumped on invalidation: stale lookups are not cached
         self._seq = 0
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._seq = await self._reader.call("last_seq")
+        self._seq = await self._reader.last_seq()
         self._task = asyncio.get_running_loop().create_task(self._follow_events())
 
     async def resolve(self, name: str, version: int | None = None) -> Route:
@@ -108,15 +168,14 @@ class RouteTable:
         if self._missing.get(key, 0.0) > time.monotonic():
             raise RequestError(404, self._missing_message(name, version), "name")
         try:
-            record: ModelVersion = await self._reader.call(
-                "resolve", name=name, ref=ALIAS_PRODUCTION if version is None else int(version))
+            record = await self._reader.resolve(name, ALIAS_PRODUCTION if version is None else int(version))
         except NotFound:
             self._missing[key] = time.monotonic() + _NEGATIVE_TTL_S
             raise RequestError(404, self._missing_message(name, version), "name") from None
         if version is not None and record.state not in SERVABLE_STATES:
             raise RequestError(404, f"model {name!r} version {version} is {record.state.value}, not servable "
                                     f"(servable: {sorted(s.value for s in SERVABLE_STATES)})", "version")
-        model = await self._reader.call("get_model", name=name)
+        model = await self._reader.get_model(name)
         bundle = record.artifacts.get("bundle")
         if bundle is None:
             raise RequestError(404, f"model {name!r} version {record.version} has no bundle registered", "version")
@@ -145,18 +204,18 @@ class RouteTable:
         self._by_name.pop(name, None)
         for key in [k for k in self._by_version if k[0] == name]:
             self._by_version.pop(key, None)
-        for key in [k for k in self._missing if k[0] == name]:
-            self._missing.pop(key, None)
+        for missing in [k for k in self._missing if k[0] == name]:
+            self._missing.pop(missing, None)
 
     async def _follow_events(self) -> None:
         while True:
             try:
-                events = await self._reader.call("events_since", seq=self._seq, limit=1000)
+                events = await self._reader.events_since(self._seq, limit=EVENT_PAGE)
                 for event in events:
                     self._seq = max(self._seq, event.seq)
                     if event.subject.startswith("model:"):
                         self.invalidate(event.subject.removeprefix("model:"))
-                if len(events) == 1000:
+                if len(events) == EVENT_PAGE:
                     continue
             except asyncio.CancelledError:
                 raise

@@ -5,9 +5,6 @@ from mlplat.validation.gate import Check, Decision, Guardrail, ValidationJobConf
 from mlplat.validation.metrics import METRICS_BY_TASK, make_accumulator
 from mlplat.validation.report import load_report, summary_text
 from mlplat.validation.runner import (
-    APPROVAL_APPROVED,
-    APPROVAL_PENDING,
-    APPROVAL_REJECTED,
     ValidationOutcome,
     approve,
     policy_for,
@@ -36,7 +33,4 @@ __all__ = [
     "ValidationOutcome",
     "METRICS_BY_TASK",
     "make_accumulator",
-    "APPROVAL_PENDING",
-    "APPROVAL_APPROVED",
-    "APPROVAL_REJECTED",
 ]

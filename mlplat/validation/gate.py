@@ -209,6 +209,8 @@ def gate(report: Mapping[str, Any], champion_report: Mapping[str, Any] | None,
             checks.append(Check(g.text, g.metric, None, threshold, False, "undefined"))
             reasons.append(reason)
             continue
+        if threshold is None:
+            raise ConfigError(f"guardrail {g.text!r} has no threshold to compare {g.metric} with")
         ok = _OPS[g.op](value, threshold)
         note = f"champion {g.metric} = {_fmt(champ_value)}" if g.relative else ""
         checks.append(Check(g.text, g.metric, value, threshold, ok, note))

@@ -33,6 +33,7 @@ from mlplat.models import BUNDLE_FILE, WEIGHTS_FILE, load_bundle, predict_output
 from mlplat.models.bundle import bundle_dir
 from mlplat.raydata import drop_reservation, read_parquet
 from mlplat.records import CATALOG_FEATURE_SET, STATUS_READY, FeatureSetRef, FeatureSetVersion
+from mlplat.registry import Registry
 from mlplat.storage import MANIFEST_NAME, Storage
 from mlplat.validation.gate import Executor
 
@@ -102,7 +103,7 @@ def _count_rows(storage: Storage, data_dir: str, files: Sequence[str], expr) -> 
     return int(dataset.count_rows(filter=expr)), names
 
 
-def resolve_validation_split(registry: Any, storage: Storage, ref: FeatureSetRef) -> SplitSource:
+def resolve_validation_split(registry: Registry, storage: Storage, ref: FeatureSetRef) -> SplitSource:
     """Find the validation rows of feature set ``ref``: its catalog entry (must be ready), its
     Parquet under ``features/<name>/v<N>/data/`` and the rows whose ``split`` is ``validation``.
 

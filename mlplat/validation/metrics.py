@@ -227,6 +227,9 @@ class _Accumulator:
         self.rows = 0
         self.sample = _Sample() if sample else None
 
+    def update(self, y: np.ndarray, pred: np.ndarray) -> None:
+        raise NotImplementedError
+
     def result(self) -> dict[str, float | None]:
         raise NotImplementedError
 

@@ -126,16 +126,17 @@ def confusion_png(curves: Mapping[str, Any], title: str = "") -> bytes:
 
 def metrics_vs_champion_png(metrics: Mapping[str, float | None], champion: Mapping[str, float | None] | None,
                             title: str = "") -> bytes:
-    names = [m for m, v in metrics.items() if v is not None]
+    present = [(m, float(v)) for m, v in metrics.items() if v is not None]
+    names = [m for m, _ in present]
     plt, fig = _figure(max(5.0, 1.4 * len(names) + 1.5), 4.2)
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(names))
     width = 0.38 if champion else 0.6
-    cand = [float(metrics[m]) for m in names]
+    cand = [v for _, v in present]
     bars = ax.bar(x - (width / 2 if champion else 0), cand, width, color=CANDIDATE, label="candidate")
     ax.bar_label(bars, labels=[f"{v:.4g}" for v in cand], fontsize=8)
     if champion:
-        champ = [float(champion.get(m)) if champion.get(m) is not None else 0.0 for m in names]
+        champ = [float(c) if (c := champion.get(m)) is not None else 0.0 for m in names]
         bars = ax.bar(x + width / 2, champ, width, color=CHAMPION, label="champion (production)")
         ax.bar_label(bars, labels=[f"{v:.4g}" for v in champ], fontsize=8)
     ax.set_xticks(x, [f"{m}\n({'higher' if HIGHER_IS_BETTER.get(m, True) else 'lower'} is better)" for m in names],

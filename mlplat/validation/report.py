@@ -13,12 +13,13 @@ from typing import Any
 
 from mlplat.errors import NotFound
 from mlplat.names import validate_name
-from mlplat.records import ArtifactRef
+from mlplat.records import ApprovalState, ArtifactRef
 from mlplat.storage import Storage
 from mlplat.validation import plots
 from mlplat.validation.metrics import HIGHER_IS_BETTER, METRICS_BY_TASK
 
-__all__ = ["REPORT_FILE", "HTML_FILE", "REPORT_FORMAT", "report_dir", "write_report", "load_report", "summary_text"]
+__all__ = ["REPORT_FILE", "HTML_FILE", "REPORT_FORMAT", "report_dir", "write_report", "load_report", "summary_text",
+           "approval_of"]
 
 REPORT_FILE = "validation.json"
 HTML_FILE = "index.html"
@@ -27,6 +28,18 @@ REPORT_FORMAT = "mlplat.validation-report/1"
 
 def report_dir(name: str, version: int) -> tuple[str, str, str]:
     return ("reports", validate_name(name, "model name"), f"v{int(version)}")
+
+
+def approval_of(report: Mapping[str, Any]) -> ApprovalState:
+    """The report's ``approval`` (an :class:`ApprovalState` value, e.g. ``"PENDING"``); reports
+    written before approvals were typed hold ``"pending"`` or null, read the same way."""
+    value = report.get("approval")
+    if not value:
+        return ApprovalState.NOT_REQUIRED
+    try:
+        return ApprovalState(str(value).upper())
+    except ValueError:
+        return ApprovalState.NOT_REQUIRED
 
 
 def _plots(report: Mapping[str, Any], curves: Mapping[str, Any], champion_curves: Mapping[str, Any] | None) -> dict[str, bytes]:
@@ -126,9 +139,8 @@ def render_html(report: Mapping[str, Any]) -> str:
                        + "</tr>" for k, v in values.items())
         slices.append(f"<h3>By {e(column)}</h3><table><tr><th>{e(column)}</th><th>rows</th>{head}</tr>{body}</table>")
     images = "".join(f'<figure><img src="{e(p)}" alt="{e(p)}"></figure>' for p in report.get("plots") or [])
-    approval = report.get("approval")
     badge = ('<span class="badge pass">PASSED</span>' if passed else '<span class="badge fail">REJECTED</span>')
-    if approval == "pending":
+    if approval_of(report) == ApprovalState.PENDING:
         badge += ' <span class="badge pending">awaiting approval</span>'
     fs = report.get("feature_set") or {}
     champ_head = f"champion v{champ.get('version')}" if champ else ""
@@ -162,7 +174,7 @@ def summary_text(report: Mapping[str, Any], location: str) -> str:
     champ = report.get("champion") or {}
     lines = [
         f"{report['model']} v{report['version']} ({report['task']}): {report.get('outcome')}"
-        + (" — awaiting approval" if report.get("approval") == "pending" else ""),
+        + (" — awaiting approval" if approval_of(report) == ApprovalState.PENDING else ""),
         f"  split: feature set {report['feature_set']['name']} v{report['feature_set']['version']}, "
         f"{report.get('rows', 0):,} rows, {report.get('non_finite_predictions', 0)} non-finite predictions",
     ]

@@ -1,5 +1,9 @@
 """``validate``: TRAINED -> VALIDATING -> VALIDATED | REJECTED, and the human approval step.
 
+With ``require_approval`` a passing version reaches VALIDATED with its approval PENDING (one
+registry transition); a reviewer then approves it (promotable) or rejects it, which moves it
+VALIDATED -> REJECTED and records who and why (:func:`approve` / :func:`reject`).
+
 Order of work, chosen so a version never stays stuck in VALIDATING and never moves for a
 reason that is not its own fault:
 
@@ -14,6 +18,7 @@ reason that is not its own fault:
 
 from __future__ import annotations
 
+import getpass
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,7 +29,8 @@ import numpy as np
 from mlplat.config import parse_config
 from mlplat.errors import ConflictError, IntegrityError, InvalidTransition, MlplatError, NotFound, ValidationError
 from mlplat.models import load_bundle
-from mlplat.records import ALIAS_PRODUCTION, FeatureSetRef, ModelState, ModelVersion
+from mlplat.records import ALIAS_PRODUCTION, ApprovalState, FeatureSetRef, ModelState, ModelVersion
+from mlplat.registry import Registry
 from mlplat.storage import Storage
 from mlplat.validation.gate import Decision, ValidationPolicy, gate
 from mlplat.validation.inference import (
@@ -38,10 +44,8 @@ from mlplat.validation.inference import (
 from mlplat.validation.metrics import make_accumulator
 from mlplat.validation.report import REPORT_FORMAT, load_report, report_dir, write_report
 
-__all__ = ["ValidationOutcome", "validate", "approve", "reject", "policy_for", "APPROVAL_PENDING",
-           "APPROVAL_APPROVED", "APPROVAL_REJECTED"]
+__all__ = ["ValidationOutcome", "validate", "approve", "reject", "policy_for", "report_of"]
 
-APPROVAL_PENDING, APPROVAL_APPROVED, APPROVAL_REJECTED = "pending", "approved", "rejected"
 _MAX_SLICE_VALUES = 50
 CANDIDATE, CHAMPION = "pred", "champion_pred"
 
@@ -54,14 +58,14 @@ class ValidationOutcome:
     decision: Decision
     metrics: dict[str, Any]
     report_path: str
-    approval: str | None = None
+    approval: ApprovalState = ApprovalState.NOT_REQUIRED  # the version's approval after validation
 
     @property
     def passed(self) -> bool:
         return self.decision.passed
 
 
-def policy_for(registry: Any, name: str, override: ValidationPolicy | Mapping[str, Any] | None = None) -> ValidationPolicy:
+def policy_for(registry: Registry, name: str, override: ValidationPolicy | Mapping[str, Any] | None = None) -> ValidationPolicy:
     """The explicit policy, else the model's ``serving_policy["validation"]``, else defaults."""
     if isinstance(override, ValidationPolicy):
         return override
@@ -130,18 +134,18 @@ class _Scorer:
         return {c: {k: {"rows": a.rows, **a.result()} for k, a in sorted(accs.items())} for c, accs in self.slices.items()}
 
 
-def _transition(registry: Any, name: str, version: int, state: ModelState, expected: ModelState, **kw: Any) -> ModelVersion:
+def _transition(registry: Registry, name: str, version: int, state: ModelState, expected: ModelState, **kw: Any) -> ModelVersion:
     return registry.transition(name, version, state, expected_state=expected,
                                idempotency_key=f"validate:{name}:v{version}:{state.value}", **kw)
 
 
-def _reject_early(registry: Any, storage: Storage, mv: ModelVersion, fs: FeatureSetRef | None, task: str, error: str) -> None:
+def _reject_early(registry: Registry, storage: Storage, mv: ModelVersion, fs: FeatureSetRef | None, task: str, error: str) -> None:
     """Bundle failed its checksum: the version can never serve; record why and keep it for introspection."""
     report = {"format": REPORT_FORMAT, "model": mv.name, "version": mv.version, "task": task,
               "feature_set": fs.model_dump() if fs else {"name": None, "version": None}, "split": {}, "rows": 0,
               "rows_scored": 0, "non_finite_predictions": 0, "metrics": {}, "slices": {}, "champion": None,
               "guardrails": [], "decision": {"passed": False, "reasons": [error], "notes": [], "checks": []},
-              "outcome": ModelState.REJECTED.value, "approval": None, "error": error, "created_at": time.time()}
+              "outcome": ModelState.REJECTED.value, "approval": ApprovalState.NOT_REQUIRED.value, "error": error, "created_at": time.time()}
     _transition(registry, mv.name, mv.version, ModelState.VALIDATING, ModelState.TRAINED)
     ref = write_report(storage, report, {})
     registry.update_version(mv.name, mv.version, artifacts={"validation_report": ref.model_dump()},
@@ -149,7 +153,7 @@ def _reject_early(registry: Any, storage: Storage, mv: ModelVersion, fs: Feature
     _transition(registry, mv.name, mv.version, ModelState.REJECTED, ModelState.VALIDATING, error=error)
 
 
-def _champion(registry: Any, storage: Storage, name: str, version: int, split: SplitSource,
+def _champion(registry: Registry, storage: Storage, name: str, version: int, split: SplitSource,
               policy: ValidationPolicy) -> tuple[BundleRef | None, int | None, str | None]:
     """The production version to compare with on the same rows, or a note saying why not."""
     if not policy.compare_to_production:
@@ -170,7 +174,7 @@ def _champion(registry: Any, storage: Storage, name: str, version: int, split: S
     return BundleRef(name, int(champ), sha, CHAMPION, tuple(loaded.input_columns)), int(champ), None
 
 
-def validate(registry: Any, storage: Storage, name: str, version: int, *, feature_set: Any = None,
+def validate(registry: Registry, storage: Storage, name: str, version: int, *, feature_set: Any = None,
              policy: ValidationPolicy | Mapping[str, Any] | None = None) -> ValidationOutcome:
     """Validate ``name`` v``version`` on its feature set's validation split; see the module doc."""
     started = time.time()
@@ -212,8 +216,9 @@ def validate(registry: Any, storage: Storage, name: str, version: int, *, featur
         report["duration_s"] = round(time.time() - started, 3)
         decision = gate(report, report.get("champion"), pol.guardrails)
         state = ModelState.VALIDATED if decision.passed else ModelState.REJECTED
-        approval = APPROVAL_PENDING if decision.passed and pol.require_approval else None
-        report.update(decision=decision.to_json(), outcome=state.value, approval=approval)
+        needs_review = decision.passed and pol.require_approval
+        approval = ApprovalState.PENDING if needs_review else ApprovalState.NOT_REQUIRED
+        report.update(decision=decision.to_json(), outcome=state.value, approval=approval.value)
         ref = write_report(storage, report, curves, champ_curves)
     except IntegrityError as exc:
         _fail(registry, name, version, f"bundle integrity check failed in an inference actor: {exc}")
@@ -223,19 +228,19 @@ def validate(registry: Any, storage: Storage, name: str, version: int, *, featur
         raise
     extra: dict[str, Any] = {"validation": {"passed": decision.passed, "reasons": list(decision.reasons),
                                             "report": ref.path, "feature_set": fs_ref.model_dump()}}
-    if approval:
-        extra["approval"] = approval
     registry.update_version(name, version, artifacts={"validation_report": ref.model_dump()}, extra=extra,
                             idempotency_key=f"validate:{name}:v{version}:record")
     kw: dict[str, Any] = {"metrics": {"validation": report["metrics"]}}
     if not decision.passed:
         kw["error"] = "; ".join(decision.reasons)
+    if needs_review:  # VALIDATED and PENDING in one transaction: never promotable before a reviewer says so
+        kw["require_approval"] = True
     final = _transition(registry, name, version, state, ModelState.VALIDATING, **kw)
     return ValidationOutcome(name=name, version=version, state=final.state, decision=decision, metrics=report["metrics"],
-                             report_path=storage.uri_of(*report_dir(name, version)), approval=approval)
+                             report_path=storage.uri_of(*report_dir(name, version)), approval=final.approval.state)
 
 
-def _fail(registry: Any, name: str, version: int, error: str) -> None:
+def _fail(registry: Registry, name: str, version: int, error: str) -> None:
     try:
         _transition(registry, name, version, ModelState.REJECTED, ModelState.VALIDATING, error=error[:2000])
     except (ConflictError, InvalidTransition, NotFound):
@@ -285,29 +290,27 @@ def _run(storage: Storage, name: str, version: int, cand_ref: BundleRef, spec: A
     return report, cand.overall.curves(), (champ.overall.curves() if champ else None)
 
 
-def _approval(registry: Any, name: str, version: int, verdict: str, by: str | None, note: str | None) -> ModelVersion:
-    mv = registry.get_version(name, int(version))
-    current = mv.extra.get("approval")
-    if mv.state != ModelState.VALIDATED or current != APPROVAL_PENDING:
-        raise InvalidTransition(
-            f"{name} v{version} is {mv.state.value} with approval {current or 'not required'}; "
-            "only VALIDATED versions awaiting approval can be approved or rejected"
-        )
-    return registry.update_version(
-        name, int(version), expected_state=ModelState.VALIDATED,
-        extra={"approval": verdict, "approval_by": by or "", "approval_note": note or "", "approval_at": time.time()},
-    )
+def _reviewer(by: str | None) -> str:
+    if by:
+        return by
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name (e.g. a container without a passwd entry)
+        return "unknown"
 
 
-def approve(registry: Any, name: str, version: int, *, by: str | None = None, note: str | None = None) -> ModelVersion:
-    """Approve a VALIDATED version waiting for a human; it may then be promoted."""
-    return _approval(registry, name, version, APPROVAL_APPROVED, by, note)
+def approve(registry: Registry, name: str, version: int, *, by: str | None = None, note: str | None = None) -> ModelVersion:
+    """Approve a VALIDATED version awaiting a reviewer; it may then be promoted.
+
+    ``by`` defaults to the login name. InvalidTransition unless the approval is PENDING
+    (deciding twice, or on a version that needs no approval, is refused)."""
+    return registry.review(name, int(version), ApprovalState.APPROVED, by=_reviewer(by), note=note or "")
 
 
-def reject(registry: Any, name: str, version: int, *, by: str | None = None, note: str | None = None) -> ModelVersion:
-    """Reject a VALIDATED version waiting for a human. The state machine has no VALIDATED ->
-    REJECTED move, so it stays VALIDATED with ``approval: rejected``, which promotion refuses."""
-    return _approval(registry, name, version, APPROVAL_REJECTED, by, note)
+def reject(registry: Registry, name: str, version: int, *, by: str | None = None, note: str | None = None) -> ModelVersion:
+    """Reject a VALIDATED version awaiting a reviewer: it moves VALIDATED -> REJECTED (final),
+    with who and why recorded in its approval. InvalidTransition unless the approval is PENDING."""
+    return registry.review(name, int(version), ApprovalState.REJECTED, by=_reviewer(by), note=note or "")
 
 
 def report_of(storage: Storage, name: str, version: int) -> tuple[dict[str, Any], str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -29,6 +28,7 @@ from mlplat.records import (
     DatasetVersion,
     ModelVersion,
 )
+from mlplat.registry import Registry
 from mlplat.storage import Storage
 from mlplat.validation.inference import BundleRef, predict_dataset
 
@@ -38,7 +38,7 @@ PREDICTION = "prediction"
 MODEL_COLUMN, VERSION_COLUMN = "model", "model_version"
 
 
-def _resolve(registry: Any, model: str, version: int | str | None) -> ModelVersion:
+def _resolve(registry: Registry, model: str, version: int | str | None) -> ModelVersion:
     if version is None:
         if registry.get_alias(model, ALIAS_PRODUCTION) is None:
             raise NotFound(f"model {model!r} has no production version; pass a version (e.g. --version 3)")
@@ -46,18 +46,18 @@ def _resolve(registry: Any, model: str, version: int | str | None) -> ModelVersi
     return registry.resolve(model, version)
 
 
-def _default_keys(registry: Any, mv: ModelVersion, columns: Sequence[str]) -> list[str]:
+def _default_keys(registry: Registry, mv: ModelVersion, columns: Sequence[str]) -> list[str]:
     keys: list[str] = []
     if mv.feature_set is not None:
         try:
-            payload = registry.catalog_get(CATALOG_FEATURE_SET, mv.feature_set.name, mv.feature_set.version)["payload"]
+            payload = registry.catalog_get(CATALOG_FEATURE_SET, mv.feature_set.name, mv.feature_set.version).payload
             keys = [k for k in (payload.get("entity_key"), payload.get("event_time")) if k]
         except NotFound:
             keys = []
     return [k for k in keys if k in columns]
 
 
-def score(registry: Any, storage: Storage, model: str, *, dataset: str, dataset_version: int | None = None,
+def score(registry: Registry, storage: Storage, model: str, *, dataset: str, dataset_version: int | None = None,
           version: int | str | None = None, output: str | None = None, keys: Sequence[str] | None = None,
           batch_size: int = 4096, max_actors: int | None = None, executor: str = "auto") -> DatasetVersion:
     """Score ``dataset`` with ``model`` (its production version unless ``version`` is given) and
@@ -85,7 +85,7 @@ def score(registry: Any, storage: Storage, model: str, *, dataset: str, dataset_
          "source": f"model {model}@v{mv.version} on dataset {dataset}@v{dv.version}"},
         tags=("inference", f"model:{model}"), idempotency_key=f"score-register:{output}:{uuid.uuid4().hex}",
     )
-    out_version = int(record["version"])
+    out_version = record.version
     dest = f"datasets/{output}/v{out_version}"
     try:
         ds = read_dataset(storage, dv)
@@ -122,5 +122,7 @@ def _written(storage: Storage, dest: str) -> tuple[list[str], tuple[ColumnInfo, 
         meta = pq.read_metadata(f"{base}/{f}", filesystem=storage.fs)
         rows += meta.num_rows
         schema = schema or meta.schema.to_arrow_schema()
+    if schema is None:
+        raise ValidationError(f"scoring wrote no readable Parquet schema to {storage.uri_of(dest)}")
     columns = tuple(ColumnInfo(name=field.name, type=str(field.type)) for field in schema)
     return files, columns, rows

@@ -27,7 +27,7 @@ from mlplat.features.build import (
     read_feature_set,
 )
 from mlplat.features.pit import FEATURE_TIME_COLUMN, pit_join, pit_join_tables
-from mlplat.registry import RegistryClient
+from mlplat.registry import RegistryStore
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -152,7 +152,7 @@ def _register_source(storage, reg, tmp_path, days=("2026-11-01", "2026-11-02")):
 
 
 def test_materialize_register_reload(storage, tmp_path):
-    reg = RegistryClient.local(str(tmp_path / "r.db"))
+    reg = RegistryStore(str(tmp_path / "r.db"))
     dv = _register_source(storage, reg, tmp_path)
     assert dv.num_rows == 800 and dv.partition_keys == ("date",)
     spec = parse_spec(SPEC)
@@ -197,7 +197,7 @@ def test_materialize_register_reload(storage, tmp_path):
 
 
 def test_append_wrong_schema_fails_and_leaves_dataset_unchanged(storage, tmp_path):
-    reg = RegistryClient.local(str(tmp_path / "r.db"))
+    reg = RegistryStore(str(tmp_path / "r.db"))
     dv = _register_source(storage, reg, tmp_path, days=("2026-11-01",))
     files_before = storage.list_dir("datasets", "clicks", "v1")
     bad = _table(10, seed=3).drop_columns(["spend"]).append_column("extra", pa.array(range(10)))
@@ -220,7 +220,7 @@ def test_append_wrong_schema_fails_and_leaves_dataset_unchanged(storage, tmp_pat
 def test_bad_specs_are_clear_errors(tmp_path):
     import ray.data
 
-    reg = RegistryClient.local(str(tmp_path / "r.db"))
+    reg = RegistryStore(str(tmp_path / "r.db"))
     table = _table(50, seed=5)
     ds = ray.data.from_arrow(table)
     from mlplat.storage import open_root

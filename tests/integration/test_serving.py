@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mlplat.config import PlatformConfig, PoolSettings, ServeSettings
-from mlplat.registry import RegistryClient
+from mlplat.registry import ActorRegistry
 from mlplat.serving import start_serving
 from mlplat.storage import open_root
 from tests.integration.serving_support import RAW_ROW, register_servable
@@ -33,7 +33,7 @@ def served(ray_session, serve_http_port, tmp_path_factory):
                                                                                  max_replicas=1)),
     )
     actor_name = f"registry-serving-{uuid.uuid4().hex[:6]}"
-    registry = RegistryClient.connect(config, actor_name=actor_name, db_path=str(root / "registry.db"))
+    registry = ActorRegistry.connect(config, actor_name=actor_name, url=str(root / "registry.db"))
     storage = open_root(config.root)
     register_servable(registry, storage, "churn", task="binary", seed=1)
     register_servable(registry, storage, "churn", task="binary", seed=2)  # v2 becomes production
@@ -49,7 +49,7 @@ def served(ray_session, serve_http_port, tmp_path_factory):
     serve.delete(config.serve.app_name)
     import ray
 
-    ray.kill(registry.actor)
+    ray.kill(ray.get_actor(actor_name, namespace=config.namespace))
 
 
 def _predict(client, name, rows=None, headers=AUTH, **kwargs):
@@ -250,7 +250,7 @@ def test_model_served_from_s3_root(served, s3_settings):
                             serve=ServeSettings(port=served["config"].serve.port, app_name="mlplat-s3", route_prefix="/s3",
                                                 telemetry=False, pool=PoolSettings(max_replicas=1)))
     actor_name = f"registry-s3-{uuid.uuid4().hex[:6]}"
-    registry = RegistryClient.connect(config, actor_name=actor_name, db_path=config.registry_db)
+    registry = ActorRegistry.connect(config, actor_name=actor_name, url=config.registry_db)
     storage = open_root(config.root, config.s3)
     register_servable(registry, storage, "s3model", seed=3)
     url = start_serving(config, registry_actor=actor_name)
@@ -262,4 +262,4 @@ def test_model_served_from_s3_root(served, s3_settings):
         serve.delete("mlplat-s3")
         import ray
 
-        ray.kill(registry.actor)
+        ray.kill(ray.get_actor(actor_name, namespace=config.namespace))

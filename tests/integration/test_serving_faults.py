@@ -12,7 +12,7 @@ import pytest
 import ray
 
 from mlplat.config import PlatformConfig, PoolSettings, ServeSettings
-from mlplat.registry import RegistryClient
+from mlplat.registry import ActorRegistry
 from mlplat.serving import start_serving
 from mlplat.storage import open_root
 from tests.integration.serving_support import RAW_ROW, register_servable
@@ -30,14 +30,14 @@ def fault_app(ray_session, serve_http_port, tmp_path_factory):
                             serve=ServeSettings(port=serve_http_port, app_name="mlplat-faults", telemetry=False,
                                                 pool=PoolSettings(min_replicas=1, max_replicas=1)))
     actor_name = f"registry-faults-{uuid.uuid4().hex[:6]}"
-    registry = RegistryClient.connect(config, actor_name=actor_name, db_path=str(root / "registry.db"))
+    registry = ActorRegistry.connect(config, actor_name=actor_name, url=str(root / "registry.db"))
     register_servable(registry, open_root(config.root), "steady")
     url = start_serving(config, registry_actor=actor_name)
     httpx.post(f"{url}/v1/models/steady:predict", json={"instances": [RAW_ROW]},
                headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60).raise_for_status()  # warm
     yield url
     serve.delete(config.serve.app_name)
-    ray.kill(registry.actor)
+    ray.kill(ray.get_actor(actor_name, namespace=config.namespace))
 
 
 class LoadResult:

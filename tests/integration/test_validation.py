@@ -13,8 +13,8 @@ import pytest
 
 from mlplat.errors import ConfigError, IntegrityError, InvalidTransition, ValidationError
 from mlplat.models import ModelSpec, save_bundle
-from mlplat.records import CATALOG_FEATURE_SET, ModelState
-from mlplat.registry import RegistryClient
+from mlplat.records import CATALOG_FEATURE_SET, ApprovalState, ModelState
+from mlplat.registry import Registry, RegistryStore
 from mlplat.storage import open_root
 from mlplat.validation import approve, reject, report_of, score, summary_text, validate
 
@@ -37,10 +37,10 @@ def _table(n: int = 2000, seed: int = 0, validation_fraction: float = 0.5) -> pa
     return pa.table(cols)
 
 
-def _feature_set(registry, storage, name: str, table: pa.Table, labels: list[str]) -> dict:
+def _feature_set(registry: Registry, storage, name: str, table: pa.Table, labels: list[str]) -> dict:
     record = registry.catalog_register(CATALOG_FEATURE_SET, name, {"status": "pending", "spec": {}, "source": {"name": "raw", "version": 1},
                                                                     "path": "", "data_path": ""})
-    version = record["version"]
+    version = record.version
     path = f"features/{name}/v{version}"
     with storage.open_write(path, "data", "part-00000.parquet") as handle:
         pq.write_table(table, handle)
@@ -65,7 +65,7 @@ def _linear(weights, bias: float = 0.0):
     return model
 
 
-def _trained(registry, storage, name: str, model, fs: dict, task: str = "binary", label: str = "label") -> int:
+def _trained(registry: Registry, storage, name: str, model, fs: dict, task: str = "binary", label: str = "label") -> int:
     mv = registry.register_version(name, feature_set=fs)
     ref = save_bundle(storage, name, mv.version, model, spec=ModelSpec(task=task, architecture="linear"),
                       input_columns=FEATURES, label_columns=[label], feature_set=fs)
@@ -78,7 +78,7 @@ def _trained(registry, storage, name: str, model, fs: dict, task: str = "binary"
 @pytest.fixture
 def env(tmp_path, ray_session):
     storage = open_root(str(tmp_path / "root"))
-    registry = RegistryClient.local(str(tmp_path / "root" / "registry.db"))  # where the CLI looks for it
+    registry = RegistryStore(str(tmp_path / "root" / "registry.db"))  # where the CLI looks for it
     return registry, storage
 
 
@@ -152,10 +152,13 @@ def test_regression_nan_and_approval(env):
     registry.create_model("price", serving_policy={"validation": {"guardrails": ["rmse <= 1.0"], "require_approval": True}})
     good = _trained(registry, storage, "price", _linear(COEF), fs, task="regression", label="target")
     out = validate(registry, storage, "price", good)
-    assert out.state == ModelState.VALIDATED and out.approval == "pending"
+    assert out.state == ModelState.VALIDATED and out.approval == ApprovalState.PENDING
     assert out.metrics["rmse"] == pytest.approx(0.3, abs=0.05) and out.metrics["r2"] > 0.9
-    _check_report(storage, "price", good, {"predicted_vs_actual.png", "residuals.png", "metrics.png"})
-    assert registry.get_version("price", good).extra["approval"] == "pending"
+    report = _check_report(storage, "price", good, {"predicted_vs_actual.png", "residuals.png", "metrics.png"})
+    assert report["approval"] == "PENDING"
+    pending = registry.get_version("price", good)
+    assert pending.approval.state == ApprovalState.PENDING and pending.approval.blocks_promotion
+    assert "approval" not in pending.extra
     # The CLI (registry in-process): `mlplat models approve` and `mlplat report`.
     from click.testing import CliRunner
 
@@ -166,18 +169,40 @@ def test_regression_nan_and_approval(env):
     result = runner.invoke(cli, ["--root", root, "report", "price", str(good)])
     assert result.exit_code == 0, result.output
     assert "VALIDATED — awaiting approval" in result.output and "index.html" in result.output
-    result = runner.invoke(cli, ["--root", root, "models", "approve", "price", str(good), "--by", "alice"])
+    result = runner.invoke(cli, ["--root", root, "models", "approve", "price", str(good), "--by", "alice", "--note", "ok"])
     assert result.exit_code == 0, result.output
+    assert f"price v{good}: VALIDATED, approval APPROVED by alice: ok" in result.output
     approved = registry.get_version("price", good)
-    assert approved.state == ModelState.VALIDATED and approved.extra["approval"] == "approved"
-    assert approved.extra["approval_by"] == "alice"
-    assert approve is not None
-    with pytest.raises(InvalidTransition, match="awaiting approval"):
-        reject(registry, "price", good)
+    assert approved.state == ModelState.VALIDATED and approved.approval.state == ApprovalState.APPROVED
+    assert (approved.approval.by, approved.approval.note) == ("alice", "ok") and approved.approval.at
+    assert not approved.approval.blocks_promotion
+    result = runner.invoke(cli, ["--root", root, "report", "price", str(good)])
+    assert result.exit_code == 0 and "awaiting approval" not in result.output
+    assert "approval: APPROVED by alice: ok" in result.output
+    with pytest.raises(InvalidTransition):  # a decision is final: not twice, not reversed
+        approve(registry, "price", good, by="alice")
+    with pytest.raises(InvalidTransition):
+        reject(registry, "price", good, by="bob")
+    assert registry.get_version("price", good) == approved
+
+    # A reviewer's "no": VALIDATED -> REJECTED, who and why recorded; then nothing more to decide.
+    second = _trained(registry, storage, "price", _linear(COEF), fs, task="regression", label="target")
+    assert validate(registry, storage, "price", second).approval == ApprovalState.PENDING
+    result = runner.invoke(cli, ["--root", root, "models", "reject", "price", str(second), "--by", "bob",
+                                 "--note", "trained on a stale snapshot"])
+    assert result.exit_code == 0, result.output
+    assert f"price v{second}: REJECTED, approval REJECTED by bob: trained on a stale snapshot" in result.output
+    rejected = registry.get_version("price", second)
+    assert rejected.state == ModelState.REJECTED and rejected.approval.state == ApprovalState.REJECTED
+    assert (rejected.approval.by, rejected.approval.note) == ("bob", "trained on a stale snapshot")
+    with pytest.raises(InvalidTransition):
+        approve(registry, "price", second, by="alice")
+    with pytest.raises(InvalidTransition):
+        reject(registry, "price", second, by="bob")
 
     nan = _trained(registry, storage, "price", _linear([float("nan")] * 4), fs, task="regression", label="target")
     out = validate(registry, storage, "price", nan)
-    assert out.state == ModelState.REJECTED
+    assert out.state == ModelState.REJECTED and out.approval == ApprovalState.NOT_REQUIRED
     assert any("NaN/Inf predictions for" in r for r in out.decision.reasons)
     assert "NaN" in registry.get_version("price", nan).error
 

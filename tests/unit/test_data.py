@@ -23,13 +23,13 @@ from mlplat.data import (
 )
 from mlplat.errors import AlreadyExists, NotFound, SchemaMismatch, ValidationError
 from mlplat.records import EVENT_PARTITION_COMPLETED, FeatureSetSpec
-from mlplat.registry import RegistryClient
+from mlplat.registry import RegistryStore
 from mlplat.storage import open_root
 
 
 @pytest.fixture
 def env(tmp_path):
-    return open_root(str(tmp_path / "root")), RegistryClient.local(str(tmp_path / "r.db"))
+    return open_root(str(tmp_path / "root")), RegistryStore(str(tmp_path / "r.db"))
 
 
 def test_parse_partition_and_schema_diff():
