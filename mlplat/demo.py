@@ -86,7 +86,8 @@ class Demo:
         self.version = run.version
         if not run.metrics:
             raise RuntimeError(f"training run {run.run_id} succeeded but recorded no metrics")
-        metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(run.metrics.items()) if isinstance(v, int | float))
+        metrics = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(run.metrics.items())
+                            if isinstance(v, int | float) and not isinstance(v, bool))
         return f"{MODEL} v{self.version} TRAINED (run {run.run_id}; {metrics})"
 
     def validate(self) -> str:
