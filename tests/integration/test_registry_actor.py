@@ -265,3 +265,50 @@ def test_platform_registry_property(ray_session, tmp_path, monkeypatch):
         assert ray_session.get(handle.backend_url.remote()) == p.config.registry_url()
     finally:
         ray_session.kill(client.actor, no_restart=True)
+
+
+TWO_CLUSTERS_SCRIPT = textwrap.dedent("""
+    import sys
+    import ray
+    from mlplat.config import PlatformConfig
+    from mlplat.registry import ActorRegistry
+
+    config_json, actor_name = sys.argv[1], sys.argv[2]
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)  # a cluster of its own
+    other = ActorRegistry.connect(PlatformConfig.model_validate_json(config_json), actor_name=actor_name)
+    seen = other.get_version("shared-two", 1)
+    v = other.register_version("shared-two", extra={"cluster": "second"}, idempotency_key="second-cluster")
+    print("GCS", ray.get_runtime_context().gcs_address, flush=True)
+    print("SEEN", seen.extra["cluster"], "WROTE", v.version, "SEQ", other.last_seq(), flush=True)
+    ray.kill(other.actor, no_restart=True)
+    ray.shutdown()
+""")
+
+
+@pytest.mark.postgres
+def test_two_ray_clusters_on_one_postgresql_see_one_registry(ray_session, postgres_server, tmp_path):
+    """A second Ray cluster (its own ``ray.init`` in another process, its own registry actor) on
+    the same PostgreSQL database reads what this cluster wrote, and this one reads its write."""
+    url = postgres_server.create_database(f"two_{uuid.uuid4().hex[:8]}")
+    suffix = uuid.uuid4().hex[:8]
+    config = PlatformConfig(root=str(tmp_path / "root"), namespace=f"mlplat-two-{suffix}", registry={"url": url})
+    here = ActorRegistry.connect(config, actor_name=f"registry-two-{suffix}")
+    try:
+        here.register_version("shared-two", extra={"cluster": "first"})
+        script = tmp_path / "second_cluster.py"
+        script.write_text(TWO_CLUSTERS_SCRIPT)
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
+        env["PYTHONPATH"] = str(REPO)
+        out = subprocess.run([sys.executable, str(script), config.model_dump_json(), f"registry-two-{suffix}"],
+                             capture_output=True, text=True, timeout=180, env=env)
+        assert out.returncode == 0, out.stderr[-3000:]
+        gcs = next(x for x in out.stdout.splitlines() if x.startswith("GCS")).split()[1]
+        assert gcs != ray_session.get_runtime_context().gcs_address  # really another cluster
+        line = next(x for x in out.stdout.splitlines() if x.startswith("SEEN"))
+        assert line.split()[:4] == ["SEEN", "first", "WROTE", "2"], line
+        second = here.get_version("shared-two", 2)
+        assert second.extra == {"cluster": "second"}
+        assert here.last_seq() == int(line.split()[-1])  # one event log, nothing since
+        assert [e.seq for e in here.events_since(0, limit=1000)] == list(range(1, here.last_seq() + 1))
+    finally:
+        ray_session.kill(here.actor, no_restart=True)
