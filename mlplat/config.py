@@ -8,6 +8,7 @@ unknown keys, and :func:`load_config` reports problems by dotted path.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,6 +45,9 @@ _SETTING = "registry.url (env MLPLAT_REGISTRY_URL)"
 def normalize_registry_url(url_or_path: str | Path) -> str:
     """``registry.url`` in canonical form; a one-line ConfigError naming the setting otherwise.
 
+    SQLite paths become absolute (relative ones to this process's directory): the registry actor
+    opens the file from another working directory.
+
     >>> normalize_registry_url("/var/lib/mlplat/registry.db")
     'sqlite:////var/lib/mlplat/registry.db'
     >>> normalize_registry_url("postgres://u@db/mlplat")
@@ -52,14 +56,17 @@ def normalize_registry_url(url_or_path: str | Path) -> str:
     text = str(url_or_path).strip()
     if not text:
         raise ConfigError(f"{_SETTING} is empty: expected sqlite:///PATH or postgresql://USER@HOST/DB")
-    if "://" not in text:  # a plain file path
-        return "sqlite:///" + (text if text == ":memory:" else str(Path(text).expanduser()))
+    if "://" not in text:
+        if re.match(r"^(host|dbname|user|port|password)\s*=", text):
+            raise ConfigError(f"{_SETTING}: a libpq keyword string is not supported; write it as a URL: "
+                              "postgresql://USER:PASSWORD@HOST:PORT/DB")
+        return _sqlite_url(text)  # a plain file path
     scheme, _, rest = text.partition("://")
     scheme = scheme.lower()
     if scheme == "sqlite":
         if not rest.startswith("/") or rest == "/":
             raise ConfigError(f"{_SETTING} {text!r}: expected sqlite:///relative/path.db or sqlite:////absolute/path.db")
-        return "sqlite://" + rest
+        return _sqlite_url(rest[1:])
     if scheme in ("postgresql", "postgres", "postgresql+psycopg"):
         parts = urlsplit("postgresql://" + rest)
         if not parts.netloc and "host=" not in parts.query:
@@ -70,13 +77,20 @@ def normalize_registry_url(url_or_path: str | Path) -> str:
                       "postgresql://USER@HOST/DB")
 
 
+def _sqlite_url(path: str) -> str:
+    if path == ":memory:":
+        return "sqlite:///:memory:"
+    return "sqlite:///" + str(Path(path).expanduser().resolve())
+
+
 def redact_url(url: str) -> str:
-    """The URL without its password (for messages and ``backend_url()``)."""
+    """The URL without its password, in the user part or in ``?password=`` (for messages)."""
     parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    if parts.password:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1))
+    if "password=" in parts.query:
+        parts = parts._replace(query=re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query))
+    return urlunsplit(parts)
 
 
 
@@ -200,10 +214,11 @@ class PlatformConfig(StrictModel):
 
     def registry_db_path(self) -> str:
         """The SQLite file of the registry: explicit, else ``<root>/registry.db`` for a local root."""
-        if self.registry.url and not self.registry.url.startswith("sqlite:"):
-            raise ConfigError(f"the registry is not a SQLite file: registry.url is {self.registry.url.split('@')[-1]!r}")
         if self.registry.url:
-            return self.registry.url.removeprefix("sqlite:///")
+            url = normalize_registry_url(self.registry.url)
+            if not url.startswith("sqlite:///"):
+                raise ConfigError(f"the registry is not a SQLite file: registry.url is {redact_url(url)!r}")
+            return url.removeprefix("sqlite:///")
         if self.registry_db:
             return self.registry_db
         if "://" in self.root and not self.root.startswith("file://"):

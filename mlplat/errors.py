@@ -18,6 +18,7 @@ __all__ = [
     "IntegrityError",
     "WeightsFormatError",
     "StorageError",
+    "DatabaseUnavailable",
     "ValidationError",
     "SchemaMismatch",
     "ResourceError",
@@ -66,6 +67,11 @@ class WeightsFormatError(IntegrityError):
 
 class StorageError(MlplatError, OSError):
     """The storage root is unreadable, unwritable or full; the message names the path."""
+
+
+class DatabaseUnavailable(StorageError):
+    """The registry's database server cannot be reached (down, restarting, network). A read can
+    be retried; so can a write with the same idempotency key, which then applies once."""
 
 
 class ValidationError(MlplatError, ValueError):

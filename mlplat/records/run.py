@@ -43,13 +43,15 @@ RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
 
 
 def check_run_transition(run_id: str, current: RunState | str, target: RunState | str) -> RunState:
-    """Return ``target`` if a run may move there from ``current`` (staying put is allowed).
+    """Return ``target`` if a run may move there from ``current`` (staying put is allowed while
+    the run is not finished; a finished run never changes).
 
     >>> check_run_transition("r1", "QUEUED", "RUNNING")
     <RunState.RUNNING: 'RUNNING'>
     """
     current_state, target_state = RunState(current), RunState(target)
-    if target_state != current_state and target_state not in RUN_TRANSITIONS[current_state]:
+    stays = target_state == current_state and not current_state.is_terminal
+    if not stays and target_state not in RUN_TRANSITIONS[current_state]:
         allowed = ", ".join(sorted(s.value for s in RUN_TRANSITIONS[current_state])) or "none (finished)"
         raise InvalidTransition(
             f"run {run_id}: illegal move {current_state.value} -> {target_state.value}; allowed from {current_state.value}: {allowed}"

@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from mlplat.config import normalize_registry_url, redact_url
 from mlplat.errors import ValidationError
 from mlplat.registry.protocol import REGISTRY_CALLS
 from mlplat.registry.store import RegistryStore
@@ -27,22 +28,36 @@ ACTOR_OPTIONS: dict[str, Any] = {"num_cpus": 0, "max_restarts": -1, "max_task_re
 
 class RegistryActor:
     """Serves every :data:`REGISTRY_CALLS` method by name. Async: calls run one at a time on its
-    event loop, so the store's connection has exactly one user."""
+    event loop, so the store's connection has exactly one user.
+
+    The database opens on the first call, not in ``__init__``: a constructor that raises leaves
+    a Ray actor dead for good, and a database that is down while the actor restarts must only
+    fail the calls made meanwhile (with :class:`~mlplat.errors.DatabaseUnavailable`)."""
 
     def __init__(self, url: str, synchronous: str = "FULL"):
-        self._store = RegistryStore(url, synchronous=synchronous)
+        self._url, self._synchronous = normalize_registry_url(url), synchronous
+        self._store: RegistryStore | None = None
         self._pid = os.getpid()
+
+    def _opened(self) -> RegistryStore:
+        if self._store is None:
+            self._store = RegistryStore(self._url, synchronous=self._synchronous)
+        return self._store
 
     async def call(self, method: str, kwargs: Mapping[str, Any]) -> Any:
         if method not in REGISTRY_CALLS:
             raise ValidationError(f"unknown registry call {method!r}")
-        return getattr(self._store, method)(**dict(kwargs))
+        return getattr(self._opened(), method)(**dict(kwargs))
+
+    async def open(self) -> str:
+        """Open the database now (migrating it if needed); its URL without password."""
+        return self._opened().backend_url()
 
     async def getpid(self) -> int:
         return self._pid
 
     async def backend_url(self) -> str:
-        return self._store.backend_url()
+        return redact_url(self._url)
 
     async def ping(self) -> bool:
         return True

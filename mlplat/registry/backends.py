@@ -25,7 +25,7 @@ from typing import Any
 
 from mlplat.config import normalize_registry_url as normalize_url
 from mlplat.config import redact_url
-from mlplat.errors import ConfigError, StorageError
+from mlplat.errors import ConfigError, DatabaseUnavailable, StorageError
 
 __all__ = ["Backend", "Dialect", "Row", "SqliteBackend", "PostgresBackend", "open_backend", "normalize_url",
            "redact_url", "SQLITE", "POSTGRES"]
@@ -126,9 +126,11 @@ class SqliteBackend(Backend):
             raise StorageError(f"registry database {path!r} cannot be opened: {exc}") from None
 
     def begin_write(self) -> None:
+        self.rollback()  # a call that failed half-way left its transaction open
         self._conn.execute("BEGIN IMMEDIATE")
 
     def begin_read(self) -> None:
+        self.rollback()
         self._conn.execute("BEGIN")
 
     def commit(self) -> None:
@@ -171,14 +173,19 @@ class PostgresBackend(Backend):
         self._connect()
 
     def _connect(self) -> None:
+        # Keepalives notice a dead peer in about a minute; a session stuck inside a transaction
+        # (its client hung mid-call) is ended after a minute, so it cannot hold the registry's
+        # write lock, which every cluster sharing this database waits on.
+        extra: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+        if "options=" not in self.url:
+            extra["options"] = "-c idle_in_transaction_session_timeout=60000"
         try:
             self._conn = self._psycopg.connect(self.url, autocommit=True, row_factory=self._dict_row,
-                                               connect_timeout=max(1, int(self._timeout_s)))
+                                               connect_timeout=max(1, int(self._timeout_s)), **extra)
         except self._psycopg.Error as exc:
             self._conn = None
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise StorageError(
-                f"registry database {redact_url(self.url)} cannot be reached: {first}; "
+            raise DatabaseUnavailable(
+                f"registry database {redact_url(self.url)} cannot be reached: {_first_line(exc)}; "
                 f"check {_SETTING} and that the server is running"
             ) from None
 
@@ -187,13 +194,20 @@ class PostgresBackend(Backend):
             self._connect()
         return self._conn
 
-    def begin_write(self) -> None:
+    def _idle(self) -> Any:
+        """The connection, outside any transaction, at the start of a call."""
         conn = self._live()
+        if conn.info.transaction_status != self._psycopg.pq.TransactionStatus.IDLE:
+            conn.execute("ROLLBACK")  # a call that failed half-way left its transaction open
+        return conn
+
+    def begin_write(self) -> None:
+        conn = self._idle()
         conn.execute("BEGIN")
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_WRITE_LOCK_KEY,))
 
     def begin_read(self) -> None:
-        self._live().execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        self._idle().execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
 
     def commit(self) -> None:
         self._conn.execute("COMMIT")
@@ -218,10 +232,10 @@ class PostgresBackend(Backend):
 
     def storage_error(self, exc: BaseException) -> StorageError | None:
         if isinstance(exc, self._psycopg.OperationalError | self._psycopg.InterfaceError):
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            return StorageError(
-                f"registry database {redact_url(self.url)}: {first}; the call was not applied "
-                "(retry it with the same idempotency key)"
+            # The connection may have died during COMMIT, after the server applied it: say so.
+            return DatabaseUnavailable(
+                f"registry database {redact_url(self.url)}: {_first_line(exc)}; the call may or may not "
+                "have been applied: retry it with the same idempotency key (a keyed write applies once)"
             )
         return None
 
@@ -230,6 +244,11 @@ class PostgresBackend(Backend):
 def _pg_placeholders(sql: str) -> str:
     """``?`` placeholders as psycopg's ``%s`` (a literal ``%`` doubled)."""
     return sql.replace("%", "%%").replace("?", "%s")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _statements(sql: str) -> list[str]:

@@ -45,12 +45,16 @@ def _run_row(tx: Tx, run_id: str) -> Row:
     return row
 
 
-def _run_record(tx: Tx, row: Row) -> Run:
-    position = None
-    if row["state"] == _Q:
+_QUEUE_ORDER = "priority DESC, created_at, run_id"
+
+
+def _run_record(tx: Tx, row: Row, position: int | None = None) -> Run:
+    if position is None and row["state"] == _Q:
         ahead = tx.scalar(f"SELECT COUNT(*) AS n FROM runs WHERE state='{_Q}' AND (priority > ? OR (priority = ? AND created_at < ?))",
                           (row["priority"], row["priority"], row["created_at"]))
         position = int(ahead) + 1
+    elif row["state"] != _Q:
+        position = None
     return Run(
         run_id=row["run_id"], kind=row["kind"], model=row["model"], version=row["version"], state=RunState(row["state"]),
         request=loads_json(row["request"], {}), priority=row["priority"], attempts=row["attempts"],
@@ -102,7 +106,7 @@ class RunsPart(StoreCore):
         if kinds:
             where.append(f"kind IN ({','.join('?' * len(kinds))})")
             params += list(kinds)
-        row = tx.one(f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY priority DESC, created_at, run_id LIMIT 1", params)
+        row = tx.one(f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY {_QUEUE_ORDER} LIMIT 1", params)
         if row is None:
             return None
         changed = tx.execute(
@@ -143,6 +147,10 @@ class RunsPart(StoreCore):
             tx.execute(f"UPDATE runs SET {', '.join(f'{k}=?' for k in fields)} WHERE run_id=?", (*fields.values(), row["run_id"]))
         else:
             target = _run_state(state)
+            if target == RunState.QUEUED and row["cancel_requested"]:
+                # A retry of a run somebody asked to cancel meanwhile: it ends here, never queued again.
+                target = RunState.CANCELLED
+                fields["error"] = "cancelled by request"
             if target == RunState.QUEUED:
                 fields.update(claimed_by=None, claimed_at=None)
             _move_run(tx, row, target, **fields)
@@ -165,6 +173,13 @@ class RunsPart(StoreCore):
     @reads
     def list_runs(self, tx: Tx, *, state: RunState | str | None = None, model: str | None = None,
                   limit: int = 100) -> list[Run]:
+        """Newest first; QUEUED runs in queue order (the next to run first) with their position."""
+        if state is not None and _run_state(state) == RunState.QUEUED:
+            model_filter, params = ("WHERE q.model = ?", [str(model)]) if model is not None else ("", [])
+            rows = tx.all(f"SELECT * FROM (SELECT r.*, ROW_NUMBER() OVER (ORDER BY {_QUEUE_ORDER}) AS queue_pos "
+                          f"FROM runs r WHERE r.state = '{_Q}') q {model_filter} ORDER BY q.queue_pos LIMIT ?",
+                          (*params, max(1, int(limit))))
+            return [_run_record(tx, r, int(r["queue_pos"])) for r in rows]
         where: list[str] = []
         params: list[Any] = []
         if state is not None:

@@ -113,11 +113,19 @@ def schema_version(backend: Backend) -> int:
     return int(row["v"])
 
 
+def _refuse_newer(backend: Backend, found: int) -> None:
+    if found > SCHEMA_VERSION:
+        raise StorageError(
+            f"registry database {redact_url(backend.url)} has schema version {found}, newer than this mlplat "
+            f"understands ({SCHEMA_VERSION}): upgrade mlplat on this machine, or point registry.url elsewhere"
+        )
+
+
 def migrate(backend: Backend) -> int:
     """Bring the database to :data:`SCHEMA_VERSION`; returns the version it was at."""
     f = backend.dialect.float_type
-    backend.begin_write()
     try:
+        backend.begin_write()
         backend.execute_script(
             f"CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, description TEXT NOT NULL, "
             f"applied_at {f} NOT NULL)")
@@ -126,17 +134,15 @@ def migrate(backend: Backend) -> int:
     except BaseException:
         backend.rollback()
         raise
-    if found > SCHEMA_VERSION:
-        raise StorageError(
-            f"registry database {redact_url(backend.url)} has schema version {found}, newer than this mlplat "
-            f"understands ({SCHEMA_VERSION}): upgrade mlplat on this machine, or point registry.url elsewhere"
-        )
+    _refuse_newer(backend, found)
     for migration in MIGRATIONS:
         if migration.version <= found:
             continue
-        backend.begin_write()
         try:
-            if schema_version(backend) < migration.version:  # another process may have applied it meanwhile
+            backend.begin_write()
+            now = schema_version(backend)  # another process may have migrated meanwhile
+            _refuse_newer(backend, now)
+            if now < migration.version:
                 migration.apply(backend)
                 backend.execute("INSERT INTO schema_migrations(version, description, applied_at) VALUES (?,?,?)",
                                 (migration.version, migration.description, time.time()))

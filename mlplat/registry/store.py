@@ -41,8 +41,11 @@ class RegistryStore(VersionsPart, AliasesPart, RunsPart, CatalogPart, EventsPart
         try:
             migrate(backend)
             self.prune_idempotency()
-        except BaseException:
+        except BaseException as exc:
             backend.close()
+            clean = backend.storage_error(exc)
+            if clean is not None:
+                raise clean from None
             raise
 
     def __repr__(self) -> str:
@@ -83,7 +86,7 @@ class RegistryStore(VersionsPart, AliasesPart, RunsPart, CatalogPart, EventsPart
                 read_versions_ahead(tx, refs)
             return [getattr(self, m)(**kw) for _, m, kw in checked]
 
-        result: list[Any] = self._run_read(run, snapshot=True)
+        result: list[Any] = self._run_read(run)
         return result
 
     def backend_url(self) -> str:

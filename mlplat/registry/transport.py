@@ -12,23 +12,21 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, ItemsView, Iterator, KeysView, ValuesView
 from typing import Any, cast
 
 from mlplat.config import PlatformConfig
-from mlplat.errors import ConfigError, MlplatError
+from mlplat.errors import ConfigError, DatabaseUnavailable, MlplatError
 from mlplat.registry.actor import ACTOR_OPTIONS, REGISTRY_ACTOR_NAME, RegistryActor
 from mlplat.registry.backends import normalize_url, redact_url
 from mlplat.registry.protocol import REGISTRY_CALLS, Registry, RegistryCall
 
 __all__ = ["ActorRegistry", "connect_actor"]
 
-_NOT_SENT = (Iterator,)
-
-
 def _sendable(value: Any) -> Any:
-    """Arguments cross a process boundary: iterators become lists (they do not pickle)."""
-    if isinstance(value, _NOT_SENT) or (not isinstance(value, str | bytes | Mapping | list | tuple) and hasattr(value, "__next__")):
+    """Arguments cross a process boundary: iterators and dict views become lists (they do not
+    pickle)."""
+    if isinstance(value, Iterator | KeysView | ValuesView | ItemsView):
         return list(value)
     return value
 
@@ -71,6 +69,7 @@ class ActorRegistry:
             raise ConfigError(
                 f"registry actor {config.namespace}/{name} already runs on {running!r}, but this process is set to "
                 f"{redact_url(want)!r}; set registry.url (MLPLAT_REGISTRY_URL) to the same database or use another namespace")
+        transport._send(lambda: actor.open.remote(), retry_unavailable=False)  # a database that is down: say so now
         return transport
 
     @property
@@ -86,7 +85,7 @@ class ActorRegistry:
     def ping(self) -> bool:
         return bool(self._send(lambda: self._actor.ping.remote()))
 
-    def _send(self, submit: Callable[[], Any]) -> Any:
+    def _send(self, submit: Callable[[], Any], *, retry_unavailable: bool = True) -> Any:
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
@@ -96,6 +95,11 @@ class ActorRegistry:
                 return ray.get(submit())
             except RayTaskError as exc:
                 cause = getattr(exc, "cause", None)
+                # The database was unreachable: resending is safe (writes carry an idempotency key).
+                if isinstance(cause, DatabaseUnavailable) and retry_unavailable and time.monotonic() < deadline:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+                    continue
                 if isinstance(cause, MlplatError | TypeError | ValueError):
                     raise cause from None
                 raise
@@ -111,7 +115,7 @@ class ActorRegistry:
         if call.writes and sent.get("idempotency_key") is None:
             sent["idempotency_key"] = f"auto:{uuid.uuid4().hex}"
         if call.name in ("batch", "read_batch"):
-            sent["calls"] = [(str(m), dict(kw or {})) for m, kw in sent["calls"]]
+            sent["calls"] = [(str(m), {k: _sendable(v) for k, v in dict(kw or {}).items()}) for m, kw in sent["calls"]]
         return self._send(lambda: self._actor.call.remote(call.name, sent))
 
     def __getattr__(self, name: str) -> Callable[..., Any]:

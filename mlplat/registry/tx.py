@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +24,7 @@ from mlplat.registry.codec import decode_result, dumps_json, encode_result, load
 
 __all__ = ["Tx", "StoreCore", "writes", "reads", "IDEMPOTENCY_TTL_S"]
 
+log = logging.getLogger(__name__)
 #: Idempotency keys older than this are pruned (retries come within seconds, not days).
 IDEMPOTENCY_TTL_S = 7 * 24 * 3600
 _PRUNE_EVERY_WRITES = 10_000
@@ -85,9 +87,9 @@ class StoreCore:
                     raise ValidationError(f"{method}() writes; it cannot run inside read_batch()")
                 return self._keyed(self._tx, method, key, body)
             try:
-                self._backend.begin_write()
-                self._tx = tx = Tx(self._backend, writable=True)
-                try:
+                try:  # a failure anywhere after BEGIN (the lock, the body, COMMIT) rolls back
+                    self._backend.begin_write()
+                    self._tx = tx = Tx(self._backend, writable=True)
                     result = self._keyed(tx, method, key, body)
                     self._backend.commit()
                 except BaseException:
@@ -102,19 +104,23 @@ class StoreCore:
                 raise
             self._writes_since_prune += 1
             if self._writes_since_prune >= _PRUNE_EVERY_WRITES:
-                self.prune_idempotency()
+                self._writes_since_prune = 0
+                try:  # housekeeping: never fails the write that just committed
+                    self.prune_idempotency()
+                except Exception as exc:  # the next round retries
+                    log.warning("pruning old idempotency keys failed: %s", exc)
             return result
 
-    def _run_read(self, body: Callable[[Tx], Any], *, snapshot: bool = False) -> Any:
+    def _run_read(self, body: Callable[[Tx], Any]) -> Any:
+        """Every read sees one snapshot: a call of several statements (an alias, then its
+        version) never mixes two commits."""
         with self._lock:
             if self._tx is not None:
                 return body(self._tx)
             try:
-                if not snapshot:
-                    return body(Tx(self._backend, writable=False))
-                self._backend.begin_read()
-                self._tx = tx = Tx(self._backend, writable=False)
                 try:
+                    self._backend.begin_read()
+                    self._tx = tx = Tx(self._backend, writable=False)
                     return body(tx)
                 finally:
                     self._tx = None
@@ -142,14 +148,15 @@ class StoreCore:
                        (key, method, dumps_json(encode_result(result), "result"), tx.now))
         return result
 
-    def prune_idempotency(self) -> None:
-        """Forget idempotency keys older than :data:`IDEMPOTENCY_TTL_S`."""
+    def prune_idempotency(self) -> int:
+        """Forget idempotency keys older than :data:`IDEMPOTENCY_TTL_S`; returns how many."""
         with self._lock:
             if self._tx is not None:
-                return
-            self._run_write("prune_idempotency", None, lambda tx: tx.execute(
+                return 0
+            self._writes_since_prune = -1  # its own write does not count toward the next prune
+            pruned: int = self._run_write("prune_idempotency", None, lambda tx: tx.execute(
                 "DELETE FROM idempotency WHERE created_at < ?", (tx.now - IDEMPOTENCY_TTL_S,)))
-            self._writes_since_prune = 0
+            return pruned
 
 
 def _public_signature(fn: Callable[..., Any]) -> inspect.Signature:

@@ -263,6 +263,10 @@ class VersionsPart(StoreCore):
         current = ModelState(row["state"])
         _check_expected_state(name, version, current, expected_state)
         target = model_state(state)
+        approval = ApprovalState(row["approval_state"])
+        if target in (ModelState.CANARY, ModelState.PRODUCTION) and approval in (ApprovalState.PENDING, ApprovalState.REJECTED):
+            raise InvalidTransition(f"{name} v{version} cannot take traffic: approval is {approval.value}; "
+                                    f"a reviewer must approve it first: `mlplat models approve {name} {version}`")
         fields: dict[str, Any] = {}
         if error is not None:
             fields["error"] = str(error)

@@ -312,3 +312,41 @@ def test_two_ray_clusters_on_one_postgresql_see_one_registry(ray_session, postgr
         assert [e.seq for e in here.events_since(0, limit=1000)] == list(range(1, here.last_seq() + 1))
     finally:
         ray_session.kill(here.actor, no_restart=True)
+
+
+@pytest.mark.postgres
+def test_postgresql_restart_under_the_actor_applies_each_write_once(ray_session, tmp_path):
+    """The database stops while the actor runs: a write made meanwhile waits (the transport
+    resends it with the same key) and lands once when the server is back; a database that is down
+    when a client connects is a clear error at once, not a 120 s wait."""
+    from mlplat.errors import StorageError
+    from tests.servers import start_postgres
+
+    server = start_postgres(tmp_path / "pg")
+    suffix = uuid.uuid4().hex[:8]
+    config = PlatformConfig(root=str(tmp_path / "root"), namespace=f"mlplat-pgdown-{suffix}", registry={"url": server.url})
+    client = ActorRegistry.connect(config, actor_name=f"registry-pgdown-{suffix}", retry_s=60)
+    try:
+        client.register_version("restart", idempotency_key="before")
+        server.stop()
+        started = time.monotonic()
+        with pytest.raises(StorageError, match="cannot be reached"):
+            ActorRegistry.connect(config.model_copy(update={"namespace": f"mlplat-pgdown2-{suffix}"}),
+                                  actor_name=f"registry-pgdown2-{suffix}")
+        assert time.monotonic() - started < 30
+        restarter = threading.Timer(3.0, lambda: restarted.append(start_postgres(tmp_path / "pg")))
+        restarted: list = []
+        restarter.start()
+        during = client.register_version("restart")  # sent while the database is down
+        restarter.join()
+        assert during.version == 2
+        assert [v.version for v in client.list_versions("restart")] == [1, 2]  # applied once
+        server = restarted[0]
+    finally:
+        ray_session.kill(client.actor, no_restart=True)
+        for name in (f"registry-pgdown2-{suffix}",):
+            try:
+                ray_session.kill(ray_session.get_actor(name, namespace=f"mlplat-pgdown2-{suffix}"), no_restart=True)
+            except ValueError:
+                pass
+        server.stop()

@@ -8,10 +8,11 @@ import inspect
 import json
 import multiprocessing
 import sqlite3
+from pathlib import Path
 
 import pytest
 
-from mlplat.config import PlatformConfig, normalize_registry_url, platform_config
+from mlplat.config import PlatformConfig, normalize_registry_url, platform_config, redact_url
 from mlplat.errors import ConfigError, StorageError
 from mlplat.records import ApprovalState, ModelState, Run, RunState
 from mlplat.registry import REGISTRY_CALLS, SCHEMA_VERSION, Registry, RegistryStore
@@ -45,7 +46,8 @@ def test_call_binding_rejects_wrong_calls_like_a_direct_call():
 
 @pytest.mark.parametrize(("given", "expected"), [
     ("/var/lib/r.db", "sqlite:////var/lib/r.db"),
-    ("sqlite:///rel/r.db", "sqlite:///rel/r.db"),
+    ("sqlite:///rel/r.db", f"sqlite:///{Path.cwd() / 'rel/r.db'}"),  # the actor runs elsewhere: absolute
+    ("rel.db", f"sqlite:///{Path.cwd() / 'rel.db'}"),
     ("sqlite:////abs/r.db", "sqlite:////abs/r.db"),
     ("postgres://u:pw@db:5432/mlplat", "postgresql://u:pw@db:5432/mlplat"),
     ("postgresql://u@/mlplat?host=/run/pg", "postgresql://u@/mlplat?host=/run/pg"),
@@ -54,7 +56,8 @@ def test_registry_url_forms(given, expected):
     assert normalize_registry_url(given) == expected
 
 
-@pytest.mark.parametrize("bad", ["mysql://u@h/db", "sqlite://relative.db", "postgresql:///db", "  ", "http://x"])
+@pytest.mark.parametrize("bad", ["mysql://u@h/db", "sqlite://relative.db", "postgresql:///db", "  ", "http://x",
+                                 "host=db user=mlplat password=secret dbname=mlplat"])
 def test_bad_registry_url_is_one_line_naming_the_setting(bad):
     with pytest.raises(ConfigError) as err:
         normalize_registry_url(bad)
@@ -72,6 +75,12 @@ def test_registry_url_from_env_and_conflicts(tmp_path):
         platform_config(env={}, registry__uri="x")
     with pytest.raises(ConfigError, match="MLPLAT_REGISTRY_URL"):
         PlatformConfig(registry={"url": "oracle://x"}).registry_url()
+
+
+def test_redact_url_hides_passwords_in_user_part_and_query():
+    assert redact_url("postgresql://u:s3cret@db/x") == "postgresql://u:***@db/x"
+    assert redact_url("postgresql://u@db/x?sslmode=require&password=s3cret") == "postgresql://u@db/x?sslmode=require&password=***"
+    assert redact_url("postgresql://u@db/x") == "postgresql://u@db/x"
 
 
 def test_password_never_shown(postgres_server):
@@ -202,3 +211,20 @@ def test_event_seq_is_not_consumed_by_a_rolled_back_call(registry_url):
         store.batch([("append_event", {"kind": "b", "subject": "s"}), ("get_version", {"name": "ghost", "version": 1})])
     assert store.append_event("c", "s").seq == 2
     assert [e.kind for e in store.events_since(0)] == ["a", "c"]
+
+
+def test_pruning_old_idempotency_keys_never_fails_a_write(registry_url, monkeypatch):
+    """Every Nth write prunes expired keys: the write that triggers it still succeeds, the prune's
+    own write does not trigger another, and no transaction is left open."""
+    from mlplat.registry import tx as tx_module
+
+    monkeypatch.setattr(tx_module, "_PRUNE_EVERY_WRITES", 3)
+    store = RegistryStore(registry_url)
+    for i in range(10):
+        assert store.append_event("e", "s", idempotency_key=f"k{i}").seq == i + 1
+    assert store.append_event("e", "s", idempotency_key="k0").seq == 1  # keys younger than the TTL stay
+    monkeypatch.setattr(tx_module, "IDEMPOTENCY_TTL_S", -1.0)  # now every key is expired
+    assert store.prune_idempotency() == 10
+    assert store.append_event("e", "s", idempotency_key="k0").seq == 11  # the key was forgotten
+    assert store.read_batch([("last_seq", {})]) == [11]  # the connection is usable: nothing left open
+    store.close()

@@ -9,7 +9,17 @@ import threading
 import pytest
 
 from mlplat.errors import AlreadyExists, ConflictError, InvalidName, InvalidTransition, NotFound, ValidationError
-from mlplat.records import ApprovalState, CatalogEntry, DatasetRef, Event, FeatureSetRef, ModelInfo, ModelState, ModelVersion
+from mlplat.records import (
+    ApprovalState,
+    CatalogEntry,
+    DatasetRef,
+    Event,
+    FeatureSetRef,
+    ModelInfo,
+    ModelState,
+    ModelVersion,
+    RunState,
+)
 from mlplat.registry import REGISTRY_ACTOR_NAME, RegistryStore
 
 S = ModelState
@@ -371,6 +381,10 @@ def test_approval_gate_review_and_promotion(store):
     assert event.payload == {"approval": "REJECTED", "by": "bob", "note": "slice eu regressed", "from": "VALIDATED", "to": "REJECTED"}
     with pytest.raises(InvalidTransition, match="REJECTED -> PRODUCTION"):
         store.promote("gated", rejected)
+    waiting = validated_awaiting_approval(store, "gated")
+    for target in (S.CANARY, S.PRODUCTION):  # no way around the reviewer through transition()
+        with pytest.raises(InvalidTransition, match="approval is PENDING"):
+            store.transition("gated", waiting, target)
     assert store.promote("gated", approved).state is S.PRODUCTION
     plain = validated(store, "plain")  # no approval required: promotable, and review is refused
     with pytest.raises(InvalidTransition, match="NOT_REQUIRED -> APPROVED"):
@@ -401,3 +415,32 @@ def test_read_batch_versions_equal_single_reads_and_missing_ones_raise(store):
         store.read_batch([*calls, ("get_version", {"name": "m0", "version": 9})])
     with pytest.raises(InvalidName):
         store.read_batch([*calls, ("get_version", {"name": "../x", "version": 1})])
+
+
+def test_run_queue_order_cancel_during_retry_and_finished_runs(store):
+    for i, priority in enumerate([0, 5, 0, 5, 1]):
+        store.enqueue_run(f"r{i}", kind="train", model="a" if i % 2 else "b", request={}, priority=priority)
+    head = store.list_runs(state="QUEUED", limit=2)  # the head of the queue, not the newest
+    assert [(r.run_id, r.queue_position) for r in head] == [("r1", 1), ("r3", 2)]
+    assert [(r.run_id, r.queue_position) for r in store.list_runs(state="QUEUED", model="b")] == [("r4", 3), ("r0", 4), ("r2", 5)]
+    assert [r.run_id for r in store.list_runs()] == ["r4", "r3", "r2", "r1", "r0"]  # others: newest first
+    run = store.claim_next_run("cluster-a/s1")
+    assert run.run_id == "r1" and store.get_run("r3").queue_position == 1
+    store.cancel_run("r1")  # RUNNING: cancel requested, the runner is stopped by its scheduler
+    retried = store.update_run("r1", state="QUEUED", expected_state="RUNNING")  # a lost-runner retry races it
+    assert retried.state is RunState.CANCELLED and retried.error == "cancelled by request"
+    assert "r1" not in [r.run_id for r in store.list_runs(state="QUEUED")]
+    store.claim_next_run("cluster-a/s1", run_id="r3")
+    store.update_run("r3", state="SUCCEEDED", metrics={"auc": 0.9})
+    with pytest.raises(InvalidTransition, match="SUCCEEDED -> SUCCEEDED"):  # a finished run never changes
+        store.update_run("r3", state="SUCCEEDED", error="late")
+    assert store.get_run("r3").error is None
+
+
+def test_a_call_that_died_half_way_leaves_no_transaction_behind(store):
+    store.register_version("churn")
+    store._backend.begin_write()  # as if a call died between BEGIN and COMMIT (lock wait cancelled, ...)
+    with pytest.raises(Exception):  # noqa: B017  (the backend's own error: sqlite3 or psycopg)
+        store._backend.execute("SELECT * FROM no_such_table")
+    assert store.register_version("churn").version == 2  # the next call starts clean
+    assert [v.version for v in store.list_versions("churn")] == [1, 2]
