@@ -86,6 +86,8 @@ def _sqlite_url(path: str) -> str:
 def redact_url(url: str) -> str:
     """The URL without its password, in the user part or in ``?password=`` (for messages)."""
     parts = urlsplit(url)
+    if not parts.password and "password=" not in parts.query:
+        return url  # untouched: urlunsplit would also rewrite sqlite:////abs as sqlite://abs
     if parts.password:
         parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1))
     if "password=" in parts.query:

@@ -175,10 +175,10 @@ class RunsPart(StoreCore):
                   limit: int = 100) -> list[Run]:
         """Newest first; QUEUED runs in queue order (the next to run first) with their position."""
         if state is not None and _run_state(state) == RunState.QUEUED:
-            model_filter, params = ("WHERE q.model = ?", [str(model)]) if model is not None else ("", [])
+            model_filter, model_params = ("WHERE q.model = ?", [str(model)]) if model is not None else ("", [])
             rows = tx.all(f"SELECT * FROM (SELECT r.*, ROW_NUMBER() OVER (ORDER BY {_QUEUE_ORDER}) AS queue_pos "
                           f"FROM runs r WHERE r.state = '{_Q}') q {model_filter} ORDER BY q.queue_pos LIMIT ?",
-                          (*params, max(1, int(limit))))
+                          (*model_params, max(1, int(limit))))
             return [_run_record(tx, r, int(r["queue_pos"])) for r in rows]
         where: list[str] = []
         params: list[Any] = []
