@@ -3,24 +3,28 @@ and one runner per run.
 
 - :class:`TrainScheduler`: one named detached actor per namespace. Each tick it gathers a
   :class:`~mlplat.training.scheduling.SchedulerContext` (registry reads, a runner lookup per
-  RUNNING run, the cluster's resources), calls ``decide`` and applies the actions. Its
-  collaborators (registry factory, runner control, cluster view) come through the constructor:
-  the Ray ones by default, fakes in unit tests.
+  RUNNING run claimed by this cluster, the cluster's resources and id, the time), calls
+  ``decide`` and applies the actions. Its claims are ``"<cluster id>/<scheduler id>"``, so
+  several clusters can share one registry. Its collaborators (registry factory, runner
+  control, cluster view, clock) come through the constructor: the Ray ones by default, fakes in
+  unit tests.
 - :class:`TrainRunner`: runs one claimed request to the end, mirrors ``progress.json`` into the
-  run record, records the outcome and the trained version's metrics, then exits.
+  run record (a heartbeat at least every :data:`~mlplat.training.scheduling.HEARTBEAT_S`),
+  records the outcome and the trained version's metrics, then exits.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from mlplat.config import PlatformConfig
-from mlplat.errors import MlplatError
+from mlplat.errors import ConflictError, MlplatError
 from mlplat.records import ModelState, ModelVersion, Run, RunState
 from mlplat.registry import Registry
 from mlplat.storage import Storage, open_root
@@ -28,14 +32,18 @@ from mlplat.training.config import parse_training_config
 from mlplat.training.policy import concurrency_limit
 from mlplat.training.runner import TrainResult, cluster_resources, fail_version, json_safe, read_progress
 from mlplat.training.scheduling import (
+    HEARTBEAT_S,
     MAX_ATTEMPTS,
+    RUNNER_LEASE_S,
     Action,
     FinishLost,
     KillRunner,
     Requeue,
     SchedulerContext,
     StartRunner,
+    claimed_here,
     decide,
+    heartbeat_age,
 )
 
 __all__ = ["SCHEDULER_NAME", "runner_name", "progress_summary", "registry_for", "RunnerControl", "ClusterView",
@@ -87,7 +95,12 @@ class RunnerControl(Protocol):
 
 
 class ClusterView(Protocol):
-    """The cluster's CPU/GPU: in all, and free right now."""
+    """This cluster: its id, its CPU/GPU in all, and free right now."""
+
+    def cluster_id(self) -> str:
+        """What identifies this Ray cluster and namespace among all that share the registry
+        (stable across a scheduler restart; the prefix of this cluster's claims)."""
+        ...
 
     def total(self) -> dict[str, float]: ...
 
@@ -129,6 +142,16 @@ class RayRunners:
 
 
 class RayCluster:
+    """The Ray cluster this process is connected to; its id is ``<GCS address>/<namespace>``."""
+
+    def __init__(self, namespace: str):
+        self._namespace = namespace
+
+    def cluster_id(self) -> str:
+        import ray
+
+        return f"{ray.get_runtime_context().gcs_address}/{self._namespace}"
+
     def total(self) -> dict[str, float]:
         return cluster_resources()
 
@@ -144,19 +167,25 @@ class RayCluster:
 class TrainScheduler:
     """Claims queued runs while they fit, starts their runners, notices lost runners and cancels.
 
-    Holds nothing that is not in the registry: a restarted scheduler adopts the runs whose runner
-    actors are still alive and re-queues (resumes) the others. ``background=False``: no polling
-    thread; call :meth:`tick` yourself (unit tests)."""
+    Holds nothing that is not in the registry. It claims as ``"<cluster id>/scheduler-<hex>"``;
+    a restarted scheduler (same cluster id, new hex) adopts this cluster's runs whose runner
+    actors are still alive and re-queues (resumes) the others. Runs claimed by another cluster
+    are left to it while their heartbeat is younger than ``lease_s``. ``background=False``: no
+    polling thread; call :meth:`tick` yourself (unit tests)."""
 
     def __init__(self, config: PlatformConfig, max_concurrent: int | None = None, poll_s: float = 1.0, *,
                  registry_factory: Callable[[], Registry] | None = None, runners: RunnerControl | None = None,
-                 cluster: ClusterView | None = None, background: bool = True):
+                 cluster: ClusterView | None = None, clock: Callable[[], float] = time.time,
+                 lease_s: float = RUNNER_LEASE_S, background: bool = True):
         self._config, self._max, self._poll_s = config, max_concurrent, poll_s
         self._registry_factory = registry_factory or (lambda: registry_for(config))
         self._runners: RunnerControl = runners or RayRunners(config)
-        self._cluster: ClusterView = cluster or RayCluster()
+        self._cluster: ClusterView = cluster or RayCluster(config.namespace)
+        self._clock, self._lease_s = clock, lease_s
         self._registry: Registry | None = None
-        self._id = f"scheduler-{uuid.uuid4().hex[:8]}"
+        self._cluster_id = self._cluster.cluster_id()
+        #: The worker id of this scheduler's claims (``Run.claimed_by``) and of its runners.
+        self._id = f"{self._cluster_id}/scheduler-{uuid.uuid4().hex[:8]}"
         self._wake = threading.Event()
         self._last_error: str | None = None
         self._ticks = 0
@@ -168,7 +197,7 @@ class TrainScheduler:
         return self._id
 
     def status(self) -> dict[str, Any]:
-        return {"id": self._id, "ticks": self._ticks, "last_error": self._last_error,
+        return {"id": self._id, "cluster_id": self._cluster_id, "ticks": self._ticks, "last_error": self._last_error,
                 "limit": self._limit(self._cluster.total())}
 
     def _limit(self, cluster: dict[str, float]) -> int:
@@ -198,24 +227,36 @@ class TrainScheduler:
         return actions
 
     def _gather(self, registry: Registry) -> tuple[SchedulerContext, dict[str, object]]:
+        now = self._clock()  # read first: a heartbeat written during the gather only looks younger
         running: list[Run] = []
         handles: dict[str, object] = {}
         for run in registry.list_runs(state=RunState.RUNNING, limit=_LIST_LIMIT):
-            handle = self._runners.lookup(run.run_id)
-            if handle is not None:
-                handles[run.run_id] = handle
-            elif not run.cancel_requested:
-                # No runner: it may have recorded its outcome since the list was read.
+            handle, settled = self._look(run, now)
+            if not settled:
+                # Looks lost: re-read (it may have finished, heartbeated or been re-claimed since the list).
                 run = registry.get_run(run.run_id)
                 if run.state != RunState.RUNNING:
                     continue
+                handle, _ = self._look(run, now)
+            if handle is not None:
+                handles[run.run_id] = handle
             running.append(run)
+        # The registry lists the queue head first, with queue positions: taken as given.
         queued = registry.list_runs(state=RunState.QUEUED, limit=_LIST_LIMIT)
         cluster = self._cluster.total()
         free = self._cluster.free() if queued else {}
         ctx = SchedulerContext(running=tuple(running), queued=tuple(queued), alive=frozenset(handles),
-                               limit=self._limit(cluster), cluster=cluster, free=free, max_attempts=MAX_ATTEMPTS)
+                               limit=self._limit(cluster), cluster=cluster, free=free, max_attempts=MAX_ATTEMPTS,
+                               cluster_id=self._cluster_id, now=now, lease_s=self._lease_s)
         return ctx, handles
+
+    def _look(self, run: Run, now: float) -> tuple[object | None, bool]:
+        """The run's runner if this cluster claimed it and it is alive, and whether the record
+        settles the run (runner alive, cancel requested, or another cluster's live claim)."""
+        if claimed_here(run, self._cluster_id):
+            handle = self._runners.lookup(run.run_id)
+            return handle, handle is not None or run.cancel_requested
+        return None, heartbeat_age(run, now) <= self._lease_s
 
     def _apply(self, registry: Registry, action: Action, handles: dict[str, object]) -> None:
         if isinstance(action, StartRunner):
@@ -225,7 +266,11 @@ class TrainScheduler:
         elif isinstance(action, KillRunner):
             self._runners.kill(handles[action.run_id])
         elif isinstance(action, Requeue):
-            registry.update_run(action.run_id, state=RunState.QUEUED, error=action.reason)
+            try:  # only if still RUNNING under the claim the decision saw
+                registry.update_run(action.run_id, state=RunState.QUEUED, expected_state=RunState.RUNNING,
+                                    claimed_by=action.claimed_by, error=action.reason)
+            except ConflictError as exc:
+                log.debug("requeue of run %s skipped, someone acted first: %s", action.run_id, exc)
         elif isinstance(action, FinishLost):
             self._finish_lost(registry, action)
 
@@ -236,7 +281,12 @@ class TrainScheduler:
             registry.update_run(run.run_id, state=RunState.FAILED, error=f"could not start runner: {exc}")
 
     def _finish_lost(self, registry: Registry, action: FinishLost) -> None:
-        registry.update_run(action.run_id, state=action.state, error=action.reason)
+        try:  # only if still RUNNING under the claim the decision saw
+            registry.update_run(action.run_id, state=action.state, expected_state=RunState.RUNNING,
+                                claimed_by=action.claimed_by, error=action.reason)
+        except ConflictError as exc:
+            log.debug("finishing run %s as %s skipped, someone acted first: %s", action.run_id, action.state.value, exc)
+            return
         model, version = action.model, action.version
         if version:
             try:
@@ -277,15 +327,19 @@ class TrainRunner:
             state = RunState.SUCCEEDED if result.ok else RunState.FAILED
             stop.set()
             registry.update_run(self._run_id, state=state, version=result.version, error=result.error,
-                                metrics=result.metrics,
+                                metrics=result.metrics, claimed_by=self._worker,
                                 result={k: v for k, v in result.to_dict().items() if k != "history"},
                                 progress=progress_summary(read_progress(storage, self._run_id) or {}))
+        except ConflictError:  # our claim was taken over (its lease expired): the new holder records the outcome
+            stop.set()
+            log.warning("run %s: claim of %s was taken over; this runner's outcome is not recorded",
+                        self._run_id, self._worker)
         except Exception as exc:
             stop.set()
             message = f"{type(exc).__name__}: {exc}"
             log.error("run %s failed: %s\n%s", self._run_id, message, traceback.format_exc())
             try:
-                registry.update_run(self._run_id, state=RunState.FAILED, error=message)
+                registry.update_run(self._run_id, state=RunState.FAILED, error=message, claimed_by=self._worker)
             except MlplatError:
                 pass
         finally:
@@ -298,7 +352,7 @@ class TrainRunner:
         version = run.version or run.request.get("version")
 
         def started(mv: ModelVersion) -> None:
-            registry.update_run(self._run_id, version=mv.version)
+            registry.update_run(self._run_id, version=mv.version, claimed_by=self._worker)
 
         if run.kind == "tune":
             from mlplat.training.sweep import tune
@@ -308,14 +362,23 @@ class TrainRunner:
 
         return train(cfg, registry=registry, storage=storage, run_id=self._run_id, version=version, on_start=started)
 
-    def _heartbeat(self, registry: Registry, storage: Storage, stop: threading.Event) -> None:
-        last = None
-        while not stop.wait(2.0):
+    def _heartbeat(self, registry: Registry, storage: Storage, stop: threading.Event,
+                   poll_s: float = 2.0, heartbeat_s: float = HEARTBEAT_S,
+                   clock: Callable[[], float] = time.monotonic) -> None:
+        """Mirror ``progress.json`` into the run record when it changes (checked every ``poll_s``),
+        and write at least every ``heartbeat_s`` even when it does not: each write refreshes
+        ``heartbeat_at``, which other clusters' schedulers read as this claim's lease."""
+        last: dict[str, Any] | None = None
+        written = clock()
+        while not stop.wait(poll_s):
             try:
                 progress = read_progress(storage, self._run_id)
                 summary = progress_summary(progress) if progress else {}
-                if summary != last:
-                    registry.update_run(self._run_id, progress=summary)
-                    last = summary
-            except Exception:  # advisory only
-                pass
+                if summary != last or clock() - written >= heartbeat_s:
+                    registry.update_run(self._run_id, progress=summary, claimed_by=self._worker)
+                    last, written = summary, clock()
+            except ConflictError:  # the claim is no longer ours: stop renewing its lease
+                log.warning("run %s: claim of %s was taken over; heartbeat stopped", self._run_id, self._worker)
+                return
+            except Exception:  # advisory only; the next round tries again
+                log.debug("heartbeat of run %s failed", self._run_id, exc_info=True)

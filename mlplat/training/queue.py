@@ -8,9 +8,11 @@
   (:class:`TrainScheduler`, its executor, and :class:`TrainRunner`) live in :mod:`mlplat.training.actors`.
 - The runner runs :func:`mlplat.training.runner.train` (or a sweep), mirrors ``progress.json``
   into the run record, and records the outcome (and the version's metrics, ``Run.metrics``). A run whose runner died is re-queued with the same
-  run id and version, so Ray Train resumes it from its last checkpoint; it is never run by two
-  runners at once (the claim is durable and the runner's name is unique).
-- The queue lives in SQLite: it survives the submitting process and a scheduler restart.
+  run id and version, so Ray Train resumes it from its last checkpoint; the claim is durable and
+  names the claiming cluster, the runner's name is unique in its cluster, and only that
+  cluster's scheduler judges the run while its heartbeat is fresh (``RUNNER_LEASE_S``).
+- The queue lives in the registry (SQLite or PostgreSQL, possibly shared by several clusters): it
+  survives the submitting process and a scheduler restart.
 """
 
 from __future__ import annotations
