@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,21 @@ def _die_with_parent() -> None:
         pass
 
 
+def _wait_gone(pid: int, kill: Callable[[int, int], None], grace_s: float = 10.0) -> None:
+    """Wait for a stopped server's process (or group) to exit; SIGKILL it after ``grace_s``."""
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    try:
+        kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 @dataclass
 class S3Server:
     endpoint_url: str
@@ -69,17 +85,7 @@ class S3Server:
             os.killpg(self.pid, signal.SIGTERM)
         except ProcessLookupError:
             return
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(self.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.1)
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _wait_gone(self.pid, os.killpg)
 
 
 def start_seaweedfs(workdir: Path, timeout_s: float = 60.0) -> S3Server:
@@ -155,17 +161,7 @@ class PostgresServer:
             self._handle.cleanup()  # type: ignore[attr-defined]  # pg_ctl stop
         except Exception:
             pass
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.1)
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _wait_gone(self.pid, os.kill)
 
 
 def start_postgres(pgdata: Path) -> PostgresServer:

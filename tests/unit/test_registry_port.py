@@ -83,6 +83,7 @@ def test_redact_url_hides_passwords_in_user_part_and_query():
     assert redact_url("postgresql://u@db/x") == "postgresql://u@db/x"
 
 
+@pytest.mark.postgres
 def test_password_never_shown(postgres_server):
     url = postgres_server.url.replace("postgres:@", "postgres:hunter2@")
     with pytest.raises(StorageError) as err:  # wrong password or not: the message must not carry it
