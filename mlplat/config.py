@@ -30,6 +30,7 @@ __all__ = [
     "RegistrySettings",
     "normalize_registry_url",
     "redact_url",
+    "REGISTRY_URL_SETTING",
     "load_config",
     "parse_config",
     "platform_config",
@@ -39,7 +40,8 @@ __all__ = [
 M = TypeVar("M", bound=BaseModel)
 
 
-_SETTING = "registry.url (env MLPLAT_REGISTRY_URL)"
+#: How messages name the registry URL setting.
+REGISTRY_URL_SETTING = "registry.url (env MLPLAT_REGISTRY_URL)"
 
 
 def normalize_registry_url(url_or_path: str | Path) -> str:
@@ -55,25 +57,25 @@ def normalize_registry_url(url_or_path: str | Path) -> str:
     """
     text = str(url_or_path).strip()
     if not text:
-        raise ConfigError(f"{_SETTING} is empty: expected sqlite:///PATH or postgresql://USER@HOST/DB")
+        raise ConfigError(f"{REGISTRY_URL_SETTING} is empty: expected sqlite:///PATH or postgresql://USER@HOST/DB")
     if "://" not in text:
         if re.match(r"^(host|dbname|user|port|password)\s*=", text):
-            raise ConfigError(f"{_SETTING}: a libpq keyword string is not supported; write it as a URL: "
+            raise ConfigError(f"{REGISTRY_URL_SETTING}: a libpq keyword string is not supported; write it as a URL: "
                               "postgresql://USER:PASSWORD@HOST:PORT/DB")
         return _sqlite_url(text)  # a plain file path
     scheme, _, rest = text.partition("://")
     scheme = scheme.lower()
     if scheme == "sqlite":
         if not rest.startswith("/") or rest == "/":
-            raise ConfigError(f"{_SETTING} {text!r}: expected sqlite:///relative/path.db or sqlite:////absolute/path.db")
+            raise ConfigError(f"{REGISTRY_URL_SETTING} {text!r}: expected sqlite:///relative/path.db or sqlite:////absolute/path.db")
         return _sqlite_url(rest[1:])
     if scheme in ("postgresql", "postgres", "postgresql+psycopg"):
         parts = urlsplit("postgresql://" + rest)
         if not parts.netloc and "host=" not in parts.query:
-            raise ConfigError(f"{_SETTING} {redact_url(text)!r}: expected postgresql://USER@HOST[:PORT]/DB "
+            raise ConfigError(f"{REGISTRY_URL_SETTING} {redact_url(text)!r}: expected postgresql://USER@HOST[:PORT]/DB "
                               "or postgresql://USER@/DB?host=/socket/dir")
         return urlunsplit(parts)
-    raise ConfigError(f"{_SETTING} {redact_url(text)!r} is not supported: expected sqlite:///PATH or "
+    raise ConfigError(f"{REGISTRY_URL_SETTING} {redact_url(text)!r} is not supported: expected sqlite:///PATH or "
                       "postgresql://USER@HOST/DB")
 
 

@@ -51,10 +51,7 @@ def _short(text: str, width: int = 100) -> str:
 
 
 def _approval(v: ModelVersion) -> str:
-    a = v.approval
-    if a.state == ApprovalState.NOT_REQUIRED:
-        return ""
-    return a.state.value.lower() + (f" by {a.by}" if a.by else "")
+    return "" if v.approval.state == ApprovalState.NOT_REQUIRED else v.approval.describe(with_note=False)
 
 
 def _version_rows(versions: Sequence[ModelVersion], aliases: dict[str, int]) -> list[list[Any]]:

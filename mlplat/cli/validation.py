@@ -13,16 +13,6 @@ from mlplat.records import Approval, ApprovalState
 __all__ = ["register", "validate", "score", "report", "approve", "reject"]
 
 
-def _approval_text(approval: Approval) -> str:
-    """``PENDING``, or a decision with who and why: ``REJECTED by alice: too slow``."""
-    text = approval.state.value
-    if approval.by:
-        text += f" by {approval.by}"
-    if approval.note:
-        text += f": {approval.note}"
-    return text
-
-
 def _echo_outcome(out: Any, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"model": out.name, "version": out.version, "state": out.state.value, "passed": out.passed,
@@ -106,7 +96,7 @@ def report(lazy: Any, name: str, version: int, as_json: bool) -> None:
         pass
     click.echo(summary_text(data, f"{location}/index.html"))
     if approval is not None and approval.state in (ApprovalState.APPROVED, ApprovalState.REJECTED):
-        click.echo(f"  approval: {_approval_text(approval)}")
+        click.echo(f"  approval: {approval.describe()}")
 
 
 def _approval_command(verdict: str):
@@ -119,7 +109,7 @@ def _approval_command(verdict: str):
     def command(lazy: Any, name: str, version: int, by: str | None, note: str | None) -> None:
         p = lazy.get()
         mv = (p.approve if verdict == "approve" else p.reject)(name, version, by=by, note=note)
-        click.echo(f"{mv.name} v{mv.version}: {mv.state.value}, approval {_approval_text(mv.approval)}")
+        click.echo(f"{mv.name} v{mv.version}: {mv.state.value}, approval {mv.approval.describe()}")
 
     command.help = ("Approve a VALIDATED version that waits for human approval." if verdict == "approve" else
                     "Reject a VALIDATED version that waits for human approval: it moves to REJECTED (final).")

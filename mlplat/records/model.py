@@ -199,6 +199,15 @@ class Approval(Record):
         """A version waiting for, or refused by, a reviewer is never promoted."""
         return self.state in (ApprovalState.PENDING, ApprovalState.REJECTED)
 
+    def describe(self, *, with_note: bool = True) -> str:
+        """``PENDING``, or a decision with who (and why): ``REJECTED by alice: too slow``.
+
+        >>> Approval(state="APPROVED", by="alice", note="ok").describe()
+        'APPROVED by alice: ok'
+        """
+        text = self.state.value + (f" by {self.by}" if self.by else "")
+        return text + (f": {self.note}" if with_note and self.note else "")
+
 
 class ModelVersion(Record):
     """One version of a model as the registry holds it."""

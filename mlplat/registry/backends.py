@@ -23,16 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlplat.config import normalize_registry_url as normalize_url
-from mlplat.config import redact_url
+from mlplat.config import REGISTRY_URL_SETTING as _SETTING
+from mlplat.config import normalize_registry_url, redact_url
 from mlplat.errors import ConfigError, DatabaseUnavailable, StorageError
 
-__all__ = ["Backend", "Dialect", "Row", "SqliteBackend", "PostgresBackend", "open_backend", "normalize_url",
-           "redact_url", "SQLITE", "POSTGRES"]
+__all__ = ["Backend", "Dialect", "Row", "SqliteBackend", "PostgresBackend", "open_backend", "SQLITE",
+           "POSTGRES"]
 
 #: A result row: column name -> value (``sqlite3.Row`` or psycopg's ``dict_row``).
 Row = Mapping[str, Any]
-_SETTING = "registry.url (env MLPLAT_REGISTRY_URL)"
 #: The key of PostgreSQL's advisory lock that write transactions hold (any constant would do).
 _PG_WRITE_LOCK_KEY = 0x6D6C706C6174  # "mlplat"
 
@@ -257,7 +256,7 @@ def _statements(sql: str) -> list[str]:
 
 def open_backend(url_or_path: str | Path, *, synchronous: str = "FULL") -> Backend:
     """The backend for a ``registry.url`` or a SQLite file path."""
-    url = normalize_url(url_or_path)
+    url = normalize_registry_url(url_or_path)
     if url.startswith("sqlite:///"):
         return SqliteBackend(url.removeprefix("sqlite:///"), synchronous=synchronous)
     return PostgresBackend(url)

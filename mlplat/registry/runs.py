@@ -45,16 +45,15 @@ def _run_row(tx: Tx, run_id: str) -> Row:
     return row
 
 
-_QUEUE_ORDER = "priority DESC, created_at, run_id"
+#: The queue, in the order runs are claimed, each with its 1-based position: the one definition
+#: of queue order (claim_next_run takes its first row).
+_QUEUE = (f"SELECT r.*, ROW_NUMBER() OVER (ORDER BY priority DESC, created_at, run_id) AS queue_pos "
+          f"FROM runs r WHERE r.state = '{_Q}'")
 
 
 def _run_record(tx: Tx, row: Row, position: int | None = None) -> Run:
     if position is None and row["state"] == _Q:
-        ahead = tx.scalar(f"SELECT COUNT(*) AS n FROM runs WHERE state='{_Q}' AND (priority > ? OR (priority = ? AND created_at < ?))",
-                          (row["priority"], row["priority"], row["created_at"]))
-        position = int(ahead) + 1
-    elif row["state"] != _Q:
-        position = None
+        position = int(tx.scalar(f"SELECT queue_pos FROM ({_QUEUE}) q WHERE q.run_id = ?", (row["run_id"],)))
     return Run(
         run_id=row["run_id"], kind=row["kind"], model=row["model"], version=row["version"], state=RunState(row["state"]),
         request=loads_json(row["request"], {}), priority=row["priority"], attempts=row["attempts"],
@@ -99,14 +98,14 @@ class RunsPart(StoreCore):
     @writes
     def claim_next_run(self, tx: Tx, worker: str, *, run_id: str | None = None, kinds: Sequence[str] | None = None,
                        idempotency_key: str | None = None) -> Run | None:
-        where, params = [f"state='{_Q}'", "cancel_requested=0"], []
+        where, params = ["q.cancel_requested=0"], []
         if run_id is not None:
-            where.append("run_id=?")
+            where.append("q.run_id=?")
             params.append(_run_id(run_id))
         if kinds:
-            where.append(f"kind IN ({','.join('?' * len(kinds))})")
+            where.append(f"q.kind IN ({','.join('?' * len(kinds))})")
             params += list(kinds)
-        row = tx.one(f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY {_QUEUE_ORDER} LIMIT 1", params)
+        row = tx.one(f"SELECT * FROM ({_QUEUE}) q WHERE {' AND '.join(where)} ORDER BY q.queue_pos LIMIT 1", params)
         if row is None:
             return None
         changed = tx.execute(
@@ -176,8 +175,7 @@ class RunsPart(StoreCore):
         """Newest first; QUEUED runs in queue order (the next to run first) with their position."""
         if state is not None and _run_state(state) == RunState.QUEUED:
             model_filter, model_params = ("WHERE q.model = ?", [str(model)]) if model is not None else ("", [])
-            rows = tx.all(f"SELECT * FROM (SELECT r.*, ROW_NUMBER() OVER (ORDER BY {_QUEUE_ORDER}) AS queue_pos "
-                          f"FROM runs r WHERE r.state = '{_Q}') q {model_filter} ORDER BY q.queue_pos LIMIT ?",
+            rows = tx.all(f"SELECT * FROM ({_QUEUE}) q {model_filter} ORDER BY q.queue_pos LIMIT ?",
                           (*model_params, max(1, int(limit))))
             return [_run_record(tx, r, int(r["queue_pos"])) for r in rows]
         where: list[str] = []

@@ -16,8 +16,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mlplat.config import redact_url
 from mlplat.errors import StorageError
-from mlplat.registry.backends import Backend, Dialect, redact_url
+from mlplat.registry.backends import Backend, Dialect
 from mlplat.registry.codec import dumps_json, loads_json
 
 __all__ = ["Migration", "MIGRATIONS", "SCHEMA_VERSION", "migrate", "schema_version"]

@@ -13,9 +13,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from mlplat.config import redact_url
 from mlplat.errors import ValidationError
 from mlplat.registry.aliases import AliasesPart
-from mlplat.registry.backends import Backend, open_backend, redact_url
+from mlplat.registry.backends import Backend, open_backend
 from mlplat.registry.catalog import CatalogPart
 from mlplat.registry.events import EventsPart
 from mlplat.registry.protocol import REGISTRY_CALLS, BatchCall
@@ -50,12 +51,6 @@ class RegistryStore(VersionsPart, AliasesPart, RunsPart, CatalogPart, EventsPart
 
     def __repr__(self) -> str:
         return f"RegistryStore({redact_url(self._backend.url)!r})"
-
-    @property
-    def db_path(self) -> str:
-        """The SQLite file (``:memory:``), or the PostgreSQL URL without its password."""
-        url = self.backend_url()
-        return url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url
 
     @writes
     def batch(self, tx: Tx, calls: Iterable[BatchCall], *, idempotency_key: str | None = None) -> list[Any]:

@@ -15,13 +15,19 @@ import uuid
 from collections.abc import Callable, ItemsView, Iterator, KeysView, ValuesView
 from typing import Any, cast
 
-from mlplat.config import PlatformConfig
+from mlplat.config import PlatformConfig, normalize_registry_url, redact_url
 from mlplat.errors import ConfigError, DatabaseUnavailable, MlplatError
 from mlplat.registry.actor import ACTOR_OPTIONS, REGISTRY_ACTOR_NAME, RegistryActor
-from mlplat.registry.backends import normalize_url, redact_url
 from mlplat.registry.protocol import REGISTRY_CALLS, Registry, RegistryCall
 
-__all__ = ["ActorRegistry", "connect_actor"]
+__all__ = ["ActorRegistry", "connect_actor", "remote_cause"]
+
+def remote_cause(exc: BaseException) -> BaseException | None:
+    """The error a registry call raised on the actor, when it is the caller's to see (an mlplat
+    error, or TypeError/ValueError for a bad call); None for anything else (a crash, a Ray error)."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, MlplatError | TypeError | ValueError) else None
+
 
 def _sendable(value: Any) -> Any:
     """Arguments cross a process boundary: iterators and dict views become lists (they do not
@@ -59,7 +65,7 @@ class ActorRegistry:
                 kwargs.update(include_dashboard=True, dashboard_host="127.0.0.1")
             ray.init(**kwargs)
         name = actor_name or REGISTRY_ACTOR_NAME
-        want = normalize_url(url) if url else config.registry_url()
+        want = normalize_registry_url(url) if url else config.registry_url()
         actor: Any = (ray.remote(**ACTOR_OPTIONS)(RegistryActor)
                  .options(name=name, namespace=config.namespace, lifetime="detached", get_if_exists=True)
                  .remote(want))
@@ -94,13 +100,13 @@ class ActorRegistry:
             try:
                 return ray.get(submit())
             except RayTaskError as exc:
-                cause = getattr(exc, "cause", None)
+                cause = remote_cause(exc)
                 # The database was unreachable: resending is safe (writes carry an idempotency key).
                 if isinstance(cause, DatabaseUnavailable) and retry_unavailable and time.monotonic() < deadline:
                     time.sleep(delay)
                     delay = min(delay * 2, 1.0)
                     continue
-                if isinstance(cause, MlplatError | TypeError | ValueError):
+                if cause is not None:
                     raise cause from None
                 raise
             except (RayActorError, GetTimeoutError):

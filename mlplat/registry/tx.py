@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from mlplat.errors import ConflictError, ValidationError
-from mlplat.registry.backends import Backend, Dialect, Row
+from mlplat.registry.backends import Backend, Row
 from mlplat.registry.codec import decode_result, dumps_json, encode_result, loads_json
 
 __all__ = ["Tx", "StoreCore", "writes", "reads", "IDEMPOTENCY_TTL_S"]
@@ -72,15 +72,12 @@ class StoreCore:
         self._tx: Tx | None = None
         self._writes_since_prune = 0
 
-    @property
-    def dialect(self) -> Dialect:
-        return self._backend.dialect
-
     def close(self) -> None:
         with self._lock:
             self._backend.close()
 
-    def _run_write(self, method: str, key: object, body: Callable[[Tx], Any]) -> Any:
+    def _run_write(self, method: str, key: object, body: Callable[[Tx], Any], *, counted: bool = True) -> Any:
+        """Run ``body`` in a write transaction; ``counted`` writes bring the next prune closer."""
         with self._lock:
             if self._tx is not None:  # inside batch(): the caller's transaction
                 if not self._tx.writable:
@@ -102,7 +99,7 @@ class StoreCore:
                 if clean is not None:
                     raise clean from None
                 raise
-            self._writes_since_prune += 1
+            self._writes_since_prune += counted
             if self._writes_since_prune >= _PRUNE_EVERY_WRITES:
                 self._writes_since_prune = 0
                 try:  # housekeeping: never fails the write that just committed
@@ -153,9 +150,8 @@ class StoreCore:
         with self._lock:
             if self._tx is not None:
                 return 0
-            self._writes_since_prune = -1  # its own write does not count toward the next prune
             pruned: int = self._run_write("prune_idempotency", None, lambda tx: tx.execute(
-                "DELETE FROM idempotency WHERE created_at < ?", (tx.now - IDEMPOTENCY_TTL_S,)))
+                "DELETE FROM idempotency WHERE created_at < ?", (tx.now - IDEMPOTENCY_TTL_S,)), counted=False)
             return pruned
 
 

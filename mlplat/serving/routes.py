@@ -15,10 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from mlplat.errors import InvalidName, MlplatError, NotFound
+from mlplat.errors import InvalidName, NotFound
 from mlplat.names import validate_name
 from mlplat.records import ALIAS_PRODUCTION, Event, ModelInfo, ModelState, ModelVersion
 from mlplat.registry import Registry
+from mlplat.registry.transport import remote_cause
 from mlplat.serving.request import InputSchema, RequestError
 
 __all__ = ["Route", "RouteTable", "placement_of", "PLACEMENTS", "RegistryReader", "ActorRegistryReader",
@@ -86,8 +87,8 @@ class ActorRegistryReader:
         try:
             return await self._actor.call.remote(method, kwargs)
         except RayTaskError as exc:
-            cause = getattr(exc, "cause", None)
-            if isinstance(cause, MlplatError):
+            cause = remote_cause(exc)
+            if cause is not None:
                 raise cause from None
             raise
 
