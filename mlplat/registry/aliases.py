@@ -1,34 +1,27 @@
-"""Aliases (``production``, ``canary``, ``previous``, ``production.<region>``), promotion and rollback.
+"""Aliases (``production``, ``canary``, ``previous``, ``production.<region>``) set by hand.
 
-An alias move is one transaction with one event; promote and rollback move states and aliases
-together, so a follower of the event log never sees one without the other.
+An alias move is one transaction with one event. Promotion, rollback and deployments, which
+move states and aliases together, are in ``rollouts.py``.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from mlplat.errors import ConflictError, InvalidTransition, NotFound
+from mlplat.errors import ConflictError
 from mlplat.names import validate_name
 from mlplat.records import (
     ALIAS_CANARY,
-    ALIAS_PREVIOUS,
     ALIAS_PRODUCTION,
-    Approval,
-    ApprovalState,
     ModelState,
-    ModelVersion,
-    check_transition,
 )
 from mlplat.registry.codec import int_version, validate_alias
 from mlplat.registry.events import emit
 from mlplat.registry.tx import StoreCore, Tx, reads, writes
-from mlplat.registry.versions import alias_version, model_row, set_state, version_record, version_row
+from mlplat.registry.versions import alias_version, model_row, version_row
 
-__all__ = ["AliasesPart"]
+__all__ = ["AliasesPart", "put_alias", "check_expected_alias"]
 
 
-def _put_alias(tx: Tx, name: str, alias: str, version: int | None) -> None:
+def put_alias(tx: Tx, name: str, alias: str, version: int | None) -> None:
     if version is None:
         tx.execute("DELETE FROM aliases WHERE model=? AND alias=?", (name, alias))
     else:
@@ -37,7 +30,7 @@ def _put_alias(tx: Tx, name: str, alias: str, version: int | None) -> None:
                    (name, alias, version, tx.now))
 
 
-def _check_expected_alias(name: str, alias: str, current: int | None, expected: int | None) -> None:
+def check_expected_alias(name: str, alias: str, current: int | None, expected: int | None) -> None:
     if expected is not None and (current or 0) != int(expected):
         now = f"v{current}" if current else "unset"
         want = f"v{expected}" if expected else "unset"
@@ -58,9 +51,9 @@ class AliasesPart(StoreCore):
                 f"alias {alias!r} of {name!r} may only point at a CANARY or PRODUCTION version; v{version} is {state.value} "
                 f"(use `mlplat models promote {name} {version}` to promote it)")
         current = alias_version(tx, name, alias)
-        _check_expected_alias(name, alias, current, expected_version)
+        check_expected_alias(name, alias, current, expected_version)
         if current != version:
-            _put_alias(tx, name, alias, version)
+            put_alias(tx, name, alias, version)
             emit(tx, "alias_moved", f"model:{name}", version, {"alias": alias, "from": current, "to": version})
         return version
 
@@ -71,9 +64,9 @@ class AliasesPart(StoreCore):
         validate_alias(alias)
         model_row(tx, name)
         current = alias_version(tx, name, alias)
-        _check_expected_alias(name, alias, current, expected_version)
+        check_expected_alias(name, alias, current, expected_version)
         if current is not None:
-            _put_alias(tx, name, alias, None)
+            put_alias(tx, name, alias, None)
             emit(tx, "alias_removed", f"model:{name}", current, {"alias": alias, "from": current, "to": None})
         return current
 
@@ -89,70 +82,3 @@ class AliasesPart(StoreCore):
         validate_name(name, "model name")
         model_row(tx, name)
         return {r["alias"]: int(r["version"]) for r in tx.all("SELECT alias, version FROM aliases WHERE model=? ORDER BY alias", (name,))}
-
-    @writes
-    def promote(self, tx: Tx, name: str, version: int, *, expected_production: int | None = None,
-                idempotency_key: str | None = None) -> ModelVersion:
-        """The old production version becomes ARCHIVED and ``previous``; a ``canary`` alias on
-        ``version`` is removed. Versions awaiting or refused approval are not promoted."""
-        validate_name(name, "model name")
-        version = int_version(version)
-        mv = version_record(version_row(tx, name, version))
-        old = alias_version(tx, name, ALIAS_PRODUCTION)
-        _check_expected_alias(name, ALIAS_PRODUCTION, old, expected_production)
-        check_transition(mv.state, ModelState.PRODUCTION)
-        _check_approval(mv.name, mv.version, mv.approval)
-        transitions: list[dict[str, Any]] = []
-        alias_moves: dict[str, list[int | None]] = {}
-        if old is not None and old != version:
-            old_state = ModelState(version_row(tx, name, old)["state"])
-            if old_state == ModelState.PRODUCTION:
-                set_state(tx, name, old, old_state, ModelState.ARCHIVED)
-                transitions.append({"version": old, "from": old_state.value, "to": ModelState.ARCHIVED.value})
-            prev = alias_version(tx, name, ALIAS_PREVIOUS)
-            _put_alias(tx, name, ALIAS_PREVIOUS, old)
-            alias_moves[ALIAS_PREVIOUS] = [prev, old]
-        set_state(tx, name, version, mv.state, ModelState.PRODUCTION)
-        transitions.append({"version": version, "from": mv.state.value, "to": ModelState.PRODUCTION.value})
-        _put_alias(tx, name, ALIAS_PRODUCTION, version)
-        alias_moves[ALIAS_PRODUCTION] = [old, version]
-        if alias_version(tx, name, ALIAS_CANARY) == version:
-            _put_alias(tx, name, ALIAS_CANARY, None)
-            alias_moves[ALIAS_CANARY] = [version, None]
-        emit(tx, "promoted", f"model:{name}", version, {"previous": old, "transitions": transitions, "aliases": alias_moves})
-        return version_record(version_row(tx, name, version))
-
-    @writes
-    def rollback(self, tx: Tx, name: str, *, expected_production: int | None = None,
-                 idempotency_key: str | None = None) -> ModelVersion:
-        validate_name(name, "model name")
-        model_row(tx, name)
-        current = alias_version(tx, name, ALIAS_PRODUCTION)
-        _check_expected_alias(name, ALIAS_PRODUCTION, current, expected_production)
-        prev = alias_version(tx, name, ALIAS_PREVIOUS)
-        if current is None or prev is None:
-            missing = ALIAS_PRODUCTION if current is None else ALIAS_PREVIOUS
-            raise NotFound(f"cannot roll back {name!r}: it has no {missing!r} alias")
-        cur_state = ModelState(version_row(tx, name, current)["state"])
-        prev_state = ModelState(version_row(tx, name, prev)["state"])
-        check_transition(prev_state, ModelState.PRODUCTION)  # previous must be ARCHIVED
-        transitions = []
-        if cur_state != ModelState.ARCHIVED:
-            set_state(tx, name, current, cur_state, ModelState.ARCHIVED)
-            transitions.append({"version": current, "from": cur_state.value, "to": ModelState.ARCHIVED.value})
-        set_state(tx, name, prev, prev_state, ModelState.PRODUCTION)
-        transitions.append({"version": prev, "from": prev_state.value, "to": ModelState.PRODUCTION.value})
-        _put_alias(tx, name, ALIAS_PRODUCTION, prev)
-        _put_alias(tx, name, ALIAS_PREVIOUS, current)
-        emit(tx, "rolled_back", f"model:{name}", prev, {
-            "from_version": current, "to_version": prev, "transitions": transitions,
-            "aliases": {ALIAS_PRODUCTION: [current, prev], ALIAS_PREVIOUS: [prev, current]},
-        })
-        return version_record(version_row(tx, name, prev))
-
-
-def _check_approval(name: str, version: int, approval: Approval) -> None:
-    if approval.blocks_promotion:
-        hint = (f"a reviewer must approve it first: `mlplat models approve {name} {version}`"
-                if approval.state == ApprovalState.PENDING else f"{approval.by or 'a reviewer'} rejected it")
-        raise InvalidTransition(f"{name} v{version} cannot be promoted: approval is {approval.state.value}; {hint}")

@@ -9,14 +9,14 @@ from collections.abc import Iterable
 from typing import Any
 
 from mlplat.errors import InvalidName, ValidationError
-from mlplat.records import CatalogEntry, Event, ModelInfo, ModelState, ModelVersion, Record, Run
+from mlplat.records import CatalogEntry, Deployment, Event, ModelInfo, ModelState, ModelVersion, Record, Run, Traffic
 
 __all__ = ["dumps_json", "loads_json", "parse_tags", "int_version", "validate_alias", "model_state",
            "encode_result", "decode_result"]
 
 _ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,62}(\.[a-z][a-z0-9_-]{0,62})?$")
 _RESULT_TYPES: dict[str, type[Record]] = {
-    t.__name__: t for t in (ModelVersion, Event, ModelInfo, Run, CatalogEntry)
+    t.__name__: t for t in (ModelVersion, Event, ModelInfo, Run, CatalogEntry, Deployment, Traffic)
 }
 
 

@@ -71,3 +71,26 @@ class EventsPart(StoreCore):
                       (*params, max(0, int(limit))))
         return [Event(seq=r["seq"], ts=r["ts"], kind=r["kind"], subject=r["subject"], version=r["version"],
                       payload=loads_json(r["payload"], {})) for r in rows]
+
+    @reads
+    def get_cursor(self, tx: Tx, consumer: str) -> int:
+        """The last event seq ``consumer`` (e.g. the rollout controller) applied; 0 if none."""
+        row = tx.one("SELECT seq FROM cursors WHERE consumer=?", (_consumer(consumer),))
+        return 0 if row is None else int(row["seq"])
+
+    @writes
+    def set_cursor(self, tx: Tx, consumer: str, seq: int, *, idempotency_key: str | None = None) -> int:
+        """Record that ``consumer`` applied every event up to ``seq`` (never moves backwards)."""
+        consumer = _consumer(consumer)
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+            raise ValidationError(f"cursor seq must be a non-negative integer, got {seq!r}")
+        tx.execute("INSERT INTO cursors(consumer, seq, updated_at) VALUES (?,?,?) ON CONFLICT(consumer) DO UPDATE SET "
+                   "seq=CASE WHEN excluded.seq > cursors.seq THEN excluded.seq ELSE cursors.seq END, updated_at=excluded.updated_at",
+                   (consumer, seq, tx.now))
+        return int(tx.scalar("SELECT seq FROM cursors WHERE consumer=?", (consumer,)))
+
+
+def _consumer(consumer: object) -> str:
+    if not isinstance(consumer, str) or not _EVENT_KIND.fullmatch(consumer.replace("-", "_")):
+        raise ValidationError(f"invalid cursor consumer {consumer!r}: expected e.g. 'rollout-controller'")
+    return consumer

@@ -23,6 +23,7 @@ from mlplat.records import (
     ApprovalState,
     CatalogEntry,
     DatasetRef,
+    Deployment,
     Event,
     FeatureSetRef,
     ModelInfo,
@@ -30,6 +31,7 @@ from mlplat.records import (
     ModelVersion,
     Run,
     RunState,
+    Traffic,
 )
 
 __all__ = ["Registry", "RegistryCall", "REGISTRY_CALLS", "BatchCall"]
@@ -118,14 +120,39 @@ class Registry(Protocol):
 
     def aliases(self, name: str) -> dict[str, int]: ...
 
-    def promote(self, name: str, version: int, *, expected_production: int | None = None,
+    # -- promotion, rollback and deployments (rollouts.py) ---------------------------------------
+    def promote(self, name: str, version: int, *, region: str | None = None, expected_production: int | None = None,
                 idempotency_key: str | None = None) -> ModelVersion:
-        """Make ``version`` PRODUCTION in one transaction: the old one ARCHIVED and ``previous``."""
+        """Make ``version`` PRODUCTION in one transaction: the old one ARCHIVED and ``previous``;
+        every regional alias is removed. With ``region``: only ``production.<region>`` moves."""
         ...
 
-    def rollback(self, name: str, *, expected_production: int | None = None,
+    def rollback(self, name: str, *, region: str | None = None, expected_production: int | None = None, by: str = "",
                  idempotency_key: str | None = None) -> ModelVersion:
-        """Swap back: production -> ARCHIVED, ``previous`` -> PRODUCTION, aliases swapped."""
+        """Undo the last change: an active canary ends (its version REJECTED); else production ->
+        ARCHIVED, ``previous`` -> PRODUCTION (in ``region``: the regional aliases swap)."""
+        ...
+
+    def start_deployment(self, name: str, version: int, *, region: str | None = None, canary_percent: float = 0.0,
+                         by: str = "", force: bool = False, targets: Mapping[str, int] | None = None,
+                         prewarm_timeout_s: float = 120.0, idempotency_key: str | None = None) -> Deployment:
+        """Begin a rollout (PREWARMING): replicas following the event log load and probe the version."""
+        ...
+
+    def finish_prewarm(self, deployment_id: str, *, ok: bool, reason: str = "",
+                       idempotency_key: str | None = None) -> Deployment:
+        """LIVE or CANARY when ``ok``; else FAILED and the version REJECTED."""
+        ...
+
+    def finish_canary(self, deployment_id: str, *, promote: bool, reason: str = "", by: str = "",
+                      idempotency_key: str | None = None) -> Deployment: ...
+
+    def get_deployment(self, deployment_id: str) -> Deployment: ...
+
+    def list_deployments(self, *, name: str | None = None, active: bool | None = None, limit: int = 50) -> list[Deployment]: ...
+
+    def traffic(self, name: str, *, region: str | None = None) -> Traffic:
+        """Production and canary versions of ``name`` for the ingress of ``region``."""
         ...
 
     # -- training runs ------------------------------------------------------------------------
@@ -186,6 +213,10 @@ class Registry(Protocol):
         ...
 
     def last_seq(self) -> int: ...
+
+    def get_cursor(self, consumer: str) -> int: ...
+
+    def set_cursor(self, consumer: str, seq: int, *, idempotency_key: str | None = None) -> int: ...
 
     # -- batches and the backend --------------------------------------------------------------
     def batch(self, calls: Iterable[BatchCall], *, idempotency_key: str | None = None) -> list[Any]:

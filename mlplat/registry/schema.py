@@ -94,6 +94,22 @@ ALTER TABLE runs ADD COLUMN metrics TEXT NOT NULL DEFAULT '{{}}'
             backend.execute("UPDATE runs SET metrics=? WHERE run_id=?", (json.dumps(metrics, sort_keys=True), row["run_id"]))
 
 
+def _v3(backend: Backend) -> None:
+    """Rollouts: one row per deployment of a version, and the event-log cursors of followers
+    (the rollout controller) so a restart resumes where it stopped."""
+    f = backend.dialect.float_type
+    backend.execute_script(f"""
+CREATE TABLE IF NOT EXISTS deployments (
+    id TEXT PRIMARY KEY, model TEXT NOT NULL REFERENCES models(name), version INTEGER NOT NULL,
+    region TEXT NOT NULL, canary_percent {f} NOT NULL, state TEXT NOT NULL, previous_version INTEGER,
+    reason TEXT, by_user TEXT NOT NULL, forced INTEGER NOT NULL, targets TEXT NOT NULL,
+    deadline_at {f} NOT NULL, created_at {f} NOT NULL, updated_at {f} NOT NULL);
+CREATE INDEX IF NOT EXISTS deployments_by_model ON deployments(model, region, state);
+CREATE TABLE IF NOT EXISTS cursors (
+    consumer TEXT PRIMARY KEY, seq INTEGER NOT NULL, updated_at {f} NOT NULL)
+""")
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -104,6 +120,7 @@ class Migration:
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "models, versions, aliases, events, idempotency keys, runs, catalog", _v1),
     Migration(2, "approval columns on versions, metrics column on runs", _v2),
+    Migration(3, "deployments (rollouts) and event-log cursors", _v3),
 )
 #: The newest schema this code reads and writes.
 SCHEMA_VERSION = MIGRATIONS[-1].version

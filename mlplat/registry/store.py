@@ -1,7 +1,7 @@
 """The registry store: every :class:`~mlplat.registry.protocol.Registry` call, in this process.
 
-It is the parts composed, plus the calls that span them (``batch``, ``read_batch``) — models and versions (``versions.py``), aliases and promotion
-(``aliases.py``), runs (``runs.py``), catalog (``catalog.py``), events and batches
+It is the parts composed, plus the calls that span them (``batch``, ``read_batch``) — models and versions (``versions.py``), aliases
+(``aliases.py``), promotion, rollback and deployments (``rollouts.py``), runs (``runs.py``), catalog (``catalog.py``), events and batches
 (``events.py``) — over one backend (``backends.py``) whose schema ``schema.py`` migrates on open.
 Each call is one transaction (``tx.py``). Nothing lives only in memory: a new store on the same
 database sees everything, which is what lets the registry actor restart without losing a write.
@@ -20,6 +20,7 @@ from mlplat.registry.backends import Backend, open_backend
 from mlplat.registry.catalog import CatalogPart
 from mlplat.registry.events import EventsPart
 from mlplat.registry.protocol import REGISTRY_CALLS, BatchCall
+from mlplat.registry.rollouts import RolloutsPart
 from mlplat.registry.runs import RunsPart
 from mlplat.registry.schema import migrate, schema_version
 from mlplat.registry.tx import StoreCore, Tx, writes
@@ -28,7 +29,7 @@ from mlplat.registry.versions import VersionsPart, read_versions_ahead
 __all__ = ["RegistryStore"]
 
 
-class RegistryStore(VersionsPart, AliasesPart, RunsPart, CatalogPart, EventsPart, StoreCore):
+class RegistryStore(VersionsPart, AliasesPart, RolloutsPart, RunsPart, CatalogPart, EventsPart, StoreCore):
     """The registry over SQLite or PostgreSQL. Thread-safe; one write transaction at a time.
 
     >>> store = RegistryStore("sqlite:////tmp/registry.db")  # or a path, or postgresql://...  # doctest: +SKIP
