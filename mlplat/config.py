@@ -159,7 +159,16 @@ class ServeSettings(StrictModel):
     ingress_replicas: int = Field(1, ge=1)
     ingress_max_ongoing_requests: int = Field(256, ge=1)
     ingress_num_cpus: float = Field(0.25, ge=0)
-    route_refresh_s: float = Field(0.5, gt=0)
+    #: How often each replica reads the registry's event log (route changes, pre-warm requests).
+    route_refresh_s: float = Field(0.2, gt=0)
+    #: This app's regional cell: its ingress serves ``production.<region>``, else ``production``.
+    #: None: the global app. Must be one of the platform's ``regions`` when those are listed.
+    region: str | None = None
+    #: After a swap, the version that stopped serving stays loaded (pinned against eviction)
+    #: this long, so a rollback loads nothing.
+    keep_previous_s: float = Field(600.0, ge=0)
+    #: While a canary runs, each ingress replica reports its per-version stats this often.
+    canary_report_s: float = Field(2.0, gt=0)
     telemetry: bool = True
     telemetry_flush_s: float = Field(5.0, gt=0)
     telemetry_max_rows: int = Field(20_000, ge=1)
@@ -201,8 +210,26 @@ class PlatformConfig(StrictModel):
     ray_address: str | None = None
     namespace: str = "mlplat"
     api_token: SecretStr | None = None
+    #: The token of the serving app's /admin routes (rollback without a Ray driver). A separate
+    #: secret from api_token; without it the admin routes answer 401.
+    admin_token: SecretStr | None = None
+    #: The regional cells this platform serves; ``--region`` must name one of them.
+    regions: list[str] = Field(default_factory=list)
     s3: S3Settings = Field(default_factory=S3Settings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
+
+    def check_region(self, region: str | None) -> str | None:
+        """``region`` if it names one of the configured ``regions`` (None/"" = all regions), else ConfigError.
+
+        >>> PlatformConfig(regions=["eu", "us"]).check_region("eu")
+        'eu'
+        """
+        if region is None or region == "":
+            return None
+        if region not in self.regions:
+            known = ", ".join(self.regions) if self.regions else "none are configured (set `regions: [eu, us]` in the config)"
+            raise ConfigError(f"unknown region {region!r}: the platform's regions are {known}")
+        return region
 
     def registry_url(self) -> str:
         """The registry database as a URL: ``registry.url``, else ``registry_db`` (a SQLite path),
@@ -242,6 +269,8 @@ ENV_VARS: dict[str, str] = {
     "MLPLAT_RAY_ADDRESS": "ray_address",
     "MLPLAT_NAMESPACE": "namespace",
     "MLPLAT_API_TOKEN": "api_token",
+    "MLPLAT_ADMIN_TOKEN": "admin_token",
+    "MLPLAT_SERVE_REGION": "serve.region",
     "MLPLAT_S3_ENDPOINT": "s3.endpoint_url",
     "AWS_ENDPOINT_URL": "s3.endpoint_url",
     "AWS_ACCESS_KEY_ID": "s3.access_key",

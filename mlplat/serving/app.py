@@ -28,7 +28,7 @@ def build_app(config: PlatformConfig, registry_actor: str, dedicated_models: lis
     """The Serve application: ingress -> (model pool | one deployment per dedicated model)."""
     from mlplat.names import validate_name
     from mlplat.serving.deployments import DedicatedModel, ModelPool
-    from mlplat.serving.ingress import Ingress
+    from mlplat.serving.ingress import Ingress, ingress_deployment_name
 
     s = config.serve
     # @serve.deployment turns these classes into Deployments (with .options) at runtime; mypy sees the classes.
@@ -37,7 +37,7 @@ def build_app(config: PlatformConfig, registry_actor: str, dedicated_models: lis
                             "target_ongoing_requests": s.pool.target_ongoing_requests},
         max_ongoing_requests=s.pool.max_ongoing_requests,
         ray_actor_options={"num_cpus": s.pool.num_cpus},
-    ).bind(config)
+    ).bind(config, registry_actor)
     dedicated = {}
     for name in dedicated_models or []:
         validate_name(name, "model name")
@@ -47,8 +47,9 @@ def build_app(config: PlatformConfig, registry_actor: str, dedicated_models: lis
                                 "target_ongoing_requests": s.dedicated.target_ongoing_requests},
             max_ongoing_requests=s.dedicated.max_ongoing_requests,
             ray_actor_options={"num_cpus": s.dedicated.num_cpus},
-        ).bind(config, name)
+        ).bind(config, name, registry_actor)
     return Ingress.options(  # type: ignore[attr-defined]
+        name=ingress_deployment_name(s.region),
         logging_config={"enable_access_log": s.access_log},
         num_replicas=s.ingress_replicas,
         max_ongoing_requests=s.ingress_max_ongoing_requests,

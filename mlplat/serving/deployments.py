@@ -1,8 +1,14 @@
-"""The model-holding Serve deployments: the multiplexed pool and a hot model's own deployment."""
+"""The model-holding Serve deployments: the multiplexed pool and a hot model's own deployment.
+
+Both follow the registry's event log (``warmup.Prewarmer``): a deployment that names their
+Serve deployment in its targets is loaded and probed here before it takes traffic, and the
+version a swap replaces stays pinned for ``serve.keep_previous_s``.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import numpy as np
@@ -10,7 +16,10 @@ from ray import serve
 
 from mlplat.config import PlatformConfig
 from mlplat.names import parse_serving_id
+from mlplat.serving.cache import ModelCache
+from mlplat.serving.routes import actor_registry_reader
 from mlplat.serving.runtime import ServableModel, load_servable, tune_gc
+from mlplat.serving.warmup import Prewarmer, check_probe, probe_rows, reference_stats_of, replica_identity
 from mlplat.storage import open_root
 
 __all__ = ["ModelPool", "DedicatedModel", "run_prediction"]
@@ -29,11 +38,15 @@ class ModelPool:
     Ids are versioned (``name@v7``) so a cached id never goes stale; the expected sha256 of
     the bundle travels with each request (the ingress read it from the registry)."""
 
-    def __init__(self, config: PlatformConfig):
+    def __init__(self, config: PlatformConfig, registry_actor: str | None = None):
         tune_gc(config.serve.gc_threshold)
+        self._serve = config.serve
         self._storage = open_root(config.root, config.s3)
         self._expected_sha: dict[str, str | None] = {}
+        #: model id -> (model, pinned until monotonic s): pre-warmed and previous versions
+        self._pinned: dict[str, tuple[ServableModel, float]] = {}
         self._loads = 0
+        self._prewarmer = _prewarmer(config, registry_actor, self._warm, self._pin)
         limit = config.serve.pool.max_models_per_replica
 
         # The cache size comes from config, so the decorator is applied here, to a plain
@@ -52,13 +65,38 @@ class ModelPool:
         return model
 
     async def predict(self, request: dict[str, Any]) -> dict[str, Any]:
+        await _start(self._prewarmer)
         model_id = serve.get_multiplexed_model_id()
-        self._expected_sha[model_id] = request.get("bundle_sha256")
-        model = await self._get_model(model_id)  # keep the reference: eviction may close it meanwhile
+        pinned = self._pinned.get(model_id)
+        if pinned is not None and pinned[1] > time.monotonic():
+            model = pinned[0]
+        else:
+            self._expected_sha[model_id] = request.get("bundle_sha256")
+            model = await self._get_model(model_id)  # keep the reference: eviction may close it meanwhile
         return {"predictions": run_prediction(model, request), "version": model.version}
 
+    async def _warm(self, name: str, version: int, sha: str | None, feature_set: tuple[str, int] | None) -> None:
+        model_id = f"{name}@v{version}"
+        self._expected_sha[model_id] = sha
+        model = await self._get_model(model_id)  # through the multiplexer: the router learns this replica has it
+        await _probe(model, self._storage, feature_set)
+        self._pinned[model_id] = (model, time.monotonic() + max(self._serve.keep_previous_s, 60.0))
+
+    def _pin(self, name: str, version: int) -> None:
+        model_id = f"{name}@v{version}"
+        now = time.monotonic()
+        for key in [k for k, (_, until) in self._pinned.items() if until <= now]:
+            self._pinned.pop(key)
+        current = self._pinned.get(model_id)
+        if current is not None:
+            self._pinned[model_id] = (current[0], max(current[1], now + self._serve.keep_previous_s))
+
     async def stats(self) -> dict[str, Any]:
-        return {"loads": self._loads, "rss_mb": _rss_mb()}
+        await _start(self._prewarmer)
+        return {"loads": self._loads, "rss_mb": _rss_mb(), "pinned": sorted(self._pinned)}
+
+    async def check_health(self) -> None:
+        await _start(self._prewarmer)
 
 
 def _rss_mb() -> float:
@@ -78,33 +116,28 @@ class DedicatedModel:
     """A hot model's own deployment: keeps the versions it is asked for (at most two, so a
     swap loads the new one beside the old) and batches concurrent requests into one forward pass."""
 
-    def __init__(self, config: PlatformConfig, name: str):
+    def __init__(self, config: PlatformConfig, name: str, registry_actor: str | None = None):
         tune_gc(config.serve.gc_threshold)
+        self._serve = config.serve
         self._storage = open_root(config.root, config.s3)
         self._name = name
-        self._models: dict[int, ServableModel] = {}
-        self._loading: dict[int, asyncio.Future] = {}
+        self._models = ModelCache(lambda n, v, sha: load_servable(self._storage, n, v, sha), per_name=2)
+        self._prewarmer = _prewarmer(config, registry_actor, self._warm,
+                                     lambda n, v: self._models.pin(n, v, self._serve.keep_previous_s) if n == name else None)
         # @serve.batch adds these setters at runtime; its type hints hide them from mypy.
         self._predict_batch.set_max_batch_size(config.serve.dedicated.max_batch_size)  # type: ignore[attr-defined]
         self._predict_batch.set_batch_wait_timeout_s(config.serve.dedicated.batch_wait_timeout_s)  # type: ignore[attr-defined]
 
     async def _model(self, version: int, sha: str | None) -> ServableModel:
-        if version in self._models:
-            return self._models[version]
-        if version not in self._loading:  # one load per version even under concurrent requests
-            loop = asyncio.get_running_loop()
-            self._loading[version] = loop.run_in_executor(None, load_servable, self._storage, self._name, version, sha)
-        try:
-            model = await self._loading[version]
-        finally:
-            self._loading.pop(version, None)
-        self._models[version] = model
-        while len(self._models) > 2:
-            oldest = min(self._models)
-            self._models.pop(oldest).close()
-        return model
+        return await self._models.get(self._name, version, sha)
+
+    async def _warm(self, name: str, version: int, sha: str | None, feature_set: tuple[str, int] | None) -> None:
+        model = await self._models.get(name, version, sha)
+        await _probe(model, self._storage, feature_set)
+        self._models.pin(name, version, max(self._serve.keep_previous_s, 60.0))
 
     async def predict(self, request: dict[str, Any]) -> dict[str, Any]:
+        await _start(self._prewarmer)
         model = await self._model(int(request["version"]), request.get("bundle_sha256"))
         if request.get("rows") is not None:
             matrix = model.encoder.to_numpy(request["rows"])
@@ -112,6 +145,9 @@ class DedicatedModel:
             matrix = request["matrix"]
         predictions = await self._predict_batch((model, matrix))
         return {"predictions": predictions, "version": model.version}
+
+    async def check_health(self) -> None:
+        await _start(self._prewarmer)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def _predict_batch(self, items: list[tuple[ServableModel, np.ndarray]]) -> list[list[Any]]:
@@ -129,3 +165,27 @@ class DedicatedModel:
                 out[i] = predictions[start:start + n]
                 start += n
         return out  # type: ignore[return-value]
+
+
+def _prewarmer(config: PlatformConfig, registry_actor: str | None, warm: Any, pin: Any) -> Prewarmer | None:
+    """The event-log follower of a model-holding replica (None without a registry actor)."""
+    if registry_actor is None:
+        return None
+    target, replica = replica_identity()
+    prewarmer = Prewarmer(actor_registry_reader(registry_actor, config.namespace), target=target, replica=replica,
+                          warm=warm, pin_previous=pin, refresh_s=config.serve.route_refresh_s)
+    prewarmer.start_soon()
+    return prewarmer
+
+
+async def _start(prewarmer: Prewarmer | None) -> None:
+    """Make sure the follower runs (it starts from the constructor; this covers a failed start)."""
+    if prewarmer is not None:
+        await prewarmer.ensure_started()
+
+
+async def _probe(model: ServableModel, storage: Any, feature_set: tuple[str, int] | None) -> None:
+    loop = asyncio.get_running_loop()
+    reference = await loop.run_in_executor(None, reference_stats_of, storage, feature_set)
+    rows = probe_rows(model.schema, reference)
+    check_probe(await loop.run_in_executor(None, model.predict_rows, rows), len(rows))

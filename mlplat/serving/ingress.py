@@ -1,5 +1,7 @@
 """The HTTP ingress: Open Inference Protocol v2 + a simple v1 predict, bearer-token auth,
-body limits, input validation, version resolution and telemetry, in one Serve deployment."""
+body limits, input validation, version resolution (production, regional production, a sticky
+canary share), telemetry, canary stats, pre-warm of ingress-placed models, and the admin
+routes (rollback without a Ray driver), in one Serve deployment."""
 
 
 import asyncio
@@ -16,14 +18,17 @@ from ray.serve.exceptions import BackPressureError
 
 from mlplat.config import PlatformConfig
 from mlplat.errors import MlplatError
+from mlplat.serving.cache import ModelCache
 from mlplat.serving.deployments import run_prediction
 from mlplat.serving.request import ParsedRequest, RequestError, parse_json_body, parse_v1, parse_v2
-from mlplat.serving.routes import RegistryReader, Route, RouteTable, actor_registry_reader
+from mlplat.serving.routes import ModelRoutes, RegistryReader, Route, RouteTable, actor_registry_reader
 from mlplat.serving.runtime import load_servable, tune_gc
 from mlplat.serving.telemetry import TelemetryWriter
+from mlplat.serving.traffic import VersionStats, request_key, routes_to_canary
+from mlplat.serving.warmup import Prewarmer, check_probe, probe_rows, reference_stats_of, replica_identity
 from mlplat.storage import open_root
 
-__all__ = ["Ingress", "http_app", "schema_of_bundle"]
+__all__ = ["Ingress", "http_app", "schema_of_bundle", "ingress_deployment_name"]
 
 log = logging.getLogger("mlplat.serving")
 
@@ -31,7 +36,8 @@ http_app = FastAPI(
     title="mlplat inference",
     version="1",
     description="Open Inference Protocol v2 and a simple v1 predict over raw features. "
-                "Every route but /v2/health/* needs `Authorization: Bearer <token>`.",
+                "Every route but /v2/health/* needs `Authorization: Bearer <token>`; "
+                "/admin/* needs the admin token instead.",
 )
 _DATATYPE = {"regression": "FP32", "binary": "FP32", "multiclass": "FP32"}
 
@@ -57,6 +63,41 @@ def schema_of_bundle(storage: Any, name: str, version: int, bundle_sha256: str |
     return InputSchema.from_encoder(encoder, int(meta["input_dim"])), meta["spec"]["task"]
 
 
+def ingress_deployment_name(region: str | None) -> str:
+    """``ingress`` for the global app, ``ingress-<region>`` for a regional cell (the deployer
+    reads an app's region from it)."""
+    return f"ingress-{region}" if region else "ingress"
+
+
+def _first_row(payload: Any, key_feature: str | None) -> dict[str, Any] | None:
+    """The first v1 instance (or the key feature's first v2 value) for sticky canary keys."""
+    if not isinstance(payload, dict):
+        return None
+    instances = payload.get("instances")
+    if isinstance(instances, list) and instances and isinstance(instances[0], dict):
+        return instances[0]
+    inputs = payload.get("inputs")
+    if key_feature and isinstance(inputs, list):
+        for tensor in inputs:
+            if isinstance(tensor, dict) and tensor.get("name") == key_feature and isinstance(tensor.get("data"), list) \
+                    and tensor["data"]:
+                first = tensor["data"][0]
+                return {key_feature: first[0] if isinstance(first, list) and first else first}
+    return None
+
+
+def _status_of(exc: MlplatError) -> int:
+    from mlplat.errors import ConfigError, ConflictError, InvalidName, InvalidTransition, NotFound, ValidationError
+
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, ConflictError | InvalidTransition):
+        return 409
+    if isinstance(exc, InvalidName | ConfigError | ValidationError):
+        return 400
+    return 503
+
+
 @serve.deployment(name="ingress")
 @serve.ingress(http_app)
 class Ingress:
@@ -67,15 +108,27 @@ class Ingress:
         tune_gc(config.serve.gc_threshold)
         self._config, self._serve = config, config.serve
         self._token = config.api_token.get_secret_value().encode() if config.api_token else None
+        self._admin_token = config.admin_token.get_secret_value().encode() if config.admin_token else None
         self._storage = open_root(config.root, config.s3)
         self._pool, self._dedicated = pool, dict(dedicated)
         if reader is None:
             reader = actor_registry_reader(registry_actor, config.namespace)
+        self._reader = reader
         self._routes = RouteTable(reader, lambda n, v, sha: schema_of_bundle(self._storage, n, v, sha),
-                                  refresh_s=self._serve.route_refresh_s)
+                                  refresh_s=self._serve.route_refresh_s, region=self._serve.region)
         self._telemetry = TelemetryWriter(self._storage, max_rows=self._serve.telemetry_max_rows) if self._serve.telemetry else None
-        self._local: dict[tuple[str, int], Any] = {}
-        self._local_loading: dict[tuple[str, int], Any] = {}
+        self._local = ModelCache(lambda n, v, sha: load_servable(self._storage, n, v, sha), per_name=2)
+        #: deployment id -> version -> live stats of this replica since the canary started
+        self._canary_stats: dict[str, dict[int, VersionStats]] = {}
+        self._canary_dirty: set[str] = set()
+        try:
+            self._target, self._replica = replica_identity()
+        except Exception:  # built outside Serve (a unit test)
+            self._target, self._replica = f"{self._serve.app_name}/{ingress_deployment_name(self._serve.region)}", "local"
+        self._prewarmer = Prewarmer(reader, target=self._target, replica=self._replica, warm=self._warm,
+                                    pin_previous=lambda n, v: self._local.pin(n, v, self._serve.keep_previous_s),
+                                    refresh_s=self._serve.route_refresh_s)
+        self._prewarmer.start_soon()
         self._started: asyncio.Task | None = None
         self._ready = False
 
@@ -88,9 +141,38 @@ class Ingress:
 
     async def _start(self) -> None:
         await self._routes.start()
+        await self._prewarmer.ensure_started()
+        loop = asyncio.get_running_loop()
         if self._telemetry is not None:
-            asyncio.get_running_loop().create_task(self._flush_telemetry())
+            loop.create_task(self._flush_telemetry())
+        loop.create_task(self._report_canary_stats())
         self._ready = True
+
+    async def _warm(self, name: str, version: int, bundle_sha256: str | None, feature_set: tuple[str, int] | None) -> None:
+        """Pre-warm a version placed in the ingress: load it here, answer the probe, pin it."""
+        model = await self._local.get(name, version, bundle_sha256)
+        reference = await asyncio.get_running_loop().run_in_executor(None, reference_stats_of, self._storage, feature_set)
+        rows = probe_rows(model.schema, reference)
+        check_probe(model.predict_rows(rows), len(rows))
+        self._local.pin(name, version, self._serve.keep_previous_s)
+
+    async def _report_canary_stats(self) -> None:
+        """While canaries run: this replica's cumulative per-version stats, one event per
+        deployment every ``canary_report_s`` (the controller keeps the latest per replica)."""
+        while True:
+            await asyncio.sleep(self._serve.canary_report_s)
+            for deployment in sorted(self._canary_dirty):
+                versions = self._canary_stats.get(deployment, {})
+                try:
+                    await self._reader.append_event("canary_stats", f"deployment:{deployment}", {
+                        "target": self._target, "replica": self._replica,
+                        "versions": {str(v): stats.to_json() for v, stats in versions.items()}})
+                    self._canary_dirty.discard(deployment)
+                except Exception:  # the registry is restarting: report next time
+                    log.debug("canary stats report failed", exc_info=True)
+            live = {r.canary_deployment for r in self._routes.cached_routes().values() if r.canary_deployment}
+            for deployment in [d for d in self._canary_stats if d not in live and d not in self._canary_dirty]:
+                self._canary_stats.pop(deployment)
 
     async def _flush_telemetry(self) -> None:
         telemetry = self._telemetry
@@ -131,18 +213,36 @@ class Ingress:
     # -- inference --------------------------------------------------------------------------
     async def _infer(self, request: Request, name: str, version: int | None, endpoint: str) -> JSONResponse:
         started = time.perf_counter()
+        routes: ModelRoutes | None = None
+        route: Route | None = None
         try:
             self._check_auth(request)
             await self._ensure_started()
-            route = await self._routes.resolve(name, version)
-            payload = await self._read_json(request)
+            payload = None
+            if version is None:
+                routes = await self._routes.routes(name)
+                route = routes.production
+                if routes.canary is not None:
+                    payload = await self._read_json(request)
+                    key = request_key(request.headers.get("x-mlplat-caller"), _first_row(payload, routes.canary_key),
+                                      routes.canary_key)
+                    if routes_to_canary(None if key is None else f"{name}:{key}", routes.canary_percent):
+                        route = routes.canary
+            else:
+                route = await self._routes.resolve(name, version)
+            if payload is None:
+                payload = await self._read_json(request)
             parse = parse_v1 if endpoint == "v1" else parse_v2
             parsed = parse(payload, route.schema, max_instances=self._serve.max_instances)
             result = await self._call_backend(route, parsed)
         except RequestError as exc:
+            if exc.status >= 500 and route is not None and routes is not None and routes.canary_deployment:
+                self._record_canary(routes.canary_deployment, route.version, started, ok=False)
             return _error(exc.status, exc.message, exc.field)
         predictions, answered = result["predictions"], result["version"]
         latency_ms = (time.perf_counter() - started) * 1000
+        if routes is not None and routes.canary_deployment:
+            self._record_canary(routes.canary_deployment, answered, started, ok=True, predictions=predictions)
         if self._telemetry is not None:
             self._telemetry.record(name, answered, parsed.rows, predictions, request_id=parsed.request_id,
                                    caller=request.headers.get("x-mlplat-caller", "")[:128] or None,
@@ -156,6 +256,12 @@ class Ingress:
         return JSONResponse({"model_name": name, "model_version": str(answered), "id": parsed.request_id,
                              "outputs": [{"name": "predictions", "shape": shape, "datatype": _DATATYPE[route.task],
                                           "data": flat}]}, headers=headers)
+
+    def _record_canary(self, deployment: str, version: int, started: float, *, ok: bool,
+                       predictions: list[Any] | None = None) -> None:
+        stats = self._canary_stats.setdefault(deployment, {}).setdefault(version, VersionStats())
+        stats.record((time.perf_counter() - started) * 1000, ok=ok, predictions=predictions)
+        self._canary_dirty.add(deployment)
 
     async def _call_backend(self, route: Route, parsed: ParsedRequest) -> dict[str, Any]:
         if route.placement == "ingress":
@@ -185,27 +291,12 @@ class Ingress:
         raise AssertionError("unreachable")
 
     async def _local_model(self, route: Route) -> Any:
-        """Models placed in the ingress: loaded once per version per replica (two versions per
-        name at most, so a version change loads the new one beside the old)."""
-        key = (route.name, route.version)
-        model = self._local.get(key)
-        if model is not None:
-            return model
-        if key not in self._local_loading:
-            loop = asyncio.get_running_loop()
-            self._local_loading[key] = loop.run_in_executor(None, load_servable, self._storage, route.name,
-                                                            route.version, route.bundle_sha256)
+        """Models placed in the ingress: loaded once per version per replica (two recent versions
+        per name, plus the pinned pre-warmed and previous ones)."""
         try:
-            model = await self._local_loading[key]
+            return await self._local.get(route.name, route.version, route.bundle_sha256)
         except MlplatError as exc:
             raise RequestError(503, f"model {route.serving_id} cannot load: {exc}") from None
-        finally:
-            self._local_loading.pop(key, None)
-        self._local[key] = model
-        versions = sorted(v for (n, v) in self._local if n == route.name)
-        for old in versions[:-2]:
-            self._local.pop((route.name, old)).close()
-        return model
 
     @http_app.post("/v1/models/{name}:predict")
     async def predict_v1(self, name: str, request: Request) -> JSONResponse:
@@ -280,6 +371,52 @@ class Ingress:
             return response
         return JSONResponse({"name": name, "ready": True},
                             headers={"x-mlplat-model-version": response.headers["x-mlplat-model-version"]})
+
+    # -- admin: rollout control without a Ray driver ---------------------------------------------
+    def _check_admin(self, request: Request) -> str:
+        """The admin token guards /admin/*; returns who acts (``x-mlplat-user``, for the event)."""
+        if self._admin_token is None:
+            raise RequestError(401, "no admin token is configured on the server (MLPLAT_ADMIN_TOKEN); admin routes are off")
+        scheme, _, supplied = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(supplied.strip().encode(), self._admin_token):
+            raise RequestError(401, "missing or wrong admin token: send 'Authorization: Bearer <MLPLAT_ADMIN_TOKEN>'")
+        return request.headers.get("x-mlplat-user", "")[:128] or "admin-api"
+
+    @http_app.post("/admin/models/{name}/rollback")
+    async def admin_rollback(self, name: str, request: Request, region: str | None = None) -> JSONResponse:
+        """Roll ``name`` back (an active canary ends, else production swaps with previous), in
+        ``?region=`` when given. Writes through the registry; this replica switches at once,
+        the others within ``route_refresh_s``."""
+        try:
+            by = self._check_admin(request)
+            await self._ensure_started()
+            self._routes.check_name(name)
+            if region is not None:
+                self._config.check_region(region)
+            record = await self._reader.rollback(name, region=region, by=by)
+        except RequestError as exc:
+            return _error(exc.status, exc.message, exc.field)
+        except MlplatError as exc:
+            return _error(_status_of(exc), str(exc), "name")
+        self._routes.invalidate(name)
+        return JSONResponse({"name": name, "region": region, "production": record.version, "state": record.state.value})
+
+    @http_app.get("/admin/deployments")
+    async def admin_deployments(self, request: Request) -> JSONResponse:
+        """What this ingress replica routes now: per model, production and canary versions and
+        the split, and which versions are loaded or pinned here."""
+        try:
+            self._check_admin(request)
+            await self._ensure_started()
+        except RequestError as exc:
+            return _error(exc.status, exc.message, exc.field)
+        models = {name: {"production": r.production.version, "canary": r.canary.version if r.canary else None,
+                         "canary_percent": r.canary_percent, "deployment": r.canary_deployment,
+                         "placement": r.production.placement}
+                  for name, r in sorted(self._routes.cached_routes().items())}
+        return JSONResponse({"replica": self._replica, "target": self._target, "region": self._serve.region,
+                             "models": models, "loaded": self._local.loaded(), "pinned": self._local.pinned(),
+                             "prewarmed": self._prewarmer.warmed[-20:]})
 
     @http_app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"], include_in_schema=False)
     async def fallback(self, path: str) -> JSONResponse:

@@ -1,8 +1,10 @@
-"""Which version answers a model name: resolved from registry aliases, cached in the
-ingress, invalidated by the registry's event log (no registry round trip per request).
+"""Which version answers a model name: resolved from the registry's traffic split (production,
+regional production, canary), cached in the ingress, invalidated by the registry's event log
+(no registry round trip per request).
 
-The route table reads the registry through :class:`RegistryReader`, the four awaitable reads
-it needs: :class:`ActorRegistryReader` awaits the registry actor (the ingress),
+The serving app reaches the registry through :class:`RegistryReader`, the awaitable calls it
+needs (reads, plus the reports of pre-warm and canary stats and the admin rollback):
+:class:`ActorRegistryReader` awaits the registry actor (the replicas),
 :class:`LocalRegistryReader` calls a :class:`~mlplat.registry.Registry` in this process, and a
 unit test passes any small in-memory class with the same methods.
 """
@@ -17,12 +19,12 @@ from typing import Any, Protocol, runtime_checkable
 
 from mlplat.errors import InvalidName, NotFound
 from mlplat.names import validate_name
-from mlplat.records import ALIAS_PRODUCTION, Event, ModelInfo, ModelState, ModelVersion
+from mlplat.records import Event, ModelInfo, ModelState, ModelVersion, Traffic
 from mlplat.registry import Registry
 from mlplat.registry.transport import remote_cause
 from mlplat.serving.request import InputSchema, RequestError
 
-__all__ = ["Route", "RouteTable", "placement_of", "PLACEMENTS", "RegistryReader", "ActorRegistryReader",
+__all__ = ["Route", "ModelRoutes", "RouteTable", "placement_of", "PLACEMENTS", "RegistryReader", "ActorRegistryReader",
            "LocalRegistryReader", "actor_registry_reader", "SchemaLoader", "SERVABLE_STATES", "EVENT_PAGE"]
 
 #: States whose weights may answer a request that names the version explicitly.
@@ -44,6 +46,18 @@ class Route:
     @property
     def serving_id(self) -> str:
         return f"{self.name}@v{self.version}"
+
+
+@dataclass(frozen=True)
+class ModelRoutes:
+    """What answers a model name: production, and while a canary runs, the canary with its
+    share of requests (``canary_key``: the feature that keys sticky assignment, else the caller)."""
+
+    production: Route
+    canary: Route | None = None
+    canary_percent: float = 0.0
+    canary_deployment: str | None = None
+    canary_key: str | None = None
 
 
 PLACEMENTS = ("pool", "dedicated", "ingress")
@@ -72,6 +86,12 @@ class RegistryReader(Protocol):
     async def resolve(self, name: str, ref: int | str) -> ModelVersion: ...
 
     async def get_model(self, name: str) -> ModelInfo: ...
+
+    async def traffic(self, name: str, *, region: str | None = None) -> Traffic: ...
+
+    async def append_event(self, kind: str, subject: str, payload: dict[str, Any]) -> Event: ...
+
+    async def rollback(self, name: str, *, region: str | None = None, by: str = "") -> ModelVersion: ...
 
 
 class ActorRegistryReader:
@@ -104,6 +124,15 @@ class ActorRegistryReader:
     async def get_model(self, name: str) -> ModelInfo:
         return await self._call("get_model", name=name)
 
+    async def traffic(self, name: str, *, region: str | None = None) -> Traffic:
+        return await self._call("traffic", name=name, region=region)
+
+    async def append_event(self, kind: str, subject: str, payload: dict[str, Any]) -> Event:
+        return await self._call("append_event", kind=kind, subject=subject, payload=payload)
+
+    async def rollback(self, name: str, *, region: str | None = None, by: str = "") -> ModelVersion:
+        return await self._call("rollback", name=name, region=region, by=by)
+
 
 def actor_registry_reader(actor_name: str, namespace: str) -> ActorRegistryReader:
     """The reader of a running registry actor, found by name (the ingress's reader)."""
@@ -131,20 +160,32 @@ class LocalRegistryReader:
     async def get_model(self, name: str) -> ModelInfo:
         return self._registry.get_model(name)
 
+    async def traffic(self, name: str, *, region: str | None = None) -> Traffic:
+        return self._registry.traffic(name, region=region)
+
+    async def append_event(self, kind: str, subject: str, payload: dict[str, Any]) -> Event:
+        return self._registry.append_event(kind, subject, payload)
+
+    async def rollback(self, name: str, *, region: str | None = None, by: str = "") -> ModelVersion:
+        return self._registry.rollback(name, region=region, by=by)
+
 
 #: ``(name, version, bundle_sha256) -> (InputSchema, task)``: reads bundle.json, never weights.
 SchemaLoader = Callable[[str, int, str | None], tuple[InputSchema, str]]
 
 
 class RouteTable:
-    """name -> production route, and (name, version) -> explicit route, cached.
+    """name -> :class:`ModelRoutes` (production and canary), and (name, version) -> explicit
+    route, cached until an event on the model arrives.
 
     ``schema_loader(name, version, bundle_sha256) -> (InputSchema, task)`` reads bundle.json
-    (small; never the weights), so a request with bad features is refused before any load."""
+    (small; never the weights), so a request with bad features is refused before any load.
+    ``region``: this ingress's cell; it serves ``production.<region>``, else ``production``."""
 
-    def __init__(self, reader: RegistryReader, schema_loader: SchemaLoader, refresh_s: float = 0.5):
-        self._reader, self._schema_loader, self._refresh_s = reader, schema_loader, refresh_s
-        self._by_name: dict[str, Route] = {}
+    def __init__(self, reader: RegistryReader, schema_loader: SchemaLoader, refresh_s: float = 0.5,
+                 region: str | None = None):
+        self._reader, self._schema_loader, self._refresh_s, self._region = reader, schema_loader, refresh_s, region
+        self._by_name: dict[str, ModelRoutes] = {}
         self._by_version: dict[tuple[str, int], Route] = {}
         self._schemas: dict[tuple[str, int], tuple[InputSchema, str]] = {}
         self._missing: dict[tuple[str, int | None], float] = {}
@@ -157,26 +198,74 @@ class RouteTable:
         self._task = asyncio.get_running_loop().create_task(self._follow_events())
 
     async def resolve(self, name: str, version: int | None = None) -> Route:
+        """The production route of ``name`` (``version`` None), or the route of one version."""
+        if version is None:
+            return (await self.routes(name)).production
+        self.check_name(name)
+        cached = self._by_version.get((name, version))
+        if cached is not None:
+            return cached
+        generation = self._generation.get(name, 0)
+        self._check_missing(name, version)
+        record = await self._read_version(name, version)
+        if record.state not in SERVABLE_STATES:
+            raise RequestError(404, f"model {name!r} version {version} is {record.state.value}, not servable "
+                                    f"(servable: {sorted(s.value for s in SERVABLE_STATES)})", "version")
+        model = await self._reader.get_model(name)
+        route = await self._route(record, placement_of(model.serving_policy))
+        if self._generation.get(name, 0) == generation:
+            self._by_version[(name, version)] = route
+        return route
+
+    async def routes(self, name: str) -> ModelRoutes:
+        """Production (regional, else global) and the running canary of ``name``."""
+        self.check_name(name)
+        cached = self._by_name.get(name)
+        if cached is not None:
+            return cached
+        generation = self._generation.get(name, 0)
+        self._check_missing(name, None)
+        try:
+            traffic = await self._reader.traffic(name, region=self._region)
+        except NotFound:
+            traffic = None
+        if traffic is None or traffic.production is None:
+            self._missing[(name, None)] = time.monotonic() + _NEGATIVE_TTL_S
+            raise RequestError(404, self._missing_message(name, None), "name")
+        placement = placement_of(traffic.serving_policy)
+        production = await self._route(await self._read_version(name, traffic.production, alias=True), placement)
+        canary = None
+        if traffic.canary is not None and traffic.canary_percent > 0:
+            canary = await self._route(await self._read_version(name, traffic.canary, alias=True), placement)
+        rollout = traffic.serving_policy.get("rollout")
+        key = rollout.get("canary_key") if isinstance(rollout, dict) else None
+        routes = ModelRoutes(production=production, canary=canary, canary_percent=traffic.canary_percent if canary else 0.0,
+                             canary_deployment=traffic.canary_deployment if canary else None,
+                             canary_key=key if isinstance(key, str) else None)
+        if self._generation.get(name, 0) == generation:
+            self._by_name[name] = routes
+        return routes
+
+    def check_name(self, name: str) -> None:
         try:
             validate_name(name, "model name")
         except InvalidName as exc:
             raise RequestError(400, str(exc), "name") from None
-        key = (name, version)
-        cached = self._by_name.get(name) if version is None else self._by_version.get((name, version))
-        if cached is not None:
-            return cached
-        generation = self._generation.get(name, 0)
-        if self._missing.get(key, 0.0) > time.monotonic():
+
+    def _check_missing(self, name: str, version: int | None) -> None:
+        if self._missing.get((name, version), 0.0) > time.monotonic():
             raise RequestError(404, self._missing_message(name, version), "name")
+
+    async def _read_version(self, name: str, version: int, *, alias: bool = False) -> ModelVersion:
         try:
-            record = await self._reader.resolve(name, ALIAS_PRODUCTION if version is None else int(version))
+            return await self._reader.resolve(name, int(version))
         except NotFound:
+            key = (name, None if alias else version)
             self._missing[key] = time.monotonic() + _NEGATIVE_TTL_S
-            raise RequestError(404, self._missing_message(name, version), "name") from None
-        if version is not None and record.state not in SERVABLE_STATES:
-            raise RequestError(404, f"model {name!r} version {version} is {record.state.value}, not servable "
-                                    f"(servable: {sorted(s.value for s in SERVABLE_STATES)})", "version")
-        model = await self._reader.get_model(name)
+            raise RequestError(404, self._missing_message(name, None if alias else version), "name") from None
+
+    async def _route(self, record: ModelVersion, placement: str) -> Route:
+        name = record.name
         bundle = record.artifacts.get("bundle")
         if bundle is None:
             raise RequestError(404, f"model {name!r} version {record.version} has no bundle registered", "version")
@@ -185,14 +274,8 @@ class RouteTable:
             self._schemas[skey] = await asyncio.get_running_loop().run_in_executor(
                 None, self._schema_loader, name, record.version, bundle.sha256)
         schema, task = self._schemas[skey]
-        route = Route(name=name, version=record.version, bundle_sha256=bundle.sha256,
-                      placement=placement_of(model.serving_policy), schema=schema, task=task)
-        if self._generation.get(name, 0) == generation:
-            if version is None:
-                self._by_name[name] = route
-            else:
-                self._by_version[(name, version)] = route
-        return route
+        return Route(name=name, version=record.version, bundle_sha256=bundle.sha256, placement=placement, schema=schema,
+                     task=task)
 
     @staticmethod
     def _missing_message(name: str, version: int | None) -> str:
@@ -207,6 +290,10 @@ class RouteTable:
             self._by_version.pop(key, None)
         for missing in [k for k in self._missing if k[0] == name]:
             self._missing.pop(missing, None)
+
+    def cached_routes(self) -> dict[str, ModelRoutes]:
+        """The routes in memory now (what ``/admin/deployments`` shows)."""
+        return dict(self._by_name)
 
     async def _follow_events(self) -> None:
         while True:

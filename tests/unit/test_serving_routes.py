@@ -11,7 +11,7 @@ import pytest
 
 from mlplat.config import PlatformConfig
 from mlplat.errors import NotFound
-from mlplat.records import ALIAS_PRODUCTION, ArtifactRef, Event, ModelInfo, ModelState, ModelVersion
+from mlplat.records import ALIAS_PRODUCTION, ArtifactRef, Event, ModelInfo, ModelState, ModelVersion, Traffic
 from mlplat.registry import RegistryStore
 from mlplat.serving.request import InputSchema, RequestError
 from mlplat.serving.routes import LocalRegistryReader, RegistryReader, RouteTable
@@ -30,6 +30,7 @@ class FakeReader:
         self.models: dict[str, ModelInfo] = {}
         self.versions: dict[tuple[str, int], ModelVersion] = {}
         self.production: dict[str, int] = {}
+        self.canary: dict[str, tuple[int, float]] = {}
         self.events: list[Event] = []
         self.calls: list[str] = []
 
@@ -67,6 +68,23 @@ class FakeReader:
         self.calls.append("get_model")
         return self.models[name]
 
+    async def traffic(self, name: str, *, region: str | None = None) -> Traffic:
+        self.calls.append("traffic")
+        if name not in self.models:
+            raise NotFound(f"model {name!r} is not registered")
+        canary, percent = self.canary.get(name, (None, 0.0))
+        return Traffic(name=name, region=region, production=self.production.get(name), canary=canary,
+                       canary_percent=percent, canary_deployment="d-test" if canary else None,
+                       serving_policy=self.models[name].serving_policy)
+
+    async def append_event(self, kind: str, subject: str, payload: dict) -> Event:
+        event = Event(seq=len(self.events) + 1, ts=time.time(), kind=kind, subject=subject, payload=payload)
+        self.events.append(event)
+        return event
+
+    async def rollback(self, name: str, *, region: str | None = None, by: str = "") -> ModelVersion:
+        raise NotFound("the in-memory reader keeps no previous version")
+
 
 def test_route_table_with_an_in_memory_reader():
     reader = FakeReader()
@@ -85,7 +103,8 @@ def test_route_table_with_an_in_memory_reader():
             assert (await table.resolve("churn", 1)).version == 1
             for _ in range(20):
                 await table.resolve("churn")
-            assert reader.calls.count("resolve") == 2  # once per key, then from memory
+            assert reader.calls.count("traffic") == 1  # once per name, then from memory
+            assert reader.calls.count("resolve") == 2  # once per route, then from memory
 
             with pytest.raises(RequestError) as err:
                 await table.resolve("churn", 2)
@@ -93,10 +112,10 @@ def test_route_table_with_an_in_memory_reader():
             with pytest.raises(RequestError) as err:
                 await table.resolve("nope")
             assert err.value.status == 404
-            before = reader.calls.count("resolve")
+            before = reader.calls.count("traffic")
             with pytest.raises(RequestError):
                 await table.resolve("nope")  # negative cache: no second read right away
-            assert reader.calls.count("resolve") == before
+            assert reader.calls.count("traffic") == before
             with pytest.raises(RequestError) as err:
                 await table.resolve("Bad/Name")
             assert err.value.status == 400
@@ -217,4 +236,4 @@ def test_ingress_takes_its_reader_through_the_constructor(tmp_path):
             await ingress._routes.stop()
 
     asyncio.run(scenario())
-    assert "resolve" in reader.calls and "last_seq" in reader.calls
+    assert "traffic" in reader.calls and "last_seq" in reader.calls

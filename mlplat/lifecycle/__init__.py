@@ -1,0 +1,1 @@
+"""Model lifecycle: the decisions that move a version between states (safe rollout, canary)."""

@@ -1,0 +1,176 @@
+"""The rollout controller: a detached actor that follows the registry's event log and moves
+versions toward serving by each model's rollout policy.
+
+- A version reaching VALIDATED whose model says ``rollout: auto`` is deployed: pre-warm, then a
+  canary of ``canary_percent`` (or straight to production when it is 0). ``manual`` models wait
+  for ``mlplat deploy``.
+- Every running canary of an ``auto`` model is judged each tick by :func:`decide_canary` from
+  the ingress replicas' live stats: promote, hold, or roll back (the version is REJECTED).
+
+What it applied is stored in the registry (the ``rollout-controller`` cursor), so a restarted
+controller resumes after the last event it handled; a first start begins at the end of the log
+(history is not replayed). Each step is a registry event: ``deployment_started``,
+``canary_started``, ``promoted``, ``canary_rolled_back``, ``deployment_failed``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mlplat.config import PlatformConfig
+from mlplat.lifecycle.deploy import canary_stats, deploy
+from mlplat.lifecycle.policy import RolloutPolicy, decide_canary
+from mlplat.records import DeploymentState, Event, ModelState
+from mlplat.registry import Registry
+
+__all__ = ["RolloutController", "auto_deploys", "ensure_controller", "CONTROLLER_NAME", "CURSOR"]
+
+log = logging.getLogger("mlplat.lifecycle")
+CONTROLLER_NAME = "mlplat-rollout-controller"
+CURSOR = "rollout-controller"
+
+
+@dataclass(frozen=True)
+class AutoDeploy:
+    name: str
+    version: int
+    canary_percent: float
+    seq: int
+
+
+def auto_deploys(events: Iterable[Event], policies: Mapping[str, RolloutPolicy]) -> list[AutoDeploy]:
+    """The deployments the controller starts for these events: each move to VALIDATED of a model
+    whose policy is ``auto`` (and that needs no human approval first).
+
+    >>> e = Event(seq=5, ts=0, kind="state_changed", subject="model:churn", version=3, payload={"to": "VALIDATED"})
+    >>> auto_deploys([e], {"churn": RolloutPolicy(mode="auto", canary_percent=20)})
+    [AutoDeploy(name='churn', version=3, canary_percent=20.0, seq=5)]
+    >>> auto_deploys([e], {"churn": RolloutPolicy(mode="manual")})
+    []
+    """
+    out = []
+    for event in events:
+        if event.kind != "state_changed" or event.payload.get("to") != ModelState.VALIDATED.value or event.version is None:
+            continue
+        if event.payload.get("approval") == "PENDING":
+            continue
+        name = event.subject.removeprefix("model:")
+        policy = policies.get(name)
+        if policy is not None and policy.mode == "auto":
+            out.append(AutoDeploy(name, event.version, policy.canary_percent, event.seq))
+    return out
+
+
+class RolloutController:
+    """``background=False``: no thread; call :meth:`tick` yourself (tests)."""
+
+    def __init__(self, config: PlatformConfig, *, poll_s: float = 1.0,
+                 registry_factory: Callable[[], Registry] | None = None,
+                 replica_counts: Callable[[], Mapping[str, Mapping[str, int]]] | None = None,
+                 background: bool = True):
+        from mlplat.registry import connect_actor
+
+        self._config, self._poll_s = config, poll_s
+        self._registry_factory = registry_factory or (lambda: connect_actor(config))
+        self._replica_counts = replica_counts
+        self._registry: Registry | None = None
+        self._ticks = 0
+        self._last_error: str | None = None
+        self._decisions: dict[str, dict[str, Any]] = {}
+        self._wake = threading.Event()
+        if background:
+            threading.Thread(target=self._loop, daemon=True, name="rollout-controller").start()
+
+    def status(self) -> dict[str, Any]:
+        cursor = self._registry.get_cursor(CURSOR) if self._registry is not None else None
+        return {"ticks": self._ticks, "cursor": cursor, "last_error": self._last_error, "canaries": dict(self._decisions)}
+
+    def wake(self) -> bool:
+        self._wake.set()
+        return True
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self.tick()
+                self._last_error = None
+            except Exception as exc:  # keep following; the error is visible in status()
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("rollout controller tick failed: %s", self._last_error)
+            self._ticks += 1
+            self._wake.wait(self._poll_s)
+            self._wake.clear()
+
+    def tick(self) -> dict[str, Any]:
+        """Apply new events (auto deploys), then judge running canaries; returns what it did."""
+        if self._registry is None:
+            self._registry = self._registry_factory()
+        registry = self._registry
+        cursor = registry.get_cursor(CURSOR)
+        if cursor == 0:  # first start: begin at the end of the log, replay nothing
+            cursor = registry.set_cursor(CURSOR, registry.last_seq())
+        done: dict[str, Any] = {"deployed": [], "judged": {}}
+        while True:
+            events = registry.events_since(cursor, kinds=["state_changed"], limit=200)
+            if not events:
+                break
+            policies = self._policies(registry, {e.subject.removeprefix("model:") for e in events})
+            for step in auto_deploys(events, policies):
+                done["deployed"].append(self._deploy(registry, step))
+            cursor = registry.set_cursor(CURSOR, events[-1].seq, idempotency_key=f"{CURSOR}:{events[-1].seq}")
+        for deployment in registry.list_deployments(active=True, limit=500):
+            if deployment.state != DeploymentState.CANARY:
+                continue
+            policy = self._policies(registry, {deployment.name}).get(deployment.name)
+            if policy is None or policy.mode != "auto":
+                continue
+            canary, production = canary_stats(registry, deployment)
+            decision = decide_canary(canary, production, policy.canary)
+            self._decisions[deployment.id] = {"name": deployment.name, "version": deployment.version,
+                                              "action": decision.action, "reasons": list(decision.reasons),
+                                              "canary_requests": canary.requests, "at": time.time()}
+            done["judged"][deployment.id] = decision.action
+            if decision.action != "hold":
+                registry.finish_canary(deployment.id, promote=decision.action == "promote",
+                                       reason="; ".join(decision.reasons), by="rollout-controller",
+                                       idempotency_key=f"{CURSOR}:{deployment.id}:{decision.action}")
+        return done
+
+    def _deploy(self, registry: Registry, step: AutoDeploy) -> str:
+        try:
+            counts = self._replica_counts() if self._replica_counts is not None else None
+            d = deploy(registry, self._config, step.name, step.version, canary_percent=step.canary_percent,
+                       by="rollout-controller", replica_counts=counts)
+            return f"{step.name} v{step.version}: {d.state.value}"
+        except Exception as exc:  # one model's problem must not stop the others
+            registry.append_event("rollout_skipped", f"model:{step.name}", {"reason": f"{type(exc).__name__}: {exc}"},
+                                  version=step.version, idempotency_key=f"{CURSOR}:skip:{step.seq}")
+            return f"{step.name} v{step.version}: skipped ({exc})"
+
+    @staticmethod
+    def _policies(registry: Registry, names: Iterable[str]) -> dict[str, RolloutPolicy]:
+        out = {}
+        for name in names:
+            try:
+                out[name] = RolloutPolicy.from_serving_policy(registry.get_model(name).serving_policy)
+            except Exception:  # unknown model or a bad policy: the controller leaves it alone
+                continue
+        return out
+
+
+def ensure_controller(config: PlatformConfig, *, poll_s: float = 1.0) -> Any:
+    """Get or start the controller actor of ``config.namespace``; returns its handle."""
+    import ray
+
+    controller_cls: Any = ray.remote(RolloutController)
+    actor = controller_cls.options(
+        name=CONTROLLER_NAME, namespace=config.namespace, lifetime="detached", get_if_exists=True,
+        num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=4,
+    ).remote(config, poll_s=poll_s)
+    ray.get(actor.wake.remote())
+    return actor
