@@ -9,8 +9,8 @@ import os
 from functools import cached_property
 from typing import Any
 
-from mlplat.config import PlatformConfig, platform_config
-from mlplat.records import ModelVersion, Run, RunState
+from mlplat.config import PlatformConfig, acting_user, platform_config
+from mlplat.records import Deployment, ModelVersion, Run, RunState
 from mlplat.registry import REGISTRY_ACTOR_NAME, Registry, RegistryStore, connect_actor
 from mlplat.storage import Storage, open_root
 
@@ -225,9 +225,40 @@ class Platform:
         a human reviewer."""
         return self.registry.promote(name, version)
 
-    def rollback(self, name: str) -> ModelVersion:
-        """Put the ``previous`` version back in PRODUCTION (one transaction); returns it."""
-        return self.registry.rollback(name)
+    def rollback(self, name: str, *, region: str | None = None, by: str | None = None) -> ModelVersion:
+        """Undo the last change of ``name`` (in ``region``): an active canary ends (its version
+        REJECTED); else the ``previous`` version is production again. Returns what serves now."""
+        from mlplat.lifecycle.deploy import rollback
+
+        return rollback(self.registry, self.config, name, region=region, by=by or acting_user())
+
+    # -- safe rollout (docs/rollout.md) -------------------------------------------------------
+    def deploy(self, name: str, version: int | None = None, *, canary_percent: float | None = None,
+               region: str | None = None, force: bool = False, by: str | None = None) -> Deployment:
+        """Pre-warm ``version`` (default: the latest VALIDATED) on every replica that will serve
+        it, then give it all traffic, or ``canary_percent`` of it. A failed pre-warm moves
+        nothing and the version ends REJECTED (the returned deployment says why)."""
+        from mlplat.lifecycle.deploy import deploy
+
+        self.ensure_ray()
+        return deploy(self.registry, self.config, name, version, canary_percent=canary_percent, region=region,
+                      force=force, by=by or acting_user())
+
+    def deployments(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Per model: production (and per region), the canary split and recent deployments."""
+        from mlplat.lifecycle.deploy import deployments_view
+
+        return deployments_view(self.registry, name)
+
+    def controller_status(self) -> dict[str, Any]:
+        """The rollout controller's state: ticks, cursor, last decision per running canary."""
+        import ray
+
+        from mlplat.lifecycle.controller import ensure_controller
+
+        self.ensure_ray()
+        status: dict[str, Any] = ray.get(ensure_controller(self.config).status.remote())
+        return status
 
     # -- serving ---------------------------------------------------------------------------
     def serve_start(self, *, blocking: bool = False) -> str:
@@ -239,6 +270,9 @@ class Platform:
         from mlplat.serving.routes import placement_of
 
         dedicated = [m.name for m in registry.list_models() if placement_of(m.serving_policy) == "dedicated"]
+        from mlplat.lifecycle.controller import ensure_controller
+
+        ensure_controller(self.config)  # moves VALIDATED versions of `rollout: auto` models toward serving
         return start_serving(self.config, registry_actor=REGISTRY_ACTOR_NAME, dedicated_models=dedicated,
                              blocking=blocking)
 
@@ -332,6 +366,8 @@ class Platform:
         self.ensure_ray()
         return score(self.registry, self.storage, model, dataset=dataset, dataset_version=dataset_version,
                      version=version, output=output, keys=keys)
+
+
 
 
 _FORWARDED_ENV = (

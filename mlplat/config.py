@@ -282,6 +282,17 @@ ENV_VARS: dict[str, str] = {
 }
 
 
+def acting_user() -> str:
+    """Who runs a control action (deploy, rollback, approve), for its event: ``MLPLAT_USER``,
+    else the login name."""
+    import getpass
+
+    try:
+        return os.environ.get("MLPLAT_USER") or getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
 def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     for part in parents:

@@ -67,8 +67,9 @@ def _register_groups() -> None:
         cli.add_command(module.group)
     cli.add_command(serving.predict)
     training.register(cli)  # train, publish, tune, runs
-    from mlplat.cli import validation
-    validation.register(cli)  # validate, score, report, approve, reject (+ models report|approve|reject)
+    from mlplat.cli import rollout, validation
+    validation.register(cli)
+    rollout.register(cli)  # deploy, rollback, deployments  # validate, score, report, approve, reject (+ models report|approve|reject)
 
 
 _register_groups()

@@ -196,10 +196,11 @@ def promote(lazy: Any, name: str, version: int, idempotency_key: str | None, as_
 
 @group.command()
 @click.argument("name")
+@click.option("--region", default=None, help="Roll back one regional cell only.")
 @click.option("--idempotency-key", default=None)
 @_json_option
 @click.pass_obj
-def rollback(lazy: Any, name: str, idempotency_key: str | None, as_json: bool) -> None:
-    """Swap production back to the 'previous' version."""
-    v = _registry(lazy).rollback(name, idempotency_key=idempotency_key)
+def rollback(lazy: Any, name: str, region: str | None, idempotency_key: str | None, as_json: bool) -> None:
+    """End a running canary, else swap production back to the 'previous' version (see also `mlplat rollback`)."""
+    v = _registry(lazy).rollback(name, region=lazy.get().config.check_region(region), idempotency_key=idempotency_key)
     _echo_version(v, as_json, "rolled back to")

@@ -69,14 +69,14 @@ def auto_deploys(events: Iterable[Event], policies: Mapping[str, RolloutPolicy])
 class RolloutController:
     """``background=False``: no thread; call :meth:`tick` yourself (tests)."""
 
-    def __init__(self, config: PlatformConfig, *, poll_s: float = 1.0,
+    def __init__(self, config: PlatformConfig, *, poll_s: float = 1.0, registry_actor: str | None = None,
                  registry_factory: Callable[[], Registry] | None = None,
                  replica_counts: Callable[[], Mapping[str, Mapping[str, int]]] | None = None,
                  background: bool = True):
         from mlplat.registry import connect_actor
 
         self._config, self._poll_s = config, poll_s
-        self._registry_factory = registry_factory or (lambda: connect_actor(config))
+        self._registry_factory = registry_factory or (lambda: connect_actor(config, actor_name=registry_actor))
         self._replica_counts = replica_counts
         self._registry: Registry | None = None
         self._ticks = 0
@@ -163,14 +163,17 @@ class RolloutController:
         return out
 
 
-def ensure_controller(config: PlatformConfig, *, poll_s: float = 1.0) -> Any:
-    """Get or start the controller actor of ``config.namespace``; returns its handle."""
+def ensure_controller(config: PlatformConfig, *, poll_s: float = 1.0, registry_actor: str | None = None,
+                      name: str = CONTROLLER_NAME) -> Any:
+    """Get or start the controller actor of ``config.namespace``; returns its handle.
+    (``registry_actor``/``name``: isolated tests; a restart reruns the constructor, which
+    resumes from the cursor in the registry.)"""
     import ray
 
     controller_cls: Any = ray.remote(RolloutController)
     actor = controller_cls.options(
-        name=CONTROLLER_NAME, namespace=config.namespace, lifetime="detached", get_if_exists=True,
+        name=name, namespace=config.namespace, lifetime="detached", get_if_exists=True,
         num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=4,
-    ).remote(config, poll_s=poll_s)
+    ).remote(config, poll_s=poll_s, registry_actor=registry_actor)
     ray.get(actor.wake.remote())
     return actor
