@@ -318,7 +318,7 @@ def test_cli_rollback_goes_through_the_admin_route_without_ray(env):
     _wait_version(client, "inline", old, timeout_s=3)
     elapsed_s = time.monotonic() - started
     print(f"cli rollback -> 100% previous in {elapsed_s:.2f} s")  # timed in bench/lifecycle.py, not asserted
-    assert '"production": %d' % old in out.stdout
+    assert f'"production": {old}' in out.stdout
     assert registry.events_since(0, kinds="rolled_back")[-1].payload["by"] == "oncall"
     bad = subprocess.run([MLPLAT, "rollback", "inline", "--region", "mars"], env=cli_env,
                          capture_output=True, text=True, timeout=60)
