@@ -289,9 +289,10 @@ class Platform:
         stop_serving(self.config)
 
     def predict(self, name: str, rows: list[dict[str, Any]], *, version: int | None = None,
-                url: str | None = None, timeout_s: float = 30.0) -> dict[str, Any]:
+                url: str | None = None, timeout_s: float = 30.0, caller: str | None = None) -> dict[str, Any]:
         """Predict raw feature rows over HTTP, through the same path as every client
         (auth, validation, telemetry). Returns ``{"model_version", "predictions", ...}``.
+        ``caller`` is sent as ``x-mlplat-caller`` (telemetry, and the sticky key of a canary).
 
         >>> p.predict("churn", [{"amount": 12.5, "age": 31, "country": "fr"}])  # doctest: +SKIP
         """
@@ -312,6 +313,8 @@ class Platform:
             body = {"inputs": [{"name": c, "shape": [len(rows)], "datatype": "BYTES", "data": [r.get(c) for r in rows]}
                                for c in columns]}
         headers = {"content-type": "application/json"}
+        if caller:
+            headers["x-mlplat-caller"] = caller
         if self.config.api_token:
             headers["authorization"] = f"Bearer {self.config.api_token.get_secret_value()}"
         request = urllib.request.Request(base + path, data=json.dumps(body).encode(), headers=headers, method="POST")

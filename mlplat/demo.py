@@ -2,7 +2,8 @@
 
 data (register a CSV as a dataset) → features (configs/features-example.yaml on Ray Data) →
 training (configs/train-example.yaml on Ray Train) → validation (batch inference + gate +
-report) → promotion → serving (Ray Serve, HTTP) → predictions → telemetry.
+report) → promotion → serving (Ray Serve, HTTP) → predictions → telemetry → a second version
+rolled out as a canary, promoted, and rolled back.
 
 Everything lands under a fresh storage root ``./.mlplat-demo`` (override: MLPLAT_ROOT), and
 the demo ends by printing where to look.
@@ -118,6 +119,25 @@ class Demo:
         return f"POST /v1/models/{MODEL}:predict -> v{answer['model_version']}: [{probabilities}]; {landed}"
 
 
+    def rollout(self) -> str:
+        """A second version: trained, validated, pre-warmed as a 50% canary, promoted, rolled back."""
+        run = self.p.train(str(CONFIGS / "train-example.yaml"), wait=True, timeout_s=900)
+        if run.state != RunState.SUCCEEDED or run.version is None:
+            raise RuntimeError(f"training run {run.run_id} ended {run.state.value}: {run.error}")
+        v2 = run.version
+        self.p.validate(MODEL, v2, policy={"guardrails": ["auc >= 0.65"]})
+        canary = self.p.deploy(MODEL, v2, canary_percent=50, by="demo")
+        if canary.state.value != "CANARY":
+            raise RuntimeError(f"deploying {MODEL} v{v2} ended {canary.state.value}: {canary.reason}")
+        features = ["age", "spend", "sessions", "country", "device", "plan", "score"]
+        rows = [{k: r[k] for k in features} for r in self.rows[:1]]
+        seen = sorted({self.p.predict(MODEL, rows, caller=f"user-{i}")["model_version"] for i in range(12)})
+        live = self.p.deploy(MODEL, v2, canary_percent=100, by="demo")
+        back = self.p.rollback(MODEL, by="demo")
+        return (f"v{v2} pre-warmed, canary 50% (callers answered by v{' and v'.join(seen)}), {live.state.value}, "
+                f"then rolled back: v{back.version} serves again (`mlplat deployments {MODEL}`)")
+
+
 def main() -> int:
     root = Path(os.environ.get("MLPLAT_ROOT", ".mlplat-demo")).resolve()
     if "MLPLAT_ROOT" not in os.environ and root.exists():
@@ -130,6 +150,7 @@ def main() -> int:
     stages: list[tuple[str, Callable[[], str]]] = [
         ("storage", demo.storage_check), ("data", demo.data), ("features", demo.features), ("training", demo.train),
         ("validation", demo.validate), ("registry", demo.promote), ("serving", demo.serve), ("inference", demo.predict),
+        ("rollout", demo.rollout),
     ]
     print(f"mlplat demo — storage root {p.storage.uri}; starting an embedded Ray ...", flush=True)
     p.ensure_ray(log_to_driver=False)  # keep the demo's own lines readable; Ray logs stay in /tmp/ray
