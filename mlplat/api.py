@@ -245,10 +245,33 @@ class Platform:
                       force=force, by=by or acting_user())
 
     def deployments(self, name: str | None = None) -> list[dict[str, Any]]:
-        """Per model: production (and per region), the canary split and recent deployments."""
+        """Per model: production (and per region), the canary split, where those versions were
+        pre-warmed, recent deployments, and the rollout controller's last decision on a canary."""
         from mlplat.lifecycle.deploy import deployments_view
 
-        return deployments_view(self.registry, name)
+        views = deployments_view(self.registry, name)
+        decisions = self._controller_decisions()
+        for view in views:
+            decision = decisions.get(view["name"])
+            if decision is not None and view["canary"] == decision.get("version"):
+                view["controller"] = decision
+            else:
+                view["controller"] = {"state": decisions.get("", "idle")}
+        return views
+
+    def _controller_decisions(self) -> dict[str, Any]:
+        """model -> the controller's last canary decision; "" -> "not running" when it is not."""
+        import ray
+
+        from mlplat.lifecycle.controller import CONTROLLER_NAME
+
+        self.ensure_ray()
+        try:
+            actor = ray.get_actor(CONTROLLER_NAME, namespace=self.config.namespace)
+            status: Any = ray.get(actor.status.remote(), timeout=5)
+        except Exception:
+            return {"": "not running"}
+        return {d["name"]: {"state": "judging canary", **d} for d in status.get("canaries", {}).values()}
 
     def controller_status(self) -> dict[str, Any]:
         """The rollout controller's state: ticks, cursor, last decision per running canary."""

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from mlplat.errors import ConfigError
 
@@ -218,6 +218,22 @@ class PlatformConfig(StrictModel):
     s3: S3Settings = Field(default_factory=S3Settings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
 
+    @model_validator(mode="after")
+    def _check_cells_and_tokens(self) -> PlatformConfig:
+        for region in self.regions:
+            if not _REGION.fullmatch(region):
+                raise ValueError(f"regions: {region!r} is not a region name (lowercase letters, digits, '_' or '-', "
+                                 "starting with a letter, e.g. 'eu' or 'us-east')")
+        cell = self.serve.region
+        if cell is not None and (not _REGION.fullmatch(cell) or (self.regions and cell not in self.regions)):
+            known = ", ".join(self.regions) or "none listed"
+            raise ValueError(f"serve.region {cell!r} must be a region name and one of `regions` ({known})")
+        if self.admin_token is not None and self.api_token is not None and \
+                self.admin_token.get_secret_value() == self.api_token.get_secret_value():
+            raise ValueError("admin_token (MLPLAT_ADMIN_TOKEN) must differ from api_token (MLPLAT_API_TOKEN): "
+                             "an inference client must not be able to roll models back")
+        return self
+
     def check_region(self, region: str | None) -> str | None:
         """``region`` if it names one of the configured ``regions`` (None/"" = all regions), else ConfigError.
 
@@ -282,6 +298,9 @@ ENV_VARS: dict[str, str] = {
 }
 
 
+_REGION = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+
+
 def acting_user() -> str:
     """Who runs a control action (deploy, rollback, approve), for its event: ``MLPLAT_USER``,
     else the login name."""
@@ -308,8 +327,11 @@ def _format_errors(exc: pydantic.ValidationError, source: str) -> str:
             lines.append(f"{source}: unknown key '{where}' (remove it or check its spelling)")
         elif err["type"] == "missing":
             lines.append(f"{source}: missing required key '{where}'")
+        elif not err["loc"]:  # a check across keys: its message names them; the input may hold secrets
+            lines.append(f"{source}: {err['msg'].removeprefix('Value error, ')}")
         else:
-            lines.append(f"{source}: '{where}': {err['msg']} (got {err.get('input')!r})")
+            secret = any(word in where for word in ("token", "secret", "password", "access_key"))
+            lines.append(f"{source}: '{where}': {err['msg']} (got {'***' if secret else repr(err.get('input'))})")
     return "\n".join(lines)
 
 

@@ -202,5 +202,8 @@ def promote(lazy: Any, name: str, version: int, idempotency_key: str | None, as_
 @click.pass_obj
 def rollback(lazy: Any, name: str, region: str | None, idempotency_key: str | None, as_json: bool) -> None:
     """End a running canary, else swap production back to the 'previous' version (see also `mlplat rollback`)."""
-    v = _registry(lazy).rollback(name, region=lazy.get().config.check_region(region), idempotency_key=idempotency_key)
+    from mlplat.config import acting_user
+
+    v = _registry(lazy).rollback(name, region=lazy.get().config.check_region(region), by=acting_user(),
+                                 idempotency_key=idempotency_key)
     _echo_version(v, as_json, "rolled back to")

@@ -9,6 +9,7 @@ answer) it goes through the registry actor like every other command.
 from __future__ import annotations
 
 import json
+import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -29,24 +30,46 @@ class AdminCallError(MlplatError):
 
 
 
+class AppUnreachable(Exception):
+    """Nothing listens at the serving app's address: the rollback was certainly not applied."""
+
+
 def admin_rollback(base_url: str, token: str, name: str, *, region: str | None = None,
-                   timeout_s: float = 5.0) -> dict[str, Any]:
-    """POST /admin/models/NAME/rollback; returns the JSON answer. Raises AdminCallError on a
-    4xx/5xx answer, OSError when the app cannot be reached."""
+                   timeout_s: float = 10.0) -> dict[str, Any]:
+    """POST /admin/models/NAME/rollback; returns the JSON answer. Raises AppUnreachable when the
+    connection is refused (nothing happened: another path may be tried), AdminCallError on a
+    refusal, and AdminCallError saying the outcome is unknown on a timeout or a broken answer
+    (never retried elsewhere: a second rollback would undo the first)."""
     query = "?" + urllib.parse.urlencode({"region": region}) if region else ""
+    user = acting_user().encode("ascii", "replace").decode()[:128]
     request = urllib.request.Request(
         f"{base_url.rstrip('/')}/admin/models/{urllib.parse.quote(name, safe='')}/rollback{query}", method="POST",
-        data=b"", headers={"Authorization": f"Bearer {token}", "x-mlplat-user": acting_user()})
+        data=b"", headers={"Authorization": f"Bearer {token}", "x-mlplat-user": user})
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            answer: dict[str, Any] = json.loads(response.read())
-            return answer
+            raw = response.read()
     except urllib.error.HTTPError as exc:
         try:
             message = json.loads(exc.read()).get("error", exc.reason)
         except Exception:
             message = exc.reason
         raise AdminCallError(f"rollback refused ({exc.code}): {message}") from None
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, ConnectionRefusedError | socket.gaierror):
+            raise AppUnreachable(str(exc.reason)) from None
+        raise AdminCallError(_unknown(name, exc.reason)) from None
+    except (TimeoutError, OSError) as exc:
+        raise AdminCallError(_unknown(name, exc)) from None
+    try:
+        answer: dict[str, Any] = json.loads(raw)
+    except ValueError:
+        raise AdminCallError(_unknown(name, f"the answer is not JSON: {raw[:80]!r}")) from None
+    return answer
+
+
+def _unknown(name: str, why: object) -> str:
+    return (f"the rollback of {name} may or may not have been applied ({why}); check with "
+            f"`mlplat deployments {name}` before trying again")
 
 
 def _base_url(config: Any) -> str:
@@ -97,8 +120,8 @@ def rollback(lazy: Any, name: str, region: str | None, via_ray: bool, as_json: b
     if config.admin_token is not None and not via_ray:
         try:
             answer = admin_rollback(_base_url(config), config.admin_token.get_secret_value(), name, region=region)
-        except OSError as exc:
-            click.echo(f"note: the serving app did not answer ({exc}); rolling back through the registry", err=True)
+        except AppUnreachable as exc:
+            click.echo(f"note: no serving app at {_base_url(config)} ({exc}); rolling back through the registry", err=True)
     if answer is None:
         v = platform.rollback(name, region=region)
         answer = {"name": name, "region": region, "production": v.version, "state": v.state.value}
@@ -124,6 +147,12 @@ def deployments(lazy: Any, name: str | None, as_json: bool) -> None:
         canary = f"v{view['canary']} at {view['canary_percent']:g}%" if view["canary"] else "-"
         click.echo(f"{view['name']}: production v{view['production']}  previous v{view['previous']}  "
                    f"regions {regions}  canary {canary}")
+        for version, where in view.get("loaded", {}).items():
+            click.echo(f"  {version} pre-warmed on: " + (", ".join(f"{t} ({n})" for t, n in where.items()) or "-"))
+        ctl = view.get("controller") or {}
+        if ctl:
+            click.echo(f"  controller: {ctl.get('state')}" + (f" -> {ctl['action']}: {'; '.join(ctl.get('reasons', []))[:160]}"
+                                                           if ctl.get("action") else ""))
         rows = [[d["id"], f"v{d['version']}", d["region"] or "all", d["state"], f"{d['canary_percent']:g}",
                  d["by"], (d["reason"] or "")[:60]] for d in view["deployments"]]
         if rows:

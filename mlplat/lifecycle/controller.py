@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlplat.config import PlatformConfig
-from mlplat.lifecycle.deploy import canary_stats, deploy
+from mlplat.lifecycle.deploy import CanaryStatsFollower, NoServingApp, deploy, reconcile_prewarm
 from mlplat.lifecycle.policy import RolloutPolicy, decide_canary
 from mlplat.records import DeploymentState, Event, ModelState
 from mlplat.registry import Registry
@@ -82,6 +82,7 @@ class RolloutController:
         self._ticks = 0
         self._last_error: str | None = None
         self._decisions: dict[str, dict[str, Any]] = {}
+        self._stats = CanaryStatsFollower()
         self._wake = threading.Event()
         if background:
             threading.Thread(target=self._loop, daemon=True, name="rollout-controller").start()
@@ -107,29 +108,27 @@ class RolloutController:
             self._wake.clear()
 
     def tick(self) -> dict[str, Any]:
-        """Apply new events (auto deploys), then judge running canaries; returns what it did."""
+        """Apply new events (auto deploys), finish pre-warms whose deployer died, then judge
+        running canaries; returns what it did."""
         if self._registry is None:
             self._registry = self._registry_factory()
         registry = self._registry
-        cursor = registry.get_cursor(CURSOR)
-        if cursor == 0:  # first start: begin at the end of the log, replay nothing
-            cursor = registry.set_cursor(CURSOR, registry.last_seq())
-        done: dict[str, Any] = {"deployed": [], "judged": {}}
-        while True:
-            events = registry.events_since(cursor, kinds=["state_changed"], limit=200)
-            if not events:
-                break
-            policies = self._policies(registry, {e.subject.removeprefix("model:") for e in events})
-            for step in auto_deploys(events, policies):
-                done["deployed"].append(self._deploy(registry, step))
-            cursor = registry.set_cursor(CURSOR, events[-1].seq, idempotency_key=f"{CURSOR}:{events[-1].seq}")
-        for deployment in registry.list_deployments(active=True, limit=500):
-            if deployment.state != DeploymentState.CANARY:
+        done: dict[str, Any] = {"deployed": [], "judged": {}, "reconciled": []}
+        self._follow_events(registry, done)
+        active = registry.list_deployments(active=True, limit=500)
+        for stale in set(self._decisions) - {d.id for d in active}:
+            self._decisions.pop(stale)
+        self._stats.keep_only({d.id for d in active})
+        for deployment in active:
+            if deployment.state == DeploymentState.PREWARMING:
+                finished = reconcile_prewarm(registry, deployment)
+                if finished is not None:
+                    done["reconciled"].append(f"{deployment.id}: {finished.state.value}")
                 continue
             policy = self._policies(registry, {deployment.name}).get(deployment.name)
             if policy is None or policy.mode != "auto":
                 continue
-            canary, production = canary_stats(registry, deployment)
+            canary, production = self._stats.read(registry, deployment)
             decision = decide_canary(canary, production, policy.canary)
             self._decisions[deployment.id] = {"name": deployment.name, "version": deployment.version,
                                               "action": decision.action, "reasons": list(decision.reasons),
@@ -141,13 +140,36 @@ class RolloutController:
                                        idempotency_key=f"{CURSOR}:{deployment.id}:{decision.action}")
         return done
 
+    def _follow_events(self, registry: Registry, done: dict[str, Any]) -> None:
+        """Deploy what new VALIDATED events ask for, moving the stored cursor past each event
+        only once it is handled; with no serving app to pre-warm on, stop and retry next tick."""
+        cursor = registry.get_cursor(CURSOR)
+        if cursor is None:  # first start: begin at the end of the log, replay nothing
+            cursor = registry.set_cursor(CURSOR, registry.last_seq())
+        while True:
+            events = registry.events_since(cursor, kinds=["state_changed"], limit=200)
+            if not events:
+                return
+            steps = {s.seq: s for s in auto_deploys(events, self._policies(registry, {e.subject.removeprefix("model:")
+                                                                                      for e in events}))}
+            for event in events:
+                step = steps.get(event.seq)
+                if step is not None:
+                    if cursor < event.seq - 1:
+                        cursor = registry.set_cursor(CURSOR, event.seq - 1)
+                    done["deployed"].append(self._deploy(registry, step))  # NoServingApp: retried next tick
+            cursor = registry.set_cursor(CURSOR, events[-1].seq)
+
     def _deploy(self, registry: Registry, step: AutoDeploy) -> str:
         try:
             counts = self._replica_counts() if self._replica_counts is not None else None
+            # The key makes a replay after a restart return the deployment already started.
             d = deploy(registry, self._config, step.name, step.version, canary_percent=step.canary_percent,
-                       by="rollout-controller", replica_counts=counts)
+                       by="rollout-controller", replica_counts=counts, idempotency_key=f"{CURSOR}:deploy:{step.seq}")
             return f"{step.name} v{step.version}: {d.state.value}"
-        except Exception as exc:  # one model's problem must not stop the others
+        except NoServingApp:
+            raise
+        except Exception as exc:  # a refusal (state, approval, policy): one model's problem must not stop the others
             registry.append_event("rollout_skipped", f"model:{step.name}", {"reason": f"{type(exc).__name__}: {exc}"},
                                   version=step.version, idempotency_key=f"{CURSOR}:skip:{step.seq}")
             return f"{step.name} v{step.version}: skipped ({exc})"

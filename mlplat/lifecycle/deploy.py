@@ -23,7 +23,7 @@ from mlplat.serving.routes import placement_of
 from mlplat.serving.traffic import VersionStats
 
 __all__ = ["serve_targets", "serve_replica_counts", "prewarm_verdict", "PrewarmVerdict", "deploy", "rollback",
-           "canary_stats", "deployments_view", "REPLICA_REPORT"]
+           "canary_stats", "CanaryStatsFollower", "reconcile_prewarm", "NoServingApp", "deployments_view", "loaded_on", "REPLICA_REPORT"]
 
 REPLICA_REPORT = "deployment_replica"
 CANARY_STATS = "canary_stats"
@@ -83,9 +83,12 @@ def serve_replica_counts() -> dict[str, dict[str, int]]:
 
 @dataclass(frozen=True)
 class PrewarmVerdict:
+    """``reject``: the failure is the version's own (a replica failed to load or probe it)."""
+
     done: bool
     ok: bool
     reason: str = ""
+    reject: bool = True
 
 
 def prewarm_verdict(targets: Mapping[str, int], reports: list[Event]) -> PrewarmVerdict:
@@ -94,7 +97,7 @@ def prewarm_verdict(targets: Mapping[str, int], reports: list[Event]) -> Prewarm
 
     >>> ok = Event(seq=1, ts=0, kind="deployment_replica", subject="deployment:d", payload={"target": "a/p", "replica": "r1", "ok": True})
     >>> prewarm_verdict({"a/p": 1}, [ok])
-    PrewarmVerdict(done=True, ok=True, reason='')
+    PrewarmVerdict(done=True, ok=True, reason='', reject=True)
     >>> prewarm_verdict({"a/p": 2}, [ok]).done
     False
     """
@@ -126,8 +129,12 @@ def _wait_prewarm(registry: Registry, deployment: Deployment, *, poll_s: float =
         if verdict.done:
             return verdict
         if time.time() > deployment.deadline_at:
-            return PrewarmVerdict(True, False, f"pre-warm timed out: {verdict.reason}")
+            return PrewarmVerdict(True, False, f"pre-warm timed out: {verdict.reason}", reject=False)
         time.sleep(poll_s)
+
+
+class NoServingApp(ConfigError):
+    """No running mlplat serving app serves the scope: nothing can pre-warm (try again later)."""
 
 
 def _latest_validated(registry: Registry, name: str) -> int:
@@ -139,10 +146,14 @@ def _latest_validated(registry: Registry, name: str) -> int:
 
 def deploy(registry: Registry, config: PlatformConfig, name: str, version: int | None = None, *,
            canary_percent: float | None = None, region: str | None = None, force: bool = False, by: str = "",
-           replica_counts: Mapping[str, Mapping[str, int]] | None = None) -> Deployment:
+           replica_counts: Mapping[str, Mapping[str, int]] | None = None,
+           idempotency_key: str | None = None) -> Deployment:
     """Roll ``version`` (default: the latest VALIDATED) of ``name`` out: pre-warm on every
     replica that will serve it, then all traffic (``canary_percent`` 0/None) or a canary share.
-    With an active canary of the same version, ``canary_percent=100`` promotes it."""
+    With an active canary of the same version, ``canary_percent=100`` promotes it.
+
+    A failed replica (load, probe, checksum) REJECTs the version; a pre-warm that timed out only
+    fails the deployment. Interrupted (Ctrl-C), the deployment is failed and nothing moves."""
     from mlplat.lifecycle.policy import RolloutPolicy
 
     region = config.check_region(region)
@@ -156,13 +167,42 @@ def deploy(registry: Registry, config: PlatformConfig, name: str, version: int |
     targets = serve_targets(counts, name=name, placement=placement_of(model.serving_policy), region=region)
     if not targets:
         where = f"region {region!r}" if region else "any region"
-        raise ConfigError(f"no running mlplat serving app serves {where}; start one with `mlplat serve start` "
-                          "(nothing was changed)")
+        raise NoServingApp(f"no running mlplat serving app serves {where}; start one with `mlplat serve start` "
+                           "(nothing was changed)")
     deployment = registry.start_deployment(name, version, region=region, canary_percent=float(canary_percent or 0.0),
                                            by=by, force=force, targets=targets,
-                                           prewarm_timeout_s=policy.prewarm_timeout_s)
-    verdict = _wait_prewarm(registry, deployment)
-    return registry.finish_prewarm(deployment.id, ok=verdict.ok, reason=verdict.reason)
+                                           prewarm_timeout_s=policy.prewarm_timeout_s, idempotency_key=idempotency_key)
+    if deployment.state != DeploymentState.PREWARMING:  # a retried call: that deployment already ended
+        return registry.get_deployment(deployment.id)
+    try:
+        verdict = _wait_prewarm(registry, deployment)
+    except BaseException:
+        _finish(registry, deployment.id, ok=False, reason="the deployer was interrupted during pre-warm", reject=False)
+        raise
+    return _finish(registry, deployment.id, ok=verdict.ok, reason=verdict.reason, reject=verdict.reject)
+
+
+def _finish(registry: Registry, deployment_id: str, *, ok: bool, reason: str, reject: bool) -> Deployment:
+    """finish_prewarm, tolerating another finisher (the controller reconciles stale pre-warms)."""
+    from mlplat.errors import ConflictError
+
+    try:
+        return registry.finish_prewarm(deployment_id, ok=ok, reason=reason, reject=reject)
+    except ConflictError:
+        return registry.get_deployment(deployment_id)
+
+
+def reconcile_prewarm(registry: Registry, deployment: Deployment, *, now: float | None = None) -> Deployment | None:
+    """Finish a PREWARMING deployment whose deadline has passed (its deployer died): LIVE/CANARY
+    if every replica reported success, else FAILED (the version REJECTED only when a replica
+    reported a failure). None while the deadline has not passed."""
+    if deployment.state != DeploymentState.PREWARMING or (now or time.time()) <= deployment.deadline_at:
+        return None
+    reports = registry.events_since(0, subject=f"deployment:{deployment.id}", kinds=[REPLICA_REPORT], limit=10_000)
+    verdict = prewarm_verdict(deployment.targets, reports)
+    if not verdict.done:
+        verdict = PrewarmVerdict(True, False, f"pre-warm timed out: {verdict.reason}", reject=False)
+    return _finish(registry, deployment.id, ok=verdict.ok, reason=verdict.reason, reject=verdict.reject)
 
 
 def rollback(registry: Registry, config: PlatformConfig, name: str, *, region: str | None = None,
@@ -171,34 +211,65 @@ def rollback(registry: Registry, config: PlatformConfig, name: str, *, region: s
     return registry.rollback(name, region=config.check_region(region), by=by)
 
 
+class CanaryStatsFollower:
+    """The live stats of running canaries, read incrementally: each call reads only the
+    ``canary_stats`` events since the last one, keeps the latest cumulative report per ingress
+    replica, and merges them into (canary, production)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[int, dict[str, dict[str, Any]]]] = {}
+
+    def read(self, registry: Registry, deployment: Deployment) -> tuple[VersionStats, VersionStats]:
+        seq, latest = self._seen.get(deployment.id, (0, {}))
+        while True:
+            batch = registry.events_since(seq, subject=f"deployment:{deployment.id}", kinds=[CANARY_STATS], limit=1000)
+            for event in batch:
+                latest[f"{event.payload.get('target')}#{event.payload.get('replica')}"] = event.payload.get("versions") or {}
+            if batch:
+                seq = batch[-1].seq
+            if len(batch) < 1000:
+                break
+        self._seen[deployment.id] = (seq, latest)
+        canary, production = VersionStats(), VersionStats()
+        for versions in latest.values():
+            for version, data in versions.items():
+                try:
+                    stats = VersionStats.from_json(data)
+                except ValueError:
+                    continue
+                if int(version) == deployment.version:
+                    canary = canary.merged(stats)
+                else:
+                    production = production.merged(stats)
+        return canary, production
+
+    def keep_only(self, deployment_ids: set[str]) -> None:
+        for stale in set(self._seen) - deployment_ids:
+            self._seen.pop(stale)
+
+
 def canary_stats(registry: Registry, deployment: Deployment) -> tuple[VersionStats, VersionStats]:
     """(canary, production) stats of a running canary: the latest cumulative report of each
     ingress replica, merged."""
-    latest: dict[str, dict[str, Any]] = {}
-    seq = 0
-    while True:
-        batch = registry.events_since(seq, subject=f"deployment:{deployment.id}", kinds=[CANARY_STATS], limit=1000)
-        for event in batch:
-            latest[f"{event.payload.get('target')}#{event.payload.get('replica')}"] = event.payload.get("versions") or {}
-        if len(batch) < 1000:
-            break
-        seq = batch[-1].seq
-    canary, production = VersionStats(), VersionStats()
-    for versions in latest.values():
-        for version, data in versions.items():
-            try:
-                stats = VersionStats.from_json(data)
-            except ValueError:
-                continue
-            if int(version) == deployment.version:
-                canary = canary.merged(stats)
-            else:
-                production = production.merged(stats)
-    return canary, production
+    return CanaryStatsFollower().read(registry, deployment)
+
+
+def loaded_on(registry: Registry, deployments: list[Deployment], version: int | None) -> dict[str, int]:
+    """Where ``version`` was pre-warmed: target -> replicas that reported it loaded, from its
+    latest LIVE or CANARY deployment (a version promoted by hand was never pre-warmed: {})."""
+    for d in deployments:
+        if d.version == version and d.state in (DeploymentState.LIVE, DeploymentState.CANARY):
+            warmed: dict[str, set[str]] = {}
+            for event in registry.events_since(0, subject=f"deployment:{d.id}", kinds=[REPLICA_REPORT], limit=1000):
+                if event.payload.get("ok"):
+                    warmed.setdefault(str(event.payload.get("target")), set()).add(str(event.payload.get("replica")))
+            return {t: len(r) for t, r in sorted(warmed.items())}
+    return {}
 
 
 def deployments_view(registry: Registry, name: str | None = None, *, limit: int = 20) -> list[dict[str, Any]]:
-    """Per model: production per region, the canary split, and recent deployments."""
+    """Per model: production per region, the canary split, where those versions were loaded,
+    and recent deployments."""
     names = [name] if name else sorted({d.name for d in registry.list_deployments(limit=500)})
     out = []
     for model in names:
@@ -207,6 +278,7 @@ def deployments_view(registry: Registry, name: str | None = None, *, limit: int 
         recent = registry.list_deployments(name=model, limit=limit)
         out.append({
             "name": model, "production": traffic.production,
+            "loaded": {f"v{v}": loaded_on(registry, recent, v) for v in (traffic.production, traffic.canary) if v},
             "regions": {a.removeprefix("production."): v for a, v in aliases.items() if a.startswith("production.")},
             "previous": aliases.get("previous"), "canary": traffic.canary, "canary_percent": traffic.canary_percent,
             "deployments": [{"id": d.id, "version": d.version, "region": d.region, "state": d.state.value,

@@ -38,13 +38,12 @@ MIN_SHIFT_SAMPLES = 30
 
 class CanaryPolicy(BaseModel):
     """When a canary is promoted, held or rolled back (see :func:`decide_canary`). Rates are
-    fractions (0.01 = 1%); ``window_s`` is the controller's observation window: the stats judged
-    are those of the last ``window_s`` seconds."""
+    fractions (0.01 = 1%). The stats judged are cumulative from the start of the canary, for the
+    canary and for production over the same period."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     min_requests: int = Field(200, ge=0)
-    window_s: float = Field(60.0, gt=0)
     max_error_rate: float = Field(0.01, ge=0, le=1)
     max_error_rate_increase: float = Field(0.005, ge=0, le=1)
     rollback_after_errors: int = Field(5, ge=1)
@@ -54,8 +53,8 @@ class CanaryPolicy(BaseModel):
     min_label_metric_ratio: float = Field(0.98, ge=0)
 
 
-_EXPECTED = ("expected 'auto', 'manual' or a mapping with keys mode, canary_percent, canary_key, keep_previous_s, "
-             "prewarm_timeout_s, canary")
+_EXPECTED = ("expected 'auto', 'manual' or a mapping with keys mode, canary_percent, canary_key, prewarm_timeout_s, "
+             "canary")
 
 
 class RolloutPolicy(BaseModel):
@@ -68,7 +67,6 @@ class RolloutPolicy(BaseModel):
     mode: Literal["auto", "manual"] = "manual"
     canary_percent: float = Field(10.0, ge=0, le=100)
     canary_key: str | None = Field(None, min_length=1)
-    keep_previous_s: float = Field(600.0, ge=0)
     prewarm_timeout_s: float = Field(120.0, gt=0)
     canary: CanaryPolicy = Field(default_factory=CanaryPolicy)
 
@@ -81,7 +79,7 @@ class RolloutPolicy(BaseModel):
         ('manual', 'auto')
         >>> RolloutPolicy.from_serving_policy({"rollout": {"canary_percent": 5, "canary": {"min_requests": 50}}}).canary
         ... # doctest: +NORMALIZE_WHITESPACE
-        CanaryPolicy(min_requests=50, window_s=60.0, max_error_rate=0.01, max_error_rate_increase=0.005, rollback_after_errors=5,
+        CanaryPolicy(min_requests=50, max_error_rate=0.01, max_error_rate_increase=0.005, rollback_after_errors=5,
                      max_p99_ratio=1.5, p99_floor_ms=5.0, max_prediction_shift=0.5, min_label_metric_ratio=0.98)
         >>> RolloutPolicy.from_serving_policy({"rollout": "fast"})  # doctest: +ELLIPSIS
         Traceback (most recent call last):

@@ -73,10 +73,10 @@ class EventsPart(StoreCore):
                       payload=loads_json(r["payload"], {})) for r in rows]
 
     @reads
-    def get_cursor(self, tx: Tx, consumer: str) -> int:
-        """The last event seq ``consumer`` (e.g. the rollout controller) applied; 0 if none."""
+    def get_cursor(self, tx: Tx, consumer: str) -> int | None:
+        """The last event seq ``consumer`` (e.g. the rollout controller) applied; None before its first."""
         row = tx.one("SELECT seq FROM cursors WHERE consumer=?", (_consumer(consumer),))
-        return 0 if row is None else int(row["seq"])
+        return None if row is None else int(row["seq"])
 
     @writes
     def set_cursor(self, tx: Tx, consumer: str, seq: int, *, idempotency_key: str | None = None) -> int:

@@ -139,9 +139,9 @@ class Registry(Protocol):
         """Begin a rollout (PREWARMING): replicas following the event log load and probe the version."""
         ...
 
-    def finish_prewarm(self, deployment_id: str, *, ok: bool, reason: str = "",
+    def finish_prewarm(self, deployment_id: str, *, ok: bool, reason: str = "", reject: bool = True,
                        idempotency_key: str | None = None) -> Deployment:
-        """LIVE or CANARY when ``ok``; else FAILED and the version REJECTED."""
+        """LIVE or CANARY when ``ok``; else FAILED (and the version REJECTED with ``reject``)."""
         ...
 
     def finish_canary(self, deployment_id: str, *, promote: bool, reason: str = "", by: str = "",
@@ -214,7 +214,7 @@ class Registry(Protocol):
 
     def last_seq(self) -> int: ...
 
-    def get_cursor(self, consumer: str) -> int: ...
+    def get_cursor(self, consumer: str) -> int | None: ...
 
     def set_cursor(self, consumer: str, seq: int, *, idempotency_key: str | None = None) -> int: ...
 

@@ -110,10 +110,27 @@ def _clear_regional(tx: Tx, name: str, moves: dict[str, list[int | None]]) -> No
 
 
 def _reject(tx: Tx, name: str, version: int, reason: str, transitions: list[dict[str, Any]]) -> None:
+    """REJECTED, unless a ``production*`` alias still serves the version somewhere (a region)."""
+    serving = tx.one("SELECT alias FROM aliases WHERE model=? AND version=? AND (alias = 'production' OR "
+                     "substr(alias, 1, 11) = 'production.')", (name, version))
+    if serving is not None:
+        return
     state = ModelState(version_row(tx, name, version)["state"])
     if ModelState.REJECTED in allowed_transitions(state):
         set_state(tx, name, version, state, ModelState.REJECTED, error=reason[:2000])
         transitions.append({"version": version, "from": state.value, "to": ModelState.REJECTED.value})
+
+
+def _go_live_problem(tx: Tx, name: str, version: int, region: str | None) -> str | None:
+    """Why a pre-warmed version may no longer take traffic (None when it may)."""
+    mv = version_record(version_row(tx, name, version))
+    if mv.approval.blocks_promotion:
+        return f"approval became {mv.approval.state.value} during pre-warm"
+    allowed = DEPLOYABLE_STATES | FORCE_DEPLOYABLE_STATES
+    if mv.state not in allowed or (region is None and mv.state != ModelState.PRODUCTION
+                                    and ModelState.PRODUCTION not in allowed_transitions(mv.state)):
+        return f"the version became {mv.state.value} during pre-warm"
+    return None
 
 
 class RolloutsPart(StoreCore):
@@ -295,23 +312,31 @@ class RolloutsPart(StoreCore):
         return record
 
     @writes
-    def finish_prewarm(self, tx: Tx, deployment_id: str, *, ok: bool, reason: str = "",
+    def finish_prewarm(self, tx: Tx, deployment_id: str, *, ok: bool, reason: str = "", reject: bool = True,
                        idempotency_key: str | None = None) -> Deployment:
         """Pre-warm is over: on success the version takes traffic (LIVE, or CANARY with its
-        percent); on failure the deployment is FAILED with ``reason`` and the version REJECTED."""
+        percent; LIVE when nothing serves the scope yet); on failure the deployment is FAILED with
+        ``reason`` and, with ``reject`` (the version's own fault), the version REJECTED. A success
+        that may no longer be applied (approval or state changed meanwhile) is recorded FAILED."""
         row = _deployment_row(tx, deployment_id)
         name, version, region = row["model"], int(row["version"]), row["region"] or None
         if row["state"] != DeploymentState.PREWARMING.value:
             raise ConflictError(f"deployment {deployment_id} is {row['state']}, not PREWARMING; nothing was changed")
+        if ok:
+            problem = _go_live_problem(tx, name, version, region)
+            if problem is not None:
+                ok, reason, reject = False, problem, False
         if not ok:
             transitions: list[dict[str, Any]] = []
-            _reject(tx, name, version, f"deployment {deployment_id} failed: {reason}", transitions)
+            if reject:
+                _reject(tx, name, version, f"deployment {deployment_id} failed: {reason}", transitions)
             record = _set_deployment(tx, row, DeploymentState.FAILED, str(reason)[:2000] or "pre-warm failed")
             emit(tx, "deployment_failed", f"model:{name}", version, {"deployment": deployment_id, "region": region,
                                                                     "reason": record.reason, "transitions": transitions})
             return record
         percent = float(row["canary_percent"])
-        if 0.0 < percent < 100.0:
+        serves = alias_version(tx, name, production_alias(region)) or alias_version(tx, name, ALIAS_PRODUCTION)
+        if 0.0 < percent < 100.0 and serves is not None:  # a first version has nothing to share traffic with
             state = ModelState(version_row(tx, name, version)["state"])
             transitions = []
             if region is None and state == ModelState.VALIDATED:
@@ -334,8 +359,9 @@ class RolloutsPart(StoreCore):
         transitions: list[dict[str, Any]] = []
         if region is None:
             current = alias_version(tx, name, ALIAS_PRODUCTION)
-            if current == version:  # a forced redeploy of the production version
+            if current == version:  # a forced redeploy of the production version: regions follow it again
                 old: int | None = current
+                _clear_regional(tx, name, moves)
             else:
                 old = self._promote_global(tx, name, version, None, moves, transitions)
         else:

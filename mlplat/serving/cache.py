@@ -43,14 +43,17 @@ class ModelCache:
             return model
         if key not in self._loading:
             self._loading[key] = asyncio.get_running_loop().run_in_executor(None, self._load, name, version, bundle_sha256)
+        future = self._loading[key]
         try:
-            model = await self._loading[key]
+            # shield: one caller timing out or cancelled must not cancel the load the others await
+            loaded: ServableModel = await asyncio.shield(future)
         finally:
-            self._loading.pop(key, None)
-        self._models[key] = model
+            if future.done():
+                self._loading.pop(key, None)
+        self._models[key] = loaded
         self._models.move_to_end(key)
         self._evict(name)
-        return model
+        return loaded
 
     def pin(self, name: str, version: int, for_s: float) -> bool:
         """Keep ``name@v<version>`` loaded for ``for_s`` seconds (if it is loaded); True if pinned."""
@@ -58,6 +61,10 @@ class ModelCache:
             return False
         self._pins[(name, version)] = max(self._pins.get((name, version), 0.0), self._clock() + for_s)
         return True
+
+    def unpin(self, name: str, version: int) -> None:
+        """Drop a pin (a candidate whose rollout failed): LRU applies to it again."""
+        self._pins.pop((name, version), None)
 
     def pinned(self) -> list[str]:
         now = self._clock()

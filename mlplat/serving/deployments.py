@@ -46,7 +46,8 @@ class ModelPool:
         #: model id -> (model, pinned until monotonic s): pre-warmed and previous versions
         self._pinned: dict[str, tuple[ServableModel, float]] = {}
         self._loads = 0
-        self._prewarmer = _prewarmer(config, registry_actor, self._warm, self._pin)
+        self._prewarmer = _prewarmer(config, registry_actor, self._warm, self._pin,
+                                     lambda n, v: self._pinned.pop(f"{n}@v{v}", None))
         limit = config.serve.pool.max_models_per_replica
 
         # The cache size comes from config, so the decorator is applied here, to a plain
@@ -82,7 +83,9 @@ class ModelPool:
         await _probe(model, self._storage, feature_set)
         self._pinned[model_id] = (model, time.monotonic() + max(self._serve.keep_previous_s, 60.0))
 
-    def _pin(self, name: str, version: int) -> None:
+    async def _pin(self, name: str, version: int) -> None:
+        """Keep the version a swap replaced for keep_previous_s (loaded through the multiplexer
+        if it was evicted; only a version this replica served before, whose sha256 it knows)."""
         model_id = f"{name}@v{version}"
         now = time.monotonic()
         for key in [k for k, (_, until) in self._pinned.items() if until <= now]:
@@ -90,6 +93,9 @@ class ModelPool:
         current = self._pinned.get(model_id)
         if current is not None:
             self._pinned[model_id] = (current[0], max(current[1], now + self._serve.keep_previous_s))
+        elif model_id in self._expected_sha:
+            model = await self._get_model(model_id)
+            self._pinned[model_id] = (model, now + self._serve.keep_previous_s)
 
     async def stats(self) -> dict[str, Any]:
         await _start(self._prewarmer)
@@ -123,7 +129,8 @@ class DedicatedModel:
         self._name = name
         self._models = ModelCache(lambda n, v, sha: load_servable(self._storage, n, v, sha), per_name=2)
         self._prewarmer = _prewarmer(config, registry_actor, self._warm,
-                                     lambda n, v: self._models.pin(n, v, self._serve.keep_previous_s) if n == name else None)
+                                     lambda n, v: self._models.pin(n, v, self._serve.keep_previous_s) if n == name else None,
+                                     self._models.unpin)
         # @serve.batch adds these setters at runtime; its type hints hide them from mypy.
         self._predict_batch.set_max_batch_size(config.serve.dedicated.max_batch_size)  # type: ignore[attr-defined]
         self._predict_batch.set_batch_wait_timeout_s(config.serve.dedicated.batch_wait_timeout_s)  # type: ignore[attr-defined]
@@ -149,6 +156,10 @@ class DedicatedModel:
     async def check_health(self) -> None:
         await _start(self._prewarmer)
 
+    async def stats(self) -> dict[str, Any]:
+        await _start(self._prewarmer)
+        return {"loaded": self._models.loaded(), "pinned": self._models.pinned(), "rss_mb": _rss_mb()}
+
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def _predict_batch(self, items: list[tuple[ServableModel, np.ndarray]]) -> list[list[Any]]:
         out: list[list[Any] | None] = [None] * len(items)
@@ -167,21 +178,21 @@ class DedicatedModel:
         return out  # type: ignore[return-value]
 
 
-def _prewarmer(config: PlatformConfig, registry_actor: str | None, warm: Any, pin: Any) -> Prewarmer | None:
+def _prewarmer(config: PlatformConfig, registry_actor: str | None, warm: Any, pin: Any, unpin: Any) -> Prewarmer | None:
     """The event-log follower of a model-holding replica (None without a registry actor)."""
     if registry_actor is None:
         return None
     target, replica = replica_identity()
     prewarmer = Prewarmer(actor_registry_reader(registry_actor, config.namespace), target=target, replica=replica,
-                          warm=warm, pin_previous=pin, refresh_s=config.serve.route_refresh_s)
+                          warm=warm, pin_previous=pin, unpin=unpin, refresh_s=config.serve.route_refresh_s)
     prewarmer.start_soon()
     return prewarmer
 
 
 async def _start(prewarmer: Prewarmer | None) -> None:
-    """Make sure the follower runs (it starts from the constructor; this covers a failed start)."""
+    """Make sure the follower runs in the background (it starts from the constructor); never waits on it."""
     if prewarmer is not None:
-        await prewarmer.ensure_started()
+        prewarmer.ensure_running()
 
 
 async def _probe(model: ServableModel, storage: Any, feature_set: tuple[str, int] | None) -> None:

@@ -63,6 +63,10 @@ def schema_of_bundle(storage: Any, name: str, version: int, bundle_sha256: str |
     return InputSchema.from_encoder(encoder, int(meta["input_dim"])), meta["spec"]["task"]
 
 
+#: An ingress replica forgets a canary's stats this long after its last request (it ended).
+CANARY_STATS_TTL_S = 600.0
+
+
 def ingress_deployment_name(region: str | None) -> str:
     """``ingress`` for the global app, ``ingress-<region>`` for a regional cell (the deployer
     reads an app's region from it)."""
@@ -121,12 +125,14 @@ class Ingress:
         #: deployment id -> version -> live stats of this replica since the canary started
         self._canary_stats: dict[str, dict[int, VersionStats]] = {}
         self._canary_dirty: set[str] = set()
+        self._canary_seen: dict[str, float] = {}  # deployment id -> monotonic time of its last request
         try:
             self._target, self._replica = replica_identity()
         except Exception:  # built outside Serve (a unit test)
             self._target, self._replica = f"{self._serve.app_name}/{ingress_deployment_name(self._serve.region)}", "local"
         self._prewarmer = Prewarmer(reader, target=self._target, replica=self._replica, warm=self._warm,
                                     pin_previous=lambda n, v: self._local.pin(n, v, self._serve.keep_previous_s),
+                                    unpin=self._local.unpin,
                                     refresh_s=self._serve.route_refresh_s)
         self._prewarmer.start_soon()
         self._started: asyncio.Task | None = None
@@ -141,7 +147,7 @@ class Ingress:
 
     async def _start(self) -> None:
         await self._routes.start()
-        await self._prewarmer.ensure_started()
+        self._prewarmer.ensure_running()
         loop = asyncio.get_running_loop()
         if self._telemetry is not None:
             loop.create_task(self._flush_telemetry())
@@ -170,9 +176,12 @@ class Ingress:
                     self._canary_dirty.discard(deployment)
                 except Exception:  # the registry is restarting: report next time
                     log.debug("canary stats report failed", exc_info=True)
-            live = {r.canary_deployment for r in self._routes.cached_routes().values() if r.canary_deployment}
-            for deployment in [d for d in self._canary_stats if d not in live and d not in self._canary_dirty]:
-                self._canary_stats.pop(deployment)
+            # Cumulative stats are dropped only when the canary has had no request for a while
+            # (it ended): dropping them earlier would make this replica's counts start over.
+            idle = time.monotonic() - CANARY_STATS_TTL_S
+            for deployment in [d for d, seen in self._canary_seen.items() if seen < idle and d not in self._canary_dirty]:
+                self._canary_stats.pop(deployment, None)
+                self._canary_seen.pop(deployment, None)
 
     async def _flush_telemetry(self) -> None:
         telemetry = self._telemetry
@@ -234,7 +243,13 @@ class Ingress:
                 payload = await self._read_json(request)
             parse = parse_v1 if endpoint == "v1" else parse_v2
             parsed = parse(payload, route.schema, max_instances=self._serve.max_instances)
-            result = await self._call_backend(route, parsed)
+            try:
+                result = await self._call_backend(route, parsed)
+            except RequestError:
+                raise
+            except Exception as exc:  # a model that raises in the ingress: a 503 that counts against its version
+                log.warning("model %s failed: %s: %s", route.serving_id, type(exc).__name__, exc)
+                raise RequestError(503, f"model {route.serving_id} failed: {type(exc).__name__}") from None
         except RequestError as exc:
             if exc.status >= 500 and route is not None and routes is not None and routes.canary_deployment:
                 self._record_canary(routes.canary_deployment, route.version, started, ok=False)
@@ -262,6 +277,7 @@ class Ingress:
         stats = self._canary_stats.setdefault(deployment, {}).setdefault(version, VersionStats())
         stats.record((time.perf_counter() - started) * 1000, ok=ok, predictions=predictions)
         self._canary_dirty.add(deployment)
+        self._canary_seen[deployment] = time.monotonic()
 
     async def _call_backend(self, route: Route, parsed: ParsedRequest) -> dict[str, Any]:
         if route.placement == "ingress":

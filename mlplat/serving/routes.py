@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -81,7 +82,7 @@ class RegistryReader(Protocol):
 
     async def last_seq(self) -> int: ...
 
-    async def events_since(self, seq: int, *, limit: int = EVENT_PAGE) -> list[Event]: ...
+    async def events_since(self, seq: int, *, limit: int = EVENT_PAGE, kinds: list[str] | None = None) -> list[Event]: ...
 
     async def resolve(self, name: str, ref: int | str) -> ModelVersion: ...
 
@@ -115,8 +116,8 @@ class ActorRegistryReader:
     async def last_seq(self) -> int:
         return int(await self._call("last_seq"))
 
-    async def events_since(self, seq: int, *, limit: int = EVENT_PAGE) -> list[Event]:
-        return list(await self._call("events_since", seq=seq, limit=limit))
+    async def events_since(self, seq: int, *, limit: int = EVENT_PAGE, kinds: list[str] | None = None) -> list[Event]:
+        return list(await self._call("events_since", seq=seq, limit=limit, kinds=kinds))
 
     async def resolve(self, name: str, ref: int | str) -> ModelVersion:
         return await self._call("resolve", name=name, ref=ref)
@@ -128,10 +129,12 @@ class ActorRegistryReader:
         return await self._call("traffic", name=name, region=region)
 
     async def append_event(self, kind: str, subject: str, payload: dict[str, Any]) -> Event:
-        return await self._call("append_event", kind=kind, subject=subject, payload=payload)
+        # A key per call: the actor retries a call in flight when it restarts; the write stays single.
+        return await self._call("append_event", kind=kind, subject=subject, payload=payload,
+                                idempotency_key=f"serve:{uuid.uuid4().hex}")
 
     async def rollback(self, name: str, *, region: str | None = None, by: str = "") -> ModelVersion:
-        return await self._call("rollback", name=name, region=region, by=by)
+        return await self._call("rollback", name=name, region=region, by=by, idempotency_key=f"serve:{uuid.uuid4().hex}")
 
 
 def actor_registry_reader(actor_name: str, namespace: str) -> ActorRegistryReader:
@@ -151,8 +154,8 @@ class LocalRegistryReader:
     async def last_seq(self) -> int:
         return self._registry.last_seq()
 
-    async def events_since(self, seq: int, *, limit: int = EVENT_PAGE) -> list[Event]:
-        return self._registry.events_since(seq, limit=limit)
+    async def events_since(self, seq: int, *, limit: int = EVENT_PAGE, kinds: list[str] | None = None) -> list[Event]:
+        return self._registry.events_since(seq, limit=limit, kinds=kinds)
 
     async def resolve(self, name: str, ref: int | str) -> ModelVersion:
         return self._registry.resolve(name, ref)

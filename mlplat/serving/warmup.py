@@ -12,6 +12,7 @@ deployment (``<app>/<deployment>``). Its answer is one ``deployment_replica`` ev
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -28,7 +29,9 @@ log = logging.getLogger("mlplat.serving")
 DEPLOYMENT_STARTED = "deployment_started"
 REPLICA_REPORT = "deployment_replica"
 #: Events after which a replica pins the version that just stopped serving as ``previous``.
-PIN_EVENTS = ("promoted", "rolled_back", "canary_started", "canary_rolled_back")
+PIN_EVENTS = ("promoted", "rolled_back")
+#: Events after which a replica unpins the candidate of a rollout that failed or was rolled back.
+UNPIN_EVENTS = ("deployment_failed", "canary_rolled_back")
 
 
 def probe_rows(schema: InputSchema, reference: Mapping[str, Any] | None = None, *, n: int = 8) -> list[dict[str, Any]]:
@@ -81,8 +84,8 @@ def replica_identity() -> tuple[str, str]:
 WarmFn = Callable[[str, int, "str | None", "tuple[str, int] | None"], Awaitable[None]]
 #: ``pin_previous(name, version)``: keep ``version`` loaded for keep_previous_s.
 PinFn = Callable[[str, int], object]
-#: On start, a follower looks this many events back for pre-warm requests still before their deadline.
-LOOKBACK_EVENTS = 1000
+#: On start, a follower looks this many events back (pre-warm requests only) for those still before their deadline.
+LOOKBACK_EVENTS = 10_000
 
 
 def reference_stats_of(storage: Any, feature_set: tuple[str, int] | None) -> dict[str, Any] | None:
@@ -97,52 +100,73 @@ def reference_stats_of(storage: Any, feature_set: tuple[str, int] | None) -> dic
 
 
 class Prewarmer:
-    """Follows the event log in one replica; pre-warms what names this replica's deployment."""
+    """Follows the event log in one replica; pre-warms what names this replica's deployment.
+
+    It never sits on a request's path: it runs as a background task that retries while the
+    registry is unreachable (a replica keeps serving what it has), and each pre-warm runs as its
+    own task (at most ``max_concurrent`` at once), so a slow load never delays another model's
+    pre-warm or a pin."""
 
     def __init__(self, client: Any, *, target: str, replica: str, warm: WarmFn, pin_previous: PinFn | None = None,
-                 refresh_s: float = 0.25):
+                 unpin: PinFn | None = None, refresh_s: float = 0.25, max_concurrent: int = 2):
         self._client, self._target, self._replica = client, target, replica
-        self._warm, self._pin_previous, self._refresh_s = warm, pin_previous, refresh_s
+        self._warm, self._pin_previous, self._unpin, self._refresh_s = warm, pin_previous, unpin, refresh_s
+        self._max_concurrent = max_concurrent
         self._seq = 0
         self._task: asyncio.Task[None] | None = None
-        self._starting: asyncio.Task[None] | None = None
+        self._jobs: set[asyncio.Task[None]] = set()
+        self._slots: asyncio.Semaphore | None = None
+        self.following = False
         self.warmed: list[str] = []
 
     def start_soon(self) -> None:
-        """Start following from a constructor when an event loop runs (Serve replicas); else the
-        first :meth:`ensure_started` does it."""
+        """Start the background follower if an event loop runs here (a Serve replica's
+        constructor, a request); otherwise the next call from a coroutine does it."""
+        if self._task is not None and not self._task.done():
+            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        self._starting = loop.create_task(self.start())
+        self._task = loop.create_task(self._run())
 
-    async def ensure_started(self) -> None:
-        if self._task is not None:
-            return
-        if self._starting is None or (self._starting.done() and self._starting.exception() is not None):
-            self._starting = asyncio.get_running_loop().create_task(self.start())
-        await asyncio.shield(self._starting)
-
-    async def start(self) -> None:
-        """Follow from now on, after serving any pre-warm request still before its deadline
-        (a replica that starts while a deployment pre-warms takes part in it)."""
-        last = await self._client.last_seq()
-        self._seq = max(0, last - LOOKBACK_EVENTS)
-        self._task = asyncio.get_running_loop().create_task(self._follow(only_pending_until=last))
+    ensure_running = start_soon
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in [self._task, *self._jobs]:
+            if task is not None:
+                task.cancel()
 
-    async def _follow(self, only_pending_until: int = 0) -> None:
+    async def _run(self) -> None:
+        while True:  # the registry may be restarting: keep trying, never fail the replica for it
+            try:
+                last = await self._client.last_seq()
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.debug("pre-warm follower: registry unreachable", exc_info=True)
+                await asyncio.sleep(max(1.0, self._refresh_s))
+        self._seq = last
+        try:  # pre-warm requests from before this replica started, still before their deadline
+            recent = await self._client.events_since(max(0, last - LOOKBACK_EVENTS), limit=LOOKBACK_EVENTS,
+                                                     kinds=[DEPLOYMENT_STARTED])
+            for event in recent:
+                if event.seq <= last and _pending(event):
+                    await self._apply(event)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.debug("pre-warm follower: look-back failed", exc_info=True)
+        self.following = True
+        await self._follow()
+
+    async def _follow(self) -> None:
         while True:
             try:
                 events = await self._client.events_since(self._seq, limit=1000)
                 for event in events:
                     self._seq = max(self._seq, event.seq)
-                    if event.seq <= only_pending_until and not _pending(event):
-                        continue
                     await self._apply(event)
                 if len(events) == 1000:
                     continue
@@ -156,13 +180,33 @@ class Prewarmer:
         """Pin the version a swap replaced; pre-warm what names this replica's deployment."""
         name = event.subject.removeprefix("model:")
         payload = event.payload
+        if event.kind in UNPIN_EVENTS and self._unpin is not None and event.version is not None:
+            self._unpin(name, event.version)
+            return
         if event.kind in PIN_EVENTS and self._pin_previous is not None:
             previous = payload.get("previous", payload.get("from_version"))
             if isinstance(previous, int):
-                self._pin_previous(name, previous)
+                try:
+                    pinned = self._pin_previous(name, previous)
+                    if inspect.isawaitable(pinned):
+                        await pinned
+                except Exception:  # pinning is an optimisation: never stop following for it
+                    log.debug("could not pin %s v%s", name, previous, exc_info=True)
             return
         if event.kind != DEPLOYMENT_STARTED or self._target not in (payload.get("targets") or {}):
             return
+        job = asyncio.get_running_loop().create_task(self._prewarm(event))
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+
+    async def _prewarm(self, event: Event) -> None:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self._max_concurrent)
+        async with self._slots:
+            await self._prewarm_one(event)
+
+    async def _prewarm_one(self, event: Event) -> None:
+        name, payload = event.subject.removeprefix("model:"), event.payload
         deployment, version = str(payload.get("deployment")), int(event.version or 0)
         started = time.monotonic()
         timeout_s = max(1.0, float(payload.get("deadline_at", time.time() + 120)) - time.time())

@@ -142,6 +142,17 @@ def test_deploy_prewarms_every_placement_before_the_switch(env, name, target):
     assert [r.payload["ok"] for r in reports] == [True] and reports[0].payload["target"] == f"mlplat-rollout/{target}"
     _wait_version(client, name, new, timeout_s=5)
     assert registry.get_version(name, before).state == ModelState.ARCHIVED
+    if name != "inline":  # the replaced version stays pinned in the model replica: a rollback loads nothing
+        from ray import serve
+
+        handle = serve.get_deployment_handle(target, app_name="mlplat-rollout")
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            stats = handle.stats.remote().result()
+            if f"{name}@v{before}" in stats["pinned"]:
+                break
+            time.sleep(0.1)
+        assert f"{name}@v{before}" in stats["pinned"] and f"{name}@v{new}" in stats["pinned"], stats
     if name == "inline":  # the ingress keeps the replaced version pinned: a rollback loads nothing
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline:  # the replica's event follower pins it within a poll or two

@@ -154,3 +154,47 @@ def test_route_table_carries_the_canary_and_drops_it_on_the_next_event():
             await table.stop()
 
     asyncio.run(scenario())
+
+
+def test_controller_cursor_retry_and_reconcile_without_ray(tmp_path):
+    """The controller over an in-process registry: it starts at the end of the log, retries an
+    event while no serving app runs (the cursor stays before it), handles it once one runs, and
+    finishes a pre-warm whose deployer died."""
+    from mlplat.config import PlatformConfig
+    from mlplat.lifecycle.controller import CURSOR, RolloutController
+    from mlplat.lifecycle.deploy import NoServingApp
+    from mlplat.records import DeploymentState
+    from mlplat.registry import RegistryStore
+
+    store = RegistryStore(tmp_path / "r.db")
+    store.create_model("m", serving_policy={"placement": "pool", "rollout": {"mode": "auto", "canary_percent": 0,
+                                                                              "prewarm_timeout_s": 0.3}})
+
+    def version(validate=True):
+        v = store.register_version("m").version
+        store.update_version("m", v, artifacts={"bundle": {"path": f"models/m/v{v}/bundle.json", "sha256": "c" * 64}})
+        for state in ("TRAINING", "TRAINED", "VALIDATING") + (("VALIDATED",) if validate else ()):
+            store.transition("m", v, state)
+        return v
+
+    old = version()  # validated before the controller's first start: never replayed
+    apps: dict = {}
+    ctl = RolloutController(PlatformConfig(root=str(tmp_path)), registry_factory=lambda: store,
+                            replica_counts=lambda: apps, background=False)
+    assert store.get_cursor(CURSOR) is None
+    assert ctl.tick()["deployed"] == [] and store.get_cursor(CURSOR) == store.last_seq()
+    new = version()
+    with pytest.raises(NoServingApp):
+        ctl.tick()
+    assert store.get_cursor(CURSOR) < store.last_seq()  # retried next tick
+    apps["mlplat"] = {"ingress": 1, "model-pool": 1}
+    done = ctl.tick()  # nobody reports a pre-warm here: it times out, the version is not rejected
+    assert done["deployed"] == [f"m v{new}: FAILED"]
+    assert store.get_version("m", new).state == ModelState.VALIDATED
+    assert ctl.tick()["deployed"] == []  # handled once: the cursor moved past it
+    assert [d.version for d in store.list_deployments(name="m")] == [new] and old != new
+    stale = store.start_deployment("m", new, targets={"mlplat/model-pool": 1}, prewarm_timeout_s=0.01)
+    time.sleep(0.05)
+    assert ctl.tick()["reconciled"] == [f"{stale.id}: FAILED"]
+    assert store.get_deployment(stale.id).state == DeploymentState.FAILED
+    store.close()

@@ -101,9 +101,9 @@ def test_overflowing_canary_latency_rolls_back() -> None:
     ({"rollout": None, "dedicated": True}, RolloutPolicy()),
     ({"rollout": "auto"}, RolloutPolicy(mode="auto")),
     ({"rollout": "manual"}, RolloutPolicy(mode="manual")),
-    ({"rollout": {"mode": "auto", "canary_percent": 0, "canary_key": "user_id", "keep_previous_s": 0,
+    ({"rollout": {"mode": "auto", "canary_percent": 0, "canary_key": "user_id",
                   "canary": {"min_requests": 50, "max_p99_ratio": 2}}},
-     RolloutPolicy(mode="auto", canary_percent=0, canary_key="user_id", keep_previous_s=0,
+     RolloutPolicy(mode="auto", canary_percent=0, canary_key="user_id",
                    canary=CanaryPolicy(min_requests=50, max_p99_ratio=2.0))),
 ])
 def test_rollout_policy_from_serving_policy(serving_policy: Any, expected: RolloutPolicy) -> None:

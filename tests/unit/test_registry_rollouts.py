@@ -178,7 +178,8 @@ def test_regional_canary_applies_only_to_its_region(store):
 
 
 def test_cursors_only_move_forward(store):
-    assert store.get_cursor("rollout-controller") == 0
+    assert store.get_cursor("rollout-controller") is None
+    assert store.set_cursor("rollout-controller", 0) == 0 and store.get_cursor("rollout-controller") == 0
     assert store.set_cursor("rollout-controller", 7) == 7
     assert store.set_cursor("rollout-controller", 3) == 7
     with pytest.raises(ValidationError):
@@ -196,3 +197,48 @@ def test_deployments_survive_reopen(registry_url):
     again = RegistryStore(registry_url)
     assert again.get_deployment(d.id).state == D.PREWARMING and again.schema_version() == 3
     again.close()
+
+
+def test_a_first_version_deployed_as_a_canary_goes_live(store):
+    v1 = validated(store)
+    d = store.finish_prewarm(store.start_deployment("churn", v1, canary_percent=10).id, ok=True)
+    assert d.state == D.LIVE and store.traffic("churn").production == v1 and store.traffic("churn").canary is None
+
+
+def test_a_timed_out_prewarm_fails_the_deployment_but_does_not_reject_the_version(store):
+    live(store)
+    v2 = validated(store)
+    d = store.finish_prewarm(store.start_deployment("churn", v2).id, ok=False, reason="pre-warm timed out", reject=False)
+    assert d.state == D.FAILED and store.get_version("churn", v2).state == S.VALIDATED
+    assert store.finish_prewarm(store.start_deployment("churn", v2).id, ok=True).state == D.LIVE  # it can try again
+
+
+def test_a_version_serving_a_region_is_never_rejected_by_a_failed_global_deploy(store):
+    live(store)
+    v2 = validated(store)
+    store.promote("churn", v2, region="eu")
+    store.finish_prewarm(store.start_deployment("churn", v2).id, ok=False, reason="replica x: NaN")
+    assert store.get_version("churn", v2).state == S.VALIDATED and store.traffic("churn", region="eu").production == v2
+
+
+def test_approval_withdrawn_during_prewarm_fails_the_deployment_instead_of_raising(store):
+    live(store)
+    v = store.register_version("churn").version
+    store.update_version("churn", v, artifacts={"bundle": {"path": "models/churn/bundle.json", "sha256": SHA}})
+    for state in (S.TRAINING, S.TRAINED, S.VALIDATING):
+        store.transition("churn", v, state)
+    store.transition("churn", v, S.VALIDATED, require_approval=True)
+    store.review("churn", v, "APPROVED", by="alice")
+    d = store.start_deployment("churn", v)
+    store.transition("churn", v, S.REJECTED)  # a reviewer's later "no" (VALIDATED -> REJECTED)
+    failed = store.finish_prewarm(d.id, ok=True)
+    assert failed.state == D.FAILED and "REJECTED" in failed.reason and store.traffic("churn").production != v
+
+
+def test_a_forced_redeploy_of_production_clears_regional_pins(store):
+    v1 = live(store)
+    v2 = validated(store)
+    store.promote("churn", v2, region="eu")
+    store.finish_prewarm(store.start_deployment("churn", v1, force=True).id, ok=True)
+    assert store.traffic("churn", region="eu").production == v1
+    assert not [a for a in store.aliases("churn") if "." in a]

@@ -53,9 +53,9 @@ class FakeReader:
         self.calls.append("last_seq")
         return len(self.events)
 
-    async def events_since(self, seq: int, *, limit: int = 1000) -> list[Event]:
+    async def events_since(self, seq: int, *, limit: int = 1000, kinds: list[str] | None = None) -> list[Event]:
         self.calls.append("events_since")
-        return [e for e in self.events if e.seq > seq][:limit]
+        return [e for e in self.events if e.seq > seq and (not kinds or e.kind in kinds)][:limit]
 
     async def resolve(self, name: str, ref: int | str) -> ModelVersion:
         self.calls.append("resolve")
