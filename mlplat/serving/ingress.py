@@ -159,7 +159,9 @@ class Ingress:
         model = await self._local.get(name, version, bundle_sha256)
         reference = await asyncio.get_running_loop().run_in_executor(None, reference_stats_of, self._storage, feature_set)
         rows = probe_rows(model.schema, reference)
-        check_probe(model.predict_rows(rows), len(rows))
+        # in a thread: a larger model's forward pass must not stall this replica's requests
+        predictions = await asyncio.get_running_loop().run_in_executor(None, model.predict_rows, rows)
+        check_probe(predictions, len(rows))
         self._local.pin(name, version, self._serve.keep_previous_s)
 
     async def _report_canary_stats(self) -> None:
