@@ -115,6 +115,42 @@ def ray_session(session_tmp):
     ray.shutdown()
 
 
+def stop_leftover_trainers(timeout_s: float = 60.0) -> list[str]:
+    """Stop Ray Train actors that outlived their test (e.g. a controller still retrying a worker
+    group after its run was killed or re-queued) and wait until no placement group holds CPUs, so
+    the next module does not wait forever for a CPU. Returns what was stopped."""
+    import signal
+    import time
+
+    import ray
+    from ray.util.state import list_actors
+
+    stopped = []
+    for actor in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
+        if actor.class_name in ("TrainController", "RayTrainWorker") and actor.pid:
+            try:
+                os.kill(actor.pid, signal.SIGKILL)  # one machine: the actor's process is ours to stop
+                stopped.append(f"{actor.class_name} pid {actor.pid}")
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        reserved = [pg for pg in ray.util.placement_group_table().values() if pg.get("state") == "CREATED"
+                    and any(b.get("CPU") for b in (pg.get("bundles") or {}).values())]
+        if not reserved:
+            break
+        if stopped:  # their owners are gone: remove what is left
+            for pg in reserved:
+                try:
+                    from ray.util.placement_group import PlacementGroup, PlacementGroupID
+
+                    ray.util.remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg["placement_group_id"]))))
+                except Exception:
+                    pass
+        time.sleep(0.5)
+    return stopped
+
+
 @pytest.fixture(scope="session")
 def serve_http_port() -> int:
     """Serve's HTTP proxy binds once per Ray instance: every Serve app in the session shares it

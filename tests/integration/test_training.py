@@ -26,6 +26,16 @@ from mlplat.training.runner import prepare, run_trainer
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_trainer_outlives_this_module(ray_session):
+    """A run killed or re-queued here can leave a Train controller retrying its worker group and
+    holding CPUs; the modules after this one must start with every CPU free."""
+    yield
+    from tests.conftest import stop_leftover_trainers
+
+    stop_leftover_trainers()
+
 def make_feature_set(storage, registry, name="toy", n=480, d=4, task="binary", seed=0):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, d)).astype(np.float32)
