@@ -393,6 +393,40 @@ class Platform:
         return score(self.registry, self.storage, model, dataset=dataset, dataset_version=dataset_version,
                      version=version, output=output, keys=keys)
 
+    # -- monitoring (docs/monitoring.md) -----------------------------------------------------
+    def drift(self, name: str, *, window: str | None = None, version: int | None = None,
+              end: float | None = None) -> Any:
+        """Drift of ``name``'s live telemetry over ``window`` (``"15m"``, ``"1h"``, ``"7d"``; default:
+        the model's monitoring policy, 1h) ending at ``end`` (unix seconds, default now) against
+        the reference statistics of ``version`` (default: production): Ray Data pass, verdict,
+        report under ``reports/<name>/drift/``, ``drift_checked`` event. Returns a DriftResult.
+
+        >>> p.drift("churn", window="24h").verdict.status  # doctest: +SKIP
+        """
+        from mlplat.monitoring import check_drift
+
+        self.ensure_ray()
+        return check_drift(self.storage, self.registry, name, window=window, version=version, end=end)
+
+    def ingest_outcomes(self, name: str, files: str | list[str], *, label_column: str,
+                        request_id_column: str | None = "request_id", entity_column: str | None = None,
+                        time_column: str | None = None, batch: str | None = None) -> Any:
+        """Join delayed labels to ``name``'s predictions (by request id, or point in time with
+        ``entity_column`` + ``time_column``); writes ``outcomes/<name>/<batch>.parquet``, registered
+        as dataset ``outcomes-<name>`` (kind ``outcomes``). Returns the batch's counts."""
+        from mlplat.monitoring.outcomes import ingest_outcomes
+
+        return ingest_outcomes(self.storage, self.registry, name, [files] if isinstance(files, str) else list(files),
+                               label_column=label_column, request_id_column=request_id_column,
+                               entity_column=entity_column, time_column=time_column, batch=batch)
+
+    def lineage(self, name: str, version: int) -> Any:
+        """The lineage of ``name`` v``version``: partitions -> feature set -> run -> version ->
+        validation -> deployments -> drift -> the retrain it caused -> the next version
+        (docs/lineage.md). Render with ``mlplat.monitoring.lineage.to_text / to_json / to_svg``."""
+        from mlplat.monitoring.lineage import build_lineage
+
+        return build_lineage(self.registry, name, int(version))
 
 
 

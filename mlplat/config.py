@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import pydantic
@@ -172,6 +172,18 @@ class ServeSettings(StrictModel):
     telemetry: bool = True
     telemetry_flush_s: float = Field(5.0, gt=0)
     telemetry_max_rows: int = Field(20_000, ge=1)
+    #: Telemetry also records each row's encoded features (``encoded``, list<float>: the model's
+    #: input), encoded in the flush thread, never on the request path.
+    telemetry_encoded: bool = False
+    #: The ``x-mlplat-context-<key>`` headers recorded as ``context.<key>``; None: any key
+    #: (at most 16 per request either way, values cut to 256 characters).
+    telemetry_context_keys: list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]] | None = None
+    #: Register flushed telemetry files in the data catalog (dataset ``telemetry-<model>``).
+    telemetry_catalog: bool = True
+    #: Prometheus metrics through Ray's metrics endpoint (docs/serving.md); the ingress hands
+    #: its counts to Ray every ``metrics_interval_s``.
+    metrics: bool = True
+    metrics_interval_s: float = Field(1.0, gt=0)
     #: Ray Serve's throughput-optimized mode and HAProxy ingress (ray-2.60-notes.md: 10x on
     #: 2 cores). They act only when set before Ray starts, so mlplat exports them then.
     throughput_optimized: bool = True

@@ -70,6 +70,9 @@ def _register_groups() -> None:
     from mlplat.cli import rollout, validation
     validation.register(cli)
     rollout.register(cli)  # deploy, rollback, deployments  # validate, score, report, approve, reject (+ models report|approve|reject)
+    from mlplat.cli import monitor
+    cli.add_command(monitor.group)  # monitor drift (docs/monitoring.md)
+    cli.add_command(__import__("mlplat.cli.retrain", fromlist=["group"]).group)  # retrain approve|dismiss|list
 
 
 _register_groups()

@@ -207,3 +207,30 @@ def rollback(lazy: Any, name: str, region: str | None, idempotency_key: str | No
     v = _registry(lazy).rollback(name, region=lazy.get().config.check_region(region), by=acting_user(),
                                  idempotency_key=idempotency_key)
     _echo_version(v, as_json, "rolled back to")
+
+
+@group.command()
+@click.argument("name")
+@click.argument("version", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print the graph as JSON (nodes, edges, notes).")
+@click.option("--svg", "svg_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the graph as an SVG file here.")
+@click.pass_obj
+def lineage(lazy: Any, name: str, version: int, as_json: bool, svg_path: str | None) -> None:
+    """VERSION's lineage: partitions -> feature set -> run -> version -> validation -> deployments
+    -> drift -> alarms -> retrain -> next version (docs/lineage.md)."""
+    from mlplat.monitoring.lineage import build_lineage, to_json, to_svg, to_text
+
+    graph = build_lineage(_registry(lazy), name, version)
+    if svg_path:
+        try:
+            with open(svg_path, "w", encoding="utf-8") as fh:
+                fh.write(to_svg(graph))
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {svg_path}: {exc.strerror or exc}") from None
+    if as_json:
+        click.echo(json.dumps(to_json(graph), indent=2, sort_keys=True))
+    else:
+        click.echo(to_text(graph))
+    if svg_path:
+        click.echo(f"svg: {svg_path}", err=True)

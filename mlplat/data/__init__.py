@@ -1,6 +1,7 @@
 """The data catalog: datasets, versions, partitions; resolve to ``ray.data.Dataset``."""
 
 from mlplat.data.catalog import (
+    add_files,
     append_partition,
     complete_partition,
     dataset_files,
@@ -14,6 +15,7 @@ from mlplat.data.catalog import (
 )
 
 __all__ = [
+    "add_files",
     "append_partition",
     "complete_partition",
     "dataset_files",

@@ -41,6 +41,7 @@ from mlplat.storage import Storage
 __all__ = [
     "register_dataset",
     "append_partition",
+    "add_files",
     "complete_partition",
     "get_dataset",
     "list_datasets",
@@ -236,7 +237,7 @@ def register_dataset(storage: Storage, registry: Registry, name: str, source: st
     try:
         kind = DatasetKind(kind)
     except ValueError:
-        raise ValidationError(f"dataset kind {kind!r} is not one of: facts, inference") from None
+        raise ValidationError(f"dataset kind {kind!r} is not one of: {', '.join(k.value for k in DatasetKind)}") from None
     part_values = parse_partition(partition) if partition else None
     fs, files = _expand(storage, source, format)
     sources = [source] if isinstance(source, str) else list(source)
@@ -295,6 +296,95 @@ def append_partition(storage: Storage, registry: Registry, name: str, partition:
          "partition_keys": list(values), "num_rows": dv.num_rows + total},
         idempotency_key=f"dataset-append:{name}:v{dv.version}:{key}:{uuid.uuid4().hex}",
     )
+    return DatasetVersion.from_catalog(saved)
+
+
+def _merge_columns(name: str, columns: dict[str, str], path: str, schema: pa.Schema) -> None:
+    """Union ``schema`` into ``columns`` (the dataset's); a null-typed column takes any type."""
+    for f in schema:
+        have, got = columns.get(f.name), str(f.type)
+        if have is None or have == "null":
+            columns[f.name] = got
+        elif got != "null" and got != have:
+            raise SchemaMismatch(f"dataset {name!r}: {path} column {f.name!r} has type {got}, the dataset has {have}")
+
+
+def add_files(storage: Storage, registry: Registry, name: str, path: str, files: Sequence[str], *,
+              partition: str | None = None, kind: str | DatasetKind = DatasetKind.FACTS, tags: Sequence[str] = (),
+              description: str = "") -> DatasetVersion:
+    """Register Parquet files that already lie under the root, where they are (nothing is
+    copied): ``files`` are relative to ``path`` (the dataset's directory, e.g.
+    ``telemetry/churn``); with ``partition`` (``date=2026-11-30``) they sit in that hive
+    directory and join that partition, created when new; without, the unpartitioned files.
+
+    The latest ready version takes them; a dataset with none is registered first (``kind``,
+    ``path``; concurrent first calls create one version). A file already listed is skipped, so
+    a retried call adds each file once. The columns are the union of the files' columns (a
+    column a file lacks reads as null); a type that differs from the dataset's is a
+    :class:`SchemaMismatch` naming the file and column, and nothing is changed.
+
+    Writers append data files in place (telemetry flushes, outcome batches): each is written
+    atomically before it is listed, and readers see only listed files."""
+    validate_name(name, "dataset name")
+    try:
+        kind = DatasetKind(kind)
+    except ValueError:
+        raise ValidationError(f"dataset kind {kind!r} is not one of: {', '.join(k.value for k in DatasetKind)}") from None
+    values = parse_partition(partition) if partition else None
+    key = _partition_key(values) if values else None
+    base = storage.path(path)  # safe_join: a path inside the root
+    rel_path = path.strip("/")
+    for f in files:
+        storage.path(rel_path, f)
+        if key is not None and not f.startswith(f"{key}/"):
+            raise ValidationError(f"file {f!r} is not in partition directory {key}/ of dataset {name!r}")
+    try:
+        dv = get_dataset(registry, name)
+    except NotFound:
+        entry = registry.catalog_register(
+            CATALOG_DATASET, name,
+            DatasetVersion(name=name, version=1, kind=kind, path=rel_path, tags=tuple(tags),
+                           description=description, partition_keys=tuple(values or ())).payload(),
+            tags=tuple(tags), idempotency_key=f"dataset-in-place:{name}:{rel_path}")
+        dv = DatasetVersion.from_catalog(entry)
+    if dv.path != rel_path:
+        raise ValidationError(f"dataset {name!r} v{dv.version} lives in {dv.path!r}, not {rel_path!r}")
+    if dv.kind != kind:
+        raise ValidationError(f"dataset {name!r} has kind {dv.kind.value}, not {kind.value}")
+    if values is not None and dv.partition_keys and tuple(values) != dv.partition_keys:
+        raise ValidationError(f"partition {partition!r} does not match the dataset's partition keys "
+                              f"{'/'.join(dv.partition_keys)}")
+    part = dv.partition(key) if key is not None else None
+    listed = set(part.files if part is not None else dv.files) if key is not None else set(dv.files)
+    new = [f for f in dict.fromkeys(files) if f not in listed]
+    if not new:
+        return dv
+    columns = dv.schema_dict()
+    rows = 0
+    for f in new:
+        try:
+            meta = pq.read_metadata(f"{base}/{f}", filesystem=storage.fs)
+        except FileNotFoundError:
+            raise NotFound(f"dataset {name!r}: {rel_path}/{f} does not exist") from None
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise ValidationError(f"dataset {name!r}: {rel_path}/{f} is not a readable Parquet file: {exc}") from None
+        _merge_columns(name, columns, f"{rel_path}/{f}", meta.schema.to_arrow_schema())
+        rows += meta.num_rows
+    now = time.time()
+    if key is None:
+        patch: dict[str, Any] = {"files": [*dv.files, *new]}
+    else:
+        assert values is not None
+        merged = (part.model_copy(update={"files": (*part.files, *new), "num_rows": part.num_rows + rows})
+                  if part is not None else PartitionInfo(key=key, values=values, files=tuple(new), num_rows=rows, added_at=now))
+        parts = [merged if p.key == key else p for p in dv.partitions] if part is not None else [*dv.partitions, merged]
+        patch = {"partitions": [p.model_dump(mode="json") for p in sorted(parts, key=lambda p: p.key)],
+                 "partition_keys": list(values)}
+    patch.update({"columns": [ColumnInfo(name=c, type=t).model_dump() for c, t in columns.items()],
+                  "num_rows": dv.num_rows + rows})
+    digest = uuid.uuid5(uuid.NAMESPACE_URL, "\n".join(new)).hex
+    saved = registry.catalog_update(CATALOG_DATASET, name, dv.version, patch,
+                                    idempotency_key=f"dataset-add-files:{name}:v{dv.version}:{key or ''}:{digest}")
     return DatasetVersion.from_catalog(saved)
 
 

@@ -84,12 +84,45 @@ class RolloutController:
         self._decisions: dict[str, dict[str, Any]] = {}
         self._stats = CanaryStatsFollower()
         self._wake = threading.Event()
+        #: The closed loop (drift alarms, retrain triggers, validating retrained versions) runs on a
+        #: thread of its own: a feature rebuild or a validation takes seconds to minutes.
+        self._retrain: Any = None
+        self._sender: Any = None
+        self._retrain_error: str | None = None
         if background:
             threading.Thread(target=self._loop, daemon=True, name="rollout-controller").start()
+            threading.Thread(target=self._retrain_loop, daemon=True, name="retrain-controller").start()
 
     def status(self) -> dict[str, Any]:
         cursor = self._registry.get_cursor(CURSOR) if self._registry is not None else None
-        return {"ticks": self._ticks, "cursor": cursor, "last_error": self._last_error, "canaries": dict(self._decisions)}
+        retrain = None if self._retrain is None else {"last": list(self._retrain.last)[-20:], "error": self._retrain_error,
+                                                       "webhooks": self._sender.stats() if self._sender else None}
+        return {"ticks": self._ticks, "cursor": cursor, "last_error": self._last_error, "canaries": dict(self._decisions),
+                "retrain": retrain}
+
+    def _retrain_loop(self) -> None:
+        from mlplat.lifecycle.retrain import RetrainController
+        from mlplat.monitoring.alarms import WebhookSender
+        from mlplat.storage import open_root
+        from mlplat.training.queue import ensure_scheduler
+
+        config = self._config
+        while self._retrain is None:
+            try:
+                self._sender = WebhookSender()
+                self._retrain = RetrainController(self._registry_factory(), open_root(config.root, config.s3),
+                                                  sender=self._sender, wake=lambda: ensure_scheduler(config))
+            except Exception as exc:  # the registry is not up yet: try again
+                self._retrain_error = f"{type(exc).__name__}: {exc}"
+                time.sleep(max(1.0, self._poll_s))
+        while True:
+            try:
+                self._retrain.tick()
+                self._retrain_error = None
+            except Exception as exc:  # keep following; visible in status()
+                self._retrain_error = f"{type(exc).__name__}: {exc}"
+                log.warning("retrain controller tick failed: %s", self._retrain_error)
+            time.sleep(self._poll_s)
 
     def wake(self) -> bool:
         self._wake.set()

@@ -46,10 +46,13 @@ STATUS_READY = "ready"
 
 
 class DatasetKind(str, enum.Enum):
-    """What a dataset holds: ETL facts (training data) or inference logs (telemetry)."""
+    """What a dataset holds: ETL facts (training data), inference logs, the serving ingress's
+    telemetry (``telemetry-<model>``) or delayed labels joined to predictions (``outcomes-<model>``)."""
 
     FACTS = "facts"
     INFERENCE = "inference"
+    TELEMETRY = "telemetry"
+    OUTCOMES = "outcomes"
 
     def __str__(self) -> str:
         return self.value

@@ -5,6 +5,7 @@ routes (rollback without a Ray driver), in one Serve deployment."""
 
 
 import asyncio
+import functools
 import hmac
 import logging
 import time
@@ -20,10 +21,19 @@ from mlplat.config import PlatformConfig
 from mlplat.errors import MlplatError
 from mlplat.serving.cache import ModelCache
 from mlplat.serving.deployments import run_prediction
+from mlplat.serving.metrics import UNKNOWN_MODEL, ServingMetrics
 from mlplat.serving.request import ParsedRequest, RequestError, parse_json_body, parse_v1, parse_v2
 from mlplat.serving.routes import ModelRoutes, RegistryReader, Route, RouteTable, actor_registry_reader
 from mlplat.serving.runtime import load_servable, tune_gc
-from mlplat.serving.telemetry import TelemetryWriter
+from mlplat.serving.telemetry import (
+    MAX_CONTEXT_VALUE_CHARS,
+    MAX_HEADER_CHARS,
+    CatalogSync,
+    TelemetryWriter,
+    catalog_registrar,
+    context_from_headers,
+    request_id_of,
+)
 from mlplat.serving.traffic import VersionStats, request_key, routes_to_canary
 from mlplat.serving.warmup import Prewarmer, check_probe, probe_rows, reference_stats_of, replica_identity
 from mlplat.storage import open_root
@@ -102,6 +112,18 @@ def _status_of(exc: MlplatError) -> int:
     return 503
 
 
+def _registry_of_actor(actor_name: str, namespace: str) -> Any:
+    """The synchronous registry over the ingress's registry actor (the flush thread's catalog
+    calls); found by name, never created here. Defined above the class: Serve pickles the
+    deployment class when it is decorated, with the module globals that exist then."""
+    import ray
+
+    from mlplat.registry import ActorRegistry
+
+    return ActorRegistry(ray.get_actor(actor_name, namespace=namespace), retry_s=10.0,
+                         description=f"actor {namespace}/{actor_name}")
+
+
 @serve.deployment(name="ingress")
 @serve.ingress(http_app)
 class Ingress:
@@ -120,7 +142,20 @@ class Ingress:
         self._reader = reader
         self._routes = RouteTable(reader, lambda n, v, sha: schema_of_bundle(self._storage, n, v, sha),
                                   refresh_s=self._serve.route_refresh_s, region=self._serve.region)
-        self._telemetry = TelemetryWriter(self._storage, max_rows=self._serve.telemetry_max_rows) if self._serve.telemetry else None
+        self._telemetry = TelemetryWriter(self._storage, max_rows=self._serve.telemetry_max_rows,
+                                          encoded=self._serve.telemetry_encoded) if self._serve.telemetry else None
+        self._context_keys = (frozenset(self._serve.telemetry_context_keys)
+                              if self._serve.telemetry_context_keys is not None else None)
+        self._catalog: CatalogSync | None = None
+        if self._telemetry is not None and self._serve.telemetry_catalog:
+            # the catalog takes a synchronous Registry: the registry actor, reached from the flush thread
+            self._catalog = CatalogSync(
+                catalog_registrar(self._storage, lambda: _registry_of_actor(registry_actor, config.namespace)),
+                on_error=functools.partial(self._telemetry.count_error, "catalog"))
+        self._metrics = ServingMetrics(telemetry=self._telemetry, interval_s=self._serve.metrics_interval_s) \
+            if self._serve.metrics else None
+        if self._metrics is not None:
+            self._metrics.start_soon()
         self._local = ModelCache(lambda n, v, sha: load_servable(self._storage, n, v, sha), per_name=2)
         #: deployment id -> version -> live stats of this replica since the canary started
         self._canary_stats: dict[str, dict[int, VersionStats]] = {}
@@ -151,6 +186,8 @@ class Ingress:
         loop = asyncio.get_running_loop()
         if self._telemetry is not None:
             loop.create_task(self._flush_telemetry())
+        if self._metrics is not None:
+            self._metrics.start_soon()
         loop.create_task(self._report_canary_stats())
         self._ready = True
 
@@ -186,16 +223,26 @@ class Ingress:
                 self._canary_seen.pop(deployment, None)
 
     async def _flush_telemetry(self) -> None:
-        telemetry = self._telemetry
-        if telemetry is None:  # telemetry is off: nothing to flush
+        if self._telemetry is None:  # telemetry is off: nothing to flush
             return
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self._serve.telemetry_flush_s)
             try:
-                await loop.run_in_executor(None, telemetry.flush)
+                await loop.run_in_executor(None, self._flush_and_register)
             except Exception:  # never let telemetry take serving down
                 log.exception("telemetry flush failed")
+
+    def _flush_and_register(self) -> int:
+        """The flush thread: write the buffered telemetry, then register the files written (and
+        any earlier ones still queued) in the data catalog. Returns the rows written."""
+        if self._telemetry is None:
+            return 0
+        files = self._telemetry.flush()
+        if self._catalog is not None:
+            self._catalog.add(files)
+            self._catalog.sync()
+        return sum(f.num_rows for f in files)
 
     # -- guards ---------------------------------------------------------------------------
     def _check_auth(self, request: Request) -> None:
@@ -239,6 +286,8 @@ class Ingress:
                                       routes.canary_key)
                     if routes_to_canary(None if key is None else f"{name}:{key}", routes.canary_percent):
                         route = routes.canary
+                    if self._metrics is not None:
+                        self._metrics.canary(name, route.version, "canary" if route is routes.canary else "production")
             else:
                 route = await self._routes.resolve(name, version)
             if payload is None:
@@ -255,24 +304,46 @@ class Ingress:
         except RequestError as exc:
             if exc.status >= 500 and route is not None and routes is not None and routes.canary_deployment:
                 self._record_canary(routes.canary_deployment, route.version, started, ok=False)
+            self._count_request(name, route, exc.status, started)
             return _error(exc.status, exc.message, exc.field)
+        except Exception:
+            self._count_request(name, route, 503, started)  # the app's handler answers 503
+            raise
         predictions, answered = result["predictions"], result["version"]
         latency_ms = (time.perf_counter() - started) * 1000
         if routes is not None and routes.canary_deployment:
             self._record_canary(routes.canary_deployment, answered, started, ok=True, predictions=predictions)
+        headers = request.headers
+        incoming_id = headers.get("x-request-id")  # Serve sets it, and returns it as the response's x-request-id
+        request_id = request_id_of(parsed.request_id, incoming_id)
         if self._telemetry is not None:
-            self._telemetry.record(name, answered, parsed.rows, predictions, request_id=parsed.request_id,
-                                   caller=request.headers.get("x-mlplat-caller", "")[:128] or None,
-                                   endpoint=endpoint, latency_ms=latency_ms)
-        headers = {"x-mlplat-model-version": str(answered)}
+            self._telemetry.record(
+                name, answered, parsed.rows, predictions, request_id=request_id,
+                caller=headers.get("x-mlplat-caller", "")[:MAX_HEADER_CHARS] or None, endpoint=endpoint,
+                latency_ms=latency_ms, region=self._serve.region,
+                user_agent=headers.get("user-agent", "")[:MAX_CONTEXT_VALUE_CHARS] or None,
+                context=context_from_headers(request.scope["headers"], keys=self._context_keys),
+                kinds=route.schema.columns, matrix=parsed.matrix, bundle_sha256=route.bundle_sha256)
+        if self._metrics is not None:
+            self._metrics.request(name, answered, 200, latency_ms)
+        out_headers = {"x-mlplat-model-version": str(answered)}
+        if incoming_id is None or (parsed.request_id is None and request_id != incoming_id):
+            out_headers["x-request-id"] = request_id  # outside Serve's proxy, or a header it could not use
         if endpoint == "v1":
             return JSONResponse({"model_name": name, "model_version": str(answered), "predictions": predictions},
-                                headers=headers)
+                                headers=out_headers)
         shape = [len(predictions)] + ([len(predictions[0])] if predictions and isinstance(predictions[0], list) else [])
         flat = [v for p in predictions for v in p] if len(shape) == 2 else predictions
-        return JSONResponse({"model_name": name, "model_version": str(answered), "id": parsed.request_id,
+        return JSONResponse({"model_name": name, "model_version": str(answered), "id": request_id,
                              "outputs": [{"name": "predictions", "shape": shape, "datatype": _DATATYPE[route.task],
-                                          "data": flat}]}, headers=headers)
+                                          "data": flat}]}, headers=out_headers)
+
+    def _count_request(self, name: str, route: Route | None, status: int, started: float) -> None:
+        """A request's metrics; the model tag only for a name that resolved (no series from
+        client input), the version only when one was chosen."""
+        if self._metrics is not None:
+            self._metrics.request(name if route is not None else UNKNOWN_MODEL, route.version if route is not None else 0,
+                                  status, (time.perf_counter() - started) * 1000)
 
     def _record_canary(self, deployment: str, version: int, started: float, *, ok: bool,
                        predictions: list[Any] | None = None) -> None:
@@ -446,10 +517,18 @@ class Ingress:
         return _error(404, f"no route {path!r}; see /docs for the API")
 
     async def flush_telemetry(self) -> int:
-        """Write buffered telemetry now (tests, shutdown)."""
+        """Write buffered telemetry now and register it in the catalog (tests, shutdown);
+        returns the rows written."""
         if self._telemetry is None:
             return 0
-        return await asyncio.get_running_loop().run_in_executor(None, self._telemetry.flush)
+        return await asyncio.get_running_loop().run_in_executor(None, self._flush_and_register)
+
+    async def export_metrics(self) -> bool:
+        """Hand the counted metrics to Ray now (tests); False when metrics are off."""
+        if self._metrics is None:
+            return False
+        self._metrics.export()
+        return True
 
 
 @http_app.exception_handler(Exception)

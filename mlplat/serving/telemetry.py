@@ -1,93 +1,534 @@
 """Telemetry of every inference: buffered in the ingress, flushed as Parquet to
-``telemetry/<name>/date=YYYY-MM-DD/<writer>-<n>.parquet`` (hive-partitioned for drift jobs)."""
+``telemetry/<name>/date=YYYY-MM-DD/<writer>-<ms>-<n>.parquet`` (hive-partitioned, UTC dates),
+and registered as partitions of the catalog dataset ``telemetry-<name>`` (kind ``telemetry``).
+
+The request path only appends a reference to what it already holds (rows, predictions, the
+call context) to a bounded buffer: rows are built, features encoded and files written by
+:meth:`TelemetryWriter.flush` in the flush thread, and registered in the catalog by
+:class:`CatalogSync` after it. Past ``max_rows`` buffered rows the oldest requests are
+dropped and counted per model; a failed write keeps its rows for the next flush (still
+bounded); a failed catalog registration is counted and retried -- none of it reaches a request.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
+import json
+import logging
+import re
 import threading
 import time
 import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from mlplat.errors import InvalidName, MlplatError, NotFound, SchemaMismatch, ValidationError
 from mlplat.storage import Storage
 
-__all__ = ["TelemetryWriter"]
+__all__ = [
+    "TelemetryWriter",
+    "TelemetryFile",
+    "CatalogSync",
+    "CatalogUnavailable",
+    "catalog_registrar",
+    "context_from_headers",
+    "request_id_of",
+    "telemetry_table",
+    "telemetry_dataset_name",
+    "TELEMETRY_DIR",
+    "TELEMETRY_KIND",
+    "CONTEXT_HEADER_PREFIX",
+    "MAX_CONTEXT_KEYS",
+    "MAX_CONTEXT_VALUE_CHARS",
+    "MAX_HEADER_CHARS",
+    "MAX_REQUEST_ID_CHARS",
+]
+
+log = logging.getLogger("mlplat.serving")
+
+TELEMETRY_DIR = "telemetry"
+TELEMETRY_KIND = "telemetry"
+CONTEXT_HEADER_PREFIX = "x-mlplat-context-"
+#: At most this many ``x-mlplat-context-*`` headers per request become columns (the first ones).
+MAX_CONTEXT_KEYS = 16
+#: Context values and the user agent are cut to this many characters.
+MAX_CONTEXT_VALUE_CHARS = 256
+#: The caller header (``x-mlplat-caller``) is cut to this many characters.
+MAX_HEADER_CHARS = 128
+#: A longer ``x-request-id`` header is not used as the request id (a uuid is).
+MAX_REQUEST_ID_CHARS = 256
+_PREFIX = CONTEXT_HEADER_PREFIX.encode()
+_CONTEXT_KEY = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+# -- the call context (request path: cheap, pure) ---------------------------------------------
+
+
+def context_from_headers(raw_headers: Iterable[tuple[bytes, bytes]], *, keys: frozenset[str] | None = None,
+                         max_keys: int = MAX_CONTEXT_KEYS, max_value_chars: int = MAX_CONTEXT_VALUE_CHARS) -> dict[str, str]:
+    """``x-mlplat-context-<key>: value`` headers (ASGI raw headers) -> ``{key: value}``.
+
+    Keys are lowercase ``[a-z0-9][a-z0-9_-]{0,63}`` (others are ignored), only those in
+    ``keys`` when given; the first ``max_keys`` win, a repeated key keeps its first value,
+    values are cut to ``max_value_chars``.
+
+    >>> context_from_headers([(b"x-mlplat-context-tenant", b"acme"), (b"user-agent", b"curl"),
+    ...                       (b"x-mlplat-context-Bad Key", b"x"), (b"x-mlplat-context-tenant", b"other")])
+    {'tenant': 'acme'}
+    """
+    out: dict[str, str] = {}
+    for name, value in raw_headers:
+        if len(name) <= len(_PREFIX) or name[:len(_PREFIX)].lower() != _PREFIX:
+            continue
+        key = name[len(_PREFIX):].decode("latin-1")
+        if key in out or not _CONTEXT_KEY.fullmatch(key) or (keys is not None and key not in keys):
+            continue
+        out[key] = value[:max_value_chars * 4].decode("utf-8", "replace")[:max_value_chars]
+        if len(out) >= max_keys:
+            break
+    return out
+
+
+def request_id_of(oip_id: str | None, header: str | None) -> str:
+    """The request's id in telemetry: the OIP ``id`` when the client sent one, else the
+    ``x-request-id`` request header (Ray Serve's proxy sets it -- the client's value or a
+    uuid it generated -- and returns it as the response's ``x-request-id``), else a new
+    uuid4 (hex). A header value over 256 characters is not used.
+
+    >>> request_id_of("req-1", "h-1"), request_id_of(None, "h-1"), len(request_id_of(None, "x" * 257))
+    ('req-1', 'h-1', 32)
+    """
+    if oip_id:
+        return oip_id
+    if header and len(header) <= MAX_REQUEST_ID_CHARS:
+        return header
+    return uuid.uuid4().hex
+
+
+def telemetry_dataset_name(model: str) -> str:
+    """The catalog dataset of a model's telemetry: ``telemetry-<model>``; names past the
+    63-character limit keep a prefix of the model name and a hash of all of it.
+
+    >>> telemetry_dataset_name("churn")
+    'telemetry-churn'
+    >>> len(telemetry_dataset_name("m" * 63))
+    63
+    """
+    return _prefixed(TELEMETRY_KIND, model)
+
+
+def _prefixed(prefix: str, model: str) -> str:
+    name = f"{prefix}-{model}"
+    if len(name) <= 63:
+        return name
+    digest = hashlib.blake2b(model.encode(), digest_size=4).hexdigest()
+    return f"{name[:63 - 9]}-{digest}"
+
+
+# -- the buffer ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Request:
+    """One answered request as the request path left it; expanded to rows at flush."""
+
+    ts: float
+    model: str
+    version: int
+    endpoint: str
+    request_id: str
+    caller: str | None
+    region: str | None
+    user_agent: str | None
+    latency_ms: float
+    predictions: list[Any]
+    rows: list[dict[str, Any]] | None
+    kinds: Mapping[str, str] | None
+    context: Mapping[str, str] | None
+    matrix: np.ndarray | None
+    bundle_sha256: str | None
+
+    @property
+    def day(self) -> str:
+        return dt.datetime.fromtimestamp(self.ts, dt.timezone.utc).date().isoformat()
+
+
+@dataclass(frozen=True)
+class TelemetryFile:
+    """A flushed Parquet file: ``telemetry/<model>/<partition>/<name>``."""
+
+    model: str
+    partition: str  # date=YYYY-MM-DD
+    name: str
+    num_rows: int
+
+    @property
+    def relative_path(self) -> str:
+        """Relative to ``telemetry/<model>`` (the dataset's directory)."""
+        return f"{self.partition}/{self.name}"
+
+
+_BASE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("ts", "float64"), ("model", "string"), ("version", "int64"), ("request_id", "string"), ("request_row", "int64"),
+    ("endpoint", "string"), ("caller", "string"), ("region", "string"), ("user_agent", "string"),
+    ("latency_ms", "float64"),
+)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"  # the encoders' category key of a boolean
+    return value if isinstance(value, str) else str(value)
+
+
+def telemetry_table(requests: Sequence[_Request], *, encoded: Callable[[_Request], list[list[float]] | None] | None = None):
+    """The Parquet table of a flush: one row per prediction.
+
+    Columns: ``ts`` (epoch s), ``model``, ``version``, ``request_id``, ``request_row`` (the
+    instance's index in its request), ``endpoint``, ``caller``, ``region``, ``user_agent``,
+    ``latency_ms``, ``prediction`` (a number, or JSON text for a vector), ``feature.<name>``
+    per raw feature (float64 for numeric features, text for categories), ``context.<key>`` per
+    context header, and with ``encoded`` given, ``encoded`` (list<float>, the model's input).
+    """
+    import pyarrow as pa
+
+    cols: dict[str, list[Any]] = {name: [] for name, _ in _BASE_COLUMNS}
+    predictions: list[Any] = []
+    feature_kind: dict[str, str] = {}
+    for r in requests:
+        if r.rows is not None:
+            for key in (r.kinds or r.rows[0]):
+                feature_kind.setdefault(key, (r.kinds or {}).get(key, ""))
+    context_keys = list(dict.fromkeys(k for r in requests for k in (r.context or ())))
+    features: dict[str, list[Any]] = {k: [] for k in feature_kind}
+    contexts: dict[str, list[Any]] = {k: [] for k in context_keys}
+    encoded_rows: list[Any] = []
+    for r in requests:
+        n = len(r.predictions)
+        for name, value in (("ts", r.ts), ("model", r.model), ("version", r.version), ("request_id", r.request_id),
+                            ("endpoint", r.endpoint), ("caller", r.caller), ("region", r.region),
+                            ("user_agent", r.user_agent), ("latency_ms", r.latency_ms)):
+            cols[name].extend([value] * n)
+        cols["request_row"].extend(range(n))
+        predictions.extend(r.predictions)
+        for key, values in features.items():
+            if r.rows is None:
+                values.extend([None] * n)
+            else:
+                values.extend(row.get(key) for row in r.rows)
+        for key, values in contexts.items():
+            values.extend([(r.context or {}).get(key)] * n)
+        if encoded is not None:
+            vectors = encoded(r)
+            encoded_rows.extend(vectors if vectors is not None else [None] * n)
+    arrays: dict[str, Any] = {name: pa.array(cols[name], type=getattr(pa, kind)()) for name, kind in _BASE_COLUMNS}
+    if all(p is None or _number(p) for p in predictions):
+        arrays["prediction"] = pa.array([None if p is None else float(p) for p in predictions], pa.float64())
+    else:
+        arrays["prediction"] = pa.array([None if p is None else p if isinstance(p, str) else json.dumps(p)
+                                         for p in predictions], pa.string())
+    for key, values in features.items():
+        kind = feature_kind[key]
+        numeric = kind.startswith("number") or (kind == "" and all(v is None or _number(v) for v in values))
+        if numeric:
+            arrays[f"feature.{key}"] = pa.array([None if v is None else float(v) for v in values], pa.float64())
+        else:
+            arrays[f"feature.{key}"] = pa.array([_text(v) for v in values], pa.string())
+    for key, values in contexts.items():
+        arrays[f"context.{key}"] = pa.array(values, pa.string())
+    if encoded is not None:
+        arrays["encoded"] = pa.array(encoded_rows, pa.list_(pa.float32()))
+    return pa.table(arrays)
 
 
 class TelemetryWriter:
-    """Thread-safe buffer of per-row inference records, flushed by size or on demand.
+    """Thread-safe bounded buffer of answered requests, flushed to Parquet on demand.
 
-    Each row: ``ts``, ``model``, ``version``, ``request_id``, ``caller``, ``endpoint``,
-    ``latency_ms``, ``prediction`` (JSON text for vectors) and ``feature.<name>`` per raw
-    feature. Writing never raises into the request path: a failed flush keeps the rows
-    (bounded by ``max_rows``; the oldest are dropped and counted past that)."""
+    :meth:`record` runs on the request path: it stores references and never raises, blocks on
+    I/O or waits for a flush (the lock guards a deque append). ``encoded=True`` adds the
+    ``encoded`` column at flush: the v2 ``input`` matrix as sent, or raw rows encoded by the
+    version's fitted encoder (read once per version from its ``bundle.json``)."""
 
-    def __init__(self, storage: Storage, *, max_rows: int = 20_000, writer_id: str | None = None):
-        self._storage, self._max_rows = storage, max_rows
+    def __init__(self, storage: Storage, *, max_rows: int = 20_000, writer_id: str | None = None,
+                 encoded: bool = False, max_files_per_flush: int = 1_000):
+        self._storage, self._max_rows, self._encoded = storage, max_rows, encoded
         self._writer_id = writer_id or uuid.uuid4().hex[:8]
-        self._rows: dict[str, list[dict[str, Any]]] = {}
+        self._max_files = max_files_per_flush
+        self._pending: deque[_Request] = deque()
         self._count = 0
         self._lock = threading.Lock()
         self._seq = 0
+        self._dropped: dict[str, int] = {}
+        self._errors: dict[str, int] = {}
+        self._encoders: dict[tuple[str, int], Any] = {}
         self.dropped_rows = 0
         self.flush_errors = 0
 
     def record(self, model: str, version: int, rows: list[dict[str, Any]] | None, predictions: list[Any], *,
-               request_id: str | None, caller: str | None, endpoint: str, latency_ms: float) -> None:
-        now = time.time()
-        out = []
-        for i, prediction in enumerate(predictions):
-            entry = {"ts": now, "model": model, "version": version, "request_id": request_id, "caller": caller,
-                     "endpoint": endpoint, "latency_ms": latency_ms,
-                     "prediction": prediction if isinstance(prediction, float) else str(prediction)}
-            if rows is not None:
-                for key, value in rows[i].items():
-                    entry[f"feature.{key}"] = None if value is None else (float(value) if isinstance(value, int | float) and not isinstance(value, bool) else str(value))
-            out.append(entry)
+               request_id: str, caller: str | None, endpoint: str, latency_ms: float, region: str | None = None,
+               user_agent: str | None = None, context: Mapping[str, str] | None = None,
+               kinds: Mapping[str, str] | None = None, matrix: np.ndarray | None = None,
+               bundle_sha256: str | None = None) -> None:
+        """Buffer one answered request (``rows``: its raw feature rows, or None for an encoded
+        ``matrix``; ``kinds``: the version's raw feature kinds, ``InputSchema.columns``)."""
+        item = _Request(time.time(), model, version, endpoint, request_id, caller, region, user_agent, latency_ms,
+                        predictions, rows, kinds, context or None, matrix if self._encoded else None, bundle_sha256)
         with self._lock:
-            self._rows.setdefault(model, []).extend(out)
-            self._count += len(out)
+            self._pending.append(item)
+            self._count += len(predictions)
             if self._count > self._max_rows:
-                self._drop_oldest(self._count - self._max_rows)
+                self._drop_oldest()
 
-    def _drop_oldest(self, excess: int) -> None:
-        for rows in self._rows.values():
-            cut = min(excess, len(rows))
-            del rows[:cut]
-            excess -= cut
-            self._count -= cut
-            self.dropped_rows += cut
-            if excess <= 0:
-                return
+    def _drop_oldest(self) -> None:  # under the lock
+        while self._count > self._max_rows and self._pending:
+            item = self._pending.popleft()
+            n = len(item.predictions)
+            self._count -= n
+            self.dropped_rows += n
+            self._dropped[item.model] = self._dropped.get(item.model, 0) + n
 
     @property
     def pending_rows(self) -> int:
         return self._count
 
-    def flush(self) -> int:
-        """Write buffered rows; returns how many were written."""
-        import pyarrow as pa
+    def take_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """(rows dropped per model, failures per stage) since the last call (for metrics)."""
+        with self._lock:
+            dropped, self._dropped = self._dropped, {}
+            errors, self._errors = self._errors, {}
+        return dropped, errors
+
+    def count_error(self, stage: str, n: int = 1) -> None:
+        with self._lock:
+            self._errors[stage] = self._errors.get(stage, 0) + n
+
+    def flush(self) -> list[TelemetryFile]:
+        """Write the buffered requests, one file per (model, UTC date); returns the files
+        written. Requests whose write failed go back to the front of the buffer."""
         import pyarrow.parquet as pq
 
         with self._lock:
-            batches, self._rows, self._count = self._rows, {}, 0
-        written = 0
-        for model, rows in batches.items():
-            if not rows:
+            pending, self._pending, self._count = self._pending, deque(), 0
+        groups: dict[tuple[str, str], list[_Request]] = {}
+        for item in pending:
+            groups.setdefault((item.model, item.day), []).append(item)
+        written: list[TelemetryFile] = []
+        failed: list[_Request] = []
+        for i, ((model, day), items) in enumerate(groups.items()):
+            if i >= self._max_files:
+                failed.extend(items)  # the next flush writes them
                 continue
             try:
-                table = pa.Table.from_pylist(rows)
+                table = telemetry_table(items, encoded=self._encode if self._encoded else None)
                 sink = io.BytesIO()
                 pq.write_table(table, sink)
-                day = dt.datetime.fromtimestamp(rows[0]["ts"], dt.timezone.utc).date().isoformat()
-                self._seq += 1
-                self._storage.write_bytes(sink.getvalue(), "telemetry", model, f"date={day}",
-                                          f"{self._writer_id}-{int(time.time() * 1000)}-{self._seq}.parquet")
-                written += len(rows)
+                with self._lock:
+                    self._seq += 1
+                    seq = self._seq
+                name = f"{self._writer_id}-{int(time.time() * 1000)}-{seq}.parquet"
+                self._storage.write_bytes(sink.getvalue(), TELEMETRY_DIR, model, f"date={day}", name)
+                written.append(TelemetryFile(model, f"date={day}", name, table.num_rows))
             except Exception:
+                log.warning("telemetry write for %s failed; rows kept for the next flush", model, exc_info=True)
                 self.flush_errors += 1
-                with self._lock:  # keep them for the next flush
-                    self._rows.setdefault(model, [])[:0] = rows
-                    self._count += len(rows)
+                self.count_error("flush")
+                failed.extend(items)
+        if failed:
+            failed.sort(key=lambda r: r.ts)
+            with self._lock:  # older than anything recorded meanwhile: back to the front, still bounded
+                self._pending.extendleft(reversed(failed))
+                self._count += sum(len(r.predictions) for r in failed)
+                if self._count > self._max_rows:
+                    self._drop_oldest()
         return written
+
+    # -- encoded features (flush thread) ---------------------------------------------------------
+    def _encode(self, item: _Request) -> list[list[float]] | None:
+        if item.matrix is not None:
+            return item.matrix.astype(np.float32, copy=False).tolist()
+        if item.rows is None:
+            return None
+        try:
+            encoder = self._encoder(item.model, item.version, item.bundle_sha256)
+            return None if encoder is None else encoder.to_numpy(item.rows).tolist()
+        except Exception:
+            log.debug("encoding telemetry of %s v%s failed", item.model, item.version, exc_info=True)
+            self.count_error("encode")
+            return None
+
+    def _encoder(self, model: str, version: int, bundle_sha256: str | None) -> Any:
+        key = (model, version)
+        if key not in self._encoders:
+            from mlplat.features import FeatureEncoder
+            from mlplat.models.bundle import BUNDLE_FILE, bundle_dir
+            from mlplat.storage import sha256_bytes
+
+            raw = self._storage.read_bytes(*bundle_dir(model, version), BUNDLE_FILE)
+            if bundle_sha256 is not None and sha256_bytes(raw) != bundle_sha256:
+                raise ValidationError(f"{model} v{version}: bundle.json does not match the registry's sha256")
+            meta = json.loads(raw)
+            if len(self._encoders) >= 64:  # a few versions per model are live at once
+                self._encoders.pop(next(iter(self._encoders)))
+            self._encoders[key] = FeatureEncoder.from_json(meta["encoder"]) if meta.get("encoder") else None
+        return self._encoders[key]
+
+
+# -- the catalog (flush thread) ----------------------------------------------------------------
+
+#: ``(model, partition, [file paths relative to telemetry/<model>]) -> None``; raises on failure.
+Registrar = Callable[[str, str, list[str]], None]
+#: Errors that retrying cannot fix (a file the catalog refuses, or that is gone): the files leave the queue.
+_PERMANENT = (SchemaMismatch, ValidationError, InvalidName, NotFound)
+
+
+class CatalogUnavailable(MlplatError):
+    """The data catalog cannot register files in place (``mlplat.data.catalog.add_files``)."""
+
+
+@dataclass
+class _Group:
+    files: list[str] = field(default_factory=list)
+    attempts: int = 0
+    next_try: float = 0.0
+
+
+class CatalogSync:
+    """Registers flushed telemetry files in the data catalog, in the flush thread.
+
+    Files queue per (model, partition) and each :meth:`sync` registers every due group with
+    one call of ``register``; a failed group stays queued and is retried with exponential
+    backoff (``retry_s`` doubling up to ``max_retry_s``), counted in ``errors``. A group the
+    catalog refuses for good (schema conflict, bad name) is dropped and counted in
+    ``rejected``; past ``max_files`` queued files the oldest are dropped (they stay on disk,
+    unlisted) and counted in ``dropped_files``. The registrar must be idempotent per file
+    (a retry after an unknown outcome sends the same files again)."""
+
+    def __init__(self, register: Registrar, *, retry_s: float = 5.0, max_retry_s: float = 300.0,
+                 max_files: int = 10_000, on_error: Callable[[], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self._register, self._retry_s, self._max_retry_s = register, retry_s, max_retry_s
+        self._max_files, self._on_error, self._clock = max_files, on_error, clock
+        self._groups: dict[tuple[str, str], _Group] = {}
+        self._lock = threading.Lock()
+        self._syncing = threading.Lock()  # one sync at a time (the flush loop and an explicit flush)
+        self.registered_files = 0
+        self.errors = 0
+        self.rejected = 0
+        self.dropped_files = 0
+        #: Why syncing stopped for good (the catalog cannot take the files at all), else None.
+        self.disabled: str | None = None
+
+    @property
+    def pending_files(self) -> int:
+        return sum(len(g.files) for g in self._groups.values())
+
+    def add(self, files: Iterable[TelemetryFile]) -> None:
+        with self._lock:
+            if self.disabled is not None:
+                return
+            for f in files:
+                self._groups.setdefault((f.model, f.partition), _Group()).files.append(f.relative_path)
+            excess = self.pending_files - self._max_files
+            for key in list(self._groups):  # oldest groups first (insertion order)
+                if excess <= 0:
+                    break
+                group = self._groups[key]
+                cut = min(excess, len(group.files))
+                del group.files[:cut]
+                excess -= cut
+                self.dropped_files += cut
+                if not group.files:
+                    del self._groups[key]
+
+    def sync(self) -> int:
+        """Register every due group; returns how many files were registered (0 while another
+        sync runs)."""
+        if not self._syncing.acquire(blocking=False):
+            return 0
+        try:
+            return self._sync()
+        finally:
+            self._syncing.release()
+
+    def _sync(self) -> int:
+        now = self._clock()
+        with self._lock:
+            due = [(key, group, list(group.files)) for key, group in self._groups.items() if group.next_try <= now]
+        done = 0
+        for (model, partition), group, files in due:
+            try:
+                self._register(model, partition, files)
+            except CatalogUnavailable as exc:
+                log.error("telemetry is not registered in the data catalog: %s", exc)
+                self.disabled = str(exc)
+                self._failed()
+                with self._lock:
+                    self._groups.clear()
+                return done
+            except _PERMANENT as exc:
+                log.error("catalog refused telemetry files of %s %s (%d files dropped from the queue): %s",
+                          model, partition, len(files), exc)
+                self.rejected += len(files)
+                self._forget(model, partition, files)
+                self._failed()
+            except Exception as exc:
+                group.attempts += 1
+                group.next_try = self._clock() + min(self._max_retry_s, self._retry_s * 2 ** (group.attempts - 1))
+                log.warning("registering telemetry of %s %s in the catalog failed (attempt %d, retried): %s: %s",
+                            model, partition, group.attempts, type(exc).__name__, exc)
+                self._failed()
+            else:
+                done += len(files)
+                self.registered_files += len(files)
+                self._forget(model, partition, files)
+        return done
+
+    def _failed(self) -> None:
+        self.errors += 1
+        if self._on_error is not None:
+            self._on_error()
+
+    def _forget(self, model: str, partition: str, files: list[str]) -> None:
+        with self._lock:
+            group = self._groups.get((model, partition))
+            if group is None:
+                return
+            sent = set(files)
+            group.files = [f for f in group.files if f not in sent]
+            group.attempts, group.next_try = 0, 0.0
+            if not group.files:
+                del self._groups[(model, partition)]
+
+
+def catalog_registrar(storage: Storage, registry: Callable[[], Any]) -> Registrar:
+    """The registrar of :class:`CatalogSync` on the data catalog: the files of a (model,
+    partition) join partition ``date=...`` of dataset ``telemetry-<model>`` (kind
+    ``telemetry``, directory ``telemetry/<model>``), registered where they lie.
+    ``registry``: builds the (synchronous) registry on first use, in the flush thread."""
+    holder: list[Any] = []
+
+    def register(model: str, partition: str, files: list[str]) -> None:
+        try:
+            from mlplat.data.catalog import add_files
+        except ImportError:
+            raise CatalogUnavailable("the data catalog has no add_files (register files in place): telemetry "
+                                     "files are written but not registered") from None
+        if not holder:
+            holder.append(registry())
+        add_files(storage, holder[0], telemetry_dataset_name(model), f"{TELEMETRY_DIR}/{model}", files,
+                  partition=partition, kind=TELEMETRY_KIND,
+                  description=f"inference telemetry of model {model} (one row per prediction)")
+
+    return register

@@ -1,0 +1,433 @@
+"""Outcomes: delayed labels joined to the predictions they judge, as catalog data.
+
+:func:`ingest_outcomes` reads outcome files (Parquet, CSV, JSON lines; local or ``s3://``),
+joins each row to the model's telemetry (``telemetry/<model>/date=*/*.parquet``, written by the
+serving ingress) and writes the matched rows to ``outcomes/<model>/<batch>.parquet``,
+registered in the data catalog as dataset ``outcomes-<model>`` (kind ``outcomes``).
+
+Two joins, both pure functions over Arrow tables:
+
+- :func:`join_by_request_id`: the outcome's request id (the ``x-request-id`` the ingress
+  answered, or the OIP ``id`` the client sent) against telemetry's ``request_id``; with a
+  ``request_row`` column in the outcomes, the instance of a multi-row request. A request id
+  seen in several requests (a client reusing ids) takes the latest prediction. Without
+  ``request_row``, an outcome whose request held several rows is *ambiguous* and not written.
+- :func:`join_point_in_time`: for each outcome (entity, time), the latest prediction for that
+  entity at or before the time -- never a later one -- the entity taken from telemetry's
+  ``feature.<entity>`` column, else ``context.<entity>`` (an ``x-mlplat-context-<entity>``
+  header). Entities compare as text; integral numbers as integers (``31`` = ``31.0``).
+
+Output columns: ``request_id``, ``request_row``, ``label`` (float64 for numbers and booleans,
+else text), ``prediction``, ``version``, ``ts`` (prediction time, epoch s), ``entity`` and
+``outcome_ts`` (epoch s; point-in-time only, else null).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import os
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from mlplat.errors import AlreadyExists, MlplatError, NotFound, StorageError, ValidationError
+from mlplat.names import validate_name
+from mlplat.registry import Registry
+from mlplat.storage import Storage
+
+__all__ = [
+    "ingest_outcomes",
+    "join_by_request_id",
+    "join_point_in_time",
+    "read_outcome_files",
+    "OutcomeBatch",
+    "outcomes_dataset_name",
+    "OUTCOME_COLUMNS",
+    "OUTCOMES_DIR",
+    "OUTCOMES_KIND",
+]
+
+OUTCOMES_DIR = "outcomes"
+OUTCOMES_KIND = "outcomes"
+#: The serving ingress's telemetry layout and columns (docs/serving.md); monitoring reads them
+#: as data and never imports serving.
+TELEMETRY_DIR = "telemetry"
+_PREDICTION_COLUMNS = ("request_id", "request_row", "ts", "version", "prediction")
+
+OUTCOME_COLUMNS = ("request_id", "request_row", "label", "prediction", "version", "ts", "entity", "outcome_ts")
+_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json", ".ndjson": "json"}
+_BATCH = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+@dataclass(frozen=True)
+class OutcomeBatch:
+    """What one ingest did: ``rows`` outcome rows read, ``matched`` written, ``unmatched``
+    (no prediction found), ``ambiguous`` (a request id of a multi-row request, no
+    ``request_row``). ``path`` is relative to the storage root (None when nothing matched)."""
+
+    model: str
+    batch: str
+    dataset: str
+    path: str | None
+    rows: int
+    matched: int
+    unmatched: int
+    ambiguous: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def outcomes_dataset_name(model: str) -> str:
+    """``outcomes-<model>``; past the 63-character name limit, a prefix and a hash of the model name.
+
+    >>> outcomes_dataset_name("churn")
+    'outcomes-churn'
+    """
+    name = f"{OUTCOMES_KIND}-{model}"
+    if len(name) <= 63:
+        return name
+    return f"{name[:63 - 9]}-{hashlib.blake2b(model.encode(), digest_size=4).hexdigest()}"
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+def _source_fs(storage: Storage, source: str) -> tuple[pafs.FileSystem, str]:
+    if source.startswith("s3://"):
+        if not storage.is_local:
+            return storage.fs, source.removeprefix("s3://").rstrip("/")
+        return pafs.FileSystem.from_uri(source)
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(source.removeprefix("file://")))
+
+
+def _read_one(storage: Storage, source: str) -> pa.Table:
+    ext = os.path.splitext(source)[1].lower()
+    fmt = _FORMATS.get(ext)
+    if fmt is None:
+        raise ValidationError(f"outcome file {source!r}: unknown format {ext or '(no extension)'}; "
+                              "expected .parquet, .csv, .json or .jsonl")
+    fs, path = _source_fs(storage, source)
+    try:
+        if fs.get_file_info(path).type != pafs.FileType.File:
+            raise NotFound(f"outcome file {source!r} does not exist (or is a directory)")
+        with fs.open_input_file(path) as handle:
+            if fmt == "parquet":
+                return pq.read_table(handle)
+            data = handle.read()
+    except MlplatError:
+        raise
+    except OSError as exc:
+        raise StorageError(f"cannot read outcome file {source!r}: {exc}") from None
+    except pa.ArrowInvalid as exc:
+        raise ValidationError(f"outcome file {source!r} is not valid {fmt}: {exc}") from None
+    try:
+        if fmt == "csv":
+            import pyarrow.csv as pacsv
+
+            return pacsv.read_csv(io.BytesIO(data))
+        import pyarrow.json as pajson
+
+        try:
+            return pajson.read_json(io.BytesIO(data))
+        except pa.ArrowInvalid:
+            rows = json.loads(data)
+            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                raise ValidationError(f"outcome file {source!r}: expected JSON lines or a JSON array of objects") from None
+            return pa.Table.from_pylist(rows)
+    except (pa.ArrowInvalid, ValueError) as exc:
+        if isinstance(exc, ValidationError):
+            raise
+        raise ValidationError(f"outcome file {source!r} is not valid {fmt}: {exc}") from None
+
+
+def read_outcome_files(storage: Storage, files: Sequence[str], columns: Sequence[str],
+                       optional: Sequence[str] = ()) -> pa.Table:
+    """The ``columns`` of every outcome file, concatenated, plus each ``optional`` column that
+    every file has. A file lacking a column is a ValidationError naming the file, the column
+    and the columns it has."""
+    if not files:
+        raise ValidationError("no outcome files given")
+    read = [(str(source), _read_one(storage, str(source))) for source in files]
+    for source, table in read:
+        missing = [c for c in columns if c not in table.column_names]
+        if missing:
+            raise ValidationError(f"outcome file {source!r} has no column {missing[0]!r} "
+                                  f"(columns: {', '.join(table.column_names) or 'none'})")
+    wanted = list(dict.fromkeys([*columns, *(c for c in optional if all(c in t.column_names for _, t in read))]))
+    tables = [table.select(wanted) for _, table in read]
+    try:
+        out = pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise ValidationError(f"outcome files {list(files)} have incompatible column types: {exc}") from None
+    if out.num_rows == 0:
+        raise ValidationError(f"outcome files {list(files)} hold no rows")
+    return out
+
+
+def _telemetry_files(storage: Storage, model: str, *, until_day: str | None = None) -> list[str]:
+    days = [d for d in storage.list_dir(TELEMETRY_DIR, model) if d.startswith("date=")]
+    if not days:
+        raise NotFound(f"model {model!r} has no telemetry under {TELEMETRY_DIR}/{model}/ "
+                       "(serve.telemetry off, or nothing flushed yet)")
+    out = []
+    for day in days:
+        if until_day is not None and day.removeprefix("date=") > until_day:
+            continue
+        out += [storage.path(TELEMETRY_DIR, model, day, f) for f in storage.list_dir(TELEMETRY_DIR, model, day)
+                if f.endswith(".parquet")]
+    return out
+
+
+def _read_predictions(storage: Storage, model: str, key_columns: Sequence[str], keep: pa.Array, *,
+                      until_day: str | None = None) -> pa.Table:
+    """The telemetry rows whose key is in ``keep`` (text, see :func:`_as_text`), the key read
+    from the first of ``key_columns`` a file has (files without one are skipped): columns
+    request_id, request_row, ts, version, prediction and ``__key``."""
+    parts = []
+    for path in _telemetry_files(storage, model, until_day=until_day):
+        try:
+            names = pq.read_schema(path, filesystem=storage.fs).names
+            source = next((c for c in key_columns if c in names), None)
+            if source is None:
+                continue
+            cols = list(dict.fromkeys([*(c for c in _PREDICTION_COLUMNS if c in names), source]))
+            table = pq.read_table(path, filesystem=storage.fs, columns=cols)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise StorageError(f"cannot read telemetry file {path!r}: {exc}") from None
+        key = _as_text(table.column(source))
+        table = table.append_column("__key", key).filter(pc.is_in(key, value_set=keep))
+        if table.num_rows:
+            parts.append(_prediction_frame(table))
+    if not parts:
+        return _prediction_frame(pa.table({"__key": pa.array([], pa.string())}))
+    if len({t.schema.field("prediction").type for t in parts}) > 1:  # numbers in some files, JSON text in others
+        parts = [t.set_column(t.schema.get_field_index("prediction"), "prediction",
+                              pc.cast(t.column("prediction"), pa.string())) for t in parts]
+    return pa.concat_tables(parts)
+
+
+def _prediction_frame(table: pa.Table) -> pa.Table:
+    n = table.num_rows
+
+    def col(name: str, t: pa.DataType) -> pa.ChunkedArray | pa.Array:
+        return pc.cast(table.column(name), t) if name in table.column_names else pa.nulls(n, t)
+
+    prediction = table.column("prediction") if "prediction" in table.column_names else pa.nulls(n, pa.float64())
+    return pa.table({"request_id": col("request_id", pa.string()), "request_row": col("request_row", pa.int64()),
+                     "ts": col("ts", pa.float64()), "version": col("version", pa.int64()), "prediction": prediction,
+                     "__key": table.column("__key")})
+
+
+# -- normalizing keys, times and labels ----------------------------------------------------------
+
+
+def _as_text(col: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """Keys as text, so both sides compare whatever their types: integral numbers as integers
+    (``31.0`` -> ``"31"``, as telemetry stores numeric features as float64), booleans lowercase."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    t = col.type
+    if pa.types.is_floating(t):
+        integral = pc.and_(pc.is_finite(col), pc.equal(col, pc.floor(col)))
+        as_int = pc.cast(pc.cast(pc.if_else(integral, col, 0.0), pa.int64(), safe=False), pa.string())
+        return pc.if_else(integral, as_int, pc.cast(col, pa.string()))
+    if pa.types.is_boolean(t):
+        return pc.if_else(col, "true", "false")
+    return col if pa.types.is_string(t) else pc.cast(col, pa.string())
+
+
+def _epoch_seconds(col: pa.ChunkedArray | pa.Array, what: str) -> pa.Array:
+    """A time column as float epoch seconds: timestamps/dates (naive ones are UTC), numbers
+    (already epoch seconds) or ISO-8601 text."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    t = col.type
+    if pa.types.is_timestamp(t) or pa.types.is_date(t):
+        micros = pc.cast(pc.cast(col, pa.timestamp("us", tz=getattr(t, "tz", None))), pa.int64())
+        return pc.divide(pc.cast(micros, pa.float64()), 1e6)
+    if pa.types.is_integer(t) or pa.types.is_floating(t):
+        return pc.cast(col, pa.float64())
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        import pandas as pd
+
+        try:
+            parsed = pd.to_datetime(pd.Series(col.to_pylist(), dtype="object"), utc=True, format="ISO8601")
+        except (ValueError, TypeError) as exc:
+            raise ValidationError(f"{what} holds text that is not an ISO-8601 time: {exc}") from None
+        seconds = (parsed - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+        return pa.array(seconds.where(parsed.notna(), None).tolist(), pa.float64())
+    raise ValidationError(f"{what} has type {t}: expected a timestamp, a date, epoch seconds or ISO-8601 text")
+
+
+def _label(col: pa.ChunkedArray | pa.Array, what: str) -> pa.Array:
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    t = col.type
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_null(t):
+        return pc.cast(col, pa.float64())
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return pc.cast(col, pa.string())
+    raise ValidationError(f"{what} has type {t}: a label is a number, a boolean or text")
+
+
+def _output(n: int, **columns: Any) -> pa.Table:
+    types = {"request_id": pa.string(), "request_row": pa.int64(), "version": pa.int64(), "ts": pa.float64(),
+             "entity": pa.string(), "outcome_ts": pa.float64()}
+    out = {}
+    for name in OUTCOME_COLUMNS:
+        value = columns.get(name)
+        if value is None:
+            out[name] = pa.nulls(n, types.get(name, pa.float64()))
+        else:
+            out[name] = pc.cast(value, types[name]) if name in types else value
+    return pa.table(out)
+
+
+def _latest_per(predictions: pa.Table, keys: list[str]) -> pa.Table:
+    """One prediction per ``keys`` value (a client may reuse a request id): the latest by ``ts``."""
+    predictions = predictions.filter(pc.is_valid(predictions.column(keys[0])))
+    others = [c for c in predictions.column_names if c not in keys]
+    latest = (predictions.sort_by([("ts", "descending")]).group_by(keys, use_threads=False)
+              .aggregate([(c, "first") for c in others]))
+    return latest.rename_columns([*keys, *others])
+
+
+# -- joins (pure) ---------------------------------------------------------------------------------
+
+
+def join_by_request_id(outcomes: pa.Table, predictions: pa.Table, *, label_column: str,
+                       request_id_column: str = "request_id", row_column: str | None = None) -> tuple[pa.Table, dict[str, int]]:
+    """Outcomes x predictions by request id (and ``row_column``: the instance's index in its
+    request). ``predictions``: telemetry columns ``request_id``, ``request_row``, ``ts``,
+    ``version``, ``prediction``. Returns (matched rows in :data:`OUTCOME_COLUMNS`, counts)."""
+    n_out = outcomes.num_rows
+    label = _label(outcomes.column(label_column), f"label column {label_column!r}")
+    left = {"__i": pa.array(range(n_out), pa.int64()), "request_id": _as_text(outcomes.column(request_id_column))}
+    if row_column is not None:
+        left["request_row"] = pc.cast(outcomes.column(row_column), pa.int64())
+    left_table = pa.table(left)
+    preds = _latest_per(predictions.select(list(_PREDICTION_COLUMNS)), ["request_id", "request_row"])
+    ambiguous = 0
+    if row_column is None:
+        per_request = preds.group_by("request_id").aggregate([([], "count_all")])
+        multi = per_request.filter(pc.greater(per_request.column("count_all"), 1)).column("request_id")
+        is_ambiguous = pc.fill_null(pc.is_in(left_table.column("request_id"), value_set=multi), False)
+        ambiguous = int(pc.sum(pc.cast(is_ambiguous, pa.int64())).as_py() or 0)
+        left_table = left_table.filter(pc.invert(is_ambiguous))
+        joined = left_table.join(preds, keys="request_id", join_type="inner")
+    else:
+        joined = left_table.join(preds, keys=["request_id", "request_row"], join_type="inner")
+    joined = joined.sort_by("__i")
+    matched = joined.num_rows
+    table = _output(matched, request_id=joined.column("request_id"), request_row=joined.column("request_row"),
+                    label=label.take(joined.column("__i")), prediction=joined.column("prediction"),
+                    version=joined.column("version"), ts=joined.column("ts"))
+    return table, {"rows": n_out, "matched": matched, "unmatched": n_out - matched - ambiguous, "ambiguous": ambiguous}
+
+
+def join_point_in_time(outcomes: pa.Table, predictions: pa.Table, *, label_column: str, entity_column: str,
+                       time_column: str) -> tuple[pa.Table, dict[str, int]]:
+    """For each outcome row, the latest prediction for its entity at or before its time.
+    ``predictions``: telemetry columns plus ``__key`` (the entity as text, see :func:`_as_text`).
+    Returns (matched rows in :data:`OUTCOME_COLUMNS`, counts)."""
+    from mlplat.features.pit import FEATURE_TIME_COLUMN, pit_join_tables
+
+    n_out = outcomes.num_rows
+    labels = pa.table({"__entity": _as_text(outcomes.column(entity_column)),
+                       "__t": _epoch_seconds(outcomes.column(time_column), f"time column {time_column!r}"),
+                       "label": _label(outcomes.column(label_column), f"label column {label_column!r}")})
+    features = pa.table({"__entity": predictions.column("__key"), "ts": predictions.column("ts"),
+                         **{c: predictions.column(c) for c in ("request_id", "request_row", "version", "prediction")}})
+    joined = pit_join_tables(labels, features, "__entity", "__t", "ts",
+                             feature_columns=["request_id", "request_row", "version", "prediction"])
+    joined = joined.filter(pc.is_valid(joined.column(FEATURE_TIME_COLUMN)))
+    matched = joined.num_rows
+    table = _output(matched, request_id=joined.column("request_id"), request_row=joined.column("request_row"),
+                    label=joined.column("label"), prediction=joined.column("prediction"),
+                    version=joined.column("version"), ts=joined.column(FEATURE_TIME_COLUMN),
+                    entity=joined.column("__entity"), outcome_ts=joined.column("__t"))
+    return table, {"rows": n_out, "matched": matched, "unmatched": n_out - matched, "ambiguous": 0}
+
+
+# -- the ingest -------------------------------------------------------------------------------------
+
+
+def ingest_outcomes(storage: Storage, registry: Registry, name: str, files: Sequence[str], *, label_column: str,
+                    request_id_column: str | None = "request_id", entity_column: str | None = None,
+                    time_column: str | None = None, batch: str | None = None) -> OutcomeBatch:
+    """Join the outcome ``files`` to model ``name``'s predictions and register the matched rows.
+
+    By request id (``request_id_column``, plus a ``request_row`` column when the outcomes have
+    one), or point-in-time with ``entity_column`` and ``time_column``. Writes
+    ``outcomes/<name>/<batch>.parquet`` (``batch``: default a UTC time and a random suffix) and
+    adds it to dataset ``outcomes-<name>`` (kind ``outcomes``). Nothing is written when no row
+    matched. Errors name the input: a missing column, an unreadable file, a model without
+    telemetry."""
+    validate_name(name, "model name")
+    pit = entity_column is not None or time_column is not None
+    if pit and not (entity_column and time_column):
+        raise ValidationError("a point-in-time join needs both an entity column and a time column (--entity, --time)")
+    if not pit and not request_id_column:
+        raise ValidationError("give a request id column, or an entity and a time column for a point-in-time join")
+    batch = batch or f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    if not _BATCH.fullmatch(batch):
+        raise ValidationError(f"batch {batch!r} must be letters, digits, '.', '_' or '-' (at most 100)")
+    registry.get_model(name)  # NotFound names the model
+    dataset, rel = outcomes_dataset_name(name), f"{batch}.parquet"
+    if storage.exists(OUTCOMES_DIR, name, rel):
+        raise AlreadyExists(f"outcome batch {batch!r} of model {name!r} exists already ({OUTCOMES_DIR}/{name}/{rel})")
+
+    if pit:
+        assert entity_column is not None and time_column is not None
+        outcomes = read_outcome_files(storage, files, list(dict.fromkeys([entity_column, time_column, label_column])))
+        times = _epoch_seconds(outcomes.column(time_column), f"time column {time_column!r}")
+        latest = pc.max(times).as_py()
+        until = None if latest is None else dt.datetime.fromtimestamp(latest, dt.timezone.utc).date().isoformat()
+        keys = pc.unique(pc.drop_null(_as_text(outcomes.column(entity_column))))
+        predictions = _read_predictions(storage, name, [f"feature.{entity_column}", f"context.{entity_column}"], keys,
+                                        until_day=until)
+        table, counts = join_point_in_time(outcomes, predictions, label_column=label_column,
+                                           entity_column=entity_column, time_column=time_column)
+    else:
+        assert request_id_column is not None
+        outcomes = read_outcome_files(storage, files, list(dict.fromkeys([request_id_column, label_column])),
+                                      optional=["request_row"])
+        row_column = "request_row" if "request_row" in outcomes.column_names else None
+        keys = pc.unique(pc.drop_null(_as_text(outcomes.column(request_id_column))))
+        predictions = _read_predictions(storage, name, ["request_id"], keys)
+        table, counts = join_by_request_id(outcomes, predictions, label_column=label_column,
+                                           request_id_column=request_id_column, row_column=row_column)
+    path = None
+    if table.num_rows:
+        add_files = _catalog_add_files()
+        with storage.open_write(OUTCOMES_DIR, name, rel) as handle:
+            pq.write_table(table, handle)
+        path = f"{OUTCOMES_DIR}/{name}/{rel}"
+        try:
+            add_files(storage, registry, dataset, f"{OUTCOMES_DIR}/{name}", [rel], kind=OUTCOMES_KIND,
+                      description=f"outcomes (delayed labels) of model {name} joined to its predictions")
+        except BaseException:
+            storage.delete(OUTCOMES_DIR, name, rel)  # unregistered: the same batch can be ingested again
+            raise
+    return OutcomeBatch(model=name, batch=batch, dataset=dataset, path=path, rows=counts["rows"],
+                        matched=counts["matched"], unmatched=counts["unmatched"], ambiguous=counts["ambiguous"])
+
+
+def _catalog_add_files() -> Any:
+    try:
+        from mlplat.data.catalog import add_files
+    except ImportError:
+        raise MlplatError("the data catalog cannot register files in place yet (mlplat.data.catalog.add_files); "
+                          "outcomes were not ingested") from None
+    return add_files

@@ -1,0 +1,569 @@
+"""The retraining policy, its pure decision, and retrain requests kept in the registry.
+
+- :class:`RetrainPolicy` is a model's ``serving_policy["retrain"]``. Absent, the model is never
+  retrained by a trigger (``mlplat retrain`` and ``jobs/retrain.py`` still work, as ``manual``).
+- :func:`decide_retrain` (pure) turns a trigger and what is known about the model into
+  ``start`` (train now), ``request`` (record a request for a person: ``mlplat retrain
+  approve|dismiss``) or ``skip``, with the reason.
+- Requests are registry events on ``model:<name>`` -- no table of their own, nothing to migrate:
+  ``retrain_requested`` opens one (its id is that event's ``seq``); ``retrain_approved`` or
+  ``retrain_dismissed`` decides it, written with one idempotency key per request, so of two
+  people deciding at once exactly one wins and the other gets a :class:`ConflictError`;
+  ``retrain_started`` (with the run id) or ``retrain_failed`` records what came of it.
+  :func:`fold_requests` (pure) rebuilds every request's status from those events.
+- What the decision needs is read here from the registry only (:func:`retrain_status`,
+  :func:`data_status`); starting a run is the lifecycle layer's job
+  (:mod:`mlplat.lifecycle.retrain`), which may import training and validation.
+
+"New rows" are the rows a retrain would train on that the model's newest trained version did
+not see: rows of the *complete* partitions (a partition still being written is never used) of
+the latest ready version of the feature set's source dataset, from the feature-set spec's
+``partitions.start`` on (open-ended), minus the rows of the feature-set version that version
+trained on when that was built from the same dataset version (a feature set has one row per
+source row); all of them when the dataset version changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from mlplat.errors import ConfigError, ConflictError, NotFound
+from mlplat.monitoring.alarms import policy_errors
+from mlplat.names import validate_name
+from mlplat.records import (
+    CATALOG_DATASET,
+    CATALOG_FEATURE_SET,
+    STATUS_READY,
+    DatasetVersion,
+    Event,
+    FeatureSetVersion,
+    ModelState,
+    ModelVersion,
+    Run,
+    RunState,
+)
+from mlplat.registry import Registry
+
+__all__ = [
+    "TRIGGERS",
+    "ALL_TRIGGERS",
+    "RETRAIN_EVENT_KINDS",
+    "EVENT_REQUESTED",
+    "EVENT_APPROVED",
+    "EVENT_DISMISSED",
+    "EVENT_STARTED",
+    "EVENT_FAILED",
+    "EVENT_SKIPPED",
+    "EVENT_VALIDATED",
+    "RetrainPolicy",
+    "RetrainDecision",
+    "RetrainRequest",
+    "RetrainStatus",
+    "DataStatus",
+    "decide_retrain",
+    "fold_requests",
+    "requests",
+    "pending",
+    "get_request",
+    "request_retrain",
+    "approve",
+    "dismiss",
+    "record_started",
+    "record_failed",
+    "retrain_status",
+    "data_status",
+    "eligible_rows",
+    "new_rows",
+    "trained_version",
+    "drift_verdict",
+    "cause_of",
+    "source_datasets",
+    "MANUAL_ONLY",
+]
+
+Trigger = Literal["drift", "partition_completed", "schedule"]
+#: What a policy can list: a drift verdict (``drift_checked`` with drift), a completed partition
+#: of the training data's source dataset, a schedule (``schedule_s``).
+TRIGGERS: tuple[str, ...] = ("drift", "partition_completed", "schedule")
+#: Plus ``manual``: a person (``jobs/retrain.py``), never subject to cooldown or row counts.
+ALL_TRIGGERS: tuple[str, ...] = (*TRIGGERS, "manual")
+
+EVENT_REQUESTED = "retrain_requested"
+EVENT_APPROVED = "retrain_approved"
+EVENT_DISMISSED = "retrain_dismissed"
+EVENT_STARTED = "retrain_started"
+EVENT_FAILED = "retrain_failed"
+EVENT_SKIPPED = "retrain_skipped"
+EVENT_VALIDATED = "retrain_validated"
+#: Every event kind this module writes (subject ``model:<name>``).
+RETRAIN_EVENT_KINDS: tuple[str, ...] = (EVENT_REQUESTED, EVENT_APPROVED, EVENT_DISMISSED, EVENT_STARTED,
+                                        EVENT_FAILED, EVENT_SKIPPED, EVENT_VALIDATED)
+_REQUEST_KINDS = (EVENT_REQUESTED, EVENT_APPROVED, EVENT_DISMISSED, EVENT_STARTED, EVENT_FAILED)
+
+_EXPECTED = ("expected 'auto', 'manual' or a mapping with keys mode, cooldown_s, min_new_rows, triggers, schedule_s")
+
+
+class RetrainPolicy(BaseModel):
+    """When a model is retrained (``serving_policy.retrain``).
+
+    ``mode``: ``auto`` trains at once; ``manual`` records a request a person approves.
+    ``cooldown_s``: no triggered retrain sooner than this after the model's last training run
+    or retrain attempt. ``min_new_rows``: triggered retrains wait for this many new rows.
+    ``triggers``: which of ``drift``, ``partition_completed``, ``schedule`` retrain (empty: only
+    a person does). ``schedule_s``: with ``schedule``, retrain this long after the last run.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mode: Literal["auto", "manual"] = "manual"
+    cooldown_s: float = Field(6 * 3600.0, ge=0)
+    min_new_rows: int = Field(1000, ge=0)
+    triggers: tuple[Trigger, ...] = ("drift", "partition_completed")
+    schedule_s: float | None = Field(None, gt=0)
+
+    @field_validator("triggers", mode="before")
+    @classmethod
+    def _one_trigger(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("triggers")
+    @classmethod
+    def _unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _schedule(self) -> RetrainPolicy:
+        if "schedule" in self.triggers and self.schedule_s is None:
+            raise ValueError("triggers lists 'schedule' but schedule_s is not set (seconds between retrains)")
+        if self.schedule_s is not None and "schedule" not in self.triggers:
+            raise ValueError("schedule_s is set but 'schedule' is not in triggers (add it, or remove schedule_s)")
+        return self
+
+    @classmethod
+    def from_serving_policy(cls, serving_policy: Mapping[str, Any] | None) -> RetrainPolicy | None:
+        """The policy in ``serving_policy["retrain"]``: missing -> None (no triggered retrains),
+        ``"auto"``/``"manual"`` -> that mode, a mapping -> those fields; anything else is a
+        :class:`ConfigError` naming ``serving_policy.retrain.<field>``.
+
+        >>> RetrainPolicy.from_serving_policy({}) is None
+        True
+        >>> RetrainPolicy.from_serving_policy({"retrain": "auto"}).triggers
+        ('drift', 'partition_completed')
+        >>> RetrainPolicy.from_serving_policy({"retrain": {"cooldown_s": -1}})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        mlplat.errors.ConfigError: serving_policy.retrain.cooldown_s: Input should be greater than or equal to 0 (got -1); ...
+        """
+        raw = (serving_policy or {}).get("retrain")
+        if raw is None:
+            return None
+        if isinstance(raw, str):
+            if raw in ("auto", "manual"):
+                return cls(mode=raw)  # type: ignore[arg-type]
+            raise ConfigError(f"serving_policy.retrain: got {raw!r}; {_EXPECTED}")
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"serving_policy.retrain: got {type(raw).__name__}; {_EXPECTED}")
+        try:
+            return cls.model_validate(dict(raw))
+        except pydantic.ValidationError as exc:
+            raise ConfigError(policy_errors("retrain", exc, _EXPECTED)) from None
+
+
+#: The policy a person's retrain runs under when the model has none: manual, no triggers.
+MANUAL_ONLY = RetrainPolicy(mode="manual", triggers=())
+
+
+@dataclass(frozen=True)
+class RetrainDecision:
+    """``start`` (train now), ``request`` (ask a person) or ``skip``; ``reason`` says why."""
+
+    action: Literal["start", "request", "skip"]
+    reason: str
+
+
+def _dur(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds >= 3600:
+        return f"{seconds / 3600:.3g} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.3g} min"
+    return f"{seconds:.3g} s"
+
+
+def decide_retrain(trigger: str, policy: RetrainPolicy | None, *, now: float, last_retrain_at: float | None,
+                   new_rows: int | None, pending_request: int | str | None,
+                   in_flight: str | None = None) -> RetrainDecision:
+    """What to do about ``trigger`` for one model (pure). Checked in this order:
+
+    1. a trigger the policy does not list (or no policy) -> skip; ``manual`` always passes;
+    2. a retrain run already queued or running (``in_flight``, its run id) -> skip;
+    3. a request already pending -> skip (one at a time; a ``manual`` trigger is told to approve it);
+    4. ``manual``: start in ``auto`` mode, else request (no cooldown, no row count);
+    5. cooldown since ``last_retrain_at`` (the model's last training run or retrain attempt) -> skip;
+    6. ``schedule``: not due yet (``schedule_s`` since the last run), or never trained -> skip;
+    7. fewer than ``min_new_rows`` new rows (``None``: unknown, counted as 0) -> skip;
+    8. ``auto`` -> start; ``manual`` -> request.
+
+    >>> auto = RetrainPolicy(mode="auto", cooldown_s=3600, min_new_rows=100)
+    >>> decide_retrain("drift", auto, now=10_000, last_retrain_at=0, new_rows=500, pending_request=None)
+    RetrainDecision(action='start', reason='drift: 500 new rows >= 100; mode auto')
+    >>> decide_retrain("drift", auto, now=1_000, last_retrain_at=0, new_rows=500, pending_request=None).reason
+    'cooldown: last training 16.7 min ago, next allowed in 43.3 min'
+    >>> decide_retrain("partition_completed", RetrainPolicy(), now=9e9, last_retrain_at=0, new_rows=5000,
+    ...                pending_request=None).action
+    'request'
+    """
+    if trigger not in ALL_TRIGGERS:
+        return RetrainDecision("skip", f"unknown trigger {trigger!r} (expected one of {', '.join(ALL_TRIGGERS)})")
+    if trigger != "manual":
+        if policy is None:
+            return RetrainDecision("skip", f"{trigger}: the model has no retrain policy (serving_policy.retrain)")
+        if trigger not in policy.triggers:
+            listed = ", ".join(policy.triggers) or "none"
+            return RetrainDecision("skip", f"{trigger}: not a trigger of this model (triggers: {listed})")
+    if in_flight:
+        return RetrainDecision("skip", f"run {in_flight} of this model is already queued or running")
+    if pending_request is not None:
+        hint = "; approve or dismiss it with `mlplat retrain approve|dismiss`" if trigger == "manual" else ""
+        return RetrainDecision("skip", f"retrain request {pending_request} is already pending{hint}")
+    mode = policy.mode if policy is not None else "manual"
+    if trigger == "manual":
+        return (RetrainDecision("start", "manual: mode auto") if mode == "auto"
+                else RetrainDecision("request", "manual: mode manual, a person approves"))
+    assert policy is not None
+    if last_retrain_at is not None and now - last_retrain_at < policy.cooldown_s:
+        ago = now - last_retrain_at
+        return RetrainDecision("skip", f"cooldown: last training {_dur(ago)} ago, next allowed in "
+                                       f"{_dur(policy.cooldown_s - ago)}")
+    if trigger == "schedule":
+        if last_retrain_at is None:
+            return RetrainDecision("skip", "schedule: never trained (the schedule counts from the last training run)")
+        due = last_retrain_at + float(policy.schedule_s or 0)
+        if now < due:
+            return RetrainDecision("skip", f"schedule: not due for {_dur(due - now)}")
+    rows = 0 if new_rows is None else int(new_rows)
+    known = "" if new_rows is not None else " (unknown: no data lineage)"
+    if rows < policy.min_new_rows:
+        return RetrainDecision("skip", f"{trigger}: {rows} new rows{known} < min_new_rows {policy.min_new_rows}")
+    action: Literal["start", "request"] = "start" if mode == "auto" else "request"
+    return RetrainDecision(action, f"{trigger}: {rows} new rows{known} >= {policy.min_new_rows}; mode {mode}")
+
+
+# -- requests ---------------------------------------------------------------------------------
+
+
+class RetrainRequest(BaseModel):
+    """One retrain request and what came of it. ``id`` is the seq of its ``retrain_requested``
+    event. ``status``: pending -> approved -> started | failed, or pending -> dismissed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: int
+    model: str
+    trigger: str
+    status: Literal["pending", "approved", "dismissed", "started", "failed"] = "pending"
+    reason: str = ""
+    cause: dict[str, Any] = Field(default_factory=dict)
+    requested_by: str = ""
+    requested_at: float
+    decided_by: str | None = None
+    decided_at: float | None = None
+    note: str | None = None
+    run_id: str | None = None
+    version: int | None = None
+    error: str | None = None
+
+    @property
+    def is_pending(self) -> bool:
+        return self.status == "pending"
+
+
+def fold_requests(name: str, events: Iterable[Event]) -> list[RetrainRequest]:
+    """Every request of ``name`` with its status, from its retrain events (pure; oldest first)."""
+    out: dict[int, RetrainRequest] = {}
+    for e in sorted(events, key=lambda x: x.seq):
+        p = e.payload
+        if e.kind == EVENT_REQUESTED:
+            out[e.seq] = RetrainRequest(id=e.seq, model=name, trigger=str(p.get("trigger", "manual")),
+                                        reason=str(p.get("reason", "")), cause=dict(p.get("cause") or {}),
+                                        requested_by=str(p.get("by", "")), requested_at=e.ts)
+            continue
+        rid = p.get("request_id")
+        req = out.get(rid) if isinstance(rid, int) else None
+        if req is None:
+            continue
+        update: dict[str, Any] = {}
+        if e.kind in (EVENT_APPROVED, EVENT_DISMISSED) and req.status == "pending":
+            update = {"status": "approved" if e.kind == EVENT_APPROVED else "dismissed",
+                      "decided_by": p.get("by"), "decided_at": e.ts, "note": p.get("note") or None}
+        elif e.kind == EVENT_STARTED and req.status in ("approved", "pending"):
+            update = {"status": "started", "run_id": p.get("run_id"), "version": p.get("version")}
+        elif e.kind == EVENT_FAILED and req.status in ("approved", "pending"):
+            update = {"status": "failed", "error": p.get("error"), "run_id": p.get("run_id") or req.run_id}
+        elif e.kind == EVENT_FAILED and req.status == "started" and p.get("run_id") == req.run_id:
+            update = {"status": "failed", "error": p.get("error")}
+        if update:
+            out[req.id] = req.model_copy(update=update)
+    return list(out.values())
+
+
+def _retrain_events(registry: Registry, name: str, kinds: Sequence[str] = _REQUEST_KINDS) -> list[Event]:
+    events: list[Event] = []
+    seq = 0
+    while True:
+        page = registry.events_since(seq, subject=f"model:{name}", kinds=list(kinds), limit=1000)
+        events += page
+        if len(page) < 1000:
+            return events
+        seq = page[-1].seq
+
+
+def requests(registry: Registry, name: str | None = None, *, status: str | None = None) -> list[RetrainRequest]:
+    """Requests of ``name`` (every model when None), oldest first; ``status`` filters."""
+    if name is not None:
+        validate_name(name, "model name")
+        registry.get_model(name)  # NotFound for an unknown model
+        names = [name]
+    else:
+        names = [m.name for m in registry.list_models()]
+    out: list[RetrainRequest] = []
+    for model in names:
+        out += [r for r in fold_requests(model, _retrain_events(registry, model)) if status is None or r.status == status]
+    return out
+
+
+def pending(registry: Registry, name: str | None = None) -> list[RetrainRequest]:
+    """The requests waiting for a person (of ``name``, or of every model)."""
+    return requests(registry, name, status="pending")
+
+
+def get_request(registry: Registry, name: str, request_id: int | None = None, *,
+                status: str | None = "pending") -> RetrainRequest:
+    """Request ``request_id`` of ``name``; without an id, the one pending request (NotFound when
+    there is none, ConfigError naming the ids when there are several)."""
+    all_requests = requests(registry, name)
+    if request_id is not None:
+        found = next((r for r in all_requests if r.id == int(request_id)), None)
+        if found is None:
+            raise NotFound(f"model {name!r} has no retrain request {request_id} (see `mlplat retrain list {name}`)")
+        return found
+    waiting = [r for r in all_requests if status is None or r.status == status]
+    if not waiting:
+        raise NotFound(f"model {name!r} has no pending retrain request (see `mlplat retrain list {name}`)")
+    if len(waiting) > 1:
+        ids = ", ".join(str(r.id) for r in waiting)
+        raise ConfigError(f"model {name!r} has {len(waiting)} pending retrain requests ({ids}); pick one with --request ID")
+    return waiting[0]
+
+
+def request_retrain(registry: Registry, name: str, *, trigger: str, cause: Mapping[str, Any] | None = None,
+                    by: str = "", reason: str = "", idempotency_key: str | None = None) -> RetrainRequest:
+    """Record a request for a person (``retrain_requested``). A request already pending is
+    returned instead of opening a second one."""
+    validate_name(name, "model name")
+    if trigger not in ALL_TRIGGERS:
+        raise ConfigError(f"unknown retrain trigger {trigger!r}; expected one of {', '.join(ALL_TRIGGERS)}")
+    waiting = pending(registry, name)
+    if waiting:
+        return waiting[0]
+    event = registry.append_event(EVENT_REQUESTED, f"model:{name}",
+                                  {"trigger": trigger, "cause": dict(cause or {}), "by": by, "reason": reason},
+                                  idempotency_key=idempotency_key)
+    return fold_requests(name, [event])[0]
+
+
+def _decide(registry: Registry, name: str, request_id: int | None, kind: str, by: str, note: str) -> RetrainRequest:
+    req = get_request(registry, name, request_id)
+    if not req.is_pending:
+        who = f" by {req.decided_by}" if req.decided_by else ""
+        raise ConflictError(f"retrain request {req.id} of {name!r} is already {req.status}{who}; nothing to decide")
+    # One key per request for both verdicts: the first decision is stored, a concurrent or
+    # later one gets that stored event back and is refused below.
+    event = registry.append_event(kind, f"model:{name}", {"request_id": req.id, "by": by, "note": note},
+                                  idempotency_key=f"retrain-decision:{name}:{req.id}")
+    if event.kind != kind or event.payload.get("by") != by:  # someone else decided first (a retry of ours passes)
+        verdict = "approved" if event.kind == EVENT_APPROVED else "dismissed"
+        raise ConflictError(f"retrain request {req.id} of {name!r} was just {verdict} by {event.payload.get('by')}")
+    return req.model_copy(update={"status": "approved" if kind == EVENT_APPROVED else "dismissed",
+                                  "decided_by": by, "decided_at": event.ts, "note": note or None})
+
+
+def approve(registry: Registry, name: str, *, request_id: int | None = None, by: str, note: str = "") -> RetrainRequest:
+    """Approve a pending request (``retrain_approved``). Only records the decision: starting the
+    run is :func:`mlplat.lifecycle.retrain.approve_and_start`."""
+    return _decide(registry, name, request_id, EVENT_APPROVED, by, note)
+
+
+def dismiss(registry: Registry, name: str, *, request_id: int | None = None, by: str, note: str = "") -> RetrainRequest:
+    """Dismiss a pending request (``retrain_dismissed``): nothing is trained."""
+    return _decide(registry, name, request_id, EVENT_DISMISSED, by, note)
+
+
+def record_started(registry: Registry, name: str, run: Run, *, cause: Mapping[str, Any],
+                   request_id: int | None = None, extra: Mapping[str, Any] | None = None) -> Event:
+    """``retrain_started``: the run queued for this cause (and request)."""
+    payload = {"run_id": run.run_id, "version": run.version, "trigger": cause.get("trigger"), "cause": dict(cause),
+               "request_id": request_id, **dict(extra or {})}
+    return registry.append_event(EVENT_STARTED, f"model:{name}", payload, version=run.version,
+                                 idempotency_key=f"retrain-started:{run.run_id}")
+
+
+def record_failed(registry: Registry, name: str, *, stage: str, error: str, cause: Mapping[str, Any] | None = None,
+                  request_id: int | None = None, run_id: str | None = None, version: int | None = None,
+                  idempotency_key: str | None = None) -> Event:
+    """``retrain_failed``: ``stage`` is ``prepare`` (before any run), ``training`` or ``validation``."""
+    payload = {"stage": stage, "error": error[:2000], "trigger": (cause or {}).get("trigger"), "cause": dict(cause or {}),
+               "request_id": request_id, "run_id": run_id}
+    return registry.append_event(EVENT_FAILED, f"model:{name}", payload, version=version, idempotency_key=idempotency_key)
+
+
+# -- what the decision reads ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetrainStatus:
+    """A model's retrain state: ``last_retrain_at`` (its newest training run's creation or
+    retrain attempt, whichever is later), ``in_flight`` (a QUEUED/RUNNING run id) and its
+    ``pending`` request id."""
+
+    last_retrain_at: float | None
+    in_flight: str | None
+    pending: int | None
+    requests: tuple[RetrainRequest, ...] = ()
+
+
+def retrain_status(registry: Registry, name: str, *, runs: Sequence[Run] | None = None) -> RetrainStatus:
+    """Gather :class:`RetrainStatus` from the run queue and the model's retrain events."""
+    runs = list(runs) if runs is not None else registry.list_runs(model=name, limit=50)
+    in_flight = next((r.run_id for r in runs if r.state in (RunState.QUEUED, RunState.RUNNING)), None)
+    times = [r.created_at for r in runs if r.state != RunState.CANCELLED]
+    events = _retrain_events(registry, name)
+    times += [e.ts for e in events if e.kind in (EVENT_STARTED, EVENT_FAILED) and e.payload.get("stage") != "validation"]
+    folded = fold_requests(name, events)
+    waiting = next((r.id for r in folded if r.is_pending), None)
+    return RetrainStatus(max(times) if times else None, in_flight, waiting, tuple(folded))
+
+
+def trained_version(registry: Registry, name: str) -> ModelVersion | None:
+    """The model's newest version that finished training (TRAINED or later, REJECTED included:
+    a retrain whose result was rejected has used its data too), or None."""
+    unfinished = {ModelState.REGISTERED, ModelState.TRAINING, ModelState.FAILED}
+    versions = [v for v in registry.list_versions(name) if v.state not in unfinished and v.feature_set is not None]
+    return versions[-1] if versions else None
+
+
+def _partition_start(fsv: FeatureSetVersion) -> tuple[str | None, str | None]:
+    rng = (fsv.spec or {}).get("partitions") or {}
+    return rng.get("key"), rng.get("start")
+
+
+def eligible_rows(dataset: DatasetVersion, *, start: str | None = None, key: str | None = None) -> int:
+    """Rows a retrain reads from ``dataset``: complete partitions whose ``key`` value is at least
+    ``start``; an unpartitioned version: all its rows.
+
+    >>> from mlplat.records import PartitionInfo
+    >>> parts = tuple(PartitionInfo(key=f"date={d}", values={"date": d}, files=(), num_rows=n, complete=c)
+    ...               for d, n, c in [("2026-11-01", 10, True), ("2026-11-02", 20, True), ("2026-11-03", 40, False)])
+    >>> dv = DatasetVersion(name="clicks", version=1, path="datasets/clicks/v1", partition_keys=("date",), partitions=parts)
+    >>> eligible_rows(dv), eligible_rows(dv, start="2026-11-02")
+    (30, 20)
+    """
+    if not dataset.partition_keys:
+        return dataset.num_rows
+    key = key or dataset.partition_keys[0]
+    return sum(p.num_rows for p in dataset.partitions
+               if p.complete and (start is None or p.values.get(key, "") >= start))
+
+
+def new_rows(dataset: DatasetVersion, seen: FeatureSetVersion) -> int:
+    """Rows of ``dataset`` a model trained on ``seen`` has not seen (see the module doc)."""
+    key, start = _partition_start(seen)
+    rows = eligible_rows(dataset, start=start, key=key)
+    if seen.source != dataset.ref:
+        return rows
+    return max(0, rows - seen.num_rows)
+
+
+@dataclass(frozen=True)
+class DataStatus:
+    """The data side of a retrain: the feature set the newest trained version used (``seen``),
+    the latest ready version of that feature set and of its source dataset, the ``new_rows``
+    the model has not seen, and whether the latest feature-set version already holds every
+    eligible row (``latest_covers``: then no rebuild is needed)."""
+
+    seen: FeatureSetVersion | None
+    latest: FeatureSetVersion
+    dataset: DatasetVersion
+    new_rows: int
+    latest_covers: bool
+
+
+def data_status(registry: Registry, name: str, feature_set: str | None = None) -> DataStatus:
+    """Read :class:`DataStatus` for model ``name`` (``feature_set``: its training config's
+    feature-set name; default the one of its newest trained version). Raises NotFound when
+    the feature set or its dataset has no ready version."""
+    seen_mv = trained_version(registry, name)
+    seen: FeatureSetVersion | None = None
+    if seen_mv is not None and seen_mv.feature_set is not None:
+        try:
+            seen = FeatureSetVersion.from_catalog(registry.catalog_get(
+                CATALOG_FEATURE_SET, seen_mv.feature_set.name, seen_mv.feature_set.version))
+        except NotFound:
+            seen = None
+    fs_name = feature_set or (seen.name if seen is not None else None)
+    if fs_name is None:
+        raise NotFound(f"model {name!r} has no trained version with a feature set; nothing to retrain from")
+    try:
+        latest = FeatureSetVersion.from_catalog(registry.catalog_get(CATALOG_FEATURE_SET, fs_name, status=STATUS_READY))
+    except NotFound:
+        raise NotFound(f"feature set {fs_name!r} has no ready version; build one with `mlplat features build`") from None
+    source = latest.spec.get("source") or {}
+    ds_name = source.get("dataset") or latest.source.name
+    try:
+        dataset = DatasetVersion.from_catalog(registry.catalog_get(CATALOG_DATASET, ds_name, status=STATUS_READY))
+    except NotFound:
+        raise NotFound(f"dataset {ds_name!r} (the source of feature set {fs_name!r}) has no ready version") from None
+    rows = new_rows(dataset, seen) if seen is not None and seen.name == fs_name else eligible_rows(
+        dataset, start=_partition_start(latest)[1], key=_partition_start(latest)[0])
+    return DataStatus(seen=seen, latest=latest, dataset=dataset, new_rows=rows, latest_covers=new_rows(dataset, latest) == 0)
+
+
+def source_datasets(registry: Registry, name: str) -> set[str]:
+    """Names of the datasets the model's newest versions were trained from (lineage)."""
+    try:
+        versions = registry.list_versions(name)
+    except NotFound:
+        return set()
+    for v in reversed(versions):
+        if v.datasets:
+            return {d.name for d in v.datasets}
+    return set()
+
+
+def drift_verdict(payload: Mapping[str, Any]) -> tuple[bool, list[str]]:
+    """(drifted, drifted feature names) of a ``drift_checked`` event's payload.
+
+    >>> drift_verdict({"drifted": True, "drifted_features": ["age"], "rows": 500})
+    (True, ['age'])
+    >>> drift_verdict({"drifted": False})
+    (False, [])
+    """
+    drifted = payload.get("drifted")
+    if drifted is None:
+        drifted = str(payload.get("verdict", "")).lower() in ("drift", "drifted")
+    features = payload.get("drifted_features")
+    if features is None:
+        features = payload.get("features") if isinstance(payload.get("features"), list) else []
+    return bool(drifted), [str(f) for f in features or []]
+
+
+def cause_of(event: Event, trigger: str, **extra: Any) -> dict[str, Any]:
+    """What a retrain records as its cause: the trigger and the triggering event (``seq``,
+    ``kind``, ``subject``, ``at``), the form the lineage graph reads."""
+    return {"trigger": trigger, "seq": event.seq, "kind": event.kind, "subject": event.subject, "at": event.ts, **extra}
+
