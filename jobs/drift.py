@@ -1,7 +1,8 @@
 """Check a model for drift: ``ray job submit --working-dir . -- python jobs/drift.py --model churn
 --window 1h``. A thin wrapper over ``Platform.drift`` (Ray Data pass, report, ``drift_checked``
 event); prints the result as JSON. Exit code 0 when the check ran (1 with ``--fail-on-drift`` when
-it found drift), 2 on error (unknown model, no reference statistics, no telemetry in the window)."""
+it found drift), 2 on error (unknown model, no reference statistics, no telemetry in the window, a bad
+``--end`` such as epoch milliseconds), printed as one line on stderr."""
 
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = connect(root=args.root, address=args.address).drift(
             args.model, window=args.window, version=args.version, end=parse_end(args.end))
-    except MlplatError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (MlplatError, ValueError) as exc:  # bad input, unknown model, no telemetry...: one line, no traceback
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"error: {text}", file=sys.stderr)
         return 2
     v = result.verdict
     print(json.dumps({"model": result.model, "version": result.version, "window": result.window,

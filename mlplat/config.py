@@ -175,11 +175,19 @@ class ServeSettings(StrictModel):
     #: Telemetry also records each row's encoded features (``encoded``, list<float>: the model's
     #: input), encoded in the flush thread, never on the request path.
     telemetry_encoded: bool = False
-    #: The ``x-mlplat-context-<key>`` headers recorded as ``context.<key>``; None: any key
-    #: (at most 16 per request either way, values cut to 256 characters).
-    telemetry_context_keys: list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]] | None = None
-    #: Register flushed telemetry files in the data catalog (dataset ``telemetry-<model>``).
+    #: The ``x-mlplat-context-<key>`` headers recorded as ``context.<key>``: an allowlist, empty
+    #: by default (no context columns). Each key becomes a column of the catalog dataset, so
+    #: only listed keys are: None records any key a client sends (at most 16 per request
+    #: either way, values cut to 256 characters) and lets clients grow the schema.
+    telemetry_context_keys: list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]] | None = Field(
+        default_factory=list)
+    #: Register flushed telemetry files in the data catalog (dataset ``telemetry-<model>``), on
+    #: a thread of their own, never in the flush.
     telemetry_catalog: bool = True
+    #: Each (model, day) is registered at most this often: one catalog call per batch of files.
+    telemetry_catalog_interval_s: float = Field(60.0, ge=0)
+    #: A catalog registration's registry calls are abandoned (counted, retried) after this long.
+    telemetry_catalog_timeout_s: float = Field(30.0, gt=0)
     #: Prometheus metrics through Ray's metrics endpoint (docs/serving.md); the ingress hands
     #: its counts to Ray every ``metrics_interval_s``.
     metrics: bool = True

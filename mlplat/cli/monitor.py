@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from typing import Any
 
 import click
@@ -14,23 +15,52 @@ from mlplat.errors import ValidationError
 __all__ = ["group", "drift", "parse_end"]
 
 
+#: Unix seconds of 3000-01-01T00:00:00Z: a later ``--end`` is a unit mistake (milliseconds), not a time.
+MAX_END_S = 32_503_680_000.0
+
+
+def _plausible(text: str, value: float) -> float:
+    if not math.isfinite(value):
+        raise ValidationError(f"--end {text!r}: not a finite number; expected unix seconds or an ISO 8601 time such "
+                              "as 2026-11-30T12:00:00Z")
+    if value > MAX_END_S:
+        hint = (f"; it looks like milliseconds: divide by 1000 ({value / 1000:.0f})" if value / 1000 <= MAX_END_S
+                else "; it looks like micro- or nanoseconds: give unix seconds")
+        raise ValidationError(f"--end {text!r}: {value:.0f} is after the year 3000{hint}")
+    if value < 0:
+        raise ValidationError(f"--end {text!r}: {value:g} is before 1970-01-01; expected unix seconds or an ISO 8601 time")
+    return value
+
+
 def parse_end(text: str | None) -> float | None:
-    """``--end``: unix seconds, or an ISO 8601 time (UTC when it names no zone).
+    """``--end``: unix seconds, or an ISO 8601 time (UTC when it names no zone). Not finite,
+    before 1970 or after the year 3000 (epoch milliseconds, say) is a ValidationError naming the
+    value.
 
     >>> parse_end("1700000000"), parse_end("2023-11-14T22:13:20Z")
     (1700000000.0, 1700000000.0)
+    >>> parse_end("1700000000000")
+    Traceback (most recent call last):
+    ...
+    mlplat.errors.ValidationError: --end '1700000000000': 1700000000000 is after the year 3000; it looks like milliseconds: divide by 1000 (1700000000)
     """
     if text is None:
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         pass
+    else:
+        return _plausible(text, value)
     try:
         when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         raise ValidationError(f"--end {text!r}: expected unix seconds or an ISO 8601 time such as 2026-11-30T12:00:00Z") from None
-    return (when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)).timestamp()
+    try:
+        value = (when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)).timestamp()
+    except (OverflowError, ValueError, OSError):
+        raise ValidationError(f"--end {text!r}: not a representable time") from None
+    return _plausible(text, value)
 
 
 @click.group("monitor")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -52,7 +52,10 @@ def approve(lazy: Any, name: str, request_id: int | None, note: str, wait: bool,
         from mlplat.lifecycle.retrain import finish_retrain
         from mlplat.training.queue import wait_for_run
 
-        run = wait_for_run(p.registry, run.run_id, timeout_s=timeout)
+        try:
+            run = wait_for_run(p.registry, run.run_id, timeout_s=timeout)
+        except TimeoutError:
+            _still_running(p, name, req.id, run.run_id, run.version, timeout, result, as_json)
         result["run"] = run.model_dump(mode="json")
         result["outcome"] = finish_retrain(p.registry, p.storage, run.run_id)
     if as_json:
@@ -63,6 +66,22 @@ def approve(lazy: Any, name: str, request_id: int | None, note: str, wait: bool,
             click.echo(f"  {result['outcome']}")
     if run.state in (RunState.FAILED, RunState.CANCELLED):
         sys.exit(1)
+
+
+def _still_running(p: Any, name: str, request_id: int, run_id: str, version: int | None, timeout: float | None,
+                   result: dict[str, Any], as_json: bool) -> NoReturn:
+    """The wait ran out after the approval: say so in one line (the request is approved and the
+    run goes on; nothing was cancelled) and exit 1."""
+    state = p.registry.get_run(run_id).state.value
+    message = (f"{name}: request {request_id} approved; run {run_id} (v{version}) is still {state} after "
+               f"{timeout or 0:g} s and goes on (nothing was cancelled): `mlplat runs wait {run_id}` to follow it; "
+               "the retrain controller validates its version when it ends")
+    if as_json:
+        click.echo(json.dumps({**result, "waited": "timed out", "state": state, "message": message}, indent=2,
+                              default=str))
+    else:
+        click.echo(message, err=True)
+    sys.exit(1)
 
 
 @group.command(name="dismiss")

@@ -12,16 +12,17 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from mlplat.errors import AlreadyExists, NotFound, SchemaMismatch, StorageError, ValidationError
+from mlplat.errors import AlreadyExists, ConflictError, NotFound, SchemaMismatch, StorageError, ValidationError
 from mlplat.names import validate_name
 from mlplat.raydata import read_parquet
 from mlplat.records import (
@@ -50,6 +51,7 @@ __all__ = [
     "dataset_files",
     "parse_partition",
     "schema_diff",
+    "CAS_ATTEMPTS",
 ]
 
 _FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json", ".ndjson": "json"}
@@ -177,6 +179,42 @@ def schema_diff(expected: dict[str, str], actual: dict[str, str]) -> list[str]:
 
 # -- writes ------------------------------------------------------------------------------
 
+#: A partition-list write (add_files, append_partition, complete_partition) that lost a race
+#: with another writer re-reads the version and re-applies its change, at most this many times.
+CAS_ATTEMPTS = 8
+_CAS_BACKOFF_S = 0.02  # the first retry waits up to this; doubling, full jitter, at most 1 s
+
+
+def _cas_backoff(attempt: int) -> None:
+    time.sleep(random.uniform(0.0, min(1.0, _CAS_BACKOFF_S * 2 ** attempt)))
+
+
+def _update_with_retry(registry: Registry, dv: DatasetVersion,
+                       change: Callable[[DatasetVersion], tuple[dict[str, Any], str] | None]) -> DatasetVersion:
+    """Apply a read-modify-write to a dataset version without losing a concurrent writer's.
+
+    ``change(dv)`` returns the patch and idempotency key for the version as read (or None:
+    nothing to write); the update is a compare-and-set on the entry's ``updated_at``. When
+    another writer changed the version between the read and the write, the version is re-read
+    and ``change`` runs again on it, after a jittered backoff, at most :data:`CAS_ATTEMPTS`
+    times; then :class:`ConflictError` (nothing of this call was written)."""
+    for attempt in range(CAS_ATTEMPTS):
+        if attempt:
+            _cas_backoff(attempt - 1)
+            dv = get_dataset(registry, dv.name, dv.version)
+        step = change(dv)
+        if step is None:
+            return dv
+        patch, key = step
+        try:
+            saved = registry.catalog_update(CATALOG_DATASET, dv.name, dv.version, patch,
+                                            expected_updated_at=dv.updated_at, idempotency_key=key)
+        except ConflictError:
+            continue
+        return DatasetVersion.from_catalog(saved)
+    raise ConflictError(f"dataset {dv.name!r} v{dv.version}: other writers changed it {CAS_ATTEMPTS} times while this "
+                        "write retried; nothing was written, retry later")
+
 
 def _write_parquet(storage: Storage, table: pa.Table, *parts: str) -> None:
     with storage.open_write(*parts) as handle:
@@ -290,13 +328,16 @@ def append_partition(storage: Storage, registry: Registry, name: str, partition:
     _, _, parts, _, total = _ingest(storage, fs, files, format, dv.path, values, dv.schema_dict(), name)
     vals, fl, rows = parts[key]
     new = PartitionInfo(key=key, values=vals, files=tuple(fl), num_rows=rows, added_at=time.time())
-    saved = registry.catalog_update(
-        CATALOG_DATASET, name, dv.version,
-        {"partitions": [p.model_dump(mode="json") for p in (*dv.partitions, new)],
-         "partition_keys": list(values), "num_rows": dv.num_rows + total},
-        idempotency_key=f"dataset-append:{name}:v{dv.version}:{key}:{uuid.uuid4().hex}",
-    )
-    return DatasetVersion.from_catalog(saved)
+    token = uuid.uuid4().hex
+
+    def change(cur: DatasetVersion) -> tuple[dict[str, Any], str]:
+        if cur.partition(key) is not None:  # appended by another writer meanwhile
+            raise AlreadyExists(f"dataset {name!r} v{cur.version} already has partition {key!r}")
+        return ({"partitions": [p.model_dump(mode="json") for p in (*cur.partitions, new)],
+                 "partition_keys": list(values), "num_rows": cur.num_rows + total},
+                f"dataset-append:{name}:v{cur.version}:{key}:{token}")
+
+    return _update_with_retry(registry, dv, change)
 
 
 def _merge_columns(name: str, columns: dict[str, str], path: str, schema: pa.Schema) -> None:
@@ -324,7 +365,11 @@ def add_files(storage: Storage, registry: Registry, name: str, path: str, files:
     :class:`SchemaMismatch` naming the file and column, and nothing is changed.
 
     Writers append data files in place (telemetry flushes, outcome batches): each is written
-    atomically before it is listed, and readers see only listed files."""
+    atomically before it is listed, and readers see only listed files. Concurrent writers
+    (several ingress replicas) never lose each other's files: the listing is a compare-and-set
+    on the version's ``updated_at``, and a call that lost the race re-reads the version and
+    merges its files again (at most :data:`CAS_ATTEMPTS` times, jittered backoff; then
+    :class:`ConflictError`, nothing written, safe to retry)."""
     validate_name(name, "dataset name")
     try:
         kind = DatasetKind(kind)
@@ -354,38 +399,48 @@ def add_files(storage: Storage, registry: Registry, name: str, path: str, files:
     if values is not None and dv.partition_keys and tuple(values) != dv.partition_keys:
         raise ValidationError(f"partition {partition!r} does not match the dataset's partition keys "
                               f"{'/'.join(dv.partition_keys)}")
-    part = dv.partition(key) if key is not None else None
-    listed = set(part.files if part is not None else dv.files) if key is not None else set(dv.files)
-    new = [f for f in dict.fromkeys(files) if f not in listed]
-    if not new:
-        return dv
-    columns = dv.schema_dict()
-    rows = 0
-    for f in new:
-        try:
-            meta = pq.read_metadata(f"{base}/{f}", filesystem=storage.fs)
-        except FileNotFoundError:
-            raise NotFound(f"dataset {name!r}: {rel_path}/{f} does not exist") from None
-        except (OSError, pa.ArrowInvalid) as exc:
-            raise ValidationError(f"dataset {name!r}: {rel_path}/{f} is not a readable Parquet file: {exc}") from None
-        _merge_columns(name, columns, f"{rel_path}/{f}", meta.schema.to_arrow_schema())
-        rows += meta.num_rows
-    now = time.time()
-    if key is None:
-        patch: dict[str, Any] = {"files": [*dv.files, *new]}
-    else:
-        assert values is not None
-        merged = (part.model_copy(update={"files": (*part.files, *new), "num_rows": part.num_rows + rows})
-                  if part is not None else PartitionInfo(key=key, values=values, files=tuple(new), num_rows=rows, added_at=now))
-        parts = [merged if p.key == key else p for p in dv.partitions] if part is not None else [*dv.partitions, merged]
-        patch = {"partitions": [p.model_dump(mode="json") for p in sorted(parts, key=lambda p: p.key)],
-                 "partition_keys": list(values)}
-    patch.update({"columns": [ColumnInfo(name=c, type=t).model_dump() for c, t in columns.items()],
-                  "num_rows": dv.num_rows + rows})
-    digest = uuid.uuid5(uuid.NAMESPACE_URL, "\n".join(new)).hex
-    saved = registry.catalog_update(CATALOG_DATASET, name, dv.version, patch,
-                                    idempotency_key=f"dataset-add-files:{name}:v{dv.version}:{key or ''}:{digest}")
-    return DatasetVersion.from_catalog(saved)
+    metas: dict[str, tuple[pa.Schema, int]] = {}  # read once, kept across retries
+
+    def meta_of(f: str) -> tuple[pa.Schema, int]:
+        if f not in metas:
+            try:
+                meta = pq.read_metadata(f"{base}/{f}", filesystem=storage.fs)
+            except FileNotFoundError:
+                raise NotFound(f"dataset {name!r}: {rel_path}/{f} does not exist") from None
+            except (OSError, pa.ArrowInvalid) as exc:
+                raise ValidationError(f"dataset {name!r}: {rel_path}/{f} is not a readable Parquet file: {exc}") from None
+            metas[f] = (meta.schema.to_arrow_schema(), meta.num_rows)
+        return metas[f]
+
+    def change(cur: DatasetVersion) -> tuple[dict[str, Any], str] | None:
+        """The patch that lists the files ``cur`` does not list yet (None: all listed)."""
+        part = cur.partition(key) if key is not None else None
+        listed = set(part.files if part is not None else cur.files) if key is not None else set(cur.files)
+        new = [f for f in dict.fromkeys(files) if f not in listed]
+        if not new:
+            return None
+        columns = cur.schema_dict()
+        rows = 0
+        for f in new:
+            schema, num_rows = meta_of(f)
+            _merge_columns(name, columns, f"{rel_path}/{f}", schema)
+            rows += num_rows
+        if key is None:
+            patch: dict[str, Any] = {"files": [*cur.files, *new]}
+        else:
+            assert values is not None
+            merged = (part.model_copy(update={"files": (*part.files, *new), "num_rows": part.num_rows + rows})
+                      if part is not None else PartitionInfo(key=key, values=values, files=tuple(new), num_rows=rows,
+                                                             added_at=time.time()))
+            parts = [merged if p.key == key else p for p in cur.partitions] if part is not None else [*cur.partitions, merged]
+            patch = {"partitions": [p.model_dump(mode="json") for p in sorted(parts, key=lambda p: p.key)],
+                     "partition_keys": list(values)}
+        patch.update({"columns": [ColumnInfo(name=c, type=t).model_dump() for c, t in columns.items()],
+                      "num_rows": cur.num_rows + rows})
+        digest = uuid.uuid5(uuid.NAMESPACE_URL, "\n".join(new)).hex
+        return patch, f"dataset-add-files:{name}:v{cur.version}:{key or ''}:{digest}"
+
+    return _update_with_retry(registry, dv, change)
 
 
 def complete_partition(registry: Registry, name: str, partition: str, *, version: int | None = None) -> DatasetVersion:
@@ -396,13 +451,18 @@ def complete_partition(registry: Registry, name: str, partition: str, *, version
     if part is None:
         have = ", ".join(p.key for p in dv.partitions) or "none"
         raise NotFound(f"dataset {name!r} v{dv.version} has no partition {key!r} (partitions: {have})")
-    if not part.complete:
+
+    def change(cur: DatasetVersion) -> tuple[dict[str, Any], str] | None:
+        mine = cur.partition(key)
+        if mine is None or mine.complete:
+            return None
         now = time.time()
-        parts = [p.model_copy(update={"complete": True, "completed_at": now}) if p.key == key else p for p in dv.partitions]
-        saved = registry.catalog_update(CATALOG_DATASET, name, dv.version,
-                                        {"partitions": [p.model_dump(mode="json") for p in parts]},
-                                        idempotency_key=f"dataset-complete:{name}:v{dv.version}:{key}")
-        dv = DatasetVersion.from_catalog(saved)
+        parts = [p.model_copy(update={"complete": True, "completed_at": now}) if p.key == key else p for p in cur.partitions]
+        return ({"partitions": [p.model_dump(mode="json") for p in parts]},
+                f"dataset-complete:{name}:v{cur.version}:{key}")
+
+    dv = _update_with_retry(registry, dv, change)
+    part = dv.partition(key) or part
     registry.append_event(
         EVENT_PARTITION_COMPLETED, f"dataset:{name}",
         {"partition": key, "values": part.values, "num_rows": part.num_rows, "kind": dv.kind.value},

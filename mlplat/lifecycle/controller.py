@@ -107,9 +107,9 @@ class RolloutController:
         from mlplat.training.queue import ensure_scheduler
 
         config = self._config
+        self._sender = WebhookSender()  # once: a retry below must not leave worker threads behind
         while self._retrain is None:
             try:
-                self._sender = WebhookSender()
                 self._retrain = RetrainController(self._registry_factory(), open_root(config.root, config.s3),
                                                   sender=self._sender, wake=lambda: ensure_scheduler(config))
             except Exception as exc:  # the registry is not up yet: try again

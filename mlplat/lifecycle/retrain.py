@@ -25,7 +25,17 @@ latest data:
 
 Events (subject ``model:<name>``): ``retrain_started``, ``retrain_failed`` (stage ``prepare``,
 ``training`` or ``validation``), ``retrain_validated``, ``retrain_skipped`` (an event trigger
-the policy declined), the request events, and ``alarm_raised``.
+the policy declined, or a ``drift_checked`` out of scope), the request events, and ``alarm_raised``.
+
+Idempotency: a retrain is keyed by its cause -- the request, else the triggering event's
+``seq``, else (``schedule``) the model and the due time -- so a replay after a crash between
+registering the version and queueing the run finds the same version and queues its run.
+
+A retrained version left VALIDATING for more than
+:data:`~mlplat.monitoring.retrain.VALIDATING_TIMEOUT_S` (the process validating it died, e.g. a
+controller restart) is given up: ``retrain_failed`` (stage ``validation``, so the
+``retrain_failed`` alarm) and the version REJECTED. :func:`finish_retrain` does that on a
+replayed run event, and :meth:`RetrainController.on_schedule` sweeps for such versions.
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ from mlplat.monitoring.retrain import (
     EVENT_STARTED,
     EVENT_VALIDATED,
     MANUAL_ONLY,
+    VALIDATING_TIMEOUT_S,
     DataStatus,
     RetrainDecision,
     RetrainPolicy,
@@ -56,14 +67,17 @@ from mlplat.monitoring.retrain import (
     cause_of,
     data_status,
     decide_retrain,
+    drift_scope_problem,
     drift_verdict,
+    failure_payload,
     record_failed,
     record_started,
     request_retrain,
     retrain_status,
+    serving_versions,
     source_datasets,
 )
-from mlplat.records import EVENT_PARTITION_COMPLETED, Event, FeatureSetVersion, ModelState, Run, RunState
+from mlplat.records import EVENT_PARTITION_COMPLETED, Event, FeatureSetVersion, ModelState, ModelVersion, Run, RunState
 from mlplat.registry import Registry
 from mlplat.storage import Storage
 
@@ -78,6 +92,7 @@ __all__ = [
     "approve_and_start",
     "handle_trigger",
     "finish_retrain",
+    "fail_stale_validation",
     "is_retrain_run",
     "driver_hooks",
 ]
@@ -139,10 +154,14 @@ def rebuild_features(registry: Registry, storage: Storage, status: DataStatus) -
 
 
 def _cause_key(cause: Mapping[str, Any], request_id: int | None) -> str:
+    """The idempotency key of a retrain's records: its request, its triggering event, or (a
+    schedule) its due time rounded to the second; a person's start without any: random."""
     if request_id is not None:
         return f"request:{request_id}"
     if cause.get("seq") is not None:
         return f"{cause.get('trigger')}:{cause['seq']}"
+    if cause.get("trigger") == "schedule" and isinstance(cause.get("due"), (int, float)):
+        return f"schedule:due:{round(float(cause['due']))}"
     return f"{cause.get('trigger', 'manual')}:{uuid.uuid4().hex[:12]}"
 
 
@@ -274,7 +293,12 @@ def handle_trigger(registry: Registry, storage: Storage, name: str, trigger: str
         return RetrainOutcome(name, trigger, decision)
     if trigger == "manual" and policy is None:
         policy = MANUAL_ONLY
-    status = retrain_status(registry, name)
+    status = retrain_status(registry, name, now=now)
+    if (trigger == "schedule" and cause.get("seq") is None and policy is not None and policy.schedule_s
+            and status.last_retrain_at is not None):
+        # keyed by the due time: the next tick after a crash mid-start finds the same version
+        cause = {**cause, "due": round(status.last_retrain_at + float(policy.schedule_s))}
+        key = _cause_key(cause, None)
 
     def decide(rows: int | None) -> RetrainDecision:
         return decide_retrain(trigger, policy, now=now, last_retrain_at=status.last_retrain_at, new_rows=rows,
@@ -322,11 +346,14 @@ def is_retrain_run(run: Run) -> bool:
     return isinstance(run.request.get("retrain"), Mapping)
 
 
-def finish_retrain(registry: Registry, storage: Storage, run_id: str, *, validate_fn: Validate | None = None) -> str:
+def finish_retrain(registry: Registry, storage: Storage, run_id: str, *, validate_fn: Validate | None = None,
+                   now: float | None = None) -> str:
     """After a retrain run ended: validate its version when it SUCCEEDED (the model's validation
     policy; Ray Data) and write ``retrain_validated``; record ``retrain_failed`` when the run
     failed or was cancelled. Idempotent: a version no longer TRAINED (validated meanwhile, or
-    being validated) is left alone. Returns what it did, in words."""
+    being validated) is left alone -- except one VALIDATING for longer than
+    :data:`VALIDATING_TIMEOUT_S` at ``now``, whose validation died: :func:`fail_stale_validation`.
+    Returns what it did, in words."""
     run = registry.get_run(run_id)
     if not is_retrain_run(run):
         return f"run {run_id}: not a retrain"
@@ -341,6 +368,10 @@ def finish_retrain(registry: Registry, storage: Storage, run_id: str, *, validat
     if run.state != RunState.SUCCEEDED or run.version is None:
         return f"run {run_id}: still {run.state.value}"
     mv = registry.get_version(name, run.version)
+    if mv.state == ModelState.VALIDATING:
+        stale = fail_stale_validation(registry, mv, now=now)
+        if stale is not None:
+            return stale
     if mv.state != ModelState.TRAINED:
         return f"{name} v{mv.version}: already {mv.state.value}"
     try:
@@ -360,6 +391,41 @@ def finish_retrain(registry: Registry, storage: Storage, run_id: str, *, validat
         "reasons": list(getattr(decision, "reasons", ()) or ()), "approval": approval, "report": getattr(outcome, "report_path", None),
         "request_id": request_id, "cause": cause}, version=run.version, idempotency_key=f"retrain-validated:{run_id}")
     return f"{name} v{run.version}: {state}" + (" (awaiting approval)" if approval == "PENDING" else "")
+
+
+def fail_stale_validation(registry: Registry, mv: ModelVersion, *, now: float | None = None) -> str | None:
+    """A retrained version VALIDATING for more than :data:`VALIDATING_TIMEOUT_S` (its record
+    unchanged that long) at ``now``: its validation died with its process. Records
+    ``retrain_failed`` (stage ``validation``; the follower raises the ``retrain_failed`` alarm
+    by the alarm policy) and moves the version to REJECTED (it was never judged: it must not
+    be deployed, and nothing can validate it again from VALIDATING), in one transaction.
+    Returns what it did, or None when the version is not such a one (not a retrain's, not
+    VALIDATING, not stale yet, or it moved meanwhile)."""
+    now = time.time() if now is None else now
+    retrain = mv.extra.get("retrain")
+    if mv.state != ModelState.VALIDATING or not isinstance(retrain, Mapping):
+        return None
+    age = now - mv.updated_at
+    if age <= VALIDATING_TIMEOUT_S:
+        return None
+    name, run_id = mv.name, mv.run_id
+    error = (f"validation of {name} v{mv.version} did not finish: VALIDATING for {age / 3600:.3g} h, more than "
+             f"{VALIDATING_TIMEOUT_S / 3600:g} h (the process validating it stopped, e.g. a controller restart); "
+             "the version is REJECTED unjudged -- retrain again to get a judged version")
+    payload = failure_payload(stage="validation", error=error, cause=dict(retrain.get("cause") or {}),
+                              request_id=retrain.get("request_id"), run_id=run_id)
+    try:  # both or neither: the version REJECTED and its retrain_failed (whose alarm the follower raises)
+        registry.batch([
+            ("transition", {"name": name, "version": mv.version, "state": ModelState.REJECTED.value,
+                            "expected_state": ModelState.VALIDATING.value, "error": error}),
+            ("append_event", {"kind": EVENT_FAILED, "subject": f"model:{name}", "payload": payload,
+                              "version": mv.version}),
+        ], idempotency_key=f"retrain-stale-validation:{name}:v{mv.version}")
+    except (ConflictError, InvalidTransition) as exc:  # it moved meanwhile: its validation did finish
+        log.info("retrain: %s v%d left as it is: %s", name, mv.version, exc)
+        return None
+    log.warning("retrain: %s", error)
+    return f"{name} v{mv.version}: validation given up (VALIDATING for over {VALIDATING_TIMEOUT_S / 3600:g} h)"
 
 
 def _validate(registry: Registry, storage: Storage, name: str, version: int) -> Any:
@@ -391,14 +457,18 @@ def driver_hooks(ensure_ray: Callable[[], Any], config: PlatformConfig) -> tuple
 class RetrainController:
     """Follows the registry's event log (its own cursor, :data:`CURSOR`) and runs the schedule.
 
-    - ``drift_checked`` with drift: the ``drift`` alarm, then the ``drift`` trigger;
+    - ``drift_checked`` with drift of the model's production or canary version over a recent
+      window (:func:`~mlplat.monitoring.retrain.drift_scope_problem`): the ``drift`` alarm, then
+      the ``drift`` trigger; any other drift check raises nothing (a ``retrain_skipped`` with the
+      reason when the retrain policy lists ``drift``);
     - ``partition_completed`` of a ``facts`` dataset: the ``partition_completed`` trigger for
       every model whose retrain policy lists it and whose newest version was trained from it;
     - ``run_succeeded`` / ``run_failed`` / ``run_cancelled`` of a retrain run: :func:`finish_retrain`;
     - ``retrain_requested`` / ``retrain_started`` / ``retrain_failed`` and a ``retrain_validated``
       that did not pass: the alarms of those kinds;
     - each :meth:`tick`, at most every ``schedule_every_s``: the ``schedule`` trigger of each
-      model whose policy lists it.
+      model whose policy lists it, and :func:`fail_stale_validation` of every retrained version
+      VALIDATING for too long.
 
     Starting (a feature rebuild) and validating are Ray Data jobs of seconds to minutes: call
     :meth:`tick` from a thread of its own (never the one that judges canaries). A first start
@@ -495,6 +565,12 @@ class RetrainController:
         if not drifted:
             return None
         name = event.subject.removeprefix("model:")
+        try:
+            problem = drift_scope_problem(event, serving_versions(self.registry, name))
+        except NotFound:  # the model is gone
+            return None
+        if problem is not None:
+            return self._drift_out_of_scope(name, event, features, problem)
         details = {"drifted_features": features, "cause": {"seq": event.seq, "kind": event.kind}}
         for key in ("window", "rows", "status", "prediction_drifted", "report", "report_path", "reasons"):
             if key in event.payload:
@@ -502,6 +578,18 @@ class RetrainController:
         done = [self._alarm(name, "drift", details, event),
                 self._handle(name, "drift", cause_of(event, "drift", drifted_features=features))]
         return "; ".join(d for d in done if d)
+
+    def _drift_out_of_scope(self, name: str, event: Event, features: list[str], problem: str) -> str:
+        """No alarm, no retrain; a ``retrain_skipped`` saying why when the policy lists drift."""
+        try:
+            policy = RetrainPolicy.from_serving_policy(self.registry.get_model(name).serving_policy)
+        except (ConfigError, NotFound):
+            policy = None
+        decision = RetrainDecision("skip", f"drift: not acted on: {problem}")
+        if policy is not None and "drift" in policy.triggers:
+            cause = cause_of(event, "drift", drifted_features=features)
+            _record_skip(self.registry, name, "drift", decision, cause, _cause_key(cause, None))
+        return f"{name} [drift]: skip -- {decision.reason}"
 
     def _on_partition(self, event: Event) -> str | None:
         if event.payload.get("kind", "facts") != "facts" or not event.subject.startswith("dataset:"):
@@ -531,7 +619,7 @@ class RetrainController:
             return None
         if not is_retrain_run(run):
             return None
-        return finish_retrain(self.registry, self.storage, run_id, validate_fn=self._validate)
+        return finish_retrain(self.registry, self.storage, run_id, validate_fn=self._validate, now=self._clock())
 
     def _on_retrain_event(self, event: Event) -> str | None:
         name = event.subject.removeprefix("model:")
@@ -557,9 +645,18 @@ class RetrainController:
     # -- the schedule ------------------------------------------------------------------------
     def on_schedule(self, now: float | None = None) -> list[str]:
         """The ``schedule`` trigger of every model whose policy lists it (decided per model:
-        not due, cooldown, rows...). Returns what started or was requested."""
+        not due, cooldown, rows...), after giving up retrained versions VALIDATING for too
+        long (:func:`fail_stale_validation`). Returns what started, was requested or given up."""
         now = self._clock() if now is None else now
         done = []
+        for mv in self.registry.find_versions(state=ModelState.VALIDATING):
+            try:
+                what = fail_stale_validation(self.registry, mv, now=now)
+            except MlplatError as exc:  # the next sweep tries again
+                log.warning("retrain controller: %s v%d: stale validation not recorded: %s", mv.name, mv.version, exc)
+                continue
+            if what:
+                done.append(what)
         for info in self.registry.list_models():
             try:
                 policy = RetrainPolicy.from_serving_policy(info.serving_policy)

@@ -6,14 +6,17 @@
   alarm kinds (``on``) notify at all.
 - :func:`raise_alarm` appends one ``alarm_raised`` event (subject ``model:<name>``) and then
   queues the webhook. The event is the record; the webhook is a best-effort notification.
-- :class:`WebhookSender` delivers from a bounded queue on daemon threads. :meth:`~WebhookSender.send`
-  never blocks the caller: a full (or closed) queue drops the payload, returns False and counts
-  it. Timeouts, connection errors, HTTP 5xx, 408 and 429 are retried with exponential backoff
-  up to ``max_attempts``; other 4xx answers and redirects are not retried. Counters:
-  ``sent``, ``failed``, ``dropped``, ``retried`` (:meth:`~WebhookSender.stats`).
-- Secrets: a URL is only ever shown as :func:`redact_url` gives it (scheme, host, port and the
-  first path segment; user info, the rest of the path, the query and the fragment are ``***``),
-  in events, log lines, errors and stats.
+- :class:`WebhookSender` delivers from a bounded queue shared by a few daemon worker threads
+  (default 4: one endpoint that hangs holds up one worker, not every alarm behind it).
+  :meth:`~WebhookSender.send` never blocks the caller: a full (or closed) queue drops the
+  payload, returns False and counts it. Timeouts, connection errors, HTTP 5xx, 408 and 429 are
+  retried with exponential backoff up to ``max_attempts``, all attempts of one delivery within
+  ``max_delivery_s`` (default 60 s) together; other 4xx answers, redirects and a URL urllib
+  refuses are not retried. Counters: ``sent``, ``failed``, ``dropped``, ``retried``
+  (:meth:`~WebhookSender.stats`).
+- Secrets: a URL is only ever shown as :func:`redact_url` gives it (scheme, host and port; user
+  info, the whole path, the query and the fragment are ``***``), in events, log lines, errors
+  and stats.
 
 Delivery is at least once: a receiver deduplicates by ``event_seq``.
 """
@@ -25,6 +28,7 @@ import json
 import logging
 import os
 import queue
+import re
 import threading
 import time
 import urllib.error
@@ -67,14 +71,16 @@ _EXPECTED = ("expected a webhook URL or a mapping with keys webhook_url, webhook
 
 
 def redact_url(url: str | None) -> str | None:
-    """The URL as it may be shown: scheme, host, port and the first path segment; user info,
-    the rest of the path (Slack-style hooks keep their secret there), the query and the
-    fragment become ``***``.
+    """The URL as it may be shown: scheme, host and port only; user info, every path segment
+    (webhooks keep their secret anywhere in the path: Slack's in the last segments, others in
+    the first), the query and the fragment become ``***``.
 
     >>> redact_url("https://bot:s3cret@hooks.example.com/services/T0/B0/XYZ?token=abc#x")
-    'https://***@hooks.example.com/services/***?***#***'
+    'https://***@hooks.example.com/***?***#***'
     >>> redact_url("http://127.0.0.1:8080/alarm")
-    'http://127.0.0.1:8080/alarm'
+    'http://127.0.0.1:8080/***'
+    >>> redact_url("http://127.0.0.1:8080/"), redact_url("http://h")
+    ('http://127.0.0.1:8080/', 'http://h')
     >>> redact_url("not a url")
     '***'
     """
@@ -86,18 +92,19 @@ def redact_url(url: str | None) -> str | None:
         port = parts.port
     except ValueError:
         return "***"
-    if not parts.scheme or not host:
+    if not parts.scheme or not host or _UNSAFE.search(parts.scheme + host):
         return "***"
+    if ":" in host:  # an IPv6 literal
+        host = f"[{host}]"
     netloc = ("***@" if parts.username is not None or parts.password is not None else "") + host
     netloc += f":{port}" if port is not None else ""
-    segments = parts.path.split("/")
-    path = "/".join(segments[:2])  # "" and the first segment
-    if len(segments) > 2 and any(segments[2:]):
-        path += "/***"
-    elif len(segments) > 2:
-        path += "/"
+    path = "/***" if parts.path.strip("/") else parts.path[:1]
     return (f"{parts.scheme}://{netloc}{path}" + ("?***" if parts.query else "")
             + ("#***" if parts.fragment else ""))
+
+
+#: Characters no URL we send may hold (http.client refuses them: ``InvalidURL``).
+_UNSAFE = re.compile(r"[\x00-\x20\x7f]")
 
 
 def _check_url(url: str) -> str:
@@ -108,6 +115,8 @@ def _check_url(url: str) -> str:
         raise ValueError("has an invalid port") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("expected an http:// or https:// URL with a host")
+    if _UNSAFE.search(url):
+        raise ValueError("contains a space or a control character (percent-encode it, e.g. %20)")
     return url
 
 
@@ -241,20 +250,24 @@ class _GiveUp(Exception):
 
 
 class WebhookSender:
-    """Posts JSON payloads to webhooks from a bounded queue, on ``workers`` daemon threads.
+    """Posts JSON payloads to webhooks from a bounded queue, on ``workers`` daemon threads that
+    share it (a slow endpoint holds up one worker; the others go on with the queue).
 
     ``policy`` is the default target and retry settings; :meth:`send` may pass another one
-    (one sender serves every model). ``max_backoff_s`` caps the doubled waits. The payload is
-    serialized in :meth:`send` (``default=str``), so the caller keeps no reference to it.
+    (one sender serves every model). ``max_backoff_s`` caps the doubled waits;
+    ``max_delivery_s`` caps one payload's attempts, backoffs included (each attempt's timeout
+    is cut to what is left): ``max_attempts x timeout_s`` of a policy may ask for more. The
+    payload is serialized in :meth:`send` (``default=str``), so the caller keeps no reference to it.
     """
 
-    def __init__(self, policy: AlarmPolicy | None = None, *, maxsize: int = 1000, workers: int = 1,
-                 max_backoff_s: float = 60.0, user_agent: str = "mlplat-alarms/1"):
-        if maxsize < 1 or workers < 1:
-            raise ValueError("WebhookSender needs maxsize >= 1 and workers >= 1")
+    def __init__(self, policy: AlarmPolicy | None = None, *, maxsize: int = 1000, workers: int = 4,
+                 max_backoff_s: float = 60.0, max_delivery_s: float = 60.0, user_agent: str = "mlplat-alarms/1"):
+        if maxsize < 1 or workers < 1 or max_delivery_s <= 0:
+            raise ValueError("WebhookSender needs maxsize >= 1, workers >= 1 and max_delivery_s > 0")
         self.policy = policy or AlarmPolicy()
         self._queue: queue.Queue[_Item] = queue.Queue(maxsize=maxsize)
         self._max_backoff_s = max_backoff_s
+        self._max_delivery_s = max_delivery_s
         self._user_agent = user_agent
         self._lock = threading.Lock()
         self._counts = {"sent": 0, "failed": 0, "dropped": 0, "retried": 0}
@@ -365,17 +378,22 @@ class WebhookSender:
                 continue
             try:
                 self._deliver(item)
-            except Exception as exc:  # never let a bug kill the worker
-                self._count("failed", f"{type(exc).__name__}: {exc}")
-                log.exception("alarm webhook %s: delivery crashed", redact_url(item.url))
+            except Exception as exc:  # never let a bug kill the worker; its text may hold the URL: not shown
+                shown = redact_url(item.url)
+                self._count("failed", f"{shown}: delivery crashed ({type(exc).__name__})")
+                log.error("alarm webhook %s: delivery crashed (%s)", shown, type(exc).__name__)
             finally:
                 self._queue.task_done()
 
     def _deliver(self, item: _Item) -> None:
         shown = redact_url(item.url)
+        deadline = time.monotonic() + self._max_delivery_s
         for attempt in range(1, item.max_attempts + 1):
+            left = deadline - time.monotonic()
             try:
-                self._post(item)
+                if left <= 0:
+                    raise _GiveUp(f"not delivered within {self._max_delivery_s:g} s (after {attempt - 1} attempt(s))")
+                self._post(item, timeout_s=min(item.timeout_s, left))
                 self._count("sent")
                 if attempt > 1:
                     log.info("alarm webhook %s: delivered on attempt %d", shown, attempt)
@@ -390,6 +408,12 @@ class WebhookSender:
                     log.warning("alarm webhook %s: giving up after %d attempt(s): %s", shown, attempt, exc)
                     return
                 delay = min(self._max_backoff_s, item.backoff_s * 2 ** (attempt - 1))
+                if time.monotonic() + delay >= deadline:
+                    self._count("failed", f"{shown}: {exc} (after {attempt} attempts; no time left within "
+                                          f"{self._max_delivery_s:g} s)")
+                    log.warning("alarm webhook %s: giving up after %d attempt(s), no time left within %g s: %s",
+                                shown, attempt, self._max_delivery_s, exc)
+                    return
                 self._count("retried")
                 log.info("alarm webhook %s: attempt %d/%d failed (%s); retrying in %.3g s",
                          shown, attempt, item.max_attempts, exc, delay)
@@ -398,12 +422,16 @@ class WebhookSender:
                     log.warning("alarm webhook %s: not delivered, the sender closed: %s", shown, exc)
                     return
 
-    def _post(self, item: _Item) -> None:
-        url, headers = _split_credentials(item.url)
-        headers.update({"content-type": "application/json", "user-agent": self._user_agent})
-        request = urllib.request.Request(url, data=item.body, method="POST", headers=headers)
+    def _post(self, item: _Item, *, timeout_s: float | None = None) -> None:
+        timeout_s = item.timeout_s if timeout_s is None else timeout_s
         try:
-            with _OPENER.open(request, timeout=item.timeout_s) as response:
+            url, headers = _split_credentials(item.url)
+            headers.update({"content-type": "application/json", "user-agent": self._user_agent})
+            request = urllib.request.Request(url, data=item.body, method="POST", headers=headers)
+        except ValueError as exc:  # the message would quote the URL
+            raise _GiveUp(f"the URL is not one urllib can send ({type(exc).__name__})") from None
+        try:
+            with _OPENER.open(request, timeout=timeout_s) as response:
                 response.read(65536)
                 status = getattr(response, "status", 200)
         except urllib.error.HTTPError as exc:
@@ -420,9 +448,11 @@ class WebhookSender:
         except urllib.error.URLError as exc:
             raise _Retry(f"cannot connect: {_reason(exc.reason)}") from None
         except TimeoutError:
-            raise _Retry(f"no answer within {item.timeout_s:g} s (timed out)") from None
+            raise _Retry(f"no answer within {timeout_s:g} s (timed out)") from None
         except OSError as exc:  # connection reset mid-answer, remote closed...
             raise _Retry(f"connection failed: {_reason(exc)}") from None
+        except ValueError as exc:  # http.client.InvalidURL (a space, a control character): its message quotes the URL
+            raise _GiveUp(f"the URL is not one urllib can send ({type(exc).__name__})") from None
         if not 200 <= status < 300:
             raise _GiveUp(f"answered HTTP {status}")
 

@@ -2,6 +2,12 @@
 statistics (and its predictions against its own first traffic), judged by the model's
 monitoring policy; then the report and a ``drift_checked`` registry event.
 
+The prediction reference is the version's own full traffic: the first ``prediction_reference``
+(policy) from its latest ``promoted`` event -- never its canary slice, which may differ -- or,
+for a version never promoted, from its first telemetry row. It is kept in
+``reports/<model>/drift-reference/v<N>.json`` with the start it was taken from, and rebuilt when
+that start changes (the version was promoted after a reference of its canary days was kept).
+
 Errors (one line, nothing written): an unknown model or version; a version without reference
 statistics (no feature set, no ``stats.json``, no raw columns in it); a window without any
 telemetry row of the version. Per-feature notes (that feature not judged, the rest judged): a
@@ -33,6 +39,7 @@ from mlplat.monitoring.drift import DriftStats, DriftVerdict, FeatureStats, Perf
 from mlplat.monitoring.partials import (
     FEATURE_PREFIX,
     PREDICTION_COLUMN,
+    ROWS_WITHOUT_RAW_FEATURES,
     ColumnPlan,
     WindowPlan,
     feature_stats,
@@ -135,28 +142,72 @@ def _column_plan(name: str, column: str, ref: dict[str, Any]) -> ColumnPlan | No
 
 
 def prediction_reference_path(name: str, version: int) -> tuple[str, ...]:
-    """Where the prediction reference of a version is kept once its period is over."""
+    """Where the prediction reference of a version is kept (and, until its period is over, the
+    start of that period found from the first telemetry row)."""
     return ("reports", name, "drift-reference", f"v{version}.json")
 
 
-def _prediction_reference(storage: Storage, name: str, version: int, policy: MonitoringPolicy, start_s: float,
-                          use_ray: bool) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str | None]:
+def _promoted_at(registry: Registry, name: str, version: int) -> float | None:
+    """The ``ts`` of the latest ``promoted`` event that made ``version`` production (globally
+    or in a region): from then on it takes all traffic (of its scope), not a canary's slice."""
+    latest: float | None = None
+    seq = 0
+    while True:
+        page = registry.events_since(seq, subject=f"model:{name}", kinds=["promoted"], limit=1000)
+        latest = max([e.ts for e in page if e.version == version] + ([latest] if latest is not None else []), default=None)
+        if len(page) < 1000:
+            return latest
+        seq = page[-1].seq
+
+
+def _reference_start(storage: Storage, registry: Registry, name: str, version: int,
+                     kept: dict[str, Any] | None) -> tuple[float | None, str]:
+    """(start of the prediction reference period, where it came from): the version's latest
+    promotion, else its first telemetry row (kept in the reference file once found, so it is
+    not searched for again on every check)."""
+    promoted = _promoted_at(registry, name, version)
+    if promoted is not None:
+        return promoted, "promoted"
+    if kept is not None and kept.get("start_from") == "first_telemetry":
+        start = kept.get("start_s")
+        if isinstance(start, (int, float)) and not isinstance(start, bool) and math.isfinite(start):
+            return float(start), "first_telemetry"
+    t0 = first_telemetry_s(storage, name, version)
+    return t0, "first_telemetry"
+
+
+def _prediction_reference(storage: Storage, registry: Registry, name: str, version: int, policy: MonitoringPolicy,
+                          start_s: float, use_ray: bool) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str | None]:
     """(reference entry, period, note): the predictions of the first ``prediction_reference``
-    of the version's telemetry, built once and kept under reports/ after that."""
+    of the version's full traffic -- from its latest ``promoted`` event, else from its first
+    telemetry row -- built once and kept under reports/ after that. A kept reference is used
+    only when its start and length are those of now (a reference taken from the first rows of a
+    version that was a canary then is rebuilt once the version is promoted)."""
     length_s = policy.prediction_reference_s
     where = prediction_reference_path(name, version)
+    kept: dict[str, Any] | None = None
     if storage.exists(*where):
-        kept = storage.read_json(*where)
-        if kept.get("length_s") == length_s:
-            return kept["reference"], kept["period"], None
-    t0 = first_telemetry_s(storage, name, version)
+        try:
+            loaded = storage.read_json(*where)
+        except (IntegrityError, StorageError, ValueError):
+            loaded = None
+        kept = loaded if isinstance(loaded, dict) else None
+    t0, start_from = _reference_start(storage, registry, name, version, kept)
     if t0 is None:
         return None, None, f"no telemetry of v{version} to take a prediction reference from"
+    if (kept is not None and kept.get("reference") and kept.get("start_s") == t0 and kept.get("length_s") == length_s
+            and isinstance(kept.get("period"), dict)):
+        return kept["reference"], kept["period"], None
     t1 = t0 + length_s
-    period: dict[str, Any] = {"start_s": t0, "end_s": t1, "length": policy.prediction_reference}
+    period: dict[str, Any] = {"start_s": t0, "end_s": t1, "length": policy.prediction_reference, "from": start_from}
     if start_s < t1:
+        if start_from == "first_telemetry" and (kept is None or kept.get("start_s") != t0):
+            # remember where the period starts, so the next checks do not search the telemetry again
+            storage.write_json({"start_s": t0, "start_from": start_from, "length_s": length_s, "period": period,
+                                "reference": None}, *where)
+        since = "its promotion" if start_from == "promoted" else "its first telemetry row"
         return None, period, (f"the window starts before the end of the prediction reference period (the first "
-                              f"{policy.prediction_reference} of v{version}'s telemetry, until {_iso(t1)})")
+                              f"{policy.prediction_reference} of v{version}'s traffic since {since}, until {_iso(t1)})")
     plan = WindowPlan(t0, t1, version, (ColumnPlan(PREDICTION_KEY, PREDICTION_COLUMN, "sketch"),))
     partial = window_partial(storage, telemetry_files(storage, name, t0, t1), plan, use_ray=use_ray)
     reference, why = reference_from_partial(partial["columns"].get(PREDICTION_KEY))
@@ -165,7 +216,8 @@ def _prediction_reference(storage: Storage, name: str, version: int, policy: Mon
         return None, period, why
     if partial["rows"] < policy.min_rows:
         return None, period, f"the prediction reference period has {partial['rows']} rows < min_rows {policy.min_rows}"
-    storage.write_json({"length_s": length_s, "period": period, "reference": reference}, *where)
+    storage.write_json({"start_s": t0, "start_from": start_from, "length_s": length_s, "period": period,
+                        "reference": reference}, *where)
     return reference, period, None
 
 
@@ -274,7 +326,8 @@ def compute_drift(storage: Storage, registry: Registry, name: str, *, window: st
     pred_period: dict[str, Any] | None = None
     pred_note: str | None = "prediction drift is off in the monitoring policy"
     if policy.prediction_drift:
-        pred_ref, pred_period, pred_note = _prediction_reference(storage, name, version, policy, start_s, use_ray)
+        pred_ref, pred_period, pred_note = _prediction_reference(storage, registry, name, version, policy, start_s,
+                                                                 use_ray)
     if pred_ref is not None:
         pred_plan = _column_plan(PREDICTION_KEY, PREDICTION_COLUMN, pred_ref)
         if pred_plan is not None:
@@ -286,7 +339,10 @@ def compute_drift(storage: Storage, registry: Registry, name: str, *, window: st
     if rows == 0:
         raise _no_telemetry(name, version, start_s, end_s, len(files))
     columns = partial["columns"]
-    features = tuple(skipped[f] if f in skipped else feature_stats(f, raw[f], columns.get(f), rows) for f in watched)
+    # Rows that came as an encoded tensor carry no raw features: they count for predictions only.
+    encoded_only = int(partial.get(ROWS_WITHOUT_RAW_FEATURES, 0))
+    features = tuple(skipped[f] if f in skipped else feature_stats(f, raw[f], columns.get(f), rows - encoded_only)
+                     for f in watched)
     prediction: FeatureStats | None = None
     if policy.prediction_drift:
         prediction = (feature_stats(PREDICTION_COLUMN, pred_ref, columns.get(PREDICTION_KEY), rows)
@@ -294,6 +350,9 @@ def compute_drift(storage: Storage, registry: Registry, name: str, *, window: st
     performance = _performance(storage, mv, info, policy, start_s, end_s)
     stats = DriftStats(rows=rows, features=features, prediction=prediction, performance=performance)
     notes: list[str] = []
+    if encoded_only:
+        notes.append(f"{encoded_only} of {rows} rows came as encoded tensors (no raw features): features are judged "
+                     "on the others")
     return DriftResult(
         model=name, version=version, feature_set={"name": fsv.name, "version": fsv.version},
         window=format_window(window_s), start_s=start_s, end_s=end_s, rows=rows, files=len(files), stats=stats,

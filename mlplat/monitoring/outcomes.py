@@ -73,7 +73,8 @@ _BATCH = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 class OutcomeBatch:
     """What one ingest did: ``rows`` outcome rows read, ``matched`` written, ``unmatched``
     (no prediction found), ``ambiguous`` (a request id of a multi-row request, no
-    ``request_row``). ``path`` is relative to the storage root (None when nothing matched)."""
+    ``request_row``). ``path`` is relative to the storage root (None when nothing matched).
+    ``notes``: what limited the join (e.g. which days of telemetry were searched)."""
 
     model: str
     batch: str
@@ -83,9 +84,12 @@ class OutcomeBatch:
     matched: int
     unmatched: int
     ambiguous: int = 0
+    notes: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["notes"] = list(self.notes)
+        return out
 
 
 def outcomes_dataset_name(model: str) -> str:
@@ -175,7 +179,10 @@ def read_outcome_files(storage: Storage, files: Sequence[str], columns: Sequence
     return out
 
 
-def _telemetry_files(storage: Storage, model: str, *, until_day: str | None = None) -> list[str]:
+def _telemetry_files(storage: Storage, model: str, *, since_day: str | None = None,
+                     until_day: str | None = None) -> list[str]:
+    """Telemetry files of the UTC days ``since_day``..``until_day`` (``YYYY-MM-DD``, inclusive;
+    None: unbounded on that side)."""
     days = [d for d in storage.list_dir(TELEMETRY_DIR, model) if d.startswith("date=")]
     if not days:
         raise NotFound(f"model {model!r} has no telemetry under {TELEMETRY_DIR}/{model}/ "
@@ -184,18 +191,21 @@ def _telemetry_files(storage: Storage, model: str, *, until_day: str | None = No
     for day in days:
         if until_day is not None and day.removeprefix("date=") > until_day:
             continue
+        if since_day is not None and day.removeprefix("date=") < since_day:
+            continue
         out += [storage.path(TELEMETRY_DIR, model, day, f) for f in storage.list_dir(TELEMETRY_DIR, model, day)
                 if f.endswith(".parquet")]
     return out
 
 
 def _read_predictions(storage: Storage, model: str, key_columns: Sequence[str], keep: pa.Array, *,
-                      until_day: str | None = None) -> pa.Table:
+                      since_day: str | None = None, until_day: str | None = None) -> pa.Table:
     """The telemetry rows whose key is in ``keep`` (text, see :func:`_as_text`), the key read
-    from the first of ``key_columns`` a file has (files without one are skipped): columns
-    request_id, request_row, ts, version, prediction and ``__key``."""
+    from the first of ``key_columns`` a file has (files without one are skipped), from the
+    files of the days ``since_day``..``until_day``: columns request_id, request_row, ts,
+    version, prediction and ``__key``."""
     parts = []
-    for path in _telemetry_files(storage, model, until_day=until_day):
+    for path in _telemetry_files(storage, model, since_day=since_day, until_day=until_day):
         try:
             names = pq.read_schema(path, filesystem=storage.fs).names
             source = next((c for c in key_columns if c in names), None)
@@ -257,7 +267,7 @@ def _epoch_seconds(col: pa.ChunkedArray | pa.Array, what: str) -> pa.Array:
         micros = pc.cast(pc.cast(col, pa.timestamp("us", tz=getattr(t, "tz", None))), pa.int64())
         return pc.divide(pc.cast(micros, pa.float64()), 1e6)
     if pa.types.is_integer(t) or pa.types.is_floating(t):
-        return pc.cast(col, pa.float64())
+        return _plausible_seconds(pc.cast(col, pa.float64()), what)
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         import pandas as pd
 
@@ -270,6 +280,26 @@ def _epoch_seconds(col: pa.ChunkedArray | pa.Array, what: str) -> pa.Array:
     raise ValidationError(f"{what} has type {t}: expected a timestamp, a date, epoch seconds or ISO-8601 text")
 
 
+#: Unix seconds of 3000-01-01T00:00:00Z: a later number is a unit mistake (epoch milliseconds).
+MAX_EPOCH_S = 32_503_680_000.0
+
+
+def _plausible_seconds(seconds: pa.Array, what: str) -> pa.Array:
+    """Numbers read as epoch seconds: not finite, or past the year 3000, is a ValidationError
+    naming the column (epoch milliseconds are the usual mistake)."""
+    finite = pc.is_finite(seconds)
+    if not pc.all(pc.fill_null(finite, True)).as_py():
+        bad = seconds.filter(pc.invert(pc.fill_null(finite, True)))[0].as_py()
+        raise ValidationError(f"{what} holds {bad}: expected finite epoch seconds, a timestamp or ISO-8601 text")
+    high = pc.max(seconds).as_py()
+    if high is not None and high > MAX_EPOCH_S:
+        unit = ("milliseconds: divide by 1000" if high / 1000 <= MAX_EPOCH_S
+                else "micro- or nanoseconds: give epoch seconds")
+        raise ValidationError(f"{what} holds {high:.0f}, after the year 3000: it looks like epoch {unit} "
+                              "(or give a timestamp or ISO-8601 text)")
+    return seconds
+
+
 def _label(col: pa.ChunkedArray | pa.Array, what: str) -> pa.Array:
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
@@ -279,6 +309,19 @@ def _label(col: pa.ChunkedArray | pa.Array, what: str) -> pa.Array:
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         return pc.cast(col, pa.string())
     raise ValidationError(f"{what} has type {t}: a label is a number, a boolean or text")
+
+
+def _row_index(col: pa.ChunkedArray | pa.Array, column: str) -> pa.Array:
+    """The ``request_row`` column as int64: whole numbers only (``2.0`` passes, ``1.5`` or text
+    is a ValidationError naming the column)."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    try:
+        return pc.cast(col, pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        detail = " ".join(str(exc).split())[:200]
+        raise ValidationError(f"column {column!r} (the instance's index in its request) must hold whole numbers, "
+                              f"got {col.type} values that are not ({detail})") from None
 
 
 def _output(n: int, **columns: Any) -> pa.Table:
@@ -315,7 +358,7 @@ def join_by_request_id(outcomes: pa.Table, predictions: pa.Table, *, label_colum
     label = _label(outcomes.column(label_column), f"label column {label_column!r}")
     left = {"__i": pa.array(range(n_out), pa.int64()), "request_id": _as_text(outcomes.column(request_id_column))}
     if row_column is not None:
-        left["request_row"] = pc.cast(outcomes.column(row_column), pa.int64())
+        left["request_row"] = _row_index(outcomes.column(row_column), row_column)
     left_table = pa.table(left)
     preds = _latest_per(predictions.select(list(_PREDICTION_COLUMNS)), ["request_id", "request_row"])
     ambiguous = 0
@@ -363,19 +406,36 @@ def join_point_in_time(outcomes: pa.Table, predictions: pa.Table, *, label_colum
 # -- the ingest -------------------------------------------------------------------------------------
 
 
+def _day(ts_s: float) -> str:
+    return dt.datetime.fromtimestamp(ts_s, dt.timezone.utc).date().isoformat()
+
+
+def _time_range(outcomes: pa.Table, time_column: str) -> tuple[float, float] | None:
+    times = _epoch_seconds(outcomes.column(time_column), f"time column {time_column!r}")
+    low, high = pc.min(times).as_py(), pc.max(times).as_py()
+    return None if low is None or high is None else (float(low), float(high))
+
+
 def ingest_outcomes(storage: Storage, registry: Registry, name: str, files: Sequence[str], *, label_column: str,
                     request_id_column: str | None = "request_id", entity_column: str | None = None,
-                    time_column: str | None = None, batch: str | None = None) -> OutcomeBatch:
+                    time_column: str | None = None, batch: str | None = None, max_days: int = 30) -> OutcomeBatch:
     """Join the outcome ``files`` to model ``name``'s predictions and register the matched rows.
 
     By request id (``request_id_column``, plus a ``request_row`` column when the outcomes have
-    one), or point-in-time with ``entity_column`` and ``time_column``. Writes
-    ``outcomes/<name>/<batch>.parquet`` (``batch``: default a UTC time and a random suffix) and
-    adds it to dataset ``outcomes-<name>`` (kind ``outcomes``). Nothing is written when no row
-    matched. Errors name the input: a missing column, an unreadable file, a model without
-    telemetry."""
+    one), or point-in-time with ``entity_column`` and ``time_column`` (the outcome's time: the
+    latest prediction at or before it). Writes ``outcomes/<name>/<batch>.parquet`` (``batch``:
+    default a UTC time and a random suffix) and adds it to dataset ``outcomes-<name>`` (kind
+    ``outcomes``). Nothing is written when no row matched. Errors name the input: a missing
+    column, an unreadable file, a model without telemetry, epoch milliseconds given as seconds.
+
+    Which telemetry a request-id join reads: with ``time_column`` (and no ``entity_column``)
+    the time each outcome's *request* was made, the UTC days of that range, one day of slack on
+    each side; without one, the last ``max_days`` days up to today (a note in the result says
+    so: older predictions are not searched and their outcomes count as unmatched)."""
     validate_name(name, "model name")
-    pit = entity_column is not None or time_column is not None
+    if max_days < 1:
+        raise ValidationError(f"max_days must be at least 1, got {max_days!r}")
+    pit = entity_column is not None or (time_column is not None and not request_id_column)
     if pit and not (entity_column and time_column):
         raise ValidationError("a point-in-time join needs both an entity column and a time column (--entity, --time)")
     if not pit and not request_id_column:
@@ -388,12 +448,12 @@ def ingest_outcomes(storage: Storage, registry: Registry, name: str, files: Sequ
     if storage.exists(OUTCOMES_DIR, name, rel):
         raise AlreadyExists(f"outcome batch {batch!r} of model {name!r} exists already ({OUTCOMES_DIR}/{name}/{rel})")
 
+    notes: list[str] = []
     if pit:
         assert entity_column is not None and time_column is not None
         outcomes = read_outcome_files(storage, files, list(dict.fromkeys([entity_column, time_column, label_column])))
-        times = _epoch_seconds(outcomes.column(time_column), f"time column {time_column!r}")
-        latest = pc.max(times).as_py()
-        until = None if latest is None else dt.datetime.fromtimestamp(latest, dt.timezone.utc).date().isoformat()
+        span = _time_range(outcomes, time_column)
+        until = None if span is None else _day(span[1])
         keys = pc.unique(pc.drop_null(_as_text(outcomes.column(entity_column))))
         predictions = _read_predictions(storage, name, [f"feature.{entity_column}", f"context.{entity_column}"], keys,
                                         until_day=until)
@@ -401,11 +461,22 @@ def ingest_outcomes(storage: Storage, registry: Registry, name: str, files: Sequ
                                            entity_column=entity_column, time_column=time_column)
     else:
         assert request_id_column is not None
-        outcomes = read_outcome_files(storage, files, list(dict.fromkeys([request_id_column, label_column])),
-                                      optional=["request_row"])
+        wanted = [request_id_column, label_column, *([time_column] if time_column else [])]
+        outcomes = read_outcome_files(storage, files, list(dict.fromkeys(wanted)), optional=["request_row"])
         row_column = "request_row" if "request_row" in outcomes.column_names else None
         keys = pc.unique(pc.drop_null(_as_text(outcomes.column(request_id_column))))
-        predictions = _read_predictions(storage, name, ["request_id"], keys)
+        if time_column:
+            span = _time_range(outcomes, time_column)
+            if span is None:
+                raise ValidationError(f"time column {time_column!r} holds no time: cannot tell which days of "
+                                      "telemetry to search (leave it out to search the last max_days days)")
+            since, until = _day(span[0] - 86400), _day(span[1] + 86400)
+        else:
+            today = dt.datetime.now(dt.timezone.utc).date()
+            since, until = (today - dt.timedelta(days=max_days)).isoformat(), None
+            notes.append(f"searched the telemetry of the last {max_days} days (since {since}): outcomes of older "
+                         "predictions count as unmatched; give a time column (the request time) or a larger max_days")
+        predictions = _read_predictions(storage, name, ["request_id"], keys, since_day=since, until_day=until)
         table, counts = join_by_request_id(outcomes, predictions, label_column=label_column,
                                            request_id_column=request_id_column, row_column=row_column)
     path = None
@@ -421,7 +492,8 @@ def ingest_outcomes(storage: Storage, registry: Registry, name: str, files: Sequ
             storage.delete(OUTCOMES_DIR, name, rel)  # unregistered: the same batch can be ingested again
             raise
     return OutcomeBatch(model=name, batch=batch, dataset=dataset, path=path, rows=counts["rows"],
-                        matched=counts["matched"], unmatched=counts["unmatched"], ambiguous=counts["ambiguous"])
+                        matched=counts["matched"], unmatched=counts["unmatched"], ambiguous=counts["ambiguous"],
+                        notes=tuple(notes))
 
 
 def _catalog_add_files() -> Any:

@@ -13,6 +13,12 @@ per file): a numeric reference reads strings as numbers (unparsable ones count a
 ``invalid``), a categorical reference reads integral floats as integers (``3.0`` is category
 ``"3"``, as the feature set keyed it) and ``True``/``False`` as ``true``/``false``. A column
 absent from a file counts as null for that file's rows, and as ``absent`` when no file had it.
+
+Rows that came without raw features (``raw_features`` false: a v2 request that sent the encoded
+``input`` tensor) have null ``feature.*`` values that are not missing values: they are left out
+of every feature column's statistics (predictions still count them), and the partial counts
+them in ``rows_without_raw_features``. Files written before the column existed count every row
+as raw, and so does a null ``raw_features``.
 """
 
 from __future__ import annotations
@@ -27,12 +33,17 @@ import pyarrow.compute as pc
 from mlplat.features import stats as st
 from mlplat.monitoring.drift import FeatureStats, bin_counts, chi2_vs_reference, ks_vs_reference, psi
 
-__all__ = ["ColumnPlan", "WindowPlan", "FEATURE_PREFIX", "PREDICTION_COLUMN", "table_partial", "merge_partials",
+__all__ = ["ColumnPlan", "WindowPlan", "FEATURE_PREFIX", "PREDICTION_COLUMN", "RAW_FEATURES_COLUMN",
+           "ROWS_WITHOUT_RAW_FEATURES", "table_partial", "merge_partials",
            "outcome_values",
            "empty_partial", "feature_stats", "reference_from_partial", "reference_of_table", "OTHER_BIN"]
 
 FEATURE_PREFIX = "feature."
 PREDICTION_COLUMN = "prediction"
+#: The telemetry column that says whether a row came with raw features (serving writes it).
+RAW_FEATURES_COLUMN = "raw_features"
+#: The partial's count of window rows left out of feature statistics (no raw features).
+ROWS_WITHOUT_RAW_FEATURES = "rows_without_raw_features"
 OTHER_BIN = "__other__"
 
 
@@ -56,7 +67,8 @@ class WindowPlan:
 
     @property
     def read_columns(self) -> list[str]:
-        return ["ts", "version", *dict.fromkeys(c.column for c in self.columns)]
+        raw = [RAW_FEATURES_COLUMN] if any(c.column.startswith(FEATURE_PREFIX) for c in self.columns) else []
+        return ["ts", "version", *raw, *dict.fromkeys(c.column for c in self.columns)]
 
 
 # -- conversions -------------------------------------------------------------------------------
@@ -144,7 +156,7 @@ def _sketch_kind(arr: pa.Array) -> str:
 
 
 def empty_partial() -> dict[str, Any]:
-    return {"rows": 0, "columns": {}}
+    return {"rows": 0, ROWS_WITHOUT_RAW_FEATURES: 0, "columns": {}}
 
 
 def _window_rows(table: pa.Table, plan: WindowPlan) -> pa.Table:
@@ -175,17 +187,34 @@ def _column_partial(arr: pa.Array, present: bool, c: ColumnPlan) -> dict[str, An
     return out
 
 
+def _raw_rows(table: pa.Table) -> pa.Table:
+    """The rows that came with raw features: all but those whose ``raw_features`` is false
+    (no column, or a null value: raw)."""
+    if RAW_FEATURES_COLUMN not in table.column_names:
+        return table
+    try:
+        flags = pc.cast(st.as_array(table[RAW_FEATURES_COLUMN]), pa.bool_())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # not a flag column: every row is raw
+        return table
+    keep = pc.fill_null(flags, True)
+    return table if pc.all(keep).as_py() else table.filter(keep)
+
+
 def table_partial(table: pa.Table, plan: WindowPlan) -> dict[str, Any]:
     """The partial of one table of telemetry rows: only rows inside the plan's window (and
-    version) count. Extra columns are ignored; missing ones count as null."""
+    version) count. Extra columns are ignored; missing ones count as null. Feature columns
+    (``feature.*``) count only the rows with raw features; ``rows_without_raw_features``
+    says how many were left out."""
     table = _window_rows(table, plan)
     n = table.num_rows
+    raw = _raw_rows(table)
     columns = {}
     for c in plan.columns:
-        present = c.column in table.column_names
-        arr = st.as_array(table[c.column]) if present else pa.nulls(n, pa.float64())
+        rows = raw if c.column.startswith(FEATURE_PREFIX) else table
+        present = c.column in rows.column_names
+        arr = st.as_array(rows[c.column]) if present else pa.nulls(rows.num_rows, pa.float64())
         columns[c.name] = _column_partial(arr, present, c)
-    return {"rows": n, "columns": columns}
+    return {"rows": n, ROWS_WITHOUT_RAW_FEATURES: n - raw.num_rows, "columns": columns}
 
 
 def _merge_sketch(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -212,11 +241,13 @@ def _merge_column(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 def merge_partials(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """The partial of two blocks' rows together (order-independent up to float rounding)."""
+    rows = a["rows"] + b["rows"]
+    without = a.get(ROWS_WITHOUT_RAW_FEATURES, 0) + b.get(ROWS_WITHOUT_RAW_FEATURES, 0)
     if not a["columns"]:
-        return {"rows": a["rows"] + b["rows"], "columns": b["columns"]}
+        return {"rows": rows, ROWS_WITHOUT_RAW_FEATURES: without, "columns": b["columns"]}
     if not b["columns"]:
-        return {"rows": a["rows"] + b["rows"], "columns": a["columns"]}
-    return {"rows": a["rows"] + b["rows"],
+        return {"rows": rows, ROWS_WITHOUT_RAW_FEATURES: without, "columns": a["columns"]}
+    return {"rows": rows, ROWS_WITHOUT_RAW_FEATURES: without,
             "columns": {k: _merge_column(a["columns"][k], b["columns"][k]) for k in a["columns"]}}
 
 

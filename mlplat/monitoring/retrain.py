@@ -15,6 +15,15 @@
   :func:`data_status`); starting a run is the lifecycle layer's job
   (:mod:`mlplat.lifecycle.retrain`), which may import training and validation.
 
+What counts as in flight (no triggered retrain while one is, :func:`retrain_status`): a
+QUEUED/RUNNING run of the model; a version a retrain produced that is still TRAINED or
+VALIDATING (not judged yet; unless a ``retrain_failed`` was recorded for it, or it has been
+VALIDATING for more than :data:`VALIDATING_TIMEOUT_S`: a validation that died); an active
+(PREWARMING or CANARY) deployment of the model.
+
+Which ``drift_checked`` events may trigger at all (:func:`drift_scope_problem`): those of the
+model's current production or canary version whose window is recent.
+
 "New rows" are the rows a retrain would train on that the model's newest trained version did
 not see: rows of the *complete* partitions (a partition still being written is never used) of
 the latest ready version of the feature set's source dataset, from the feature-set spec's
@@ -25,6 +34,8 @@ source row); all of them when the dataset version changed.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -34,8 +45,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from mlplat.errors import ConfigError, ConflictError, NotFound
 from mlplat.monitoring.alarms import policy_errors
+from mlplat.monitoring.policy import parse_window
 from mlplat.names import validate_name
 from mlplat.records import (
+    ALIAS_CANARY,
+    ALIAS_PRODUCTION,
     CATALOG_DATASET,
     CATALOG_FEATURE_SET,
     STATUS_READY,
@@ -75,13 +89,18 @@ __all__ = [
     "dismiss",
     "record_started",
     "record_failed",
+    "failure_payload",
     "retrain_status",
     "data_status",
     "eligible_rows",
     "new_rows",
     "trained_version",
     "drift_verdict",
+    "drift_scope_problem",
+    "serving_versions",
     "cause_of",
+    "VALIDATING_TIMEOUT_S",
+    "DRIFT_MIN_AGE_S",
     "source_datasets",
     "MANUAL_ONLY",
 ]
@@ -105,6 +124,14 @@ RETRAIN_EVENT_KINDS: tuple[str, ...] = (EVENT_REQUESTED, EVENT_APPROVED, EVENT_D
                                         EVENT_FAILED, EVENT_SKIPPED, EVENT_VALIDATED)
 _REQUEST_KINDS = (EVENT_REQUESTED, EVENT_APPROVED, EVENT_DISMISSED, EVENT_STARTED, EVENT_FAILED)
 
+#: A retrained version VALIDATING for longer than this (its record unchanged that long) is taken
+#: for a validation that died with its process (a controller restart): no longer in flight,
+#: and the retrain controller records ``retrain_failed`` and REJECTs it.
+VALIDATING_TIMEOUT_S = 3600.0
+#: A ``drift_checked`` event triggers only when its window ended at most one window length, and
+#: at least this long, before the event was recorded.
+DRIFT_MIN_AGE_S = 3600.0
+
 _EXPECTED = ("expected 'auto', 'manual' or a mapping with keys mode, cooldown_s, min_new_rows, triggers, schedule_s")
 
 
@@ -112,8 +139,11 @@ class RetrainPolicy(BaseModel):
     """When a model is retrained (``serving_policy.retrain``).
 
     ``mode``: ``auto`` trains at once; ``manual`` records a request a person approves.
-    ``cooldown_s``: no triggered retrain sooner than this after the model's last training run
-    or retrain attempt. ``min_new_rows``: triggered retrains wait for this many new rows.
+    ``cooldown_s``: no triggered retrain sooner than this after the model's last training run,
+    retrain attempt or dismissed request (a dismissal is an answer: the next check does not ask
+    again at once). ``min_new_rows``: triggered retrains wait for this many new rows; the
+    ``drift`` trigger needs at least one whatever this says (retraining on the very data the
+    model already saw cannot fix drift).
     ``triggers``: which of ``drift``, ``partition_completed``, ``schedule`` retrain (empty: only
     a person does). ``schedule_s``: with ``schedule``, retrain this long after the last run.
     """
@@ -201,19 +231,25 @@ def decide_retrain(trigger: str, policy: RetrainPolicy | None, *, now: float, la
     """What to do about ``trigger`` for one model (pure). Checked in this order:
 
     1. a trigger the policy does not list (or no policy) -> skip; ``manual`` always passes;
-    2. a retrain run already queued or running (``in_flight``, its run id) -> skip;
+    2. a retrain still in flight (``in_flight``: what, in words -- a queued or running run, a
+       retrained version not judged yet, an active deployment; see :func:`retrain_status`) -> skip;
     3. a request already pending -> skip (one at a time; a ``manual`` trigger is told to approve it);
     4. ``manual``: start in ``auto`` mode, else request (no cooldown, no row count);
-    5. cooldown since ``last_retrain_at`` (the model's last training run or retrain attempt) -> skip;
+    5. cooldown since ``last_retrain_at`` (the model's last training run, retrain attempt or
+       dismissed request) -> skip;
     6. ``schedule``: not due yet (``schedule_s`` since the last run), or never trained -> skip;
-    7. fewer than ``min_new_rows`` new rows (``None``: unknown, counted as 0) -> skip;
+    7. ``drift`` with no new row at all -> skip (retraining on the data the model already saw
+       cannot fix drift); fewer than ``min_new_rows`` new rows (``None``: unknown, counted as 0) -> skip;
     8. ``auto`` -> start; ``manual`` -> request.
 
     >>> auto = RetrainPolicy(mode="auto", cooldown_s=3600, min_new_rows=100)
     >>> decide_retrain("drift", auto, now=10_000, last_retrain_at=0, new_rows=500, pending_request=None)
     RetrainDecision(action='start', reason='drift: 500 new rows >= 100; mode auto')
     >>> decide_retrain("drift", auto, now=1_000, last_retrain_at=0, new_rows=500, pending_request=None).reason
-    'cooldown: last training 16.7 min ago, next allowed in 43.3 min'
+    'cooldown: last training, retrain attempt or dismissal 16.7 min ago, next allowed in 43.3 min'
+    >>> decide_retrain("drift", auto.model_copy(update={"min_new_rows": 0}), now=10_000, last_retrain_at=0,
+    ...                new_rows=0, pending_request=None).action
+    'skip'
     >>> decide_retrain("partition_completed", RetrainPolicy(), now=9e9, last_retrain_at=0, new_rows=5000,
     ...                pending_request=None).action
     'request'
@@ -227,7 +263,7 @@ def decide_retrain(trigger: str, policy: RetrainPolicy | None, *, now: float, la
             listed = ", ".join(policy.triggers) or "none"
             return RetrainDecision("skip", f"{trigger}: not a trigger of this model (triggers: {listed})")
     if in_flight:
-        return RetrainDecision("skip", f"run {in_flight} of this model is already queued or running")
+        return RetrainDecision("skip", f"in flight: {in_flight} (one retrain at a time)")
     if pending_request is not None:
         hint = "; approve or dismiss it with `mlplat retrain approve|dismiss`" if trigger == "manual" else ""
         return RetrainDecision("skip", f"retrain request {pending_request} is already pending{hint}")
@@ -238,8 +274,8 @@ def decide_retrain(trigger: str, policy: RetrainPolicy | None, *, now: float, la
     assert policy is not None
     if last_retrain_at is not None and now - last_retrain_at < policy.cooldown_s:
         ago = now - last_retrain_at
-        return RetrainDecision("skip", f"cooldown: last training {_dur(ago)} ago, next allowed in "
-                                       f"{_dur(policy.cooldown_s - ago)}")
+        return RetrainDecision("skip", f"cooldown: last training, retrain attempt or dismissal {_dur(ago)} ago, "
+                                       f"next allowed in {_dur(policy.cooldown_s - ago)}")
     if trigger == "schedule":
         if last_retrain_at is None:
             return RetrainDecision("skip", "schedule: never trained (the schedule counts from the last training run)")
@@ -248,6 +284,9 @@ def decide_retrain(trigger: str, policy: RetrainPolicy | None, *, now: float, la
             return RetrainDecision("skip", f"schedule: not due for {_dur(due - now)}")
     rows = 0 if new_rows is None else int(new_rows)
     known = "" if new_rows is not None else " (unknown: no data lineage)"
+    if trigger == "drift" and rows < 1:
+        return RetrainDecision("skip", f"drift: {rows} new rows{known}: retraining on the data the model already saw "
+                                       "cannot fix drift (the drift trigger needs at least 1 new row)")
     if rows < policy.min_new_rows:
         return RetrainDecision("skip", f"{trigger}: {rows} new rows{known} < min_new_rows {policy.min_new_rows}")
     action: Literal["start", "request"] = "start" if mode == "auto" else "request"
@@ -417,9 +456,15 @@ def record_failed(registry: Registry, name: str, *, stage: str, error: str, caus
                   request_id: int | None = None, run_id: str | None = None, version: int | None = None,
                   idempotency_key: str | None = None) -> Event:
     """``retrain_failed``: ``stage`` is ``prepare`` (before any run), ``training`` or ``validation``."""
-    payload = {"stage": stage, "error": error[:2000], "trigger": (cause or {}).get("trigger"), "cause": dict(cause or {}),
-               "request_id": request_id, "run_id": run_id}
+    payload = failure_payload(stage=stage, error=error, cause=cause, request_id=request_id, run_id=run_id)
     return registry.append_event(EVENT_FAILED, f"model:{name}", payload, version=version, idempotency_key=idempotency_key)
+
+
+def failure_payload(*, stage: str, error: str, cause: Mapping[str, Any] | None = None, request_id: int | None = None,
+                    run_id: str | None = None) -> dict[str, Any]:
+    """The payload of a ``retrain_failed`` event (:func:`record_failed`)."""
+    return {"stage": stage, "error": error[:2000], "trigger": (cause or {}).get("trigger"), "cause": dict(cause or {}),
+            "request_id": request_id, "run_id": run_id}
 
 
 # -- what the decision reads ------------------------------------------------------------------
@@ -427,9 +472,9 @@ def record_failed(registry: Registry, name: str, *, stage: str, error: str, caus
 
 @dataclass(frozen=True)
 class RetrainStatus:
-    """A model's retrain state: ``last_retrain_at`` (its newest training run's creation or
-    retrain attempt, whichever is later), ``in_flight`` (a QUEUED/RUNNING run id) and its
-    ``pending`` request id."""
+    """A model's retrain state: ``last_retrain_at`` (the latest of its newest training run's
+    creation, a retrain attempt and a dismissed request), ``in_flight`` (what is in flight, in
+    words, or None) and its ``pending`` request id."""
 
     last_retrain_at: float | None
     in_flight: str | None
@@ -437,13 +482,40 @@ class RetrainStatus:
     requests: tuple[RetrainRequest, ...] = ()
 
 
-def retrain_status(registry: Registry, name: str, *, runs: Sequence[Run] | None = None) -> RetrainStatus:
-    """Gather :class:`RetrainStatus` from the run queue and the model's retrain events."""
+_UNJUDGED = (ModelState.TRAINED, ModelState.VALIDATING)
+
+
+def _in_flight(registry: Registry, name: str, runs: Sequence[Run], failed: Sequence[Event], now: float) -> str | None:
+    """The first thing in flight (module doc), in words, or None."""
+    run = next((r for r in runs if r.state in (RunState.QUEUED, RunState.RUNNING)), None)
+    if run is not None:
+        return f"run {run.run_id} of this model is already queued or running ({run.state.value})"
+    failed_runs = {e.payload.get("run_id") for e in failed} - {None}
+    failed_versions = {e.version for e in failed} - {None}
+    for mv in registry.list_versions(name):
+        if mv.state not in _UNJUDGED or not isinstance(mv.extra.get("retrain"), Mapping):
+            continue
+        if mv.version in failed_versions or (mv.run_id is not None and mv.run_id in failed_runs):
+            continue  # its retrain_failed is recorded: over
+        if mv.state == ModelState.VALIDATING and now - mv.updated_at > VALIDATING_TIMEOUT_S:
+            continue  # a validation that died with its process (see VALIDATING_TIMEOUT_S)
+        return f"v{mv.version} (a retrain's version) is still {mv.state.value}: not validated yet"
+    for d in registry.list_deployments(name=name, active=True):
+        return f"deployment {d.id} of v{d.version} is {d.state.value} (a rollout in progress)"
+    return None
+
+
+def retrain_status(registry: Registry, name: str, *, runs: Sequence[Run] | None = None,
+                   now: float | None = None) -> RetrainStatus:
+    """Gather :class:`RetrainStatus` from the run queue, the model's versions and deployments and
+    its retrain events (``now``: for the VALIDATING timeout; default the clock)."""
+    now = time.time() if now is None else now
     runs = list(runs) if runs is not None else registry.list_runs(model=name, limit=50)
-    in_flight = next((r.run_id for r in runs if r.state in (RunState.QUEUED, RunState.RUNNING)), None)
     times = [r.created_at for r in runs if r.state != RunState.CANCELLED]
     events = _retrain_events(registry, name)
     times += [e.ts for e in events if e.kind in (EVENT_STARTED, EVENT_FAILED) and e.payload.get("stage") != "validation"]
+    times += [e.ts for e in events if e.kind == EVENT_DISMISSED]  # an answer: no new request at the next check
+    in_flight = _in_flight(registry, name, runs, [e for e in events if e.kind == EVENT_FAILED], now)
     folded = fold_requests(name, events)
     waiting = next((r.id for r in folded if r.is_pending), None)
     return RetrainStatus(max(times) if times else None, in_flight, waiting, tuple(folded))
@@ -560,6 +632,63 @@ def drift_verdict(payload: Mapping[str, Any]) -> tuple[bool, list[str]]:
     if features is None:
         features = payload.get("features") if isinstance(payload.get("features"), list) else []
     return bool(drifted), [str(f) for f in features or []]
+
+
+def serving_versions(registry: Registry, name: str) -> dict[str, int]:
+    """The model's ``production``, ``production.<region>``, ``canary`` and ``canary.<region>``
+    aliases and their versions: what serves its traffic now."""
+    return {alias: v for alias, v in registry.aliases(name).items()
+            if alias.split(".", 1)[0] in (ALIAS_PRODUCTION, ALIAS_CANARY)}
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def drift_scope_problem(event: Event, serving: Mapping[str, int]) -> str | None:
+    """Why a ``drift_checked`` event must trigger nothing (no alarm, no retrain), or None (pure).
+
+    It may trigger only when it checked a version that serves now (``serving``: alias ->
+    version, :func:`serving_versions`) and its window is recent: the window's ``end_s`` at most
+    one window length (at least :data:`DRIFT_MIN_AGE_S`) before the event's ``ts``. A check of
+    an old window (``--end`` in the past, a backfill) or of an archived or candidate version is
+    a report, not a reason to retrain production.
+
+    >>> e = Event(seq=1, ts=10_000.0, kind="drift_checked", subject="model:m", version=2,
+    ...           payload={"window": "1h", "start_s": 6_000.0, "end_s": 9_600.0})
+    >>> drift_scope_problem(e, {"production": 2}) is None
+    True
+    >>> drift_scope_problem(e, {"production": 3, "canary": 4})
+    'v2 serves no traffic now (canary v4, production v3)'
+    >>> drift_scope_problem(e.model_copy(update={"ts": 20_000.0}), {"production": 2})
+    'stale window: it ended 2.89 h before the check was recorded (more than 1 h)'
+    """
+    p = event.payload
+    version = event.version if event.version is not None else p.get("version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        return "the check names no model version"
+    if version not in serving.values():
+        now = ", ".join(f"{alias} v{v}" for alias, v in sorted(serving.items())) or "no production or canary alias"
+        return f"v{version} serves no traffic now ({now})"
+    end = _number(p.get("end_s"))
+    if end is None:
+        return "the check records no window end (end_s)"
+    length: float | None = None
+    if isinstance(p.get("window"), str):
+        try:
+            length = float(parse_window(p["window"]))
+        except ValueError:
+            length = None
+    start = _number(p.get("start_s"))
+    if length is None and start is not None:
+        length = end - start
+    limit = max(length or 0.0, DRIFT_MIN_AGE_S)
+    age = event.ts - end
+    if age > limit:
+        return f"stale window: it ended {_dur(age)} before the check was recorded (more than {_dur(limit)})"
+    return None
 
 
 def cause_of(event: Event, trigger: str, **extra: Any) -> dict[str, Any]:

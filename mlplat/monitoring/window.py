@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from mlplat.errors import StorageError
-from mlplat.monitoring.outcomes import OUTCOMES_DIR
+from mlplat.monitoring.outcomes import OUTCOMES_DIR, TELEMETRY_DIR
 from mlplat.monitoring.partials import WindowPlan, empty_partial, merge_partials, table_partial
 from mlplat.raydata import MIN_BLOCKS_PER_CPU, task_only_execution
 from mlplat.storage import Storage
@@ -160,10 +160,29 @@ def window_partial(storage: Storage, files: list[TelemetryFile], plan: WindowPla
     return merged
 
 
-def first_telemetry_s(storage: Storage, name: str, version: int) -> float | None:
+#: :func:`first_telemetry_s` answers found in this process: (telemetry URI of the model, version) -> ts.
+_FIRST_SEEN: dict[tuple[str, int], float] = {}
+_FIRST_SEEN_MAX = 4096
+
+
+def first_telemetry_s(storage: Storage, name: str, version: int, *, cached: bool = True) -> float | None:
     """The ``ts`` of the first telemetry row of ``name`` v``version``, or None. Reads the ``ts``
     and ``version`` columns of the days up to the first one with such a row, and the day after
-    it (a file's rows may run past midnight into the next day)."""
+    it (a file's rows may run past midnight into the next day). A found answer does not change
+    (later rows come later) and is kept in memory per (model, version): ``cached=False`` reads
+    again. The drift job also keeps it in the version's drift-reference file, across processes."""
+    key = (storage.uri_of(TELEMETRY_DIR, name), int(version))
+    if cached and key in _FIRST_SEEN:
+        return _FIRST_SEEN[key]
+    best = _scan_first(storage, name, version)
+    if best is not None:
+        if len(_FIRST_SEEN) >= _FIRST_SEEN_MAX:
+            _FIRST_SEEN.clear()
+        _FIRST_SEEN[key] = best
+    return best
+
+
+def _scan_first(storage: Storage, name: str, version: int) -> float | None:
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
 

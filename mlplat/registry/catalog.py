@@ -7,10 +7,11 @@ layer's record: status, schema, paths...) and tags. Registering and updating emi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from mlplat.errors import NotFound, ValidationError
+from mlplat.errors import ConflictError, NotFound, ValidationError
 from mlplat.names import validate_name
 from mlplat.records import CATALOG_DATASET, CATALOG_FEATURE_SET, CatalogEntry
 from mlplat.registry.backends import Row
@@ -66,15 +67,31 @@ class CatalogPart(StoreCore):
 
     @writes
     def catalog_update(self, tx: Tx, kind: str, name: str, version: int, patch: Mapping[str, Any], *,
-                       idempotency_key: str | None = None) -> CatalogEntry:
-        """Shallow-merge ``patch`` into the payload of one catalog version."""
+                       expected_updated_at: float | None = None, idempotency_key: str | None = None) -> CatalogEntry:
+        """Shallow-merge ``patch`` into the payload of one catalog version.
+
+        ``expected_updated_at``: compare-and-set for a read-modify-write of the payload (a list
+        of partitions, say): the entry's ``updated_at`` must still be this value -- the one the
+        caller read the payload with -- else :class:`ConflictError` and nothing is written
+        (re-read, re-apply the change, retry). Every update moves ``updated_at`` strictly
+        forward, so two writes never leave the same value behind."""
         _catalog_kind(kind)
         validate_name(name, f"{kind.replace('_', '-')} name")
         changes = payload_dict(patch, "catalog patch")
+        if expected_updated_at is not None and (isinstance(expected_updated_at, bool)
+                                                or not isinstance(expected_updated_at, int | float)):
+            raise ValidationError(f"expected_updated_at must be a number (an entry's updated_at), "
+                                  f"got {type(expected_updated_at).__name__}")
         row = _catalog_row(tx, kind, name, version)
+        current = float(row["updated_at"])
+        if expected_updated_at is not None and current != float(expected_updated_at):
+            raise ConflictError(f"{kind.replace('_', ' ')} {name!r} v{row['version']} was updated at {current!r}, not at the "
+                                f"expected {float(expected_updated_at)!r}: somebody changed it first; re-read and retry "
+                                "(nothing was written)")
         merged = {**loads_json(row["payload"], {}), **changes}
+        updated_at = tx.now if tx.now > current else math.nextafter(current, math.inf)  # strictly forward
         tx.execute("UPDATE catalog SET payload=?, updated_at=? WHERE kind=? AND name=? AND version=?",
-                   (dumps_json(merged, "catalog payload"), tx.now, kind, name, row["version"]))
+                   (dumps_json(merged, "catalog payload"), updated_at, kind, name, row["version"]))
         emit(tx, f"{kind}_updated", f"{kind}:{name}", row["version"], {"changed": sorted(changes)})
         return _entry(_catalog_row(tx, kind, name, row["version"]))
 

@@ -190,7 +190,11 @@ class Registry(Protocol):
                          idempotency_key: str | None = None) -> CatalogEntry: ...
 
     def catalog_update(self, kind: str, name: str, version: int, patch: Mapping[str, Any], *,
-                       idempotency_key: str | None = None) -> CatalogEntry: ...
+                       expected_updated_at: float | None = None, idempotency_key: str | None = None) -> CatalogEntry:
+        """Shallow-merge ``patch`` into one version's payload; ``expected_updated_at``: the entry's
+        ``updated_at`` must still be this value (compare-and-set), else ConflictError and nothing
+        is written. Each update moves ``updated_at`` strictly forward."""
+        ...
 
     def catalog_get(self, kind: str, name: str, version: int | None = None, *,
                     status: str | None = None) -> CatalogEntry:

@@ -148,9 +148,12 @@ class Ingress:
                               if self._serve.telemetry_context_keys is not None else None)
         self._catalog: CatalogSync | None = None
         if self._telemetry is not None and self._serve.telemetry_catalog:
-            # the catalog takes a synchronous Registry: the registry actor, reached from the flush thread
+            # the catalog takes a synchronous Registry: the registry actor, reached from the catalog
+            # thread (started with the flush loop), every call under a timeout; never the flush itself
             self._catalog = CatalogSync(
-                catalog_registrar(self._storage, lambda: _registry_of_actor(registry_actor, config.namespace)),
+                catalog_registrar(self._storage, lambda: _registry_of_actor(registry_actor, config.namespace),
+                                  timeout_s=self._serve.telemetry_catalog_timeout_s),
+                interval_s=self._serve.telemetry_catalog_interval_s,
                 on_error=functools.partial(self._telemetry.count_error, "catalog"))
         self._metrics = ServingMetrics(telemetry=self._telemetry, interval_s=self._serve.metrics_interval_s) \
             if self._serve.metrics else None
@@ -186,6 +189,8 @@ class Ingress:
         loop = asyncio.get_running_loop()
         if self._telemetry is not None:
             loop.create_task(self._flush_telemetry())
+        if self._catalog is not None:
+            self._catalog.start()
         if self._metrics is not None:
             self._metrics.start_soon()
         loop.create_task(self._report_canary_stats())
@@ -229,19 +234,19 @@ class Ingress:
         while True:
             await asyncio.sleep(self._serve.telemetry_flush_s)
             try:
-                await loop.run_in_executor(None, self._flush_and_register)
+                await loop.run_in_executor(None, self._flush)
             except Exception:  # never let telemetry take serving down
                 log.exception("telemetry flush failed")
 
-    def _flush_and_register(self) -> int:
-        """The flush thread: write the buffered telemetry, then register the files written (and
-        any earlier ones still queued) in the data catalog. Returns the rows written."""
+    def _flush(self) -> int:
+        """The flush thread: write the buffered telemetry and hand the files written to the
+        catalog thread (a queue append: the flush never waits for the registry). Returns the
+        rows written."""
         if self._telemetry is None:
             return 0
         files = self._telemetry.flush()
         if self._catalog is not None:
             self._catalog.add(files)
-            self._catalog.sync()
         return sum(f.num_rows for f in files)
 
     # -- guards ---------------------------------------------------------------------------
@@ -273,6 +278,7 @@ class Ingress:
         started = time.perf_counter()
         routes: ModelRoutes | None = None
         route: Route | None = None
+        arm: str | None = None  # the canary split's choice, when a canary runs
         try:
             self._check_auth(request)
             await self._ensure_started()
@@ -286,8 +292,7 @@ class Ingress:
                                       routes.canary_key)
                     if routes_to_canary(None if key is None else f"{name}:{key}", routes.canary_percent):
                         route = routes.canary
-                    if self._metrics is not None:
-                        self._metrics.canary(name, route.version, "canary" if route is routes.canary else "production")
+                    arm = "canary" if route is routes.canary else "production"  # counted once answered
             else:
                 route = await self._routes.resolve(name, version)
             if payload is None:
@@ -326,6 +331,8 @@ class Ingress:
                 kinds=route.schema.columns, matrix=parsed.matrix, bundle_sha256=route.bundle_sha256)
         if self._metrics is not None:
             self._metrics.request(name, answered, 200, latency_ms)
+            if arm is not None:
+                self._metrics.canary(name, answered, arm)
         out_headers = {"x-mlplat-model-version": str(answered)}
         if incoming_id is None or (parsed.request_id is None and request_id != incoming_id):
             out_headers["x-request-id"] = request_id  # outside Serve's proxy, or a header it could not use
@@ -516,18 +523,24 @@ class Ingress:
             return _error(400, f"invalid model path {path!r}: model names match ^[a-z][a-z0-9_-]{{0,62}}$", "name")
         return _error(404, f"no route {path!r}; see /docs for the API")
 
-    async def flush_telemetry(self) -> int:
-        """Write buffered telemetry now and register it in the catalog (tests, shutdown);
-        returns the rows written."""
+    async def flush_telemetry(self, catalog_timeout_s: float = 60.0) -> int:
+        """Write buffered telemetry now and have the catalog thread register everything queued
+        (tests, shutdown: waits up to ``catalog_timeout_s`` for it); returns the rows written."""
         if self._telemetry is None:
             return 0
-        return await asyncio.get_running_loop().run_in_executor(None, self._flush_and_register)
+        loop = asyncio.get_running_loop()
+        rows = await loop.run_in_executor(None, self._flush)
+        if self._catalog is not None:
+            self._catalog.start()
+            if not await loop.run_in_executor(None, self._catalog.sync_now, catalog_timeout_s):
+                log.warning("telemetry catalog registration still running after %.0f s", catalog_timeout_s)
+        return rows
 
     async def export_metrics(self) -> bool:
         """Hand the counted metrics to Ray now (tests); False when metrics are off."""
         if self._metrics is None:
             return False
-        self._metrics.export()
+        await self._metrics.export_async()
         return True
 
 

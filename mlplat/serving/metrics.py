@@ -1,17 +1,25 @@
 """The ingress's request metrics: counted in plain dicts on the request path, handed to Ray's
-metrics (``mlplat.metrics``) by a background task every ``serve.metrics_interval_s``.
+metrics (``mlplat.metrics``) every ``serve.metrics_interval_s``.
 
-A request costs a few dict operations (no Ray call, no lock: requests and the export run on
-the replica's event loop). Series and tags: ``mlplat_requests{model, version, code}``,
-``mlplat_request_latency_ms{model}``, ``mlplat_canary_requests{model, version, arm}``, and from
-the telemetry writer ``mlplat_telemetry_rows_dropped{model}``,
-``mlplat_telemetry_pending_rows`` and ``mlplat_telemetry_errors{stage}``.
+A request costs a few dict and list operations (no Ray call, no lock: requests and the swap run
+on the replica's event loop). The export swaps the buffers on the loop (cheap), then makes the
+Ray metric calls -- one ``observe`` per latency -- on a worker thread, so the loop never waits
+on them. Latencies are kept as a uniform sample of at most :data:`MAX_LATENCIES_PER_EXPORT` per
+interval (reservoir sampling): past it the histogram is a sample of the interval's requests,
+while the request and canary counters stay exact. Series and tags:
+``mlplat_requests{model, version, code}``, ``mlplat_request_latency_ms{model}``,
+``mlplat_canary_requests{model, version, arm}``, and from the telemetry writer
+``mlplat_telemetry_rows_dropped{model}``, ``mlplat_telemetry_pending_rows`` and
+``mlplat_telemetry_errors{stage}``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import threading
+from dataclasses import dataclass
 from typing import Protocol
 
 from mlplat.metrics import (
@@ -25,16 +33,16 @@ from mlplat.metrics import (
     ray_metrics,
 )
 
-__all__ = ["ServingMetrics", "TelemetryStats", "UNKNOWN_MODEL", "MAX_LATENCIES_PER_EXPORT"]
+__all__ = ["ServingMetrics", "TelemetryStats", "UNKNOWN_MODEL", "MAX_LATENCIES_PER_EXPORT", "Snapshot"]
 
 log = logging.getLogger("mlplat.serving")
 
 #: The model tag of a request whose name did not resolve to a registered model (a 401 before
 #: routing, an unknown name): client input never creates a series.
 UNKNOWN_MODEL = "_unknown"
-#: Latency observations kept between two exports; past it the histogram skips observations
-#: (the request counter stays exact).
-MAX_LATENCIES_PER_EXPORT = 200_000
+#: Latency observations per export interval: past it, a uniform sample of this many of the
+#: interval's latencies is observed (the request counter stays exact).
+MAX_LATENCIES_PER_EXPORT = 10_000
 
 
 class TelemetryStats(Protocol):
@@ -48,17 +56,35 @@ class TelemetryStats(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """What one interval counted, taken off the request path's buffers."""
+
+    requests: dict[tuple[str, int, int], int]
+    canary: dict[tuple[str, int, str], int]
+    latency_models: list[str]
+    latency_values: list[float]
+    latencies_seen: int
+
+
 class ServingMetrics:
     """Per-replica aggregation of request metrics. ``request``/``canary`` are the hot path;
-    :meth:`export` (run by :meth:`start_soon`'s task) sends the totals to ``sink``."""
+    :meth:`export_async` (run by :meth:`start_soon`'s task) takes the counts on the loop and
+    sends them to ``sink`` on a worker thread."""
 
     def __init__(self, sink: MetricsSink | None = None, *, telemetry: TelemetryStats | None = None,
-                 interval_s: float = 1.0):
+                 interval_s: float = 1.0, max_latencies: int = MAX_LATENCIES_PER_EXPORT):
         self._sink, self._telemetry, self._interval_s = sink, telemetry, interval_s
+        self._max_latencies = max_latencies
         self._requests: dict[tuple[str, int, int], int] = {}
         self._canary: dict[tuple[str, int, str], int] = {}
-        self._latencies: dict[str, list[float]] = {}
-        self._num_latencies = 0
+        # the interval's latency sample (reservoir): parallel lists, no tuple per request
+        self._lat_models: list[str] = []
+        self._lat_values: list[float] = []
+        self._seen = 0
+        self._random = random.Random().random
+        self._sending = threading.Lock()  # one send at a time (the task and an explicit export)
+        #: Latencies seen but not in the sample (the histogram is a sample past the cap).
         self.skipped_latencies = 0
         self._task: asyncio.Task | None = None
 
@@ -67,42 +93,61 @@ class ServingMetrics:
         key = (model, version, code)
         requests = self._requests
         requests[key] = requests.get(key, 0) + 1
-        if self._num_latencies < MAX_LATENCIES_PER_EXPORT:
-            self._num_latencies += 1
-            latencies = self._latencies.get(model)
-            if latencies is None:
-                self._latencies[model] = [latency_ms]
-            else:
-                latencies.append(latency_ms)
-        else:
-            self.skipped_latencies += 1
+        self._seen += 1
+        if self._seen <= self._max_latencies:
+            self._lat_models.append(model)
+            self._lat_values.append(latency_ms)
+            return
+        self.skipped_latencies += 1
+        j = int(self._random() * self._seen)  # reservoir sampling: each latency kept with p = cap / seen
+        if j < self._max_latencies:
+            self._lat_models[j] = model
+            self._lat_values[j] = latency_ms
 
     def canary(self, model: str, version: int, arm: str) -> None:
-        """The split sent a request of ``model`` to ``arm`` (``canary`` | ``production``)."""
+        """An answered (2xx) request of ``model`` that the split sent to ``arm`` (``canary`` |
+        ``production``)."""
         key = (model, version, arm)
         self._canary[key] = self._canary.get(key, 0) + 1
 
+    def take(self) -> Snapshot:
+        """Swap the buffers (on the event loop: a few assignments)."""
+        snap = Snapshot(self._requests, self._canary, self._lat_models, self._lat_values, self._seen)
+        self._requests, self._canary, self._lat_models, self._lat_values, self._seen = {}, {}, [], [], 0
+        return snap
+
+    def send(self, snap: Snapshot) -> None:
+        """Hand a snapshot (and the telemetry writer's counts) to the sink: Ray's metric calls,
+        one ``observe`` per sampled latency -- for a worker thread, not the event loop."""
+        with self._sending:
+            sink = self._sink or ray_metrics()
+            for (model, version, code), n in snap.requests.items():
+                sink.inc(REQUESTS, n, {"model": model, "version": str(version) if version else "", "code": str(code)})
+            for (model, version, arm), n in snap.canary.items():
+                sink.inc(CANARY_REQUESTS, n, {"model": model, "version": str(version), "arm": arm})
+            tags: dict[str, dict[str, str]] = {}
+            for model, value in zip(snap.latency_models, snap.latency_values, strict=True):
+                t = tags.get(model)
+                if t is None:
+                    t = tags[model] = {"model": model}
+                sink.observe(REQUEST_LATENCY_MS, value, t)
+            if self._telemetry is not None:
+                dropped, errors = self._telemetry.take_counts()
+                for model, n in dropped.items():
+                    sink.inc(TELEMETRY_ROWS_DROPPED, n, {"model": model})
+                for stage, n in errors.items():
+                    sink.inc(TELEMETRY_ERRORS, n, {"stage": stage})
+                sink.set(TELEMETRY_PENDING_ROWS, self._telemetry.pending_rows, {})
+
     def export(self) -> None:
-        """Send everything counted since the last export to the sink."""
-        requests, self._requests = self._requests, {}
-        canary, self._canary = self._canary, {}
-        latencies, self._latencies, self._num_latencies = self._latencies, {}, 0
-        sink = self._sink or ray_metrics()
-        for (model, version, code), n in requests.items():
-            sink.inc(REQUESTS, n, {"model": model, "version": str(version) if version else "", "code": str(code)})
-        for (model, version, arm), n in canary.items():
-            sink.inc(CANARY_REQUESTS, n, {"model": model, "version": str(version), "arm": arm})
-        for model, values in latencies.items():
-            tags = {"model": model}
-            for value in values:
-                sink.observe(REQUEST_LATENCY_MS, value, tags)
-        if self._telemetry is not None:
-            dropped, errors = self._telemetry.take_counts()
-            for model, n in dropped.items():
-                sink.inc(TELEMETRY_ROWS_DROPPED, n, {"model": model})
-            for stage, n in errors.items():
-                sink.inc(TELEMETRY_ERRORS, n, {"stage": stage})
-            sink.set(TELEMETRY_PENDING_ROWS, self._telemetry.pending_rows, {})
+        """Take and send everything counted since the last export, in this thread (tests, a
+        caller off the event loop)."""
+        self.send(self.take())
+
+    async def export_async(self) -> None:
+        """Take the counts on the event loop, send them on a worker thread."""
+        snap = self.take()
+        await asyncio.to_thread(self.send, snap)
 
     def start_soon(self) -> None:
         """Start the export task if an event loop runs here (a Serve replica's constructor, a
@@ -119,6 +164,6 @@ class ServingMetrics:
         while True:
             await asyncio.sleep(self._interval_s)
             try:
-                self.export()
+                await self.export_async()
             except Exception:  # metrics never take serving down
                 log.warning("metrics export failed", exc_info=True)

@@ -1,8 +1,9 @@
 """Metrics on Ray's metrics endpoint, from a real Serve app on the shared Ray instance: requests
 by model/version/code, the latency histogram, the canary split, telemetry drops and drift scores
 appear in a Prometheus scrape of the node's metrics export port with their tags; every series
-the Grafana dashboard (dashboards/mlplat.json) queries is in that scrape; and the telemetry of
-the same requests carries their call context and the request id the client got back."""
+the Grafana dashboard (dashboards/mlplat.json) queries is in that scrape; the canary split counts
+answered requests only; and the telemetry of the same requests carries their call context (the
+allowed keys) and the request id the client got back, and is registered in the catalog."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pyarrow as pa
@@ -54,6 +56,7 @@ def served(ray_session, serve_http_port, tmp_path_factory):
         root=str(root), namespace="mlplat-test", api_token=TOKEN,
         serve=ServeSettings(port=serve_http_port, app_name=APP, route_prefix=PREFIX, telemetry_flush_s=3600,
                             telemetry_max_rows=MAX_ROWS, route_refresh_s=0.1, canary_report_s=0.3, metrics_interval_s=0.5,
+                            telemetry_context_keys=["tenant", "session"],
                             ingress_num_cpus=0, pool=PoolSettings(min_replicas=1, max_replicas=1, num_cpus=0),
                             dedicated=DedicatedSettings(min_replicas=1, max_replicas=1, num_cpus=0)))
     actor = f"registry-metrics-{uuid.uuid4().hex[:6]}"
@@ -61,12 +64,13 @@ def served(ray_session, serve_http_port, tmp_path_factory):
     storage = open_root(config.root)
     production = register_servable(registry, storage, MODEL, seed=1, placement="ingress")
     url = start_serving(config, registry_actor=actor)
-    sent: dict[str, list] = {"ids": [], "codes": []}
+    sent: dict[str, Any] = {"ids": [], "codes": [], "canary_answered": 0}
     try:
         with httpx.Client(base_url=url, timeout=60, headers=AUTH) as client:
             for i in range(3):
                 r = _predict(client, **{"x-mlplat-caller": f"svc-{i}", "x-mlplat-context-tenant": "acme",
-                                        "x-mlplat-context-session": f"s-{i}", "user-agent": "metrics-test/1"})
+                                        "x-mlplat-context-session": f"s-{i}", "x-mlplat-context-other": "not allowed",
+                                        "user-agent": "metrics-test/1"})
                 assert r.status_code == 200, r.text
                 assert len(r.headers.get_list("x-request-id")) == 1
                 sent["ids"].append(r.headers["x-request-id"])
@@ -96,8 +100,13 @@ def served(ray_session, serve_http_port, tmp_path_factory):
             while versions != {production, candidate} and time.monotonic() < deadline:
                 for i in range(20):
                     r = _predict(client, **{"x-mlplat-caller": f"user-{i}-{time.monotonic_ns()}"})
+                    assert r.status_code == 200, r.text
+                    sent["canary_answered"] += 1
                     versions.add(int(r.headers["x-mlplat-model-version"]))
             assert versions == {production, candidate}
+            for i in range(4):  # split, then refused (bad input): not in the canary split
+                assert _predict(client, rows=[{**RAW_ROW, "amount": "lots"}],
+                                **{"x-mlplat-caller": f"bad-{i}"}).status_code == 422
         assert record_drift_scores(MODEL, {"amount": {"psi": 0.125, "ks": 0.05}}, namespace=config.namespace) == 2
         ingress.export_metrics.remote().result()
         yield {"config": config, "registry": registry, "storage": storage, "sent": sent, "production": production,
@@ -187,6 +196,22 @@ def test_counters_carry_model_version_and_code(served, metrics):
     assert {"1.0", "100.0", "30000.0", "+Inf"} <= buckets
 
 
+def test_the_canary_split_counts_answered_requests_only(served, metrics):
+    """The 4 refused requests after the split are not in it: the split's total is the answered
+    canary-phase requests (Ray reports every few seconds: wait for the final count)."""
+    want = served["sent"]["canary_answered"]
+    deadline = time.monotonic() + SCRAPE_TIMEOUT_S
+    samples = metrics
+    while True:
+        split = sum(v for labels, v in samples.get("ray_mlplat_canary_requests_total", []) if labels.get("model") == MODEL)
+        assert split <= want, (split, want)
+        if split == want or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+        samples = scrape()
+    assert split == want
+
+
 # -- the dashboard ------------------------------------------------------------------------------------
 
 _PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset", "and", "or",
@@ -265,6 +290,8 @@ def test_telemetry_rows_carry_the_call_context_and_the_returned_request_id(serve
         "svc-0", "acme", "s-0", "metrics-test/1")
     assert first["region"] is None and first["request_row"] == 0 and first["endpoint"] == "v1"
     assert by_id["oip-7"]["endpoint"] == "v2" and by_id["client-chosen-1"]["context.tenant"] is None
+    assert "context.other" not in first  # not in serve.telemetry_context_keys
+    assert all(r["raw_features"] for r in rows)  # every request sent raw feature rows
     import mlplat.data.catalog as catalog
 
     if hasattr(catalog, "add_files"):  # the flush also registered the files in the catalog

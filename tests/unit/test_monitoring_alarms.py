@@ -143,11 +143,15 @@ def test_policy_url_from_the_environment(monkeypatch):
     assert SECRET not in str(info.value)
 
 
-def test_redact_url_hides_userinfo_path_query_and_fragment():
+def test_redact_url_hides_userinfo_every_path_segment_query_and_fragment():
     assert redact_url(f"https://bot:{SECRET}@hooks.slack.com/services/T1/B2/{SECRET}?token={SECRET}#f") == \
-        "https://***@hooks.slack.com/services/***?***#***"
-    assert redact_url("http://127.0.0.1:8080/alarm") == "http://127.0.0.1:8080/alarm"
-    assert redact_url("http://h") == "http://h"
+        "https://***@hooks.slack.com/***?***#***"
+    assert redact_url(f"https://hooks.example.com/{SECRET}/alarms") == "https://hooks.example.com/***"  # first segment too
+    assert redact_url(f"https://hooks.example.com/{SECRET}") == "https://hooks.example.com/***"
+    assert redact_url("http://127.0.0.1:8080/alarm") == "http://127.0.0.1:8080/***"
+    assert redact_url("http://[::1]:8080/x") == "http://[::1]:8080/***"
+    assert redact_url("http://h") == "http://h" and redact_url("http://h/") == "http://h/"
+    assert redact_url(f"http://h{SECRET} x/") == "***"
     assert redact_url("http://h:notaport/x") == "***"
     assert redact_url(None) is None
 
@@ -182,7 +186,7 @@ def test_500_then_200_is_retried_with_backoff(hook):
 
 def test_5xx_until_the_last_attempt_fails_and_4xx_or_redirect_is_not_retried(hook):
     hook.script = [500, 500, 404, 302]
-    sender = WebhookSender(_policy(hook.url, max_attempts=2))
+    sender = WebhookSender(_policy(hook.url, max_attempts=2), workers=1)  # one worker: the script's order holds
     for n in range(3):
         assert sender.send({"n": n})
     assert _until(lambda: sender.failed == 3)
@@ -206,7 +210,7 @@ def test_a_slow_endpoint_times_out_with_bounded_attempts(hook):
 
 def test_a_full_queue_drops_and_counts_without_blocking(hook):
     hook.script = ["block"]
-    sender = WebhookSender(_policy(hook.url), maxsize=1)
+    sender = WebhookSender(_policy(hook.url), maxsize=1, workers=1)
     assert sender.send({"n": 1})
     assert hook.arrived.wait(5)  # the worker is stuck in the first POST
     assert sender.send({"n": 2})  # fills the queue
@@ -248,6 +252,62 @@ def test_send_never_blocks_on_dead_endpoints():
         blackhole.close()
 
 
+def test_a_url_urllib_refuses_is_a_redacted_give_up(hook, caplog):
+    caplog.set_level(logging.INFO, logger="mlplat.monitoring.alarms")
+    bad = f"http://127.0.0.1:{hook.server_address[1]}/hooks/{SECRET} x?token={SECRET}"
+    with pytest.raises(ConfigError) as info:  # refused where the policy is read
+        AlarmPolicy.from_serving_policy({"alarms": {"webhook_url": bad}})
+    assert "space or a control character" in str(info.value) and SECRET not in str(info.value)
+    # one that got past the policy anyway (built without validation): http.client's InvalidURL, not retried
+    policy = AlarmPolicy.model_construct(webhook_url=bad, webhook_url_env=None, timeout_s=1.0, max_attempts=3,
+                                         backoff_s=0.01, on=("drift",))
+    sender = WebhookSender(policy)
+    assert sender.send({"n": 1})
+    assert _until(lambda: sender.failed == 1)
+    assert sender.retried == 0 and sender.sent == 0 and hook.received == []
+    last = sender.stats()["last_error"]
+    assert "InvalidURL" in last and last.startswith(f"http://127.0.0.1:{hook.server_address[1]}/***?***")
+    for text in (caplog.text, json.dumps(sender.stats())):
+        assert SECRET not in text and " x" not in text
+    assert sender.send({"n": 2}) and _until(lambda: sender.failed == 2)  # the workers are still alive
+    sender.close(1.0)
+
+
+def test_a_hanging_endpoint_does_not_hold_up_the_others(hook):
+    other = _HookServer()
+    threading.Thread(target=other.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        hook.script = ["block"]
+        sender = WebhookSender(_policy(hook.url, timeout_s=10.0))
+        assert sender.send({"to": "hanging"})
+        assert hook.arrived.wait(5)  # one worker is stuck there
+        started = time.monotonic()
+        assert sender.send({"to": "other"}, policy=_policy(other.url))
+        assert _until(lambda: sender.sent == 1, timeout_s=5)
+        assert time.monotonic() - started < 2.0 and [r["body"] for r in other.received] == [{"to": "other"}]
+        hook.release.set()
+        assert _until(lambda: sender.sent == 2)
+        sender.close(2.0)
+    finally:
+        other.shutdown()
+        other.server_close()
+
+
+def test_one_delivery_is_capped_in_total_time(hook):
+    hook.script = [("sleep", 1.5, 200)] * 10
+    sender = WebhookSender(_policy(hook.url, timeout_s=0.5, max_attempts=10, backoff_s=0.01), max_delivery_s=1.2)
+    started = time.monotonic()
+    assert sender.send({"n": 1})
+    assert _until(lambda: sender.failed == 1, timeout_s=10)
+    elapsed = time.monotonic() - started
+    assert elapsed < 2.0, elapsed  # not 10 attempts x 0.5 s
+    assert 2 <= len(hook.received) <= 3 and sender.sent == 0
+    assert "1.2 s" in sender.stats()["last_error"]
+    sender.close(0.5)
+    with pytest.raises(ValueError, match="max_delivery_s"):
+        WebhookSender(max_delivery_s=0)
+
+
 def test_close_drains_what_is_queued(hook):
     sender = WebhookSender(_policy(hook.url), maxsize=100)
     for n in range(10):
@@ -275,7 +335,7 @@ def test_raise_alarm_records_the_event_then_posts_it(hook, reg):
     event = raise_alarm(reg, sender, "churn", "drift", {"drifted_features": ["age"], "rows": 500})
     assert event.kind == EVENT_ALARM_RAISED and event.subject == "model:churn"
     assert event.payload["alarm"] == "drift" and event.payload["details"]["drifted_features"] == ["age"]
-    assert event.payload["webhook"] == f"http://127.0.0.1:{hook.server_address[1]}/hooks/***?***"
+    assert event.payload["webhook"] == f"http://127.0.0.1:{hook.server_address[1]}/***?***"
     assert SECRET not in json.dumps(event.payload)
     assert _until(lambda: sender.sent == 1)
     body = hook.received[0]["body"]
@@ -295,7 +355,8 @@ def test_raise_alarm_respects_on_and_survives_a_bad_policy(hook, reg):
     e2 = raise_alarm(reg, sender, "broken", "drift", {"x": 2})
     e3 = raise_alarm(reg, sender, "plain", "drift", {"x": 3})
     e4 = raise_alarm(reg, None, "quiet", "retrain_failed", {"x": 4})  # no sender: the event alone
-    assert [e.payload["webhook"] for e in (e1, e2, e3, e4)] == [None, None, None, f"{hook.url}"[:-len("/mlplat")] + "/***"]
+    assert [e.payload["webhook"] for e in (e1, e2, e3, e4)] == [None, None, None,
+                                                                f"http://127.0.0.1:{hook.server_address[1]}/***"]
     assert "serving_policy.alarms.webhook_url" in e2.payload["webhook_error"]
     assert SECRET not in json.dumps(e2.payload)
     sender.close(0.5)

@@ -8,6 +8,7 @@ import datetime as dt
 import io
 import json
 import math
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -486,6 +487,110 @@ def test_check_writes_report_history_and_event(env):
     assert [e.payload["drifted"] for e in events] == [False, True]
     assert events[-1].payload["drifted_features"] == ["age"] and events[-1].version == 1
     assert events[-1].payload["report"] == second.report and len(json.dumps(events[-1].payload)) < 1000
+
+
+def test_prediction_reference_starts_at_the_promotion_not_the_canary_slice(tmp_path):
+    storage = open_root(str(tmp_path / "root"))
+    registry = RegistryStore(f"sqlite:///{tmp_path / 'registry.db'}")
+    rng = np.random.default_rng(5)
+    reference = pa.table({"age": rng.normal(40, 10, 5000), "country": rng.choice(["de", "fr", "us"], 5000, p=[0.5, 0.3, 0.2]),
+                          "clicked": rng.integers(0, 2, 5000)})
+    version = register_model(storage, registry, "churn", reference)
+    now = time.time()
+    # as a canary, v1 answered a slice of the traffic whose predictions differ from its full traffic's
+    write_telemetry(storage, "churn", _rows(rng, 1500, now - 6 * HOUR, pred_shift=0.3), writer="canary0")
+    write_telemetry(storage, "churn", _rows(rng, 1500, now - 4 * HOUR, pred_shift=0.3), writer="canary1")
+    before = compute_drift(storage, registry, "churn", window="1h", end=now - 3 * HOUR, version=version, use_ray=False)
+    assert before.prediction_reference["from"] == "first_telemetry"  # never promoted yet: the fallback
+    assert before.prediction_reference["start_s"] == pytest.approx(now - 6 * HOUR, abs=10)
+    kept = storage.read_json("reports", "churn", "drift-reference", f"v{version}.json")
+    assert kept["reference"] and kept["start_s"] == before.prediction_reference["start_s"]
+    # promoted: from now on v1 takes all the traffic
+    promoted = registry.append_event("promoted", "model:churn", {"previous": None, "region": None}, version=version)
+    registry.append_event("promoted", "model:churn", {"previous": version, "region": None}, version=version + 1)
+    p = promoted.ts
+    write_telemetry(storage, "churn", _rows(rng, 2000, p), writer="full0")  # the reference period
+    write_telemetry(storage, "churn", _rows(rng, 2000, p + 2 * HOUR), writer="full1")
+    during = compute_drift(storage, registry, "churn", window="1h", end=p + HOUR, version=version, use_ray=False)
+    assert during.verdict.prediction.drifted is None  # the canary-period reference is not reused meanwhile
+    assert "since its promotion" in during.verdict.prediction.reasons[0]
+    after = compute_drift(storage, registry, "churn", window="1h", end=p + 3 * HOUR, version=version, use_ray=False)
+    assert after.prediction_reference["start_s"] == p and after.prediction_reference["from"] == "promoted"
+    assert after.verdict.prediction.drifted is False, after.verdict.prediction  # full traffic against full traffic
+    kept = storage.read_json("reports", "churn", "drift-reference", f"v{version}.json")
+    assert kept["start_s"] == p and kept["start_from"] == "promoted"
+
+
+def test_the_reference_start_is_searched_for_once(env, monkeypatch):
+    import mlplat.monitoring.job as job
+    from mlplat.monitoring import window
+
+    storage, registry, _ = env
+    first = compute_drift(storage, registry, "churn", window="1h", end=T0 + HOUR, use_ray=False)
+    assert first.verdict.prediction.drifted is None and first.prediction_reference["start_s"] == pytest.approx(T0, abs=5)
+
+    def searched(*args, **kwargs):
+        raise AssertionError("the telemetry was searched for the first row again")
+
+    monkeypatch.setattr(job, "first_telemetry_s", searched)  # another process: the drift-reference file remembers
+    second = compute_drift(storage, registry, "churn", window="1h", end=T0 + HOUR + 60, use_ray=False)
+    assert second.prediction_reference["start_s"] == first.prediction_reference["start_s"]
+    monkeypatch.undo()
+    # and in memory, per (model, version)
+    t0 = window.first_telemetry_s(storage, "churn", 1)
+    scans: list[str] = []
+    monkeypatch.setattr(window, "_scan", lambda storage_, path, *a, **k: scans.append(path) or iter(()))
+    assert window.first_telemetry_s(storage, "churn", 1) == t0 and scans == []
+    assert window.first_telemetry_s(storage, "churn", 1, cached=False) is None and scans  # read again: nothing found
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("1800000000000", "'1800000000000': 1800000000000 is after the year 3000; it looks like milliseconds: divide by 1000"),
+    ("1.8e18", "is after the year 3000; it looks like micro- or nanoseconds"),
+    ("nan", "'nan': not a finite number"),
+    ("inf", "'inf': not a finite number"),
+    ("-5", "'-5': -5 is before 1970-01-01"),
+    ("9999-01-01T00:00:00Z", "'9999-01-01T00:00:00Z'"),
+    ("next tuesday", "expected unix seconds or an ISO 8601 time"),
+])
+def test_parse_end_refuses_what_is_not_a_plausible_time(text, message):
+    from mlplat.cli.monitor import parse_end
+
+    with pytest.raises(ValidationError) as info:
+        parse_end(text)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert parse_end("1800000000") == 1_800_000_000.0 and parse_end("2027-01-15T08:00:00") == T0
+
+
+def _drift_job():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "jobs" / "drift.py"
+    spec = importlib.util.spec_from_file_location("jobs_drift", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_drift_job_turns_errors_into_one_line_and_exit_2(monkeypatch, capsys):
+    job = _drift_job()
+    calls = []
+
+    class Platform:
+        def drift(self, name, **kwargs):
+            calls.append(kwargs)
+            raise ValueError("year 59000 is out of range\n(from somewhere deep)")
+
+    monkeypatch.setattr(job, "connect", lambda **kwargs: Platform())
+    assert job.main(["--model", "churn", "--end", "1800000000000"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "looks like milliseconds: divide by 1000" in err and calls == []
+    assert job.main(["--model", "churn", "--end", "nan"]) == 2 and "not a finite number" in capsys.readouterr().err
+    assert job.main(["--model", "churn"]) == 2  # any ValueError from the check: one line, no traceback
+    err = capsys.readouterr().err
+    assert err == "error: year 59000 is out of range (from somewhere deep)\n"
 
 
 # -- performance drift (outcomes) ----------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +44,19 @@ DECISIONS = [
     ("drift", AUTO, 2, 500, None, None, "start", "500 new rows >= 100; mode auto"),
     ("drift", MANUAL, 2, 500, None, None, "request", "mode manual"),
     ("partition_completed", AUTO, None, 100, None, None, "start", "100 new rows >= 100"),
-    ("drift", AUTO, 0.5, 500, None, None, "skip", "cooldown: last training 30 min ago, next allowed in 30 min"),
+    ("drift", AUTO, 0.5, 500, None, None, "skip",
+     "cooldown: last training, retrain attempt or dismissal 30 min ago, next allowed in 30 min"),
     ("drift", AUTO, 2, 99, None, None, "skip", "99 new rows < min_new_rows 100"),
-    ("drift", AUTO, 2, None, None, None, "skip", "0 new rows (unknown: no data lineage) < min_new_rows 100"),
-    ("drift", AUTO, 2, 500, None, "churn-run-1", "skip", "run churn-run-1 of this model is already queued or running"),
+    ("partition_completed", AUTO, 2, None, None, None, "skip", "0 new rows (unknown: no data lineage) < min_new_rows 100"),
+    ("drift", AUTO, 2, None, None, None, "skip", "0 new rows (unknown: no data lineage): retraining on the data"),
+    ("drift", AUTO, 2, 500, None, "run churn-run-1 of this model is already queued or running", "skip",
+     "in flight: run churn-run-1 of this model is already queued or running"),
+    ("drift", AUTO, 2, 500, None, "deployment d-1 of v3 is CANARY", "skip", "in flight: deployment d-1 of v3 is CANARY"),
+    # the drift trigger needs new data whatever min_new_rows says: retraining on the same rows cannot fix drift
+    ("drift", AUTO.model_copy(update={"min_new_rows": 0}), 2, 0, None, None, "skip", "cannot fix drift"),
+    ("drift", AUTO.model_copy(update={"min_new_rows": 0}), 2, None, None, None, "skip", "cannot fix drift"),
+    ("drift", AUTO.model_copy(update={"min_new_rows": 0}), 2, 1, None, None, "start", "1 new rows >= 0"),
+    ("partition_completed", AUTO.model_copy(update={"min_new_rows": 0}), 2, 0, None, None, "start", "0 new rows >= 0"),
     ("drift", MANUAL, 2, 500, 42, None, "skip", "retrain request 42 is already pending"),
     ("schedule", AUTO, 2, 500, None, None, "skip", "schedule: not a trigger of this model (triggers: drift, partition_completed)"),
     ("drift", None, 2, 500, None, None, "skip", "the model has no retrain policy"),
@@ -60,7 +70,8 @@ DECISIONS = [
     ("manual", MANUAL, 0.01, 0, None, None, "request", "manual: mode manual"),
     ("manual", None, None, None, None, None, "request", "manual: mode manual"),
     ("manual", MANUAL, 0.01, 0, 7, None, "skip", "approve or dismiss it with `mlplat retrain approve|dismiss`"),
-    ("manual", AUTO, 0.01, 0, None, "r-9", "skip", "already queued or running"),
+    ("manual", AUTO, 0.01, 0, None, "run r-9 of this model is already queued or running", "skip",
+     "already queued or running"),
     (
         "partition_completed", RetrainPolicy(mode="auto", cooldown_s=0, min_new_rows=0, triggers=()), None, 5, None, None,
         "skip", "not a trigger of this model (triggers: none)",
@@ -183,6 +194,32 @@ class FakeBuild:
         self.calls.append(status)
         rows = mr.eligible_rows(status.dataset, start="2026-11-01")
         return _feature_set(registry, num_rows=rows, dataset_version=status.dataset.version)
+
+
+def _serve(reg: RegistryStore, version: int) -> None:
+    """Validate a TRAINED version and make it production (what the rollout would do)."""
+    for state in ("VALIDATING", "VALIDATED"):
+        reg.transition("churn", version, state)
+    reg.promote("churn", version)
+
+
+def _drift_payload(*, ago_s: float = 60.0, window: str = "1h", **extra: Any) -> dict[str, Any]:
+    """A drifted ``drift_checked`` payload whose window ended ``ago_s`` before now."""
+    end = time.time() - ago_s
+    return {"drifted": True, "drifted_features": ["age"], "window": window, "start_s": end - 3600, "end_s": end,
+            "status": "drift", **extra}
+
+
+@pytest.fixture
+def registry_clock(monkeypatch):
+    """Moves the registry's clock (event ``ts``, ``created_at``, ``updated_at``) by ``shift[0]`` seconds."""
+    import types
+
+    import mlplat.registry.tx as tx
+
+    shift = [0.0]
+    monkeypatch.setattr(tx, "time", types.SimpleNamespace(time=lambda: time.time() + shift[0]))
+    return shift
 
 
 @pytest.fixture
@@ -320,7 +357,7 @@ def test_handle_trigger_starts_requests_skips_and_records_failures(trained, stor
     now = trained.list_runs(model="churn")[0].created_at + 2 * H
     drift = {"trigger": "drift", "seq": 5, "kind": "drift_checked"}
     out = lr.handle_trigger(trained, storage, "churn", "drift", drift, now=now, build_features=build, wake=wake)
-    assert out.decision.action == "skip" and "0 new rows < min_new_rows 100" in out.decision.reason
+    assert out.decision.action == "skip" and "0 new rows: retraining on the data" in out.decision.reason
     (skipped,) = trained.events_since(0, kinds=[mr.EVENT_SKIPPED])
     assert skipped.payload["cause"] == drift
     _dataset(trained, _partition("2026-11-01", 400), _partition("2026-11-02", 600), _partition("2026-11-03", 250))
@@ -431,9 +468,9 @@ def test_controller_follows_drift_partitions_and_runs(trained, storage, fakes):
     assert [e.payload["alarm"] for e in trained.events_since(0, kinds=["alarm_raised"])] == []
     (run,) = trained.list_runs(model="churn", state="QUEUED")
     assert run.request["cause"]["kind"] == EVENT_PARTITION_COMPLETED and run.request["cause"]["dataset"] == "clicks"
-    # a drift check while it is queued: the drift alarm, and the retrain is skipped (in flight)
-    drift = trained.append_event("drift_checked", "model:churn", {"drifted": True, "drifted_features": ["age"], "rows": 900,
-                                                                  "window": "1h", "status": "drift"}, version=1)
+    # a drift check of production while it is queued: the drift alarm, and the retrain is skipped (in flight)
+    _serve(trained, 1)
+    drift = trained.append_event("drift_checked", "model:churn", _drift_payload(rows=900), version=1)
     done = ctl.tick()
     assert "alarm drift" in done[0] and "already queued or running" in done[0]
     alarm = trained.events_since(drift.seq, kinds=["alarm_raised"])[0]
@@ -465,6 +502,175 @@ def test_controller_schedule_and_manual_requests_alarm(trained, storage, fakes):
     assert len(done) == 1 and "alarm retrain_requested" in done[0]
     alarm = trained.events_since(0, kinds=["alarm_raised"])[-1]
     assert alarm.payload["details"]["approve"].startswith("mlplat retrain approve churn --request ")
+
+
+def test_drift_triggers_only_for_the_serving_version_and_a_recent_window(trained, storage, fakes):
+    build, wake, _ = fakes
+    trained.update_model("churn", serving_policy={"retrain": {"mode": "auto", "cooldown_s": 0, "min_new_rows": 100}})
+    _serve(trained, 1)
+    ctl = lr.RetrainController(trained, storage, wake=wake, build_features=build)
+    ctl.tick()
+    out_of_scope = [
+        (_drift_payload(), 7, "v7 serves no traffic now (production v1)"),  # not production, not canary
+        (_drift_payload(), None, "the check names no model version"),
+        (_drift_payload(ago_s=3 * H), 1, "stale window: it ended 3 h before the check was recorded (more than 1 h)"),
+        ({k: v for k, v in _drift_payload().items() if k != "end_s"}, 1, "the check records no window end"),
+    ]
+    for payload, version, reason in out_of_scope:
+        event = trained.append_event("drift_checked", "model:churn", payload, version=version)
+        (done,) = ctl.tick()
+        assert "skip" in done and reason in done, done
+        (skipped,) = trained.events_since(event.seq, kinds=[mr.EVENT_SKIPPED])
+        assert reason in skipped.payload["reason"] and skipped.payload["cause"]["seq"] == event.seq
+    assert trained.events_since(0, kinds=["alarm_raised"]) == []  # nothing out of scope raises an alarm
+    # a week-long window may end up to a week before the check; production's recent window acts
+    trained.append_event("drift_checked", "model:churn", _drift_payload(ago_s=3 * H, window="7d"), version=1)
+    (done,) = ctl.tick()
+    assert "alarm drift" in done and "cannot fix drift" in done, done  # in scope; no new rows, so no retrain
+    assert len(trained.events_since(0, kinds=["alarm_raised"])) == 1
+    # without a retrain policy listing drift, an out-of-scope check records nothing at all
+    trained.update_model("churn", serving_policy={})
+    event = trained.append_event("drift_checked", "model:churn", _drift_payload(), version=9)
+    assert "serves no traffic" in ctl.tick()[0]
+    assert trained.events_since(event.seq, kinds=[mr.EVENT_SKIPPED, "alarm_raised"]) == []
+
+
+def test_in_flight_covers_unjudged_retrained_versions_and_active_deployments(trained, storage, fakes):
+    build, wake, _ = fakes
+    assert mr.retrain_status(trained, "churn").in_flight is None
+    _serve(trained, 1)
+    run = lr.start_retrain(trained, storage, "churn", cause={"trigger": "manual", "by": "alice"}, build_features=build,
+                           wake=wake)
+    assert "already queued or running" in (mr.retrain_status(trained, "churn").in_flight or "")
+    trained.claim_next_run("w", run_id=run.run_id)
+    for state in ("TRAINING", "TRAINED"):
+        trained.transition("churn", run.version, state)
+    trained.update_run(run.run_id, state="SUCCEEDED")
+    # the run is over, but its version is not judged yet: still in flight
+    assert mr.retrain_status(trained, "churn").in_flight == f"v{run.version} (a retrain's version) is still TRAINED: " \
+                                                            "not validated yet"
+    trained.transition("churn", run.version, "VALIDATING")
+    assert "is still VALIDATING" in (mr.retrain_status(trained, "churn").in_flight or "")
+    # ... unless it has been VALIDATING for too long (its validation died), or its failure is recorded
+    later = time.time() + mr.VALIDATING_TIMEOUT_S + 60
+    assert mr.retrain_status(trained, "churn", now=later).in_flight is None
+    mr.record_failed(trained, "churn", stage="validation", error="inference actor died", run_id=run.run_id,
+                     version=run.version)
+    assert mr.retrain_status(trained, "churn").in_flight is None
+    # a canary (any active deployment) of the model is in flight too
+    trained.transition("churn", run.version, "VALIDATED")
+    trained.update_version("churn", run.version, artifacts={"bundle": {"path": "models/churn/v2/bundle.json",
+                                                                       "sha256": "0" * 64}})
+    deployment = trained.start_deployment("churn", run.version, canary_percent=10)
+    assert mr.retrain_status(trained, "churn").in_flight == f"deployment {deployment.id} of v{run.version} is PREWARMING " \
+                                                            "(a rollout in progress)"
+    trained.finish_prewarm(deployment.id, ok=True)
+    status = mr.retrain_status(trained, "churn")
+    assert status.in_flight is not None and "is CANARY" in status.in_flight
+    trained.update_model("churn", serving_policy={"retrain": {"mode": "auto", "cooldown_s": 0, "min_new_rows": 0}})
+    out = lr.handle_trigger(trained, storage, "churn", "manual", {"trigger": "manual", "by": "bob"}, build_features=build)
+    assert out.decision.action == "skip" and f"in flight: deployment {deployment.id}" in out.decision.reason
+    trained.finish_canary(deployment.id, promote=True)
+    assert mr.retrain_status(trained, "churn").in_flight is None
+
+
+def test_a_dismissal_counts_for_the_cooldown(trained, storage, fakes, registry_clock):
+    build, wake, _ = fakes
+    trained.update_model("churn", serving_policy={"retrain": {"mode": "manual", "cooldown_s": H, "min_new_rows": 100}})
+    _dataset(trained, _partition("2026-11-01", 400), _partition("2026-11-02", 600), _partition("2026-11-03", 250))
+    registry_clock[0] = 3 * H  # hours after the last training run
+    now = time.time() + 3 * H
+    first = lr.handle_trigger(trained, storage, "churn", "partition_completed",
+                              {"trigger": "partition_completed", "seq": 1}, now=now, build_features=build)
+    assert first.decision.action == "request" and first.request is not None
+    mr.dismiss(trained, "churn", by="alice", note="holiday traffic")
+    # the next trigger (an hourly drift check, say) within the cooldown does not ask again
+    again = lr.handle_trigger(trained, storage, "churn", "partition_completed",
+                              {"trigger": "partition_completed", "seq": 2}, now=now + 0.5 * H, build_features=build)
+    assert again.decision.action == "skip" and "cooldown" in again.decision.reason and "dismissal" in again.decision.reason
+    assert [r.status for r in mr.requests(trained, "churn")] == ["dismissed"]
+    later = lr.handle_trigger(trained, storage, "churn", "partition_completed",
+                              {"trigger": "partition_completed", "seq": 3}, now=now + 1.5 * H, build_features=build)
+    assert later.decision.action == "request"
+
+
+def test_a_validation_that_died_is_given_up_on_replay_and_by_the_sweep(trained, storage, fakes):
+    build, wake, _ = fakes
+    clock = [time.time()]
+    ctl = lr.RetrainController(trained, storage, wake=wake, build_features=build, clock=lambda: clock[0])
+    ctl.tick()
+    run = lr.start_retrain(trained, storage, "churn", cause={"trigger": "drift", "seq": 3, "kind": "drift_checked"},
+                           build_features=build, wake=wake)
+    trained.claim_next_run("w", run_id=run.run_id)
+    for state in ("TRAINING", "TRAINED"):
+        trained.transition("churn", run.version, state)
+    trained.update_run(run.run_id, state="SUCCEEDED")
+    trained.transition("churn", run.version, "VALIDATING")  # ... and the controller validating it died here
+    # replayed soon after the restart: left alone (it may still be validated)
+    assert lr.finish_retrain(trained, storage, run.run_id, now=clock[0] + 60) == f"churn v{run.version}: already VALIDATING"
+    assert trained.events_since(0, kinds=[mr.EVENT_FAILED]) == []
+    ctl.tick()
+    assert trained.get_version("churn", run.version).state == ModelState.VALIDATING
+    # replayed after the timeout: given up
+    assert "validation given up" in lr.finish_retrain(trained, storage, run.run_id,
+                                                      now=clock[0] + mr.VALIDATING_TIMEOUT_S + 60)
+    mv = trained.get_version("churn", run.version)
+    assert mv.state == ModelState.REJECTED and "did not finish" in (mv.error or "")
+    (failed,) = trained.events_since(0, kinds=[mr.EVENT_FAILED])
+    assert failed.payload["stage"] == "validation" and failed.payload["run_id"] == run.run_id
+    assert "VALIDATING for" in failed.payload["error"] and failed.version == run.version
+    # the follower raises the retrain_failed alarm (in the default `on`)
+    assert any("alarm retrain_failed" in d for d in ctl.tick())
+    assert [r.status for r in mr.requests(trained, "churn")] == []  # no request: a triggered auto retrain
+    assert mr.retrain_status(trained, "churn").in_flight is None
+
+
+def test_the_sweep_finds_a_dead_validation_whose_run_event_was_handled_long_ago(trained, storage, fakes):
+    build, wake, _ = fakes
+    clock = [time.time()]
+    ctl = lr.RetrainController(trained, storage, wake=wake, build_features=build, clock=lambda: clock[0],
+                               schedule_every_s=60)
+    run = lr.start_retrain(trained, storage, "churn", cause={"trigger": "manual", "by": "alice"}, build_features=build)
+    trained.claim_next_run("w", run_id=run.run_id)
+    for state in ("TRAINING", "TRAINED"):
+        trained.transition("churn", run.version, state)
+    trained.update_run(run.run_id, state="SUCCEEDED")
+    trained.transition("churn", run.version, "VALIDATING")
+    assert ctl.tick() == []  # not stale yet
+    clock[0] += mr.VALIDATING_TIMEOUT_S + 120
+    done = ctl.tick()
+    assert done == [f"churn v{run.version}: validation given up (VALIDATING for over 1 h)"]
+    assert trained.get_version("churn", run.version).state == ModelState.REJECTED
+    clock[0] += 120
+    done = ctl.tick()
+    assert any("alarm retrain_failed" in d for d in done) and not any("given up" in d for d in done)
+    assert len(trained.events_since(0, kinds=[mr.EVENT_FAILED])) == 1
+
+
+def test_a_scheduled_retrain_is_keyed_by_its_due_time(trained, storage, fakes, monkeypatch):
+    build, wake, _ = fakes
+    trained.update_model("churn", serving_policy={"retrain": {"mode": "auto", "triggers": ["schedule"], "schedule_s": 10 * H,
+                                                              "min_new_rows": 0, "cooldown_s": 0}})
+    t0 = trained.list_runs(model="churn")[0].created_at
+    ctl = lr.RetrainController(trained, storage, wake=wake, build_features=build, clock=lambda: t0 + 11 * H)
+
+    class Crash(BaseException):
+        """The process dies between registering the version and queueing its run."""
+
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise Crash()
+
+    monkeypatch.setattr(trained, "enqueue_run", crash)
+    with pytest.raises(Crash):
+        ctl.on_schedule(t0 + 11 * H)
+    monkeypatch.undo()
+    assert [v.state for v in trained.list_versions("churn")] == [ModelState.TRAINED, ModelState.REGISTERED]
+    (done,) = ctl.on_schedule(t0 + 11 * H + 60)  # the next tick: the same due time, so the same version
+    assert "start run" in done
+    versions = trained.list_versions("churn")
+    assert len(versions) == 2, [(v.version, v.state) for v in versions]
+    (run,) = trained.list_runs(model="churn", state="QUEUED")
+    assert run.version == versions[-1].version and run.request["cause"]["due"] == round(t0 + 10 * H)
 
 
 def test_on_event_ignores_what_is_not_its_business(trained, storage):
@@ -536,6 +742,23 @@ def test_cli_list_dismiss_approve(trained, local_env, capsys):
     assert [(r["id"], r["status"]) for r in json.loads(out)] == [(r1.id, "dismissed"), (r2.id, "started")]
     code, _, err = _cli(capsys, "retrain", "dismiss", "churn", "--request", str(r2.id))
     assert code == 2 and "already started" in err
+
+
+def test_cli_approve_wait_timeout_says_the_run_goes_on(trained, local_env, capsys):
+    req = mr.request_retrain(trained, "churn", trigger="manual", by="bob")
+    code, out, err = _cli(capsys, "retrain", "approve", "churn", "--request", str(req.id), "--wait", "--timeout", "0")
+    assert code == 1, (out, err)
+    (run,) = trained.list_runs(model="churn", state="QUEUED")  # nothing picks it up here; nothing cancelled it
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert f"request {req.id} approved; run {run.run_id} (v{run.version}) is still QUEUED after 0 s" in err
+    assert f"mlplat runs wait {run.run_id}" in err
+    assert [r.status for r in mr.requests(trained, "churn")] == ["started"]
+    req2 = mr.request_retrain(trained, "churn", trigger="manual", by="bob")
+    trained.cancel_run(run.run_id)
+    code, out, _ = _cli(capsys, "retrain", "approve", "churn", "--request", str(req2.id), "--wait", "--timeout", "0",
+                        "--json")
+    body = json.loads(out)
+    assert code == 1 and body["waited"] == "timed out" and body["state"] == "QUEUED" and "approved" in body["message"]
 
 
 def _job():

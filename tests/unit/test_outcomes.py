@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import doctest
 import json
+import time
 from typing import Any
 
 import pyarrow as pa
@@ -14,7 +15,7 @@ from click.testing import CliRunner
 
 import mlplat.monitoring.outcomes as outcomes_module
 from mlplat.cli.monitor_outcomes import outcomes as outcomes_command
-from mlplat.errors import MlplatError, NotFound, ValidationError
+from mlplat.errors import MlplatError, NotFound, StorageError, ValidationError
 from mlplat.monitoring.outcomes import (
     OUTCOME_COLUMNS,
     OutcomeBatch,
@@ -279,6 +280,60 @@ def test_ingest_point_in_time_by_feature_or_context_entity(served, tmp_path) -> 
                              entity_column="session", time_column="at", batch="ctx")
     assert result.matched == 1
     assert pq.read_table(storage.path(result.path)).column("request_id").to_pylist() == ["req-1"]
+
+
+def test_epoch_milliseconds_and_fractional_rows_are_one_line_errors_naming_the_column(served, tmp_path) -> None:
+    storage, registry = served
+    now_ms = int(time.time() * 1000)
+    pit = tmp_path / "pit.csv"
+    pit.write_text(f"user,at,churned\nu1,{now_ms},1\n")
+    with pytest.raises(ValidationError, match=r"time column 'at' holds \d+, after the year 3000: it looks like epoch "
+                                              r"milliseconds: divide by 1000") as info:
+        ingest_outcomes(storage, registry, "churn", [str(pit)], label_column="churned", entity_column="user",
+                        time_column="at", batch="ms")
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValidationError, match="time column 'at'"):
+        join_point_in_time(pa.table({"user": ["u1"], "at": [float("inf")], "y": [1]}),
+                           _entity_predictions([("u1", 1.0, 0.5)]), label_column="y", entity_column="user", time_column="at")
+    rows = tmp_path / "rows.csv"
+    rows.write_text("request_id,request_row,clicked\nreq-2,1.5,1\n")
+    with pytest.raises(ValidationError, match=r"column 'request_row' .* must hold whole numbers") as info:
+        ingest_outcomes(storage, registry, "churn", [str(rows)], label_column="clicked", batch="frac")
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValidationError, match="'request_row'"):
+        join_by_request_id(pa.table({"request_id": ["m"], "request_row": ["first"], "y": [1]}),
+                           _predictions([("m", 0, 1.0, 1, 0.1)]), label_column="y", row_column="request_row")
+    whole = pa.table({"request_id": ["m"], "request_row": [1.0], "y": [1]})  # whole numbers as floats pass
+    table, counts = join_by_request_id(whole, _predictions([("m", 1, 1.0, 1, 0.1)]), label_column="y",
+                                       row_column="request_row")
+    assert counts["matched"] == 1
+
+
+def test_the_request_id_join_reads_only_the_days_it_needs(served, tmp_path, monkeypatch) -> None:
+    import mlplat.data.catalog as catalog
+
+    storage, registry = served
+    monkeypatch.setattr(catalog, "add_files", lambda *a, **kw: None, raising=False)
+    # an old day whose file cannot even be read: the join must not open it
+    storage.write_bytes(b"PAR1 not parquet", "telemetry", "churn", "date=2020-01-01", "w-1577880000000-0.parquet")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("request_id,clicked\nreq-1,1\nreq-3,0\n")
+    result = ingest_outcomes(storage, registry, "churn", [str(labels)], label_column="clicked", batch="recent")
+    assert (result.matched, result.unmatched) == (2, 0)
+    assert result.notes and "last 30 days" in result.notes[0] and result.to_json()["notes"] == list(result.notes)
+    # with the request time: the days of that range (one day of slack each side), nothing else
+    timed = tmp_path / "timed.csv"
+    timed.write_text(f"request_id,requested_at,clicked\nreq-1,{time.time() - 60:.3f},1\n")
+    result = ingest_outcomes(storage, registry, "churn", [str(timed)], label_column="clicked", time_column="requested_at",
+                             batch="timed")
+    assert result.matched == 1 and result.notes == ()
+    old = tmp_path / "old.csv"
+    old.write_text("request_id,requested_at,clicked\nreq-1,2020-01-01T12:00:00Z,1\n")
+    with pytest.raises(StorageError, match="date=2020-01-01"):  # that day is read (and today's is not)
+        ingest_outcomes(storage, registry, "churn", [str(old)], label_column="clicked", time_column="requested_at",
+                        batch="old")
+    with pytest.raises(ValidationError, match="max_days"):
+        ingest_outcomes(storage, registry, "churn", [str(labels)], label_column="clicked", max_days=0)
 
 
 # -- the CLI -------------------------------------------------------------------------------------------------

@@ -1,11 +1,17 @@
-"""Telemetry as data, without Ray: the call context from headers and its bounds, the request
-id, the row shape of a flush, the bounded buffer and its drop counts, the catalog sync's retry
-and give-up rules, and the request metrics' aggregation (through a fake sink)."""
+"""Telemetry as data, without Ray: the call context from headers and its bounds (none by
+default), the request id, the row shape of a flush (``raw_features``), the bounded buffer and
+its drop counts, the catalog sync (its own thread, batches per interval, file-by-file fallback,
+registry calls under a timeout, retry and give-up rules), the request metrics' aggregation
+(through a fake sink; sent off the event loop, a uniform latency sample), and the canary split
+counted for answered requests only."""
 
 from __future__ import annotations
 
+import asyncio
 import doctest
 import io
+import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -15,13 +21,16 @@ import pytest
 
 import mlplat.metrics
 import mlplat.serving.telemetry
-from mlplat.errors import SchemaMismatch, StorageError
+from mlplat.config import ServeSettings
+from mlplat.errors import NotFound, SchemaMismatch, StorageError
 from mlplat.metrics import SERIES, prometheus_name, record_drift_scores
 from mlplat.serving.metrics import MAX_LATENCIES_PER_EXPORT, UNKNOWN_MODEL, ServingMetrics
 from mlplat.serving.telemetry import (
+    MAX_ABANDONED_CALLS,
     MAX_CONTEXT_KEYS,
     CatalogSync,
     CatalogUnavailable,
+    RegistryTimeout,
     TelemetryFile,
     TelemetryWriter,
     context_from_headers,
@@ -65,6 +74,23 @@ def test_context_keys_setting_is_an_allowlist() -> None:
     raw = [(b"x-mlplat-context-tenant", b"acme"), (b"x-mlplat-context-secret", b"s")]
     assert context_from_headers(raw, keys=frozenset({"tenant"})) == {"tenant": "acme"}
     assert context_from_headers(raw, keys=frozenset()) == {}
+
+
+def test_no_context_columns_unless_configured() -> None:
+    """The default allowlist is empty: a client cannot grow the catalog schema with headers."""
+    default = ServeSettings()
+    assert default.telemetry_context_keys == []
+    raw = [(b"x-mlplat-context-tenant", b"acme"), (b"x-mlplat-context-k2", b"x")]
+    assert context_from_headers(raw, keys=frozenset(default.telemetry_context_keys)) == {}
+    configured = ServeSettings(telemetry_context_keys=["tenant"])
+    assert context_from_headers(raw, keys=frozenset(configured.telemetry_context_keys or ())) == {"tenant": "acme"}
+    many = [(f"x-mlplat-context-k{i:02d}".encode(), b"v" * 300) for i in range(20)]
+    anything = ServeSettings(telemetry_context_keys=None)  # explicit opt-in: still 16 keys, 256 characters
+    assert anything.telemetry_context_keys is None
+    got = context_from_headers(many, keys=None)
+    assert len(got) == MAX_CONTEXT_KEYS and all(len(v) == 256 for v in got.values())
+    with pytest.raises(Exception, match="telemetry_context_keys"):
+        ServeSettings(telemetry_context_keys=["Bad Key"])
 
 
 def test_request_id_prefers_the_oip_id_then_the_header_then_a_uuid() -> None:
@@ -115,8 +141,8 @@ def test_a_flush_writes_one_row_per_prediction_with_the_call_context(tmp_path) -
     assert schema == {
         "ts": "double", "model": "string", "version": "int64", "request_id": "string", "request_row": "int64",
         "endpoint": "string", "caller": "string", "region": "string", "user_agent": "string", "latency_ms": "double",
-        "prediction": "double", "feature.amount": "double", "feature.age": "double", "feature.country": "string",
-        "context.tenant": "string", "context.channel": "string"}
+        "prediction": "double", "raw_features": "bool", "feature.amount": "double", "feature.age": "double",
+        "feature.country": "string", "context.tenant": "string", "context.channel": "string"}
     rows = table.to_pylist()
     assert [(r["request_id"], r["request_row"], r["prediction"]) for r in rows] == [
         ("req-9", 0, 0.25), ("req-9", 1, 1.25), ("req-10", 0, 0.25)]
@@ -124,6 +150,31 @@ def test_a_flush_writes_one_row_per_prediction_with_the_call_context(tmp_path) -
     assert [r["context.channel"] for r in rows] == [None, None, "web"]
     assert rows[0]["region"] == "eu" and rows[0]["user_agent"] == "curl/8" and rows[2]["region"] is None
     assert [r["feature.age"] for r in rows] == [31.0, None, 31.0] and rows[0]["feature.country"] == "fr"
+    assert [r["raw_features"] for r in rows] == [True, True, True]
+
+
+def test_encoded_input_rows_are_flagged_as_without_raw_features(tmp_path) -> None:
+    """A v2 request with the pre-encoded ``input`` tensor has no raw rows: its ``feature.*``
+    are null because there were none, and ``raw_features`` says so (drift skips those rows)."""
+    w = _writer(tmp_path)
+    _record(w, n=2, request_id="raw")
+    w.record("churn", 2, None, [0.7, 0.8], request_id="encoded", caller=None, endpoint="v2", latency_ms=1.0,
+             kinds=KINDS, matrix=np.zeros((2, 4), dtype=np.float32))
+    w.flush()
+    table = _read_all(open_root(str(tmp_path / "root")), "churn")
+    assert table.schema.field("raw_features").type == pa.bool_()
+    rows = table.to_pylist()
+    assert [(r["request_id"], r["raw_features"]) for r in rows] == [
+        ("raw", True), ("raw", True), ("encoded", False), ("encoded", False)]
+    assert [r["feature.amount"] for r in rows] == [12.5, 13.5, None, None]
+
+    only_encoded = _writer(tmp_path / "b")
+    only_encoded.record("m", 1, None, [0.1], request_id="e", caller=None, endpoint="v2", latency_ms=1.0,
+                        matrix=np.zeros((1, 2), dtype=np.float32))
+    only_encoded.flush()
+    table = _read_all(open_root(str(tmp_path / "b" / "root")), "m")
+    assert table.column("raw_features").to_pylist() == [False]
+    assert not [c for c in table.column_names if c.startswith("feature.")]
 
 
 def test_vectors_are_json_text_and_categories_stay_text(tmp_path) -> None:
@@ -235,7 +286,7 @@ def test_sync_retries_a_failed_group_with_backoff_and_counts_each_failure() -> N
         if outcomes:
             raise outcomes.pop()
 
-    sync = CatalogSync(register, retry_s=5, clock=clock, on_error=lambda: errors.append(1))
+    sync = CatalogSync(register, interval_s=0, retry_s=5, clock=clock, on_error=lambda: errors.append(1))
     sync.add([_file("a", "1.parquet")])
     assert sync.sync() == 0 and sync.errors == 1
     sync.add([_file("a", "2.parquet")])
@@ -257,7 +308,7 @@ def test_sync_drops_files_the_catalog_refuses_and_stops_when_it_cannot_register_
 
     sync = CatalogSync(refuse)
     sync.add([_file("bad", "1.parquet"), _file("good", "2.parquet")])
-    assert sync.sync() == 1 and sync.rejected == 1 and sync.pending_files == 0
+    assert sync.sync() == 1 and sync.rejected == 1 and sync.pending_files == 0 and sync.errors == 1
 
     def unavailable(model: str, partition: str, files: list[str]) -> None:
         raise CatalogUnavailable("no add_files")
@@ -275,6 +326,143 @@ def test_sync_queue_is_bounded() -> None:
     assert sync.pending_files == 3 and sync.dropped_files == 2
 
 
+def test_sync_registers_each_model_and_day_at_most_once_per_interval() -> None:
+    clock, calls = Clock(), []
+    sync = CatalogSync(lambda m, p, f: calls.append((m, p, list(f))), interval_s=60, clock=clock)
+    sync.add([_file("a", "1.parquet")])
+    assert sync.sync() == 1  # a day's first files go at once
+    for t, name in ((5, "2"), (10, "3"), (30, "4")):  # flushes every few seconds
+        clock.now = t
+        sync.add([_file("a", f"{name}.parquet")])
+        assert sync.sync() == 0
+    sync.add([_file("b", "5.parquet")])  # another model: its own interval
+    assert sync.sync() == 1
+    clock.now = 59.9
+    assert sync.sync() == 0 and sync.pending_files == 3
+    clock.now = 60
+    assert sync.sync() == 3
+    assert calls == [("a", "date=2026-11-30", ["date=2026-11-30/1.parquet"]),
+                     ("b", "date=2026-11-30", ["date=2026-11-30/5.parquet"]),
+                     ("a", "date=2026-11-30", [f"date=2026-11-30/{n}.parquet" for n in "234"])]  # one call per batch
+    clock.now = 61
+    sync.add([_file("a", "6.parquet")])
+    assert sync.sync() == 0  # the interval counts from the last call
+    assert sync.sync_now() is True and sync.pending_files == 0  # explicit: now (no thread running)
+
+
+def test_a_failed_batch_is_retried_no_sooner_than_the_interval() -> None:
+    clock, outcomes = Clock(), [ConnectionError("down")]
+    calls: list[float] = []
+
+    def register(model: str, partition: str, files: list[str]) -> None:
+        calls.append(clock.now)
+        if outcomes:
+            raise outcomes.pop()
+
+    sync = CatalogSync(register, interval_s=60, retry_s=5, clock=clock)
+    sync.add([_file("a", "1.parquet")])
+    assert sync.sync() == 0 and sync.errors == 1
+    clock.now = 30
+    assert sync.sync() == 0
+    clock.now = 60
+    assert sync.sync() == 1 and calls == [0, 60]
+
+
+def test_a_schema_mismatch_in_a_batch_registers_the_other_files_one_by_one() -> None:
+    calls: list[list[str]] = []
+    errors: list[int] = []
+
+    def register(model: str, partition: str, files: list[str]) -> None:
+        calls.append(list(files))
+        if any("bad" in f for f in files):
+            raise SchemaMismatch("column 'feature.x' has type string, the dataset has double")
+
+    sync = CatalogSync(register, on_error=lambda: errors.append(1))
+    sync.add([_file("a", "1.parquet"), _file("a", "bad.parquet"), _file("a", "3.parquet")])
+    assert sync.sync() == 2
+    assert calls[0] == ["date=2026-11-30/1.parquet", "date=2026-11-30/bad.parquet", "date=2026-11-30/3.parquet"]
+    assert calls[1:] == [["date=2026-11-30/1.parquet"], ["date=2026-11-30/bad.parquet"], ["date=2026-11-30/3.parquet"]]
+    assert (sync.registered_files, sync.rejected, sync.pending_files, sync.errors, len(errors)) == (2, 1, 0, 1, 1)
+
+
+def test_file_by_file_stops_at_a_transient_failure_and_keeps_the_rest_queued() -> None:
+    clock = Clock()
+    state = {"down": False}
+
+    def register(model: str, partition: str, files: list[str]) -> None:
+        if len(files) > 1:
+            raise NotFound("a file of the batch is gone")
+        if files[0].endswith("gone.parquet"):
+            raise NotFound("gone")
+        if state["down"]:
+            raise ConnectionError("registry restarting")
+        state["down"] = True  # the first single file goes through, then the registry goes away
+
+    sync = CatalogSync(register, interval_s=0, retry_s=5, clock=clock)
+    sync.add([_file("a", "gone.parquet"), _file("a", "2.parquet"), _file("a", "3.parquet")])
+    assert sync.sync() == 1 and sync.rejected == 1 and sync.pending_files == 1 and sync.errors == 2
+    state["down"] = False
+    clock.now = 5
+    assert sync.sync() == 1 and sync.pending_files == 0
+
+
+def test_the_catalog_thread_registers_while_the_flush_only_queues() -> None:
+    """``add`` (the flush thread) returns while the registry hangs; the catalog thread does the
+    call; ``sync_now`` waits for it."""
+    release, entered = threading.Event(), threading.Event()
+    callers: list[str] = []
+
+    def register(model: str, partition: str, files: list[str]) -> None:
+        callers.append(threading.current_thread().name)
+        entered.set()
+        assert release.wait(10)
+
+    sync = CatalogSync(register, interval_s=3600)
+    sync.start()
+    try:
+        t0 = time.monotonic()
+        sync.add([_file("a", "1.parquet")])
+        assert entered.wait(5)  # picked up by the thread at once (a day's first files)
+        sync.add([_file("a", "2.parquet")])  # the registry is stuck: queuing still returns at once
+        assert time.monotonic() - t0 < 2 and sync.pending_files == 2
+        release.set()
+        assert sync.sync_now(timeout_s=10) is True  # forced past the hour's interval
+        assert sync.pending_files == 0 and sync.registered_files == 2
+        assert callers == ["mlplat-telemetry-catalog"] * 2
+    finally:
+        release.set()
+        sync.stop()
+    assert not sync.running
+
+
+def test_registrar_registry_calls_are_abandoned_after_the_timeout(tmp_path, monkeypatch) -> None:
+    from mlplat.serving.telemetry import catalog_registrar
+
+    hang = threading.Event()
+
+    class StuckRegistry:
+        def catalog_get(self, *args: Any, **kwargs: Any) -> Any:
+            hang.wait(30)
+            raise NotFound("late")
+
+    try:
+        register = catalog_registrar(open_root(str(tmp_path / "root")), StuckRegistry, timeout_s=0.2)
+        errors: list[int] = []
+        sync = CatalogSync(register, interval_s=0, retry_s=0, on_error=lambda: errors.append(1))
+        sync.add([_file("churn", "1.parquet")])
+        t0 = time.monotonic()
+        assert sync.sync() == 0
+        assert time.monotonic() - t0 < 5 and sync.errors == 1 and errors == [1] and sync.pending_files == 1
+        for _ in range(MAX_ABANDONED_CALLS):  # more stuck calls, then none is sent until one returns
+            try:
+                register("churn", "date=2026-11-30", ["date=2026-11-30/1.parquet"])
+            except RegistryTimeout as exc:
+                last = str(exc)
+        assert "not sent" in last
+    finally:
+        hang.set()
+
+
 def test_registrar_calls_the_catalog_with_the_dataset_directory_and_partition(tmp_path, monkeypatch) -> None:
     import mlplat.data.catalog as catalog
     from mlplat.serving.telemetry import catalog_registrar
@@ -285,8 +473,9 @@ def test_registrar_calls_the_catalog_with_the_dataset_directory_and_partition(tm
     register = catalog_registrar(open_root(str(tmp_path / "root")), lambda: built.append(1) or "the-registry")
     register("churn", "date=2026-11-30", ["date=2026-11-30/w-1.parquet"])
     register("m" * 60, "date=2026-11-30", ["date=2026-11-30/w-2.parquet"])
-    assert built == [1]  # the registry is built once, on first use (in the flush thread)
-    assert calls[0][:4] == ("the-registry", "telemetry-churn", "telemetry/churn", ["date=2026-11-30/w-1.parquet"])
+    assert built == [1]  # the registry is built once, on first use (in the catalog thread)
+    assert calls[0][0]._registry == "the-registry"  # every registry call under the timeout
+    assert calls[0][1:4] == ("telemetry-churn", "telemetry/churn", ["date=2026-11-30/w-1.parquet"])
     assert calls[0][4]["partition"] == "date=2026-11-30" and calls[0][4]["kind"] == "telemetry"
     assert calls[1][1] == telemetry_dataset_name("m" * 60) and calls[1][2] == "telemetry/" + "m" * 60
     monkeypatch.delattr(catalog, "add_files")
@@ -366,15 +555,59 @@ def test_request_metrics_aggregate_until_export(tmp_path) -> None:
     assert [c[0] for c in sink.calls] == ["set"]  # nothing new counted: only the buffer gauge
 
 
-def test_latency_observations_are_capped_between_exports() -> None:
+def test_latency_observations_are_a_uniform_sample_past_the_cap() -> None:
     sink = FakeSink()
     metrics = ServingMetrics(sink)
-    for _ in range(MAX_LATENCIES_PER_EXPORT + 5):
-        metrics.request("m", 1, 200, 1.0)
-    assert metrics.skipped_latencies == 5
+    assert MAX_LATENCIES_PER_EXPORT == 10_000
+    for i in range(4 * MAX_LATENCIES_PER_EXPORT):  # the interval's first quarter at 1 ms, the rest at 2 ms
+        metrics.request("m", 1, 200, 1.0 if i < MAX_LATENCIES_PER_EXPORT else 2.0)
+    assert metrics.skipped_latencies == 3 * MAX_LATENCIES_PER_EXPORT
     metrics.export()
-    assert sum(1 for c in sink.calls if c[0] == "observe") == MAX_LATENCIES_PER_EXPORT
-    assert [c[2] for c in sink.calls if c[0] == "inc"] == [MAX_LATENCIES_PER_EXPORT + 5]
+    observed = [c[2] for c in sink.calls if c[0] == "observe"]
+    assert len(observed) == MAX_LATENCIES_PER_EXPORT
+    assert 0.22 < observed.count(1.0) / len(observed) < 0.28  # not the first 10,000: a sample of all of them
+    assert [c[2] for c in sink.calls if c[0] == "inc"] == [4 * MAX_LATENCIES_PER_EXPORT]  # the counter stays exact
+    sink.calls.clear()
+    metrics.request("m", 1, 200, 3.0)  # a new interval: sampling starts over
+    metrics.export()
+    assert [c[2] for c in sink.calls if c[0] == "observe"] == [3.0]
+
+
+def test_export_sends_to_ray_off_the_event_loop() -> None:
+    class ThreadSink(FakeSink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.threads: set[int] = set()
+
+        def observe(self, name: str, value: float, tags: Any) -> None:
+            self.threads.add(threading.get_ident())
+            time.sleep(0.001)
+            super().observe(name, value, tags)
+
+    sink = ThreadSink()
+    metrics = ServingMetrics(sink)
+
+    async def scenario() -> tuple[int, int]:
+        for _ in range(200):
+            metrics.request("m", 1, 200, 1.0)
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.001)
+                ticks += 1
+
+        task = asyncio.get_running_loop().create_task(ticker())
+        await metrics.export_async()
+        task.cancel()
+        metrics.request("m", 1, 200, 1.0)  # counted into the next interval, not the one being sent
+        return threading.get_ident(), ticks
+
+    loop_thread, ticks = asyncio.run(scenario())
+    assert sink.threads and loop_thread not in sink.threads
+    assert ticks > 10  # the loop kept running while ~200 ms of observations were sent
+    assert sum(1 for c in sink.calls if c[0] == "observe") == 200
 
 
 def test_series_names_as_prometheus_scrapes_them() -> None:
@@ -396,3 +629,57 @@ def test_drift_scores_are_checked_and_need_ray() -> None:
         record_drift_scores("churn", {"amount": {"psi": "high"}})  # type: ignore[dict-item]
     with pytest.raises(Exception, match="model name"):
         record_drift_scores("../x", {})
+
+
+# -- the canary split counts answered requests --------------------------------------------------------------
+
+
+def test_the_canary_split_counts_answered_requests_only(tmp_path) -> None:
+    """A request the split sent to the canary that then failed (bad input: 422) is in the
+    request counter with its code, not in the canary split; an answered one is in both."""
+    import json
+
+    import torch
+
+    from mlplat.config import PlatformConfig
+    from mlplat.models import ModelSpec, build_model, save_bundle
+    from mlplat.records import ModelState
+    from mlplat.serving.ingress import Ingress
+    from tests.integration.serving_support import RAW_ROW, fitted_encoder
+    from tests.unit.test_serving_routes import FakeReader, _request
+
+    storage = open_root(str(tmp_path / "root"))
+    encoder = fitted_encoder(0)
+    spec = ModelSpec(task="binary", hidden=[8])
+    reader = FakeReader()
+    for version in (1, 2):
+        torch.manual_seed(version)
+        ref = save_bundle(storage, "inline", version, build_model(spec, len(encoder.feature_columns)), spec=spec,
+                          input_columns=encoder.feature_columns, encoder=encoder.to_json())
+        reader.add("inline", version, ModelState.PRODUCTION if version == 1 else ModelState.CANARY, placement="ingress")
+        reader.versions[("inline", version)] = reader.versions[("inline", version)].model_copy(
+            update={"artifacts": {"bundle": ref}})
+    reader.promote("inline", 1)
+    reader.canary["inline"] = (2, 100.0)
+    token = "unit-token"
+    config = PlatformConfig(root=str(tmp_path / "root"), api_token=token)
+    config = config.model_copy(update={"serve": config.serve.model_copy(
+        update={"telemetry": False, "metrics_interval_s": 3600.0, "canary_report_s": 3600.0})})
+    user_class = Ingress.func_or_class.__mro__[1]  # the class under Serve's ASGI wrapper
+
+    async def scenario() -> Any:
+        ingress = user_class(config, "no-actor-needed", None, {}, reader=reader)
+        try:
+            bad = await ingress.predict_v1("inline", _request("/v1/models/inline:predict",
+                                                              {"instances": [{**RAW_ROW, "amount": "lots"}]}, token))
+            assert bad.status_code == 422, bad.body
+            good = await ingress.predict_v1("inline", _request("/v1/models/inline:predict", {"instances": [RAW_ROW]}, token))
+            assert good.status_code == 200, good.body
+            assert json.loads(good.body)["model_version"] == "2"
+            return dict(ingress._metrics._canary), dict(ingress._metrics._requests)
+        finally:
+            await ingress._routes.stop()
+
+    canary, requests = asyncio.run(scenario())
+    assert canary == {("inline", 2, "canary"): 1}
+    assert requests == {("inline", 2, 422): 1, ("inline", 2, 200): 1}
