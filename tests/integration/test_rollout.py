@@ -334,3 +334,16 @@ def test_cli_rollback_goes_through_the_admin_route_without_ray(env):
     bad = subprocess.run([MLPLAT, "rollback", "inline", "--region", "mars"], env=cli_env,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "unknown region" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_deployments_view_shows_the_split_where_versions_were_prewarmed_and_recent_deployments(env):
+    from mlplat.lifecycle.deploy import deployments_view
+
+    [view] = deployments_view(env["registry"], "steady")
+    assert view["production"] == env["registry"].traffic("steady").production
+    assert view["deployments"] and {"id", "version", "state", "by", "reason", "targets"} <= set(view["deployments"][0])
+    states = {d["state"] for d in view["deployments"]}
+    assert "LIVE" in states and "FAILED" in states  # F3's refused versions are listed with their reasons
+    assert all(d["reason"] for d in view["deployments"] if d["state"] == "FAILED")
+    if view["production"] in {d["version"] for d in view["deployments"] if d["state"] == "LIVE"}:
+        assert view["loaded"][f"v{view['production']}"] == {"mlplat-rollout/model-pool": 1}
