@@ -117,16 +117,19 @@ def _file_format(path: str, fmt: str | None) -> str:
     return _FORMATS[ext]
 
 
-def _read_table(fs: pafs.FileSystem, path: str, fmt: str) -> pa.Table:
+def read_table(fs: pafs.FileSystem, path: str, fmt: str, *, label: str | None = None) -> pa.Table:
+    """One Parquet, CSV or JSON (lines or array of objects) file as a table; errors name
+    ``label`` (default: the path) and say what is wrong."""
+    what = label or repr(path)
     try:
         with fs.open_input_file(path) as handle:
             if fmt == "parquet":
                 return pq.read_table(handle)
             data = handle.read()
     except OSError as exc:
-        raise StorageError(f"cannot read {path!r}: {exc}") from None
+        raise StorageError(f"cannot read {what}: {exc}") from None
     except pa.ArrowInvalid as exc:
-        raise ValidationError(f"{path!r} is not a valid {fmt} file: {exc}") from None
+        raise ValidationError(f"{what} is not a valid {fmt} file: {exc}") from None
     try:
         if fmt == "csv":
             import pyarrow.csv as pacsv
@@ -138,13 +141,13 @@ def _read_table(fs: pafs.FileSystem, path: str, fmt: str) -> pa.Table:
             return pajson.read_json(io.BytesIO(data))
         except pa.ArrowInvalid:
             rows = json.loads(data)
-            if not isinstance(rows, list):
-                raise ValidationError(f"{path!r}: expected JSON lines or a JSON array of objects") from None
+            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                raise ValidationError(f"{what}: expected JSON lines or a JSON array of objects") from None
             return pa.Table.from_pylist(rows)
     except (pa.ArrowInvalid, ValueError) as exc:
         if isinstance(exc, ValidationError):
             raise
-        raise ValidationError(f"{path!r} is not a valid {fmt} file: {exc}") from None
+        raise ValidationError(f"{what} is not a valid {fmt} file: {exc}") from None
 
 
 def parse_partition(partition: str) -> dict[str, str]:
@@ -230,7 +233,7 @@ def _ingest(storage: Storage, fs: pafs.FileSystem, files: list[tuple[str, str]],
     """
     tables: list[tuple[pa.Table, dict[str, str]]] = []
     for path, rel_dir in files:
-        table = _read_table(fs, path, _file_format(path, fmt))
+        table = read_table(fs, path, _file_format(path, fmt))
         values = dict(partition or {})
         if rel_dir:
             values.update(parse_partition(rel_dir) if "=" in rel_dir else {})

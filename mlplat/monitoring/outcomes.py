@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import io
-import json
 import os
 import re
 import uuid
@@ -40,6 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from mlplat.data.catalog import read_table
 from mlplat.errors import AlreadyExists, MlplatError, NotFound, StorageError, ValidationError
 from mlplat.names import validate_name
 from mlplat.registry import Registry
@@ -125,34 +124,11 @@ def _read_one(storage: Storage, source: str) -> pa.Table:
     try:
         if fs.get_file_info(path).type != pafs.FileType.File:
             raise NotFound(f"outcome file {source!r} does not exist (or is a directory)")
-        with fs.open_input_file(path) as handle:
-            if fmt == "parquet":
-                return pq.read_table(handle)
-            data = handle.read()
     except MlplatError:
         raise
     except OSError as exc:
         raise StorageError(f"cannot read outcome file {source!r}: {exc}") from None
-    except pa.ArrowInvalid as exc:
-        raise ValidationError(f"outcome file {source!r} is not valid {fmt}: {exc}") from None
-    try:
-        if fmt == "csv":
-            import pyarrow.csv as pacsv
-
-            return pacsv.read_csv(io.BytesIO(data))
-        import pyarrow.json as pajson
-
-        try:
-            return pajson.read_json(io.BytesIO(data))
-        except pa.ArrowInvalid:
-            rows = json.loads(data)
-            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-                raise ValidationError(f"outcome file {source!r}: expected JSON lines or a JSON array of objects") from None
-            return pa.Table.from_pylist(rows)
-    except (pa.ArrowInvalid, ValueError) as exc:
-        if isinstance(exc, ValidationError):
-            raise
-        raise ValidationError(f"outcome file {source!r} is not valid {fmt}: {exc}") from None
+    return read_table(fs, path, fmt, label=f"outcome file {source!r}")
 
 
 def read_outcome_files(storage: Storage, files: Sequence[str], columns: Sequence[str],
