@@ -14,6 +14,7 @@ bounded); a failed catalog registration is counted and retried -- none of it rea
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import io
 import json
@@ -165,7 +166,14 @@ class _Request:
 
     @property
     def day(self) -> str:
-        return dt.datetime.fromtimestamp(self.ts, dt.timezone.utc).date().isoformat()
+        return _utc_day(int(self.ts // 86_400))
+
+
+@functools.lru_cache(maxsize=64)
+def _utc_day(day_number: int) -> str:
+    """``YYYY-MM-DD`` of the UTC day ``day_number`` days after the epoch (cached: the flush
+    asks once per request)."""
+    return (dt.date(1970, 1, 1) + dt.timedelta(days=day_number)).isoformat()
 
 
 @dataclass(frozen=True)
@@ -202,6 +210,28 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else str(value)
 
 
+_NUMBER_TYPES = frozenset({int, float, type(None)})
+_TEXT_TYPES = frozenset({str, type(None)})
+_NO_ROW: dict[str, Any] = {}
+
+
+def _float_array(values: list[Any]):
+    import pyarrow as pa
+
+    try:
+        return pa.array(values, pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # e.g. numpy scalars or numeric text: convert one by one
+        return pa.array([None if v is None else float(v) for v in values], pa.float64())
+
+
+def _text_array(values: list[Any]):
+    import pyarrow as pa
+
+    if {type(v) for v in values} <= _TEXT_TYPES:
+        return pa.array(values, pa.string())
+    return pa.array([_text(v) for v in values], pa.string())
+
+
 def telemetry_table(requests: Sequence[_Request], *, encoded: Callable[[_Request], list[list[float]] | None] | None = None):
     """The Parquet table of a flush: one row per prediction.
 
@@ -213,57 +243,69 @@ def telemetry_table(requests: Sequence[_Request], *, encoded: Callable[[_Request
     ``feature.<name>`` per raw feature (float64 for numeric features, text for categories),
     ``context.<key>`` per context header, and with ``encoded`` given, ``encoded``
     (list<float>, the model's input).
+
+    Built column by column (one list comprehension per column, per-request columns repeated
+    by an Arrow ``take``): the flush thread shares the GIL with the request path, so its cost
+    per row is serving throughput.
     """
     import pyarrow as pa
 
-    cols: dict[str, list[Any]] = {name: [] for name, _ in _BASE_COLUMNS}
-    predictions: list[Any] = []
-    raw: list[bool] = []
+    counts = [len(r.predictions) for r in requests]
+    total = sum(counts)
+    repeat = None if total == len(requests) else pa.array(np.repeat(np.arange(len(requests)), counts))
+
+    def per_request(values: list[Any], kind: Any) -> Any:
+        array = pa.array(values, kind)
+        return array if repeat is None else array.take(repeat)
+
+    arrays: dict[str, Any] = {
+        "ts": per_request([r.ts for r in requests], pa.float64()),
+        "model": per_request([r.model for r in requests], pa.string()),
+        "version": per_request([r.version for r in requests], pa.int64()),
+        "request_id": per_request([r.request_id for r in requests], pa.string()),
+    }
+    if repeat is None:
+        arrays["request_row"] = pa.array(np.zeros(total, dtype=np.int64))
+    else:
+        starts = np.cumsum(counts) - np.asarray(counts)
+        arrays["request_row"] = pa.array(np.arange(total, dtype=np.int64) - np.repeat(starts, counts))
+    arrays["endpoint"] = per_request([r.endpoint for r in requests], pa.string())
+    arrays["caller"] = per_request([r.caller for r in requests], pa.string())
+    arrays["region"] = per_request([r.region for r in requests], pa.string())
+    arrays["user_agent"] = per_request([r.user_agent for r in requests], pa.string())
+    arrays["latency_ms"] = per_request([r.latency_ms for r in requests], pa.float64())
+
+    predictions = [p for r in requests for p in r.predictions]
+    if {type(p) for p in predictions} <= _NUMBER_TYPES or all(p is None or _number(p) for p in predictions):
+        arrays["prediction"] = _float_array(predictions)
+    else:
+        arrays["prediction"] = pa.array([None if p is None else p if isinstance(p, str) else json.dumps(p)
+                                         for p in predictions], pa.string())
+    arrays[RAW_FEATURES_COLUMN] = per_request([r.rows is not None for r in requests], pa.bool_())
+
     feature_kind: dict[str, str] = {}
     for r in requests:
         if r.rows is not None:
             for key in (r.kinds or r.rows[0]):
-                feature_kind.setdefault(key, (r.kinds or {}).get(key, ""))
-    context_keys = list(dict.fromkeys(k for r in requests for k in (r.context or ())))
-    features: dict[str, list[Any]] = {k: [] for k in feature_kind}
-    contexts: dict[str, list[Any]] = {k: [] for k in context_keys}
-    encoded_rows: list[Any] = []
-    for r in requests:
-        n = len(r.predictions)
-        for name, value in (("ts", r.ts), ("model", r.model), ("version", r.version), ("request_id", r.request_id),
-                            ("endpoint", r.endpoint), ("caller", r.caller), ("region", r.region),
-                            ("user_agent", r.user_agent), ("latency_ms", r.latency_ms)):
-            cols[name].extend([value] * n)
-        cols["request_row"].extend(range(n))
-        predictions.extend(r.predictions)
-        raw.extend([r.rows is not None] * n)
-        for key, values in features.items():
-            if r.rows is None:
-                values.extend([None] * n)
-            else:
-                values.extend(row.get(key) for row in r.rows)
-        for key, values in contexts.items():
-            values.extend([(r.context or {}).get(key)] * n)
-        if encoded is not None:
+                if key not in feature_kind:
+                    feature_kind[key] = (r.kinds or {}).get(key, "")
+    if feature_kind:
+        flat_rows: list[Mapping[str, Any]] = []
+        for r, n in zip(requests, counts, strict=True):
+            flat_rows.extend(r.rows if r.rows is not None else [_NO_ROW] * n)
+        for key, kind in feature_kind.items():
+            values = [row.get(key) for row in flat_rows]
+            numeric = kind.startswith("number") or (
+                kind == "" and ({type(v) for v in values} <= _NUMBER_TYPES or all(v is None or _number(v) for v in values)))
+            arrays[f"feature.{key}"] = _float_array(values) if numeric else _text_array(values)
+    context_keys = list(dict.fromkeys(k for r in requests if r.context for k in r.context))
+    for key in context_keys:
+        arrays[f"context.{key}"] = per_request([(r.context or {}).get(key) for r in requests], pa.string())
+    if encoded is not None:
+        encoded_rows: list[Any] = []
+        for r, n in zip(requests, counts, strict=True):
             vectors = encoded(r)
             encoded_rows.extend(vectors if vectors is not None else [None] * n)
-    arrays: dict[str, Any] = {name: pa.array(cols[name], type=getattr(pa, kind)()) for name, kind in _BASE_COLUMNS}
-    if all(p is None or _number(p) for p in predictions):
-        arrays["prediction"] = pa.array([None if p is None else float(p) for p in predictions], pa.float64())
-    else:
-        arrays["prediction"] = pa.array([None if p is None else p if isinstance(p, str) else json.dumps(p)
-                                         for p in predictions], pa.string())
-    arrays[RAW_FEATURES_COLUMN] = pa.array(raw, pa.bool_())
-    for key, values in features.items():
-        kind = feature_kind[key]
-        numeric = kind.startswith("number") or (kind == "" and all(v is None or _number(v) for v in values))
-        if numeric:
-            arrays[f"feature.{key}"] = pa.array([None if v is None else float(v) for v in values], pa.float64())
-        else:
-            arrays[f"feature.{key}"] = pa.array([_text(v) for v in values], pa.string())
-    for key, values in contexts.items():
-        arrays[f"context.{key}"] = pa.array(values, pa.string())
-    if encoded is not None:
         arrays["encoded"] = pa.array(encoded_rows, pa.list_(pa.float32()))
     return pa.table(arrays)
 
