@@ -156,6 +156,8 @@ class ServeSettings(StrictModel):
     max_instances: int = Field(10_000, ge=1)
     #: Without a token every route but health answers 401, unless this is set.
     allow_anonymous: bool = False
+    #: Serve /openapi.json and /docs without a token (they list every route and schema).
+    public_docs: bool = False
     ingress_replicas: int = Field(1, ge=1)
     ingress_max_ongoing_requests: int = Field(256, ge=1)
     ingress_num_cpus: float = Field(0.25, ge=0)
