@@ -23,6 +23,7 @@ from mlplat.errors import ConfigError
 __all__ = [
     "StrictModel",
     "S3Settings",
+    "ScalingSettings",
     "PoolSettings",
     "DedicatedSettings",
     "ServeSettings",
@@ -113,11 +114,43 @@ class S3Settings(StrictModel):
     region: str = "us-east-1"
 
 
-class PoolSettings(StrictModel):
-    """The multiplexed pool that serves the long tail of models."""
+class ScalingSettings(StrictModel):
+    """How Ray Serve autoscales one deployment (the fields of Serve's ``AutoscalingConfig`` that
+    mlplat sets): between ``min_replicas`` and ``max_replicas``, aiming at
+    ``target_ongoing_requests`` per replica, averaged over ``look_back_period_s``."""
 
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(2.0, gt=0)
+    #: The load must stay above (below) the target this long before Serve adds (removes) replicas.
+    upscale_delay_s: float = Field(30.0, ge=0)
+    downscale_delay_s: float = Field(600.0, ge=0)
+    look_back_period_s: float = Field(30.0, gt=0)
+    #: How often replicas and handles report their load to the Serve controller (Serve marks the
+    #: field deprecated in favour of environment variables, and still honours it in 2.60).
+    metrics_interval_s: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> ScalingSettings:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})")
+        if self.look_back_period_s <= self.metrics_interval_s:
+            raise ValueError(f"look_back_period_s ({self.look_back_period_s}) must be greater than metrics_interval_s "
+                             f"({self.metrics_interval_s}): the window must hold more than one report")
+        return self
+
+    def autoscaling_config(self) -> dict[str, Any]:
+        """Serve's ``autoscaling_config`` for these settings.
+
+        >>> ScalingSettings(min_replicas=1, max_replicas=3).autoscaling_config()["max_replicas"]
+        3
+        """
+        return {name: getattr(self, name) for name in ScalingSettings.model_fields}
+
+
+class PoolSettings(ScalingSettings):
+    """The multiplexed pool that serves the long tail of models."""
+
     target_ongoing_requests: float = Field(8.0, gt=0)
     max_ongoing_requests: int = Field(64, ge=1)
     #: Memory a replica may spend on cached models; with model_memory_mb it sets
@@ -131,12 +164,10 @@ class PoolSettings(StrictModel):
         return max(1, int(self.memory_budget_mb // self.model_memory_mb))
 
 
-class DedicatedSettings(StrictModel):
+class DedicatedSettings(ScalingSettings):
     """Defaults for a hot model's own deployment (``serving_policy: {dedicated: true}``);
-    a model's serving_policy may override min/max replicas."""
+    a model's ``serving_policy.autoscaling`` may override any :class:`ScalingSettings` field."""
 
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(2, ge=1)
     target_ongoing_requests: float = Field(16.0, gt=0)
     max_ongoing_requests: int = Field(128, ge=1)
     max_batch_size: int = Field(32, ge=1)
@@ -158,7 +189,11 @@ class ServeSettings(StrictModel):
     allow_anonymous: bool = False
     #: Serve /openapi.json and /docs without a token (they list every route and schema).
     public_docs: bool = False
+    #: The ingress's replicas: a fixed count, unless ``ingress_autoscaling`` is set.
     ingress_replicas: int = Field(1, ge=1)
+    #: Serve autoscales the ingress within these bounds (min_replicas >= 1: the ingress answers
+    #: health checks). Set this or ``ingress_replicas``, not both.
+    ingress_autoscaling: ScalingSettings | None = None
     ingress_max_ongoing_requests: int = Field(256, ge=1)
     ingress_num_cpus: float = Field(0.25, ge=0)
     #: How often each replica reads the registry's event log (route changes, pre-warm requests).
@@ -214,6 +249,18 @@ class ServeSettings(StrictModel):
     gc_threshold: int | None = Field(20_000, ge=1)
     pool: PoolSettings = Field(default_factory=PoolSettings)
     dedicated: DedicatedSettings = Field(default_factory=DedicatedSettings)
+
+    @model_validator(mode="after")
+    def _check_ingress_scaling(self) -> ServeSettings:
+        scaling = self.ingress_autoscaling
+        if scaling is None:
+            return self
+        if "ingress_replicas" in self.model_fields_set:
+            raise ValueError("serve.ingress_replicas (a fixed count) and serve.ingress_autoscaling (min/max replicas) "
+                             "are both set: keep one of them")
+        if scaling.min_replicas < 1:
+            raise ValueError("serve.ingress_autoscaling.min_replicas must be >= 1: the ingress answers health checks")
+        return self
 
 
 class RegistrySettings(StrictModel):
