@@ -153,6 +153,9 @@ class PoolSettings(ScalingSettings):
 
     target_ongoing_requests: float = Field(8.0, gt=0)
     max_ongoing_requests: int = Field(64, ge=1)
+    #: Requests a caller (an ingress replica) queues for the pool when every replica is at
+    #: max_ongoing_requests; beyond it the ingress answers 503 + Retry-After at once.
+    max_queued_requests: int = Field(128, ge=1)
     #: Memory a replica may spend on cached models; with model_memory_mb it sets
     #: max_num_models_per_replica (``memory_budget_mb // model_memory_mb``).
     memory_budget_mb: int = Field(2048, ge=1)
@@ -170,6 +173,8 @@ class DedicatedSettings(ScalingSettings):
 
     target_ongoing_requests: float = Field(16.0, gt=0)
     max_ongoing_requests: int = Field(128, ge=1)
+    #: As the pool's ``max_queued_requests``, per caller of this deployment.
+    max_queued_requests: int = Field(256, ge=1)
     max_batch_size: int = Field(32, ge=1)
     batch_wait_timeout_s: float = Field(0.002, ge=0)
     num_cpus: float = Field(0.5, ge=0)
@@ -196,6 +201,21 @@ class ServeSettings(StrictModel):
     ingress_autoscaling: ScalingSettings | None = None
     ingress_max_ongoing_requests: int = Field(256, ge=1)
     ingress_num_cpus: float = Field(0.25, ge=0)
+    #: Load shedding: an ingress replica admits at most ``ingress_max_ongoing_requests -
+    #: ingress_health_headroom`` inference requests at once (at least 1) and answers the rest
+    #: 503 + Retry-After at once; the headroom keeps health and metadata routes answering.
+    ingress_health_headroom: int = Field(16, ge=1)
+    #: Requests Serve queues for the ingress while all its slots are taken; beyond it Serve's
+    #: own 503 + Retry-After (a plain-text body).
+    ingress_max_queued_requests: int = Field(64, ge=1)
+    #: ``Retry-After`` (seconds) on every 503 the ingress answers and on Serve's backpressure 503s.
+    retry_after_s: int = Field(1, ge=0)
+    #: The ingress waits at most this long for the pool or a dedicated deployment (queue and
+    #: inference) before it answers 503 + Retry-After.
+    backend_timeout_s: float = Field(30.0, gt=0)
+    #: A request body must arrive whole within this many seconds, else 408 (slow or broken
+    #: clients: headers without a body, 1 byte/s, a Content-Length longer than the body).
+    body_read_timeout_s: float = Field(10.0, gt=0)
     #: How often each replica reads the registry's event log (route changes, pre-warm requests).
     route_refresh_s: float = Field(0.2, gt=0)
     #: This app's regional cell: its ingress serves ``production.<region>``, else ``production``.
@@ -236,6 +256,9 @@ class ServeSettings(StrictModel):
     #: HAProxy worker threads. None: half the cores of the machine that starts Ray, 1 to 4
     #: (Serve's own default of 4 competes with the replicas on a 2-core box: -9% req/s).
     haproxy_threads: int | None = Field(None, ge=1)
+    #: HAProxy's ``timeout client``: a client silent this long mid-request (or idle between
+    #: keep-alive requests) is disconnected. Serve's default is 3600 s.
+    haproxy_timeout_client_s: int = Field(30, ge=1)
     #: Serve's per-request HTTP metrics in HAProxy mode (a log datagram per request, parsed
     #: by the HAProxyManager actor: ~15% of a core at 1,800 req/s). mlplat's telemetry
     #: records every inference with its latency either way.
