@@ -94,6 +94,11 @@ class DriftResult(BaseModel):
         """The report directory name: window end (UTC) and length, ``20261130T120000Z-1h``."""
         return dt.datetime.fromtimestamp(self.end_s, dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{self.window}"
 
+    def _repr_html_(self) -> str:  # a table in Jupyter
+        from mlplat.records._html import record_html
+
+        return record_html(self, title=f"drift of {self.model} v{self.version} over {self.window}: {self.verdict.status.value}")
+
 
 def _iso(ts_s: float) -> str:
     return dt.datetime.fromtimestamp(ts_s, dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")

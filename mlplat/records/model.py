@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlplat.errors import InvalidTransition
+from mlplat.records._html import record_html
 
 __all__ = [
     "ModelState",
@@ -116,6 +117,10 @@ class Record(BaseModel):
     """Base of every record: immutable, no unknown fields."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def _repr_html_(self) -> str:
+        """A table in Jupyter: one row per field, nested fields by dotted name, values escaped."""
+        return record_html(self)
 
 
 class ArtifactRef(Record):

@@ -64,6 +64,11 @@ class ValidationOutcome:
     def passed(self) -> bool:
         return self.decision.passed
 
+    def _repr_html_(self) -> str:  # a table in Jupyter
+        from mlplat.records._html import record_html
+
+        return record_html(self)
+
 
 def policy_for(registry: Registry, name: str, override: ValidationPolicy | Mapping[str, Any] | None = None) -> ValidationPolicy:
     """The explicit policy, else the model's ``serving_policy["validation"]``, else defaults."""
