@@ -5,16 +5,33 @@ Every CLI verb and every ``jobs/*.py`` script calls these same methods.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import sys
 from functools import cached_property
 from typing import Any
 
-from mlplat.config import PlatformConfig, acting_user, platform_config
+from mlplat.cluster_settings import (
+    adopt_cluster_settings,
+    cluster_settings,
+    explicit_settings,
+    job_env_vars,
+    normalize_root,
+    runtime_env_vars,
+    unshared_secrets,
+)
+from mlplat.config import PlatformConfig, acting_user, env_setting, platform_config
 from mlplat.records import Deployment, ModelVersion, Run, RunState
 from mlplat.registry import REGISTRY_ACTOR_NAME, Registry, RegistryStore, connect_actor
 from mlplat.storage import Storage, open_root
 
-__all__ = ["Platform", "connect"]
+__all__ = ["Platform", "connect", "SETTINGS_KV_NAMESPACE"]
+
+#: The namespace of Ray's internal key-value store where a platform publishes its settings
+#: (key ``settings/<mlplat namespace>``); docs/operations.md, "Jobs on a cluster".
+SETTINGS_KV_NAMESPACE = "mlplat"
+_log = logging.getLogger("mlplat")
 
 
 class Platform:
@@ -22,12 +39,14 @@ class Platform:
 
     def __init__(self, config: PlatformConfig):
         self.config = config
+        self._settled = False  # see _settle
 
     def __repr__(self) -> str:
         return f"Platform(root={self.storage.uri!r}, ray={self.config.ray_address or 'local'!r})"
 
     @cached_property
     def storage(self) -> Storage:
+        self._settle_before_use()
         return open_root(self.config.root, self.config.s3)
 
     @cached_property
@@ -37,37 +56,81 @@ class Platform:
         ``MLPLAT_REGISTRY_MODE=local`` skips Ray and opens the registry database
         (``registry.url``) in this process (single-user scripts, CLI tests); docs/registry.md.
         """
-        if os.environ.get("MLPLAT_REGISTRY_MODE", "").lower() == "local":
+        if _local_registry_mode():
             return RegistryStore(self.config.registry_url())
         self.ensure_ray()
         return connect_actor(self.config)
 
     def ensure_ray(self, *, log_to_driver: bool = True) -> None:
-        """Connect to Ray once: the configured address, else an embedded local instance."""
+        """Connect to Ray once: the configured address, else an embedded local instance; then
+        agree on settings with the cluster (:meth:`_settle`).
+
+        Inside a Ray job (``ray job submit``) the driver passes ``ray.init`` only the env vars
+        that the job's runtime env does not set: Ray refuses to merge two that both set one, and
+        the job's workers inherit the job's own."""
         import ray
 
-        if ray.is_initialized():
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"namespace": self.config.namespace, "log_to_driver": log_to_driver}
+            if self.config.ray_address:
+                kwargs["address"] = self.config.ray_address
+            else:
+                # The dashboard (on loopback) is not optional: Ray Train's PlacementGroupCleaner asks
+                # the state API whether a trainer is alive, and without it the placement groups of
+                # stopped trainers (Tune early stops, cancelled runs) are never freed.
+                kwargs["include_dashboard"] = True
+                kwargs["dashboard_host"] = "127.0.0.1"
+                # Serve's throughput/HAProxy modes act only if set before Ray starts.
+                from mlplat.serving import apply_serve_env
+
+                apply_serve_env(self.config)
+            # Workers see the settings this process was given (they adopt the rest from the
+            # cluster like any process); the root as an absolute URI: workers run elsewhere.
+            env = {var: value for var in _FORWARDED_ENV if (value := env_setting(var)) is not None}
+            if "root" in explicit_settings(self.config):
+                env["MLPLAT_ROOT"] = normalize_root(self.config.root)
+            env = runtime_env_vars(env, job_env_vars(os.environ))
+            if env:
+                kwargs["runtime_env"] = {"env_vars": env}
+            ray.init(**kwargs)
+        self._settle()
+
+    def _settle_before_use(self) -> None:
+        """Before storage opens: when this process joins a running cluster, learn the cluster's
+        settings first (a fresh embedded instance has none to learn, so it starts later)."""
+        if self._settled or _local_registry_mode():
             return
-        kwargs: dict[str, Any] = {"namespace": self.config.namespace, "log_to_driver": log_to_driver}
-        if self.config.ray_address:
-            kwargs["address"] = self.config.ray_address
-        else:
-            # The dashboard (on loopback) is not optional: Ray Train's PlacementGroupCleaner asks
-            # the state API whether a trainer is alive, and without it the placement groups of
-            # stopped trainers (Tune early stops, cancelled runs) are never freed.
-            kwargs["include_dashboard"] = True
-            kwargs["dashboard_host"] = "127.0.0.1"
-            # Serve's throughput/HAProxy modes act only if set before Ray starts.
-            from mlplat.serving import apply_serve_env
+        ray = sys.modules.get("ray")
+        if self.config.ray_address or env_setting("RAY_ADDRESS") or (ray is not None and ray.is_initialized()):
+            self.ensure_ray()
 
-            apply_serve_env(self.config)
-        # Workers must see the same settings as the driver (root, S3 endpoint, registry path);
-        # the root goes as an absolute URI since workers run in other directories.
-        env = {var: os.environ[var] for var in _FORWARDED_ENV if var in os.environ}
-        env["MLPLAT_ROOT"] = self.storage.uri
-        kwargs["runtime_env"] = {"env_vars": env}
-        ray.init(**kwargs)
+    def _settle(self) -> None:
+        """Agree on settings with the cluster, once: publish this platform's settings (no
+        secrets) in the cluster's key-value store when none are there, else adopt the
+        published ones for every setting this process was not given; an explicit root,
+        registry or S3 endpoint that disagrees is a ConfigError naming both values."""
+        if self._settled:
+            return
+        from ray.experimental import internal_kv
 
+        key = f"settings/{self.config.namespace}"
+        raw = internal_kv._internal_kv_get(key, namespace=SETTINGS_KV_NAMESPACE)
+        if raw is None:
+            document = json.dumps(cluster_settings(self.config), sort_keys=True)
+            if not internal_kv._internal_kv_put(key, document, overwrite=False, namespace=SETTINGS_KV_NAMESPACE):
+                self._settled = True  # published: this platform's settings are the cluster's now
+                return
+            raw = internal_kv._internal_kv_get(key, namespace=SETTINGS_KV_NAMESPACE)  # another process was first
+        published = json.loads(raw)
+        adopted = adopt_cluster_settings(self.config, published)
+        missing = unshared_secrets(adopted, published)
+        if missing:
+            _log.warning("the platform on this cluster was given %s, which are never published; this process has "
+                         "none (set them in its environment, e.g. ray job submit --runtime-env-json)", ", ".join(missing))
+        if adopted != self.config:
+            self.config = adopted
+            self.__dict__.pop("storage", None)  # opened before the cluster's settings were known
+        self._settled = True
 
     # -- data catalog (docs/data.md) ------------------------------------------------------
     def register_dataset(self, name: str, source: str | list[str], *, kind: str = "facts", format: str | None = None,
@@ -428,6 +491,10 @@ class Platform:
 
         return build_lineage(self.registry, name, int(version))
 
+
+
+def _local_registry_mode() -> bool:
+    return (env_setting("MLPLAT_REGISTRY_MODE") or "").lower() == "local"
 
 
 _FORWARDED_ENV = (
