@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mlplat.config import PlatformConfig
 
-__all__ = ["build_app", "start_serving", "serving_status", "stop_serving", "serve_env", "apply_serve_env"]
+__all__ = ["build_app", "start_serving", "dedicated_policies", "serving_status", "stop_serving", "serve_env", "apply_serve_env"]
 
 
 def serve_env(config: PlatformConfig) -> dict[str, str]:
@@ -24,49 +24,82 @@ def serve_env(config: PlatformConfig) -> dict[str, str]:
     return env
 
 
-def build_app(config: PlatformConfig, registry_actor: str, dedicated_models: list[str] | None = None):
-    """The Serve application: ingress -> (model pool | one deployment per dedicated model)."""
+def build_app(config: PlatformConfig, registry_actor: str,
+              dedicated_models: Sequence[str] | Mapping[str, Mapping[str, Any] | None] | None = None):
+    """The Serve application: ingress -> (model pool | one deployment per dedicated model).
+
+    ``dedicated_models``: names (each gets ``serve.dedicated``'s autoscaling), or name -> the
+    model's serving_policy, whose ``autoscaling`` section overrides those defaults field by field."""
     from mlplat.names import validate_name
     from mlplat.serving.deployments import DedicatedModel, ModelPool
     from mlplat.serving.ingress import Ingress, ingress_deployment_name
+    from mlplat.serving.scaling import dedicated_scaling, ingress_replicas_options
 
     s = config.serve
+    policies = _policies_of(dedicated_models)
     # @serve.deployment turns these classes into Deployments (with .options) at runtime; mypy sees the classes.
     pool = ModelPool.options(  # type: ignore[attr-defined]
-        autoscaling_config={"min_replicas": s.pool.min_replicas, "max_replicas": s.pool.max_replicas,
-                            "target_ongoing_requests": s.pool.target_ongoing_requests},
+        autoscaling_config=s.pool.autoscaling_config(),
         max_ongoing_requests=s.pool.max_ongoing_requests,
         ray_actor_options={"num_cpus": s.pool.num_cpus},
     ).bind(config, registry_actor)
     dedicated = {}
-    for name in dedicated_models or []:
+    for name, policy in policies.items():
         validate_name(name, "model name")
         dedicated[name] = DedicatedModel.options(  # type: ignore[attr-defined]
             name=f"model-{name}",
-            autoscaling_config={"min_replicas": s.dedicated.min_replicas, "max_replicas": s.dedicated.max_replicas,
-                                "target_ongoing_requests": s.dedicated.target_ongoing_requests},
+            autoscaling_config=dedicated_scaling(s.dedicated, policy, model=name).autoscaling_config(),
             max_ongoing_requests=s.dedicated.max_ongoing_requests,
             ray_actor_options={"num_cpus": s.dedicated.num_cpus},
         ).bind(config, name, registry_actor)
     return Ingress.options(  # type: ignore[attr-defined]
         name=ingress_deployment_name(s.region),
         logging_config={"enable_access_log": s.access_log},
-        num_replicas=s.ingress_replicas,
         max_ongoing_requests=s.ingress_max_ongoing_requests,
         ray_actor_options={"num_cpus": s.ingress_num_cpus},
+        **ingress_replicas_options(s),
     ).bind(config, registry_actor, pool, dedicated)
 
 
-def start_serving(config: PlatformConfig, *, registry_actor: str, dedicated_models: Sequence[str] = (),
+def _policies_of(dedicated_models: Sequence[str] | Mapping[str, Mapping[str, Any] | None] | None) -> dict[str, Mapping[str, Any]]:
+    if dedicated_models is None:
+        return {}
+    if isinstance(dedicated_models, Mapping):
+        return {name: policy or {} for name, policy in dedicated_models.items()}
+    return {name: {} for name in dedicated_models}
+
+
+def dedicated_policies(config: PlatformConfig, registry_actor: str, names: Sequence[str]) -> dict[str, Mapping[str, Any]]:
+    """The serving policy of each named model, read through the running registry actor."""
+    import ray
+
+    from mlplat.registry import ActorRegistry
+
+    registry = ActorRegistry(ray.get_actor(registry_actor, namespace=config.namespace))
+    return {name: registry.get_model(name).serving_policy for name in names}
+
+
+def start_serving(config: PlatformConfig, *, registry_actor: str,
+                  dedicated_models: Sequence[str] | Mapping[str, Mapping[str, Any] | None] = (),
                   blocking: bool = False) -> str:
     """Deploy (or redeploy: Serve restarts every replica) the app; returns the base URL.
     ``dedicated_models`` get their own deployment (the caller lists the models whose serving
-    policy says ``dedicated: true``); every other model is served from the pool."""
+    policy says ``dedicated: true``); every other model is served from the pool. Given names,
+    their serving policies (``autoscaling`` overrides) are read from the registry actor; a bad
+    override is a ConfigError before anything is deployed."""
     from ray import serve
 
+    from mlplat.serving.scaling import dedicated_scaling
+
     actor_name = registry_actor
+    if isinstance(dedicated_models, Mapping):
+        policies = _policies_of(dedicated_models)
+    else:
+        policies = dedicated_policies(config, actor_name, list(dedicated_models)) if dedicated_models else {}
+    for name, policy in policies.items():
+        dedicated_scaling(config.serve.dedicated, policy, model=name)  # fail before serve.start
     serve.start(http_options={"host": config.serve.host, "port": config.serve.port})
-    serve.run(build_app(config, actor_name, list(dedicated_models)), name=config.serve.app_name, route_prefix=config.serve.route_prefix,
+    serve.run(build_app(config, actor_name, policies), name=config.serve.app_name, route_prefix=config.serve.route_prefix,
               blocking=blocking)
     return f"http://{config.serve.host}:{config.serve.port}{config.serve.route_prefix.rstrip('/')}"
 
