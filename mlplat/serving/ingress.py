@@ -16,9 +16,11 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
+from starlette.requests import ClientDisconnect
 
 from mlplat.config import PlatformConfig
 from mlplat.errors import MlplatError
+from mlplat.serving.admission import Admission, inference_limit, retry_after_headers
 from mlplat.serving.cache import ModelCache
 from mlplat.serving.deployments import run_prediction
 from mlplat.serving.metrics import UNKNOWN_MODEL, ServingMetrics
@@ -52,8 +54,10 @@ http_app = FastAPI(
 _DATATYPE = {"regression": "FP32", "binary": "FP32", "multiclass": "FP32"}
 
 
-def _error(status: int, message: str, field: str | None = None) -> JSONResponse:
-    return JSONResponse(RequestError(status, message, field).body(), status_code=status)
+def _error(status: int, message: str, field: str | None = None, *, retry_after_s: int = 1) -> JSONResponse:
+    """The error body every route answers; a 503 (retry later) carries ``Retry-After``."""
+    return JSONResponse(RequestError(status, message, field).body(), status_code=status,
+                        headers=retry_after_headers(status, retry_after_s))
 
 
 def schema_of_bundle(storage: Any, name: str, version: int, bundle_sha256: str | None):
@@ -175,6 +179,8 @@ class Ingress:
         self._prewarmer.start_soon()
         self._started: asyncio.Task | None = None
         self._ready = False
+        self._admission = Admission(inference_limit(self._serve.ingress_max_ongoing_requests,
+                                                    self._serve.ingress_health_headroom))
 
     async def _ensure_started(self) -> None:
         if self._ready:
@@ -266,15 +272,35 @@ class Ingress:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise RequestError(413, f"request body is {declared} bytes; the limit is {limit} bytes")
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise RequestError(413, f"request body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
+        deadline_s = self._serve.body_read_timeout_s
+        try:  # a slow or broken client must not hold a slot: the whole body within the deadline
+            async with asyncio.timeout(deadline_s):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise RequestError(413, f"request body exceeds the limit of {limit} bytes")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise RequestError(408, f"the request body did not arrive within {deadline_s:g} s "
+                                    f"({size} bytes received{f' of {declared}' if declared else ''})") from None
+        except ClientDisconnect:
+            raise RequestError(400, "the client disconnected before sending the whole request body") from None
         return parse_json_body(b"".join(chunks), max_bytes=limit, max_depth=self._serve.max_json_depth)
 
     # -- inference --------------------------------------------------------------------------
     async def _infer(self, request: Request, name: str, version: int | None, endpoint: str) -> JSONResponse:
+        """Admission first: past the replica's inference limit the answer is an immediate 503
+        with Retry-After (the slots above the limit stay free for health and metadata)."""
+        if not self._admission.try_enter():
+            self._count_request(name, None, 503, time.perf_counter())
+            return _error(503, f"the server is at capacity ({self._admission.limit} requests in flight); "
+                               f"retry after {self._serve.retry_after_s} s", retry_after_s=self._serve.retry_after_s)
+        try:
+            return await self._infer_admitted(request, name, version, endpoint)
+        finally:
+            self._admission.leave()
+
+    async def _infer_admitted(self, request: Request, name: str, version: int | None, endpoint: str) -> JSONResponse:
         started = time.perf_counter()
         routes: ModelRoutes | None = None
         route: Route | None = None
@@ -310,7 +336,7 @@ class Ingress:
             if exc.status >= 500 and route is not None and routes is not None and routes.canary_deployment:
                 self._record_canary(routes.canary_deployment, route.version, started, ok=False)
             self._count_request(name, route, exc.status, started)
-            return _error(exc.status, exc.message, exc.field)
+            return _error(exc.status, exc.message, exc.field, retry_after_s=self._serve.retry_after_s)
         except Exception:
             self._count_request(name, route, 503, started)  # the app's handler answers 503
             raise
@@ -370,12 +396,17 @@ class Ingress:
         body = {"rows": parsed.rows, "matrix": parsed.matrix, "version": route.version, "bundle_sha256": route.bundle_sha256}
         handle = self._dedicated.get(route.name) if route.placement == "dedicated" else None
         for attempt in range(2):  # one retry: a replica that died mid-request is replaced
-            try:
+            try:  # queue + inference within backend_timeout_s (wait_for cancels the request after it)
                 if handle is not None:
-                    return await handle.predict.remote(body)
-                return await self._pool.options(multiplexed_model_id=route.serving_id).predict.remote(body)
+                    return await asyncio.wait_for(handle.predict.remote(body), self._serve.backend_timeout_s)
+                return await asyncio.wait_for(
+                    self._pool.options(multiplexed_model_id=route.serving_id).predict.remote(body),
+                    self._serve.backend_timeout_s)
             except BackPressureError:
                 raise RequestError(503, f"model {route.serving_id} is at capacity; retry with backoff") from None
+            except TimeoutError:
+                raise RequestError(503, f"model {route.serving_id} did not answer within "
+                                        f"{self._serve.backend_timeout_s:g} s; retry with backoff") from None
             except RayActorError:
                 if attempt:
                     raise RequestError(503, f"model {route.serving_id} backend restarting; retry") from None
