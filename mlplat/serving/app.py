@@ -21,6 +21,9 @@ def serve_env(config: PlatformConfig) -> dict[str, str]:
         env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] = "1" if config.serve.haproxy_metrics else "0"
         threads = config.serve.haproxy_threads or min(4, max(1, (os.cpu_count() or 2) // 2))
         env["RAY_SERVE_HAPROXY_NBTHREAD"] = str(threads)
+        # a client silent mid-request is cut off (Serve's default: 3600 s); Serve 2.60 exposes no
+        # variable for HAProxy's `timeout http-request` or request buffering (docs/reliability.md)
+        env["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"] = str(config.serve.haproxy_timeout_client_s)
     return env
 
 
@@ -31,6 +34,7 @@ def build_app(config: PlatformConfig, registry_actor: str,
     ``dedicated_models``: names (each gets ``serve.dedicated``'s autoscaling), or name -> the
     model's serving_policy, whose ``autoscaling`` section overrides those defaults field by field."""
     from mlplat.names import validate_name
+    from mlplat.serving.admission import queue_options
     from mlplat.serving.deployments import DedicatedModel, ModelPool
     from mlplat.serving.ingress import Ingress, ingress_deployment_name
     from mlplat.serving.scaling import dedicated_scaling, ingress_replicas_options
@@ -42,6 +46,7 @@ def build_app(config: PlatformConfig, registry_actor: str,
         autoscaling_config=s.pool.autoscaling_config(),
         max_ongoing_requests=s.pool.max_ongoing_requests,
         ray_actor_options={"num_cpus": s.pool.num_cpus},
+        **queue_options(s.pool.max_queued_requests, s.retry_after_s),
     ).bind(config, registry_actor)
     dedicated = {}
     for name, policy in policies.items():
@@ -51,6 +56,7 @@ def build_app(config: PlatformConfig, registry_actor: str,
             autoscaling_config=dedicated_scaling(s.dedicated, policy, model=name).autoscaling_config(),
             max_ongoing_requests=s.dedicated.max_ongoing_requests,
             ray_actor_options={"num_cpus": s.dedicated.num_cpus},
+            **queue_options(s.dedicated.max_queued_requests, s.retry_after_s),
         ).bind(config, name, registry_actor)
     return Ingress.options(  # type: ignore[attr-defined]
         name=ingress_deployment_name(s.region),
@@ -58,6 +64,7 @@ def build_app(config: PlatformConfig, registry_actor: str,
         max_ongoing_requests=s.ingress_max_ongoing_requests,
         ray_actor_options={"num_cpus": s.ingress_num_cpus},
         **ingress_replicas_options(s),
+        **queue_options(s.ingress_max_queued_requests, s.retry_after_s),
     ).bind(config, registry_actor, pool, dedicated)
 
 
