@@ -125,8 +125,9 @@ class Platform:
         adopted = adopt_cluster_settings(self.config, published)
         missing = unshared_secrets(adopted, published)
         if missing:
-            _log.warning("the platform on this cluster was given %s, which are never published; this process has "
-                         "none (set them in its environment, e.g. ray job submit --runtime-env-json)", ", ".join(missing))
+            _log.warning("the platform on this cluster was given %s (never published); this process has none and "
+                         "reads S3 with the node's default credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+                         "in its environment (ray job submit --runtime-env-json) if that fails", ", ".join(missing))
         if adopted != self.config:
             self.config = adopted
             self.__dict__.pop("storage", None)  # opened before the cluster's settings were known

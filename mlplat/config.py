@@ -36,6 +36,7 @@ __all__ = [
     "parse_config",
     "platform_config",
     "ENV_VARS",
+    "env_setting",
 ]
 
 M = TypeVar("M", bound=BaseModel)
@@ -393,13 +394,29 @@ ENV_VARS: dict[str, str] = {
 _REGION = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
 
+def env_setting(var: str, env: Mapping[str, str] | None = None) -> str | None:
+    """The value of environment variable ``var``, stripped; None when it is unset, empty or blank.
+
+    ``MLPLAT_ROOT=`` (set but empty) means "not set", never "the current directory".
+
+    >>> env_setting("MLPLAT_ROOT", {"MLPLAT_ROOT": "  "}) is None
+    True
+    >>> env_setting("MLPLAT_ROOT", {"MLPLAT_ROOT": " /data/mlplat "})
+    '/data/mlplat'
+    """
+    value = (os.environ if env is None else env).get(var)
+    if value is None or not value.strip():
+        return None
+    return value.strip()
+
+
 def acting_user() -> str:
     """Who runs a control action (deploy, rollback, approve), for its event: ``MLPLAT_USER``,
     else the login name."""
     import getpass
 
     try:
-        return os.environ.get("MLPLAT_USER") or getpass.getuser()
+        return env_setting("MLPLAT_USER") or getpass.getuser()
     except Exception:
         return "unknown"
 
@@ -470,7 +487,7 @@ def platform_config(
     ``path`` defaults to ``$MLPLAT_CONFIG`` when that is set.
     """
     env = os.environ if env is None else env
-    path = path or env.get("MLPLAT_CONFIG")
+    path = path or env_setting("MLPLAT_CONFIG", env)
     data: dict[str, Any] = {}
     source = "settings"
     if path:
@@ -480,9 +497,11 @@ def platform_config(
         data = dict(loaded or {})
         source = str(path)
     for var, dotted in ENV_VARS.items():
-        if env.get(var):
-            _set_dotted(data, dotted, env[var])
+        value = env_setting(var, env)
+        if value is not None:
+            _set_dotted(data, dotted, value)
     for key, value in overrides.items():
         if value is not None:
             _set_dotted(data, key.replace("__", "."), value)
     return parse_config(data, PlatformConfig, source=source)
+
