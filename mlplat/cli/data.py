@@ -72,10 +72,14 @@ def append(lazy: Any, name: str, partition: str, sources: tuple[str, ...], versi
 @click.argument("name")
 @click.argument("partition")
 @click.option("--version", type=int, default=None)
+@_json_option
 @click.pass_obj
-def complete(lazy: Any, name: str, partition: str, version: int | None) -> None:
+def complete(lazy: Any, name: str, partition: str, version: int | None, as_json: bool) -> None:
     """Mark PARTITION of dataset NAME finished (emits a partition_completed event)."""
     dv = lazy.get().complete_partition(name, partition, version=version)
+    if as_json:
+        click.echo(json.dumps(_dump(dv), indent=2))
+        return
     click.echo(f"{name} v{dv.version} {partition}: complete")
 
 

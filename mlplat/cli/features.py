@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from mlplat.cli._format import json_option as _json_option
 from mlplat.cli._format import table as _table
 
 __all__ = ["group"]
@@ -28,7 +29,7 @@ def group() -> None:
 @group.command()
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
               help="Feature-set spec YAML (see configs/features-example.yaml).")
-@click.option("--json", "as_json", is_flag=True)
+@_json_option
 @click.pass_obj
 def build(lazy: Any, config_path: str, as_json: bool) -> None:
     """Fit encoders on Ray Data, materialize and register a new feature-set version."""
@@ -39,7 +40,7 @@ def build(lazy: Any, config_path: str, as_json: bool) -> None:
 @group.command(name="list")
 @click.option("--prefix", default=None)
 @click.option("--tag", default=None)
-@click.option("--json", "as_json", is_flag=True)
+@_json_option
 @click.pass_obj
 def list_(lazy: Any, prefix: str | None, tag: str | None, as_json: bool) -> None:
     """List feature sets (latest ready version of each)."""
@@ -50,7 +51,7 @@ def list_(lazy: Any, prefix: str | None, tag: str | None, as_json: bool) -> None
 @group.command()
 @click.argument("name")
 @click.option("--version", type=int, default=None)
-@click.option("--json", "as_json", is_flag=True)
+@_json_option
 @click.pass_obj
 def show(lazy: Any, name: str, version: int | None, as_json: bool) -> None:
     """Spec, source, output columns and encoders of a feature-set version."""

@@ -13,6 +13,8 @@ from typing import Any
 
 import click
 
+from mlplat.cli._format import MAX_METRIC_VERSIONS, metrics_table
+from mlplat.cli._format import echo_json as _echo_json
 from mlplat.cli._format import json_option as _json_option
 from mlplat.cli._format import table as _table
 from mlplat.records import ApprovalState, ModelState, ModelVersion
@@ -26,20 +28,6 @@ _STATES = click.Choice([s.value for s in ModelState], case_sensitive=False)
 def _registry(lazy: Any) -> Registry:
     registry: Registry = lazy.get().registry
     return registry
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json")
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    return value
-
-
-def _echo_json(value: Any) -> None:
-    click.echo(json.dumps(_jsonable(value), indent=2, sort_keys=True))
 
 
 def _when(ts: float | None) -> str:
@@ -60,12 +48,25 @@ def _version_rows(versions: Sequence[ModelVersion], aliases: dict[str, int]) -> 
         by_version.setdefault(v, []).append(alias)
     return [
         [v.version, v.state.value, ",".join(by_version.get(v.version, [])), _approval(v), _when(v.created_at),
-         _when(v.updated_at), v.run_id or "", json.dumps(v.metrics, sort_keys=True) if v.metrics else "", v.error or ""]
+         _when(v.updated_at), v.run_id or "", _short(v.error or "", 60)]
         for v in versions
     ]
 
 
-_VERSION_HEADERS = ("VERSION", "STATE", "ALIASES", "APPROVAL", "CREATED", "UPDATED", "RUN", "METRICS", "ERROR")
+_VERSION_HEADERS = ("VERSION", "STATE", "ALIASES", "APPROVAL", "CREATED", "UPDATED", "RUN", "ERROR")
+
+
+def _versions_text(versions: Sequence[ModelVersion], aliases: dict[str, int]) -> str:
+    """The versions table, then their metrics side by side (the newest few versions that have any)."""
+    text = _table(_VERSION_HEADERS, _version_rows(versions, aliases))
+    measured = [v for v in versions if v.metrics]
+    if not measured:
+        return text
+    shown = sorted(measured, key=lambda v: v.version)[-MAX_METRIC_VERSIONS:]
+    text += "\n\n" + metrics_table([(f"v{v.version}", v.metrics) for v in shown])
+    if len(measured) > len(shown):
+        text += f"\n(metrics of the newest {len(shown)} of {len(measured)} versions; all of them with --json)"
+    return text
 
 
 @click.group(name="models")
@@ -107,7 +108,7 @@ def show(lazy: Any, name: str, as_json: bool) -> None:
     click.echo(f"serving policy: {json.dumps(model.serving_policy, sort_keys=True)}")
     click.echo(f"aliases:        {', '.join(f'{a}=v{v}' for a, v in aliases.items()) or '(none)'}")
     click.echo("")
-    click.echo(_table(_VERSION_HEADERS, _version_rows(versions, aliases)))
+    click.echo(_versions_text(versions, aliases))
 
 
 @group.command()
@@ -121,7 +122,7 @@ def versions(lazy: Any, name: str, state: str | None, as_json: bool) -> None:
     found = reg.list_versions(name, state=state)
     if as_json:
         return _echo_json(found)
-    click.echo(_table(_VERSION_HEADERS, _version_rows(found, reg.aliases(name))))
+    click.echo(_versions_text(found, reg.aliases(name)))
 
 
 @group.command()

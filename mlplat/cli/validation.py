@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from mlplat.cli._format import echo_json, json_option, metrics_table
 from mlplat.records import Approval, ApprovalState
 
 __all__ = ["register", "validate", "score", "report", "approve", "reject"]
@@ -21,8 +22,8 @@ def _echo_outcome(out: Any, as_json: bool) -> None:
         return
     verdict = "VALIDATED" if out.passed else "REJECTED"
     click.echo(f"{out.name} v{out.version}: {verdict}" + (" (awaiting approval)" if out.approval == ApprovalState.PENDING else ""))
-    for k, v in out.metrics.items():
-        click.echo(f"  {k:<10} {'n/a' if v is None else f'{v:.6g}'}")
+    if out.metrics:
+        click.echo("\n".join("  " + line for line in metrics_table([("VALUE", out.metrics)]).splitlines()))
     for r in out.decision.reasons:
         click.echo(f"  reason: {r}")
     for n in out.decision.notes:
@@ -36,7 +37,7 @@ def _echo_outcome(out: Any, as_json: bool) -> None:
 @click.option("--feature-set", default=None, help="NAME@vN to validate on (default: the version's own feature set).")
 @click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
               help="Validation policy YAML (guardrails, require_approval, slices); default: the model's.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_obj
 def validate(lazy: Any, name: str, version: int, feature_set: str | None, config_path: str | None, as_json: bool) -> None:
     """Validate a TRAINED version: batch inference on the validation split, metrics, guardrails."""
@@ -59,7 +60,7 @@ def validate(lazy: Any, name: str, version: int, feature_set: str | None, config
 @click.option("--version", "model_version", default=None, help="Model version or alias (default: production).")
 @click.option("--output", default=None, help="Name of the inference dataset (default: MODEL-scores).")
 @click.option("--key", "keys", multiple=True, help="Input key column(s) to carry (default: the feature set's entity key).")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_obj
 def score(lazy: Any, model: str, dataset: str, dataset_version: int | None, model_version: str | None, output: str | None,
           keys: tuple[str, ...], as_json: bool) -> None:
@@ -77,7 +78,7 @@ def score(lazy: Any, model: str, dataset: str, dataset_version: int | None, mode
 @click.command()
 @click.argument("name")
 @click.argument("version", type=int)
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_obj
 def report(lazy: Any, name: str, version: int, as_json: bool) -> None:
     """Print a version's validation summary and where its report lives."""
@@ -105,11 +106,15 @@ def _approval_command(verdict: str):
     @click.argument("version", type=int)
     @click.option("--by", default=None, help="Who decides (recorded in the version's approval; default: login name).")
     @click.option("--note", default=None, help="Why (recorded in the version's approval).")
+    @json_option
     @click.pass_obj
-    def command(lazy: Any, name: str, version: int, by: str | None, note: str | None) -> None:
+    def command(lazy: Any, name: str, version: int, by: str | None, note: str | None, as_json: bool) -> None:
         p = lazy.get()
         mv = (p.approve if verdict == "approve" else p.reject)(name, version, by=by, note=note)
-        click.echo(f"{mv.name} v{mv.version}: {mv.state.value}, approval {mv.approval.describe()}")
+        if as_json:
+            echo_json(mv)
+        else:
+            click.echo(f"{mv.name} v{mv.version}: {mv.state.value}, approval {mv.approval.describe()}")
 
     command.help = ("Approve a VALIDATED version that waits for human approval." if verdict == "approve" else
                     "Reject a VALIDATED version that waits for human approval: it moves to REJECTED (final).")
