@@ -16,11 +16,15 @@ __all__ = ["main"]
 @click.option("--root", envvar="MLPLAT_ROOT", default=None, help="Storage root (local path or s3://bucket/prefix).")
 @click.option("--address", envvar="MLPLAT_RAY_ADDRESS", default=None, help="Ray address; default: embedded local Ray.")
 @click.option("--config", "config_path", envvar="MLPLAT_CONFIG", default=None, help="Platform settings YAML.")
+@click.option("--verbose", "-v", is_flag=True, default=False,
+              help="Show Ray's own logs (INFO lines, worker output, Ray Data progress bars); also MLPLAT_VERBOSE=1.")
 @click.pass_context
-def cli(ctx: click.Context, root: str | None, address: str | None, config_path: str | None) -> None:
+def cli(ctx: click.Context, root: str | None, address: str | None, config_path: str | None, verbose: bool) -> None:
     """mlplat: data, training, validation, registry and serving on Ray."""
     from mlplat.api import connect
+    from mlplat.console import quiet_ray, verbose_requested
 
+    quiet_ray(verbose_requested(verbose))  # before anything starts Ray
     ctx.obj = _Lazy(lambda: connect(root=root, address=address, config_path=config_path))
 
 

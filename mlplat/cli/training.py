@@ -29,6 +29,28 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _follow(p: Any, run: Run, wait: bool, timeout: float | None, as_json: bool) -> Run:
+    """The run as it is now, or (``wait``) at its end; while waiting, a line per state change
+    and per epoch from its reported progress (none with ``--json``: stdout stays one document)."""
+    from mlplat.console import EpochLines, follow_run
+
+    if not wait:
+        return run
+    try:
+        if as_json:
+            from mlplat.training.queue import wait_for_run
+
+            wait_for_run(p.registry, run.run_id, timeout_s=timeout)
+        else:
+            follow_run(p.run_status, run.run_id, EpochLines(click.echo), timeout_s=timeout)
+    except TimeoutError as exc:
+        after = ("the embedded Ray stops with this command, and the run with it" if _embedded(p) else
+                 f"it goes on (nothing was cancelled): `mlplat runs wait {run.run_id}` to follow it")
+        click.echo(f"error: {exc}; {after}", err=True)
+        sys.exit(1)
+    return p.run_status(run.run_id)
+
+
 def _emit(run: Run, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(run.model_dump(mode="json"), indent=2, default=str))
@@ -41,7 +63,9 @@ def _emit(run: Run, as_json: bool) -> None:
     last = progress.get("last")
     if last:
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, float))
-        click.echo(f"  epoch {progress.get('epoch')}/{progress.get('epochs')} ({progress.get('status')}): {metrics}")
+        epoch = progress.get("epoch")
+        shown = epoch + 1 if isinstance(epoch, int) else "?"  # 1-based, like the progress lines
+        click.echo(f"  epoch {shown}/{progress.get('epochs')} ({progress.get('status')}): {metrics}")
     for resume in progress.get("resumes") or []:
         click.echo(f"  resumed from epoch {resume.get('from_epoch')} -> {resume.get('next_epoch')}")
     if run.metrics:
@@ -69,8 +93,8 @@ def train(lazy: Any, config: str, wait: bool, timeout: float | None, priority: i
     """Queue a training run from a YAML config; prints its run id."""
     p = lazy.get()
     wait = _must_wait(p, wait)
-    run = p.train(config, wait=wait, timeout_s=timeout, priority=priority)
-    _emit(p.run_status(run.run_id) if wait else run, as_json)
+    run = _follow(p, p.train(config, priority=priority), wait, timeout, as_json)
+    _emit(run, as_json)
     _exit_for(run)
 
 
@@ -84,8 +108,8 @@ def tune(lazy: Any, config: str, wait: bool, timeout: float | None, as_json: boo
     """Queue a Ray Tune sweep over the config's `search` space (best trial -> the version)."""
     p = lazy.get()
     wait = _must_wait(p, wait)
-    run = p.tune(config, wait=wait, timeout_s=timeout)
-    _emit(p.run_status(run.run_id) if wait else run, as_json)
+    run = _follow(p, p.tune(config), wait, timeout, as_json)
+    _emit(run, as_json)
     _exit_for(run)
 
 
@@ -103,8 +127,8 @@ def publish(lazy: Any, model: str, code_version: str, config: str | None, wait: 
     """Register a new version of MODEL at --code-version and queue its training (the CI hook)."""
     p = lazy.get()
     wait = _must_wait(p, wait)
-    run = p.publish(model, code_version, config=config, wait=wait, timeout_s=timeout)
-    _emit(p.run_status(run.run_id) if wait else run, as_json)
+    run = _follow(p, p.publish(model, code_version, config=config), wait, timeout, as_json)
+    _emit(run, as_json)
     _exit_for(run)
 
 
@@ -161,12 +185,10 @@ def runs_cancel(lazy: Any, run_id: str) -> None:
 @click.option("--timeout", type=float, default=None)
 @click.pass_obj
 def runs_wait(lazy: Any, run_id: str, timeout: float | None) -> None:
-    """Block until a run ends; exit 1 if it failed or was cancelled."""
-    from mlplat.training.queue import wait_for_run
-
+    """Block until a run ends, a line per epoch meanwhile; exit 1 if it failed or was cancelled."""
     p = lazy.get()
-    run = wait_for_run(p.registry, run_id, timeout_s=timeout)
-    _emit(p.run_status(run_id), False)
+    run = _follow(p, p.run_status(run_id), True, timeout, False)
+    _emit(run, False)
     _exit_for(run)
 
 
