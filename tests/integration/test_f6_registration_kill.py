@@ -1,0 +1,123 @@
+"""F6: the driver killed mid-registration leaves the version absent, or complete with matching
+sha256 (quality-bar.md). A real driver process (tests/integration/registration_child.py) writes
+real bundles to a real root (local disk and SeaweedFS S3) and a real SQLite registry, and is
+SIGKILLed at every step of a registration and at random moments; after each kill the registry
+and the storage are checked, and a new driver then registers a complete version."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from mlplat.errors import NotFound
+from mlplat.models import BUNDLE_FILE, WEIGHTS_FILE, load_bundle
+from mlplat.records import ModelState
+from mlplat.registry import RegistryStore
+from mlplat.storage import open_root
+from tests.integration.registration_child import KILL_POINTS, MODEL
+
+REPO = Path(__file__).resolve().parents[2]
+CHILD_TIMEOUT_S = 120.0
+#: Versions that may exist without a bundle: registration started, never finished.
+UNFINISHED = {ModelState.REGISTERED, ModelState.TRAINING}
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def target(request, tmp_path):
+    """(root, registry url, child environment, storage) on local disk or SeaweedFS."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if request.param == "local":
+        root = str(tmp_path / "root")
+    else:
+        server = request.getfixturevalue("s3_server")
+        root = f"s3://mlplat-test/f6-{uuid.uuid4().hex[:10]}"
+        env.update(F6_S3_ENDPOINT=server.endpoint_url, F6_S3_ACCESS_KEY=server.access_key,
+                   F6_S3_SECRET_KEY=server.secret_key)
+    settings = request.getfixturevalue("s3_settings") if request.param == "s3" else None
+    return root, f"sqlite:///{tmp_path / 'registry.db'}", env, open_root(root, settings)
+
+
+def _child(root: str, url: str, env: dict[str, str], kill_at: str, loops: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tests.integration.registration_child", root, url, kill_at,
+                             str(loops)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=CHILD_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, out, err
+
+
+def assert_absent_or_complete(url: str, storage) -> dict[str, int]:
+    """Every version is unfinished without a bundle, or TRAINED with a bundle whose bundle.json
+    and weights match their sha256; every bundle.json visible in storage is whole, and so are
+    the weights it names. Returns counts, for the report."""
+    registry = RegistryStore(url)  # a SQLite file left by a killed writer: its journal rolls back here
+    counts = {"complete": 0, "unfinished": 0}
+    try:
+        versions = registry.list_versions(MODEL)
+    except NotFound:
+        versions = []
+    for mv in versions:
+        bundle = mv.artifacts.get("bundle")
+        if bundle is None:
+            assert mv.state in UNFINISHED, f"v{mv.version} is {mv.state.value} without a bundle"
+            counts["unfinished"] += 1
+            continue
+        assert mv.state == ModelState.TRAINED, f"v{mv.version} has a bundle but is {mv.state.value}"
+        loaded = load_bundle(storage, MODEL, mv.version, expected_sha256=bundle.sha256)  # verifies both sha256
+        assert loaded.meta["version"] == mv.version
+        counts["complete"] += 1
+    if storage.exists("models", MODEL):
+        for vdir in storage.list_dir("models", MODEL):
+            files = storage.list_dir("models", MODEL, vdir)  # in-progress (.tmp-*) names are never listed
+            if BUNDLE_FILE in files:  # written last: if it is there, it is whole and so are the weights
+                meta = storage.read_json("models", MODEL, vdir, BUNDLE_FILE)
+                assert storage.sha256("models", MODEL, vdir, WEIGHTS_FILE) == meta["files"][WEIGHTS_FILE]
+    return counts
+
+
+@pytest.mark.parametrize("kill_at", KILL_POINTS)
+def test_f6_driver_killed_at_each_step_leaves_absent_or_complete(target, kill_at):
+    root, url, env, storage = target
+    code, out, err = _finish(_child(root, url, env, kill_at, loops=1))
+    assert code == -signal.SIGKILL, f"the driver was not killed at {kill_at}: rc={code}\n{err[-3000:]}"
+    assert f"at {kill_at}" in out.splitlines()[-1], out
+    counts = assert_absent_or_complete(url, storage)
+    assert counts["complete"] == (1 if kill_at == "committed" else 0), counts
+    # the next driver registers a complete version beside whatever the killed one left
+    code, out, err = _finish(_child(root, url, env, "none", loops=1))
+    assert code == 0, err[-3000:]
+    assert assert_absent_or_complete(url, storage)["complete"] == counts["complete"] + 1
+
+
+def test_f6_driver_killed_at_random_moments(target):
+    """Kills from outside, at random moments of a driver registering version after version."""
+    root, url, env, storage = target
+    rng = random.Random(6)
+    kills = 0
+    for _ in range(4):
+        proc = _child(root, url, env, "none", loops=10_000)
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready", proc.stderr.read() if proc.stderr else ""
+            time.sleep(rng.uniform(0.05, 1.5))
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            code, _, err = _finish(proc)
+        assert code == -signal.SIGKILL, err[-3000:]
+        kills += 1
+        assert_absent_or_complete(url, storage)
+    assert kills == 4
