@@ -14,8 +14,8 @@ from mlplat.errors import MlplatError
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", required=True, help="feature-set spec YAML")
-    parser.add_argument("--root", default=None, help="storage root (default: MLPLAT_ROOT)")
-    parser.add_argument("--address", default=None, help="Ray address (default: MLPLAT_RAY_ADDRESS / local)")
+    parser.add_argument("--root", default=None, help="storage root (default: MLPLAT_ROOT, else the cluster's)")
+    parser.add_argument("--address", default=None, help="Ray address (default: MLPLAT_RAY_ADDRESS, else RAY_ADDRESS, which Ray sets in a job, else a local Ray)")
     args = parser.parse_args(argv)
     try:
         fsv = connect(root=args.root, address=args.address).build_features(args.config)

@@ -22,8 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", type=int, default=None, help="default: production, else the latest version")
     parser.add_argument("--end", default=None, help="window end: unix seconds or ISO 8601 (default: now)")
     parser.add_argument("--fail-on-drift", action="store_true", help="exit 1 when the verdict is drift")
-    parser.add_argument("--root", default=None, help="storage root (default: MLPLAT_ROOT)")
-    parser.add_argument("--address", default=None, help="Ray address (default: MLPLAT_RAY_ADDRESS / local)")
+    parser.add_argument("--root", default=None, help="storage root (default: MLPLAT_ROOT, else the cluster's)")
+    parser.add_argument("--address", default=None, help="Ray address (default: MLPLAT_RAY_ADDRESS, else RAY_ADDRESS, which Ray sets in a job, else a local Ray)")
     args = parser.parse_args(argv)
     try:
         result = connect(root=args.root, address=args.address).drift(

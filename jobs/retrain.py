@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", default="", help="recorded with the approval")
     parser.add_argument("--no-wait", action="store_true", help="return once the run is queued")
     parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for the run at most")
-    parser.add_argument("--root", default=None, help="storage root (default: MLPLAT_ROOT)")
-    parser.add_argument("--address", default=None, help="Ray address (default: MLPLAT_RAY_ADDRESS / local)")
+    parser.add_argument("--root", default=None, help="storage root (default: MLPLAT_ROOT, else the cluster's)")
+    parser.add_argument("--address", default=None, help="Ray address (default: MLPLAT_RAY_ADDRESS, else RAY_ADDRESS, which Ray sets in a job, else a local Ray)")
     args = parser.parse_args(argv)
     from mlplat.lifecycle.retrain import approve_and_start, driver_hooks, finish_retrain, handle_trigger
     from mlplat.monitoring.retrain import get_request, request_retrain

@@ -23,8 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--code-version", default=None, help="with --publish: the code version (git SHA)")
     parser.add_argument("--no-wait", action="store_true", help="queue and return the run id at once")
     parser.add_argument("--timeout", type=float, default=None, help="seconds to wait at most")
-    parser.add_argument("--root", default=None, help="storage root (default: MLPLAT_ROOT)")
-    parser.add_argument("--address", default=None, help="Ray address (default: MLPLAT_RAY_ADDRESS / local)")
+    parser.add_argument("--root", default=None, help="storage root (default: MLPLAT_ROOT, else the cluster's)")
+    parser.add_argument("--address", default=None, help="Ray address (default: MLPLAT_RAY_ADDRESS, else RAY_ADDRESS, which Ray sets in a job, else a local Ray)")
     args = parser.parse_args(argv)
     if not args.publish and not args.config:
         parser.error("--config is required (or --publish MODEL --code-version SHA)")

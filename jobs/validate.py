@@ -20,8 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None)
     parser.add_argument("--version", type=int, default=None)
     parser.add_argument("--feature-set", default=None, help="NAME@vN (default: the version's own feature set)")
-    parser.add_argument("--root", default=None, help="storage root (default: MLPLAT_ROOT)")
-    parser.add_argument("--address", default=None, help="Ray address (default: MLPLAT_RAY_ADDRESS / local)")
+    parser.add_argument("--root", default=None, help="storage root (default: MLPLAT_ROOT, else the cluster's)")
+    parser.add_argument("--address", default=None, help="Ray address (default: MLPLAT_RAY_ADDRESS, else RAY_ADDRESS, which Ray sets in a job, else a local Ray)")
     args = parser.parse_args(argv)
     try:
         if args.config:
