@@ -11,8 +11,8 @@ import logging
 import time
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
@@ -20,9 +20,11 @@ from starlette.requests import ClientDisconnect
 
 from mlplat.config import PlatformConfig
 from mlplat.errors import MlplatError
+from mlplat.serving import http_api as api
 from mlplat.serving.admission import Admission, inference_limit, retry_after_headers
 from mlplat.serving.cache import ModelCache
 from mlplat.serving.deployments import run_prediction
+from mlplat.serving.http_api import http_app
 from mlplat.serving.metrics import UNKNOWN_MODEL, ServingMetrics
 from mlplat.serving.request import ParsedRequest, RequestError, parse_json_body, parse_v1, parse_v2
 from mlplat.serving.routes import ModelRoutes, RegistryReader, Route, RouteTable, actor_registry_reader
@@ -44,13 +46,6 @@ __all__ = ["Ingress", "http_app", "schema_of_bundle", "ingress_deployment_name"]
 
 log = logging.getLogger("mlplat.serving")
 
-http_app = FastAPI(
-    title="mlplat inference",
-    version="1",
-    description="Open Inference Protocol v2 and a simple v1 predict over raw features. "
-                "Every route but /v2/health/* needs `Authorization: Bearer <token>`; "
-                "/admin/* needs the admin token instead.",
-)
 _DATATYPE = {"regression": "FP32", "binary": "FP32", "multiclass": "FP32"}
 
 
@@ -104,16 +99,11 @@ def _first_row(payload: Any, key_feature: str | None) -> dict[str, Any] | None:
     return None
 
 
-def _status_of(exc: MlplatError) -> int:
-    from mlplat.errors import ConfigError, ConflictError, InvalidName, InvalidTransition, NotFound, ValidationError
-
-    if isinstance(exc, NotFound):
-        return 404
-    if isinstance(exc, ConflictError | InvalidTransition):
-        return 409
-    if isinstance(exc, InvalidName | ConfigError | ValidationError):
-        return 400
-    return 503
+def _unavailable(route: Route, exc: BaseException) -> RequestError:
+    """A 503 for a model that cannot answer; the cause (paths, internals) goes to the log only."""
+    log.warning("model %s cannot serve: %s: %s", route.serving_id, type(exc).__name__, exc)
+    return RequestError(503, f"model {route.serving_id} cannot serve now; retry with backoff, or call the "
+                             "operator if it persists")
 
 
 def _registry_of_actor(actor_name: str, namespace: str) -> Any:
@@ -331,7 +321,7 @@ class Ingress:
                 raise
             except Exception as exc:  # a model that raises in the ingress: a 503 that counts against its version
                 log.warning("model %s failed: %s: %s", route.serving_id, type(exc).__name__, exc)
-                raise RequestError(503, f"model {route.serving_id} failed: {type(exc).__name__}") from None
+                raise RequestError(503, f"model {route.serving_id} failed; retry, or call the operator if it persists") from None
         except RequestError as exc:
             if exc.status >= 500 and route is not None and routes is not None and routes.canary_deployment:
                 self._record_canary(routes.canary_deployment, route.version, started, ok=False)
@@ -392,7 +382,7 @@ class Ingress:
                 return {"predictions": run_prediction(model, {"rows": parsed.rows, "matrix": parsed.matrix}),
                         "version": route.version}
             except MlplatError as exc:
-                raise RequestError(503, f"model {route.serving_id} cannot serve: {exc}") from None
+                raise _unavailable(route, exc) from None
         body = {"rows": parsed.rows, "matrix": parsed.matrix, "version": route.version, "bundle_sha256": route.bundle_sha256}
         handle = self._dedicated.get(route.name) if route.placement == "dedicated" else None
         for attempt in range(2):  # one retry: a replica that died mid-request is replaced
@@ -411,10 +401,12 @@ class Ingress:
                 if attempt:
                     raise RequestError(503, f"model {route.serving_id} backend restarting; retry") from None
             except MlplatError as exc:
-                raise RequestError(503, f"model {route.serving_id} cannot serve: {exc}") from None
+                raise _unavailable(route, exc) from None
             except Exception as exc:  # RayTaskError wrapping a load/predict failure
                 cause = getattr(exc, "cause", exc)
-                raise RequestError(503, f"model {route.serving_id} failed: {type(cause).__name__}: {cause}") from None
+                if isinstance(cause, RequestError):
+                    raise cause from None
+                raise _unavailable(route, cause) from None
         raise AssertionError("unreachable")
 
     async def _local_model(self, route: Route) -> Any:
@@ -423,19 +415,19 @@ class Ingress:
         try:
             return await self._local.get(route.name, route.version, route.bundle_sha256)
         except MlplatError as exc:
-            raise RequestError(503, f"model {route.serving_id} cannot load: {exc}") from None
+            raise _unavailable(route, exc) from None
 
-    @http_app.post("/v1/models/{name}:predict")
+    @http_app.post("/v1/models/{name}:predict", **api.V1_PREDICT_DOC)
     async def predict_v1(self, name: str, request: Request) -> JSONResponse:
         """Raw feature rows in, predictions out: `{"instances": [{feature: value}]}`."""
         return await self._infer(request, name, None, "v1")
 
-    @http_app.post("/v2/models/{name}/infer")
+    @http_app.post("/v2/models/{name}/infer", **api.V2_INFER_DOC)
     async def infer_v2(self, name: str, request: Request) -> JSONResponse:
         """Open Inference Protocol v2 inference on the production version."""
         return await self._infer(request, name, None, "v2")
 
-    @http_app.post("/v2/models/{name}/versions/{version}/infer")
+    @http_app.post("/v2/models/{name}/versions/{version}/infer", **api.V2_INFER_DOC)
     async def infer_v2_version(self, name: str, version: str, request: Request) -> JSONResponse:
         """Open Inference Protocol v2 inference on one version."""
         if not version.isdigit() or not 0 < int(version) < 10**9:
@@ -443,11 +435,11 @@ class Ingress:
         return await self._infer(request, name, int(version), "v2")
 
     # -- metadata and health -------------------------------------------------------------------
-    @http_app.get("/v2/health/live")
+    @http_app.get("/v2/health/live", **api.LIVE_DOC)
     async def live(self) -> dict[str, bool]:
         return {"live": True}
 
-    @http_app.get("/v2/health/ready")
+    @http_app.get("/v2/health/ready", **api.HEALTH_READY_DOC)
     async def ready(self) -> JSONResponse:
         try:
             await asyncio.wait_for(self._ensure_started(), timeout=5)
@@ -473,17 +465,17 @@ class Ingress:
                              "parameters": {"task": route.task, "placement": route.placement}},
                             headers={"x-mlplat-model-version": str(route.version)})
 
-    @http_app.get("/v2/models/{name}")
+    @http_app.get("/v2/models/{name}", **api.METADATA_DOC)
     async def model_metadata(self, name: str, request: Request) -> JSONResponse:
         return await self._metadata(request, name, None)
 
-    @http_app.get("/v2/models/{name}/versions/{version}")
+    @http_app.get("/v2/models/{name}/versions/{version}", **api.METADATA_DOC)
     async def version_metadata(self, name: str, version: str, request: Request) -> JSONResponse:
         if not version.isdigit() or not 0 < int(version) < 10**9:
             return _error(400, f"version {version!r} must be a positive integer", "version")
         return await self._metadata(request, name, int(version))
 
-    @http_app.get("/v2/models/{name}/ready")
+    @http_app.get("/v2/models/{name}/ready", **api.READY_DOC)
     async def model_ready(self, name: str, request: Request) -> JSONResponse:
         response = await self._metadata(request, name, None)
         if response.status_code != 200:
@@ -491,7 +483,7 @@ class Ingress:
         return JSONResponse({"name": name, "ready": True},
                             headers={"x-mlplat-model-version": response.headers["x-mlplat-model-version"]})
 
-    @http_app.get("/v2/models/{name}/versions/{version}/ready")
+    @http_app.get("/v2/models/{name}/versions/{version}/ready", **api.READY_DOC)
     async def version_ready(self, name: str, version: str, request: Request) -> JSONResponse:
         response = await self.version_metadata(name, version, request)
         if response.status_code != 200:
@@ -509,7 +501,7 @@ class Ingress:
             raise RequestError(401, "missing or wrong admin token: send 'Authorization: Bearer <MLPLAT_ADMIN_TOKEN>'")
         return request.headers.get("x-mlplat-user", "")[:128] or "admin-api"
 
-    @http_app.post("/admin/models/{name}/rollback")
+    @http_app.post("/admin/models/{name}/rollback", **api.ROLLBACK_DOC)
     async def admin_rollback(self, name: str, request: Request, region: str | None = None) -> JSONResponse:
         """Roll ``name`` back (an active canary ends, else production swaps with previous), in
         ``?region=`` when given. Writes through the registry; this replica switches at once,
@@ -524,11 +516,11 @@ class Ingress:
         except RequestError as exc:
             return _error(exc.status, exc.message, exc.field)
         except MlplatError as exc:
-            return _error(_status_of(exc), str(exc), "name")
+            return _error(api.status_of(exc), str(exc), "name")
         self._routes.invalidate(name)
         return JSONResponse({"name": name, "region": region, "production": record.version, "state": record.state.value})
 
-    @http_app.get("/admin/deployments")
+    @http_app.get("/admin/deployments", **api.DEPLOYMENTS_DOC)
     async def admin_deployments(self, request: Request) -> JSONResponse:
         """What this ingress replica routes now: per model, production and canary versions and
         the split, and which versions are loaded or pinned here."""
@@ -545,14 +537,34 @@ class Ingress:
                              "models": models, "loaded": self._local.loaded(), "pinned": self._local.pinned(),
                              "prewarmed": self._prewarmer.warmed[-20:]})
 
-    @http_app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"], include_in_schema=False)
-    async def fallback(self, path: str) -> JSONResponse:
-        """Anything else: model paths with names that don't parse (traversal, encoded
-        slashes) are a 400, other paths a 404 -- both JSON."""
-        parts = path.split("/")
-        if len(parts) >= 3 and parts[0] in ("v1", "v2") and parts[1] == "models":
-            return _error(400, f"invalid model path {path!r}: model names match ^[a-z][a-z0-9_-]{{0,62}}$", "name")
-        return _error(404, f"no route {path!r}; see /docs for the API")
+    # -- the API's own description, behind the token unless serve.public_docs -------------------
+    def _docs_allowed(self, request: Request) -> None:
+        if not self._serve.public_docs:
+            self._check_auth(request)
+
+    @http_app.get("/openapi.json", include_in_schema=False)
+    async def openapi_json(self, request: Request) -> JSONResponse:
+        try:
+            self._docs_allowed(request)
+        except RequestError as exc:
+            return _error(exc.status, exc.message, exc.field)
+        return JSONResponse(api.openapi_document(request.app))
+
+    @http_app.get("/docs", include_in_schema=False)
+    async def docs(self, request: Request) -> Response:
+        try:
+            self._docs_allowed(request)
+        except RequestError as exc:
+            return _error(exc.status, exc.message, exc.field)
+        return api.docs_html(api.openapi_document(request.app))
+
+    @http_app.api_route(api.CATCH_ALL, methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE"],
+                        include_in_schema=False)
+    async def fallback(self, path: str, request: Request) -> JSONResponse:
+        """Anything else: a known path with another method is a 405 naming the allowed ones;
+        model paths with names that don't parse (traversal, encoded slashes) are a 400, other
+        paths a 404 -- all JSON."""
+        return api.unmatched_response(request, path)
 
     async def flush_telemetry(self, catalog_timeout_s: float = 60.0) -> int:
         """Write buffered telemetry now and have the catalog thread register everything queued
@@ -573,9 +585,3 @@ class Ingress:
             return False
         await self._metrics.export_async()
         return True
-
-
-@http_app.exception_handler(Exception)
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:  # never a 500 stack trace
-    log.exception("unexpected error on %s", request.url.path)
-    return _error(503, f"internal error ({type(exc).__name__}); the request was not processed, retry")

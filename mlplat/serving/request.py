@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-__all__ = ["RequestError", "InputSchema", "parse_json_body", "parse_v1", "parse_v2", "ParsedRequest"]
+__all__ = ["RequestError", "InputSchema", "parse_json_body", "parse_v1", "parse_v2", "ParsedRequest",
+           "MAX_ABS_NUMBER"]
+
+#: Numbers a client sends must lie within +-MAX_ABS_NUMBER: models compute in float32, and a value
+#: far beyond any feature's range overflows there (a NaN prediction, or an infinite encoded input).
+MAX_ABS_NUMBER = 1e15
 
 
 class RequestError(Exception):
@@ -98,8 +104,65 @@ def _depth_exceeds(obj: Any, max_depth: int) -> bool:
     return False
 
 
+def _short(text: str, limit: int = 64) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook``: the dict, or a 400 naming a key that appears twice (JSON parsers
+    disagree on which one wins, so the request is ambiguous)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise RequestError(400, f"duplicate key {_short(key)!r} in a JSON object: send each key once",
+                                   _short(key))
+            seen.add(key)
+    return out
+
+
+class _LongInt:
+    """Stands in for an integer literal too long to convert, so that its place can be named."""
+
+    def __init__(self, digits: int):
+        self.digits = digits
+
+
+def _int_or_marker(literal: str) -> int | _LongInt:
+    try:
+        return int(literal)
+    except ValueError:
+        return _LongInt(len(literal.lstrip("-")))
+
+
+def _find(value: Any, kind: type, path: str = "") -> tuple[str, Any] | None:
+    """The path (``instances[0].amount``) and value of the first ``kind`` instance in ``value``."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, kind):
+            return where or "body", node
+        if isinstance(node, dict):
+            stack.extend((v, f"{where}.{k}" if where else str(k)) for k, v in reversed(node.items()))
+        elif isinstance(node, list):
+            stack.extend((v, f"{where}[{i}]") for i, v in reversed(list(enumerate(node))))
+    return None
+
+
+def _long_int_error(body: bytes) -> RequestError:
+    """The error for an integer literal longer than Python converts: re-parse (only on this
+    error path) with a marker for such literals, and name where the first one is."""
+    limit = sys.get_int_max_str_digits()
+    found = _find(json.loads(body, object_pairs_hook=_unique_keys, parse_int=_int_or_marker), _LongInt)
+    where, marker = found if found is not None else ("body", _LongInt(0))
+    return RequestError(400, f"{where} is an integer of {marker.digits} digits; numbers must have at most {limit} "
+                             f"digits and lie within +-{MAX_ABS_NUMBER:g}: send a smaller value", where)
+
+
 def parse_json_body(body: bytes, *, max_bytes: int, max_depth: int) -> Any:
-    """Bytes -> JSON value. 413 when too large or too deeply nested, 400 when malformed.
+    """Bytes -> JSON value. 413 when too large or too deeply nested, 400 when malformed or when
+    an object repeats a key.
 
     NaN/Infinity literals parse to floats here so that validation can name the field."""
     if len(body) > max_bytes:
@@ -107,16 +170,52 @@ def parse_json_body(body: bytes, *, max_bytes: int, max_depth: int) -> Any:
     if not body:
         raise RequestError(400, "request body is empty: expected a JSON object")
     try:
-        value = json.loads(body)
+        value = json.loads(body, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise RequestError(413, f"JSON nested deeper than {max_depth} levels") from None
-    except (ValueError, UnicodeDecodeError) as exc:
+    except json.JSONDecodeError as exc:
         raise RequestError(400, f"malformed JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise RequestError(400, f"the body is not UTF-8 JSON: {exc.reason} at byte {exc.start}") from None
+    except ValueError:  # an integer literal longer than int() converts (sys.get_int_max_str_digits)
+        try:
+            error = _long_int_error(body)
+        except (ValueError, RecursionError):
+            error = RequestError(400, "malformed JSON: a number cannot be read")
+        raise error from None
     if _depth_exceeds(value, max_depth):
         raise RequestError(413, f"JSON nested deeper than {max_depth} levels")
     if not isinstance(value, dict):
-        raise RequestError(400, f"expected a JSON object at the top level, got {type(value).__name__}")
+        raise RequestError(400, f"expected a JSON object at the top level, got {_json_type(value)}")
     return value
+
+
+def _keys(keys: list[str], limit: int = 5) -> str:
+    shown = ", ".join(repr(_short(k)) for k in keys[:limit])
+    return f"[{shown}{', ...' if len(keys) > limit else ''}]"
+
+
+def _json_type(value: Any) -> str:
+    """A value's JSON type name (never a Python class name)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+def _number_error(value: Any, where: str) -> RequestError | None:
+    """422 for a number a model cannot take (non-finite, or beyond +-MAX_ABS_NUMBER); None if fine."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return RequestError(422, f"{where} is {value}; only finite numbers are allowed", where)
+    if not -MAX_ABS_NUMBER <= value <= MAX_ABS_NUMBER:
+        shown = f"{value:.3g}" if isinstance(value, float) else _short(str(value), 24)
+        return RequestError(422, f"{where} is {shown}; numbers must lie within +-{MAX_ABS_NUMBER:g}", where)
+    return None
 
 
 def _check_value(value: Any, kind: str, where: str) -> Any:
@@ -124,21 +223,21 @@ def _check_value(value: Any, kind: str, where: str) -> Any:
         raise RequestError(422, f"{where} is {value}; only finite numbers are allowed", where)
     if kind == "any":
         if isinstance(value, dict | list):
-            raise RequestError(422, f"{where} must be a scalar, got {type(value).__name__}", where)
+            raise RequestError(422, f"{where} must be a scalar, got {_json_type(value)}", where)
+        if isinstance(value, int | float) and not isinstance(value, bool) and (error := _number_error(value, where)):
+            raise error
         return value
     if kind in ("number", "number_or_null"):
         if value is None and kind == "number_or_null":
             return value
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise RequestError(422, f"{where} must be a number, got {_type_name(value)}", where)
+            raise RequestError(422, f"{where} must be a number, got {_json_type(value)}", where)
+        if error := _number_error(value, where):
+            raise error
         return value
     if value is not None and not isinstance(value, str | int | bool):  # category
-        raise RequestError(422, f"{where} must be a string, integer, boolean or null, got {_type_name(value)}", where)
+        raise RequestError(422, f"{where} must be a string, integer, boolean or null, got {_json_type(value)}", where)
     return value
-
-
-def _type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
 
 
 def _check_rows(rows: Any, schema: InputSchema, max_instances: int, where: str) -> list[dict[str, Any]]:
@@ -150,16 +249,16 @@ def _check_rows(rows: Any, schema: InputSchema, max_instances: int, where: str) 
     expected_names = set(expected)
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
-            raise RequestError(422, f"{where}[{i}] must be an object of feature: value, got {_type_name(row)}", f"{where}[{i}]")
+            raise RequestError(422, f"{where}[{i}] must be an object of feature: value, got {_json_type(row)}", f"{where}[{i}]")
         if row.keys() != expected_names:
             unknown = sorted(set(row) - expected_names)
             missing = sorted(expected_names - set(row))
             parts = []
             if unknown:
-                parts.append(f"unknown features {unknown}")
+                parts.append(f"unknown features {_keys(unknown)}")
             if missing:
                 parts.append(f"missing features {missing}")
-            name = unknown[0] if unknown else missing[0]
+            name = _short(unknown[0] if unknown else missing[0])
             raise RequestError(422, f"{where}[{i}]: {'; '.join(parts)}; expected exactly {sorted(expected_names)}",
                                f"{where}[{i}].{name}")
         for name, kind in expected.items():
@@ -172,7 +271,7 @@ def parse_v1(payload: Mapping[str, Any], schema: InputSchema, *, max_instances: 
     unknown = sorted(set(payload) - {"instances", "id"})
     if "instances" not in payload or unknown:
         raise RequestError(400, "expected {\"instances\": [{feature: value, ...}, ...]}" +
-                           (f"; unknown keys {unknown}" if unknown else ""))
+                           (f"; unknown keys {_keys(unknown)}" if unknown else ""))
     if not schema.columns:
         raise RequestError(422, "this model version takes encoded tensors only: use POST /v2/models/{name}/infer "
                                 f"with one FP32 input of shape [n, {schema.input_dim}]", "instances")
@@ -189,6 +288,7 @@ def _request_id(payload: Mapping[str, Any]) -> str | None:
 
 _V2_NUMERIC = {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 _V2_TYPES = _V2_NUMERIC | {"BOOL", "BYTES"}
+_MAX_RANK, _MAX_DIM = 8, 2**31 - 1
 
 
 def parse_v2(payload: Mapping[str, Any], schema: InputSchema, *, max_instances: int) -> ParsedRequest:
@@ -198,7 +298,11 @@ def parse_v2(payload: Mapping[str, Any], schema: InputSchema, *, max_instances: 
     or one input per raw feature column (shape ``[n]`` or ``[n, 1]``), encoded by the server."""
     unknown = sorted(set(payload) - {"inputs", "id", "parameters", "outputs"})
     if unknown:
-        raise RequestError(400, f"unknown keys {unknown}; expected an Open Inference Protocol v2 request with 'inputs'")
+        raise RequestError(400, f"unknown keys {_keys(unknown)}; expected an Open Inference Protocol v2 request with 'inputs'")
+    if not isinstance(payload.get("parameters", {}), dict):
+        raise RequestError(422, "'parameters' must be an object", "parameters")
+    if not isinstance(payload.get("outputs", []), list):
+        raise RequestError(422, "'outputs' must be a list of requested outputs", "outputs")
     inputs = payload.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise RequestError(400, "'inputs' must be a non-empty list of tensors {name, shape, datatype, data}")
@@ -213,16 +317,20 @@ def parse_v2(payload: Mapping[str, Any], schema: InputSchema, *, max_instances: 
         name, shape, datatype, data = tensor["name"], tensor["shape"], tensor["datatype"], tensor["data"]
         if not isinstance(name, str) or name in tensors:
             raise RequestError(422, f"{where}.name must be a unique string", f"{where}.name")
-        if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-            raise RequestError(422, f"{where}.shape must be a list of non-negative integers", f"{name}.shape")
-        if datatype not in _V2_TYPES:
-            raise RequestError(422, f"{where}.datatype {datatype!r} is not an OIP v2 datatype ({sorted(_V2_TYPES)})", f"{name}.datatype")
+        label = _short(name)
+        if not isinstance(shape, list) or not shape or len(shape) > _MAX_RANK or not all(
+                isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= _MAX_DIM for d in shape):
+            raise RequestError(422, f"{where}.shape must be a list of 1 to {_MAX_RANK} integers in 0..{_MAX_DIM}",
+                               f"{label}.shape")
+        if not isinstance(datatype, str) or datatype not in _V2_TYPES:
+            raise RequestError(422, f"{where}.datatype {_short(repr(datatype))} is not an OIP v2 datatype ({sorted(_V2_TYPES)})",
+                               f"{label}.datatype")
         if not isinstance(data, list):
-            raise RequestError(422, f"{where}.data must be a flat list", f"{name}.data")
+            raise RequestError(422, f"{where}.data must be a flat list", f"{label}.data")
         if data and isinstance(data[0], list):
             data = [v for sub in data for v in (sub if isinstance(sub, list) else [sub])]  # row-major nested form
         if math.prod(shape) != len(data):
-            raise RequestError(422, f"{name}: shape {shape} holds {math.prod(shape)} values but data has {len(data)}", f"{name}.shape")
+            raise RequestError(422, f"{label}: shape {shape} does not match the {len(data)} values in data", f"{label}.shape")
         tensors[name] = (shape, datatype, data)
 
     if "input" in tensors and len(tensors) == 1:
@@ -234,8 +342,10 @@ def parse_v2(payload: Mapping[str, Any], schema: InputSchema, *, max_instances: 
         if not 1 <= shape[0] <= max_instances:
             raise RequestError(413 if shape[0] > max_instances else 422, f"input: {shape[0]} rows; allowed 1..{max_instances}", "input.shape")
         for j, v in enumerate(data):
-            if isinstance(v, bool) or not isinstance(v, int | float) or (isinstance(v, float) and not math.isfinite(v)):
-                raise RequestError(422, f"input.data[{j}] is {v!r}; expected a finite number", f"input.data[{j}]")
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise RequestError(422, f"input.data[{j}] is {_json_type(v)}; expected a finite number", f"input.data[{j}]")
+            if error := _number_error(v, f"input.data[{j}]"):
+                raise error
         return ParsedRequest(matrix=np.asarray(data, dtype=np.float32).reshape(shape), request_id=_request_id(payload))
 
     if not schema.columns:
@@ -243,12 +353,13 @@ def parse_v2(payload: Mapping[str, Any], schema: InputSchema, *, max_instances: 
     expected = set(schema.columns)
     if set(tensors) != expected:
         unknown_names, missing_names = sorted(set(tensors) - expected), sorted(expected - set(tensors))
-        field_name = (unknown_names or missing_names)[0]
-        raise RequestError(422, f"inputs: unknown {unknown_names}, missing {missing_names}; expected one tensor per "
+        field_name = _short((unknown_names or missing_names)[0])
+        raise RequestError(422, f"inputs: unknown {_keys(unknown_names)}, missing {missing_names}; expected one tensor per "
                                 f"feature {sorted(expected)} or one 'input' of shape [n, {schema.input_dim}]", field_name)
     lengths = {name: shape[0] for name, (shape, _, _) in tensors.items()}
     if len(set(lengths.values())) != 1:
-        raise RequestError(422, f"inputs have different row counts {lengths}", next(iter(lengths)))
+        raise RequestError(422, f"inputs have different row counts {dict(list(lengths.items())[:5])}",
+                           _short(next(iter(lengths))))
     for name, (shape, _, _) in tensors.items():
         if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
             raise RequestError(422, f"{name}: shape {shape} must be [n] or [n, 1]", f"{name}.shape")
