@@ -45,6 +45,10 @@ def target(request, tmp_path):
     return root, f"sqlite:///{tmp_path / 'registry.db'}", env, open_root(root, settings)
 
 
+def _kind(root: str) -> str:
+    return "s3" if root.startswith("s3://") else "local"
+
+
 def _child(root: str, url: str, env: dict[str, str], kill_at: str, loops: int) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "tests.integration.registration_child", root, url, kill_at,
                              str(loops)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -90,7 +94,7 @@ def assert_absent_or_complete(url: str, storage) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("kill_at", KILL_POINTS)
-def test_f6_driver_killed_at_each_step_leaves_absent_or_complete(target, kill_at):
+def test_f6_driver_killed_at_each_step_leaves_absent_or_complete(target, kill_at, record_property):
     root, url, env, storage = target
     code, out, err = _finish(_child(root, url, env, kill_at, loops=1))
     assert code == -signal.SIGKILL, f"the driver was not killed at {kill_at}: rc={code}\n{err[-3000:]}"
@@ -101,13 +105,17 @@ def test_f6_driver_killed_at_each_step_leaves_absent_or_complete(target, kill_at
     code, out, err = _finish(_child(root, url, env, "none", loops=1))
     assert code == 0, err[-3000:]
     assert assert_absent_or_complete(url, storage)["complete"] == counts["complete"] + 1
+    if kill_at == KILL_POINTS[-1]:
+        record_property(f"{_kind(root)}: {len(KILL_POINTS)} kill points",
+                        "each left absent or complete; the next driver completed")
 
 
-def test_f6_driver_killed_at_random_moments(target):
+def test_f6_driver_killed_at_random_moments(target, record_property):
     """Kills from outside, at random moments of a driver registering version after version."""
     root, url, env, storage = target
     rng = random.Random(6)
     kills = 0
+    counts: dict[str, int] = {}
     for _ in range(4):
         proc = _child(root, url, env, "none", loops=10_000)
         try:
@@ -119,5 +127,7 @@ def test_f6_driver_killed_at_random_moments(target):
             code, _, err = _finish(proc)
         assert code == -signal.SIGKILL, err[-3000:]
         kills += 1
-        assert_absent_or_complete(url, storage)
+        counts = assert_absent_or_complete(url, storage)
     assert kills == 4
+    record_property(f"{_kind(root)}: 4 random kills", f"{counts['complete']} complete + {counts['unfinished']} unfinished versions, "
+                                      "all consistent")
