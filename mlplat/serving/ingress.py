@@ -64,7 +64,12 @@ def schema_of_bundle(storage: Any, name: str, version: int, bundle_sha256: str |
     from mlplat.serving.request import InputSchema
     from mlplat.storage import sha256_bytes
 
-    raw = storage.read_bytes(*bundle_dir(name, version), BUNDLE_FILE)
+    try:
+        raw = storage.read_bytes(*bundle_dir(name, version), BUNDLE_FILE)
+    except MlplatError as exc:  # storage unreachable, or the registered bundle gone: retry later, never a 500
+        log.warning("model %s v%s: cannot read its bundle: %s: %s", name, version, type(exc).__name__, exc)
+        raise RequestError(503, f"model {name} v{version} cannot be loaded now (its storage did not answer); "
+                                "retry with backoff") from None
     if bundle_sha256 is not None and sha256_bytes(raw) != bundle_sha256:
         raise RequestError(503, f"model {name} v{version}: bundle.json does not match the registry's sha256")
     meta = json.loads(raw)
