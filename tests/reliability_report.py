@@ -103,7 +103,7 @@ ROWS: tuple[Row, ...] = (
          I + "test_overload.py::test_content_length_longer_than_the_body_gets_408_within_the_deadline",
          I + "test_overload.py::test_a_body_at_one_byte_per_interval_gets_408_after_the_deadline")),
     Row("B10", "load past capacity (32 clients on a 0.5 s model that takes 1 at a time)",
-        "503 + Retry-After within 2 s, error schema; only 200/503; health < 2 s; normal requests succeed "
+        "503 + Retry-After within 2 s, the API's error body; only 200/503; health < 2 s; normal requests succeed "
         "again within 10 s",
         (I + "test_overload.py::test_overload_is_shed_with_503_and_retry_after_while_health_answers",
          U + "test_load_shedding.py::")),
@@ -202,7 +202,7 @@ NOTES = """## How B9 and B10 are met
 
 - **Load shedding.** An ingress replica admits at most `serve.ingress_max_ongoing_requests -
   serve.ingress_health_headroom` inference requests at once (default 256 - 16) and answers the
-  rest at once with 503, `Retry-After: serve.retry_after_s` and the error body `{"error", "field"}`
+  rest at once with 503, `Retry-After: serve.retry_after_s` and the API's error body `{"error": ...}`
   (mlplat/serving/admission.py). Health and metadata routes are never counted, so the headroom
   keeps them answering. Behind it every deployment has a bounded Serve queue per caller
   (`serve.ingress_max_queued_requests`, `serve.pool.max_queued_requests`,
