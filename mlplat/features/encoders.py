@@ -574,8 +574,17 @@ def encoder_class(name: str) -> type[Encoder]:
 def build_encoder(spec: Mapping[str, Any]) -> Encoder:
     """An encoder from its JSON form (``type``/``encoder``, ``column``, ``output``, ``params``,
     ``fitted``)."""
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"an encoder entry must be a mapping with 'type' and 'column', got {spec!r}")
     name = spec.get("type") or spec.get("encoder")
     if not isinstance(name, str):
         raise ConfigError(f"encoder entry {dict(spec)!r} names no encoder type")
     cls = encoder_class(name)
-    return cls(spec["column"], spec.get("output"), spec.get("params") or {}, spec.get("fitted"))
+    column, output, params, fitted = spec.get("column"), spec.get("output"), spec.get("params") or {}, spec.get("fitted")
+    if not isinstance(column, str) or not column:
+        raise ConfigError(f"encoder {name!r}: 'column' must name the input column (a non-empty string), got {column!r}")
+    if output is not None and (not isinstance(output, str) or not output):
+        raise ConfigError(f"encoder {name!r} on column {column!r}: 'output' must be a non-empty string, got {output!r}")
+    if not isinstance(params, Mapping) or (fitted is not None and not isinstance(fitted, Mapping)):
+        raise ConfigError(f"encoder {name!r} on column {column!r}: 'params' and 'fitted' must be mappings")
+    return cls(column, output, params, fitted)
