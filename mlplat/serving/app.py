@@ -132,6 +132,13 @@ def stop_serving(config: PlatformConfig) -> None:
 
 
 def apply_serve_env(config: PlatformConfig) -> None:
-    """Export the Serve mode variables into this process before it starts Ray."""
+    """Export the Serve mode variables into this process before it starts Ray. In HAProxy mode
+    also HAProxy's stats (8404) and metrics (9101) listeners go to loopback: Serve binds them on
+    every interface without auth (haproxy_loopback.py; an operator's own
+    ``RAY_SERVE_HAPROXY_BINARY_PATH`` is left alone)."""
     for key, value in serve_env(config).items():
         os.environ.setdefault(key, value)
+    if config.serve.haproxy:
+        from mlplat.serving.haproxy_loopback import loopback_env
+
+        os.environ.update(loopback_env(os.environ))
