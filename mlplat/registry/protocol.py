@@ -122,9 +122,10 @@ class Registry(Protocol):
 
     # -- promotion, rollback and deployments (rollouts.py) ---------------------------------------
     def promote(self, name: str, version: int, *, region: str | None = None, expected_production: int | None = None,
-                idempotency_key: str | None = None) -> ModelVersion:
+                by: str = "", idempotency_key: str | None = None) -> ModelVersion:
         """Make ``version`` PRODUCTION in one transaction: the old one ARCHIVED and ``previous``;
-        every regional alias is removed. With ``region``: only ``production.<region>`` moves."""
+        every regional alias is removed. With ``region``: only ``production.<region>`` moves.
+        ``by``: who promotes, recorded in the ``promoted`` event."""
         ...
 
     def rollback(self, name: str, *, region: str | None = None, expected_production: int | None = None, by: str = "",

@@ -183,7 +183,7 @@ class RolloutsPart(StoreCore):
 
     @writes
     def promote(self, tx: Tx, name: str, version: int, *, region: str | None = None, expected_production: int | None = None,
-                idempotency_key: str | None = None) -> ModelVersion:
+                by: str = "", idempotency_key: str | None = None) -> ModelVersion:
         validate_name(name, "model name")
         version, region = int_version(version), _region(region)
         moves: dict[str, list[int | None]] = {}
@@ -194,8 +194,8 @@ class RolloutsPart(StoreCore):
             check_expected_alias(name, production_alias(region), alias_version(tx, name, production_alias(region)),
                                  expected_production)
             old = self._promote_regional(tx, name, version, region, moves)
-        emit(tx, "promoted", f"model:{name}", version, {"previous": old, "region": region, "transitions": transitions,
-                                                       "aliases": moves})
+        emit(tx, "promoted", f"model:{name}", version, {"previous": old, "region": region, "by": by,
+                                                       "transitions": transitions, "aliases": moves})
         return version_record(version_row(tx, name, version))
 
     @writes
@@ -350,10 +350,11 @@ class RolloutsPart(StoreCore):
                 "deployment": deployment_id, "region": region, "percent": percent, "transitions": transitions,
                 "aliases": {alias: [before, version]}})
             return record
-        self._go_live(tx, row)
+        self._go_live(tx, row, by=row["by_user"] or "")
         return _deployment_record(_deployment_row(tx, deployment_id))
 
-    def _go_live(self, tx: Tx, row: Row) -> None:
+    def _go_live(self, tx: Tx, row: Row, *, by: str) -> None:
+        """``by``: who made the version live (the deployment's author, or whoever ended its canary)."""
         name, version, region = row["model"], int(row["version"]), row["region"] or None
         moves: dict[str, list[int | None]] = {}
         transitions: list[dict[str, Any]] = []
@@ -371,7 +372,7 @@ class RolloutsPart(StoreCore):
             moves[canary_alias(region)] = [version, None]
         record = _set_deployment(tx, row, DeploymentState.LIVE)
         emit(tx, "promoted", f"model:{name}", version, {"previous": old, "region": region, "deployment": record.id,
-                                                       "transitions": transitions, "aliases": moves})
+                                                       "by": by, "transitions": transitions, "aliases": moves})
 
     def _end_canary(self, tx: Tx, row: Row, *, promote: bool, reason: str, by: str) -> Deployment:
         name, version, region = row["model"], int(row["version"]), row["region"] or None
@@ -383,7 +384,7 @@ class RolloutsPart(StoreCore):
         if row["state"] != DeploymentState.CANARY.value:
             raise ConflictError(f"deployment {row['id']} is {row['state']}, not CANARY; nothing was changed")
         if promote:
-            self._go_live(tx, row)
+            self._go_live(tx, row, by=by)
             return _deployment_record(_deployment_row(tx, row["id"]))
         alias = canary_alias(region)
         before = alias_version(tx, name, alias)
