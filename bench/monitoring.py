@@ -5,18 +5,19 @@ P1-telemetry — the P1 hot model (a small MLP (hidden 64, 32) with a fitted enc
 the mlplat Serve app in the mode of bench/serving.py's primary mlplat row, ``mlplat+haproxy``:
 HAProxy ingress, Serve's throughput-optimized mode, one ingress replica per core, bearer auth.
 Load: wrk (``-t1 -c16``, loopback, bounded time), POST /v1/models/hot:predict with one raw row.
-One child process starts Ray once and alternately deploys the *same* app with ``serve.telemetry``
-true and false (``mlplat.connect(..., serve__telemetry=...)`` + ``serve_start()``: a redeploy
-restarts every replica), so both sides share the Ray cluster, the Serve mode (fixed when Ray
-starts), the model and the load; only the setting differs. Rounds: on, off, on, off, ... (at
-least 3 each); each round = redeploy (fresh replicas for both sides), wait until the model
-answers, 2 s of untimed wrk warm-up (7 s in the very first round, where the new cluster is
-still settling), then one timed wrk run. Telemetry on is the platform default: buffered in the
+One child process starts Ray once and deploys two apps side by side, once: ``p1-on`` at ``/on``
+(``serve.telemetry`` true) and ``p1-off`` at ``/off`` (false), each with its own ingress replicas
+(``mlplat.connect(..., serve__telemetry=..., serve__app_name=..., serve__route_prefix=...)`` +
+``serve_start()``). Both sides share the Ray cluster, the Serve mode (fixed when Ray starts), the
+model, the load and the box; the idle side's replicas sit beside the measured one in both
+directions; only the setting differs, and no redeploy happens between timed runs. After an
+untimed 7 s wrk warm-up of each app, every round measures both sides, the side that goes first
+alternating (on, off | off, on | ...; at least 3 rounds); each timed run follows 2 s of untimed
+warm-up of its side. Telemetry on is the platform default: buffered in the
 ingress, flushed every 5 s to ``telemetry/hot/date=.../*.parquet`` and registered in the data
 catalog (the rows carry how many telemetry rows reached disk during each round: > 0 on, 0
-off). Rows: median
-req/s on vs off (target >= 0.95x) and median p99 on vs off (informational); per-round values,
-p50s, non-2xx counts and redeploy times in the JSON.
+off). Rows: median req/s on vs off (target >= 0.95x) and median p99 on vs off (informational);
+per-round values, p50s, non-2xx counts and deploy times in the JSON.
 
 drift-job — the drift statistics over N telemetry rows (default 10M) in F Parquet files (default
 64) laid out as the ingress writes them: ``telemetry/hot/date=YYYY-MM-DD/<writer>-<flush
@@ -166,8 +167,10 @@ def _telemetry_rows(root: str) -> int:
 
 
 def _p1_child(port: int, root: str, seconds: int, rounds: int) -> None:
-    """One Ray + Serve (HAProxy, throughput-optimized); the app alternately redeployed with
-    telemetry on and off; prints progress lines and one ``RESULT <json>`` line."""
+    """One Ray + Serve (HAProxy, throughput-optimized) with two apps deployed once and side by
+    side -- ``/on`` (telemetry on) and ``/off`` (telemetry off), the same model, the same
+    replicas for the whole run -- measured alternately (the side that goes first alternates
+    from round to round); prints progress lines and one ``RESULT <json>`` line."""
     import ray
 
     import mlplat
@@ -176,27 +179,31 @@ def _p1_child(port: int, root: str, seconds: int, rounds: int) -> None:
     _register_hot(root)
     common = {"root": root, "api_token": TOKEN, "serve__port": port, "serve__haproxy": True,
               "serve__throughput_optimized": True, "serve__ingress_replicas": INGRESS_REPLICAS}
-    sides = {"on": mlplat.connect(**common, serve__telemetry=True),
-             "off": mlplat.connect(**common, serve__telemetry=False)}
+    sides = {side: mlplat.connect(**common, serve__telemetry=side == "on", serve__app_name=f"p1-{side}",
+                                  serve__route_prefix=f"/{side}") for side in ("on", "off")}
     sides["on"].ensure_ray()  # exports the Serve mode variables before Ray starts
     _shutdown_on_sigterm()
-    results: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
-    for i in range(2 * rounds):
-        side = "on" if i % 2 == 0 else "off"
+    deploy_s: dict[str, float] = {}
+    for side, platform in sides.items():
         t0 = time.monotonic()
-        sides[side].serve_start()
-        _wait_http(port)
-        deploy_s = time.monotonic() - t0
-        _wrk(port, 7 if i == 0 else 2)  # warm-up, untimed (longer once: the fresh cluster settles)
-        before = _telemetry_rows(root)
-        result = _wrk(port, seconds)
-        result.update(deploy_s=round(deploy_s, 2), telemetry_rows=_telemetry_rows(root) - before)
-        results[side].append(result)
-        print(f"  P1-telemetry round {i // 2 + 1} telemetry {side}: {result['rps']:,.0f} req/s, p50 "
-              f"{result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, non-2xx {result['errors']}, telemetry rows "
-              f"written {result['telemetry_rows']}, redeploy {deploy_s:.1f} s", flush=True)
+        platform.serve_start()
+        _wait_http(port, prefix=f"/{side}")
+        deploy_s[side] = round(time.monotonic() - t0, 2)
+    for side in sides:
+        _wrk(port, 7, prefix=f"/{side}")  # warm-up, untimed: the fresh cluster settles, both apps answer
+    results: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+    for i in range(rounds):
+        for side in (("on", "off") if i % 2 == 0 else ("off", "on")):
+            _wrk(port, 2, prefix=f"/{side}")  # this side's replicas back to steady state, untimed
+            before = _telemetry_rows(root)
+            result = _wrk(port, seconds, prefix=f"/{side}")
+            result.update(deploy_s=deploy_s[side], telemetry_rows=_telemetry_rows(root) - before)
+            results[side].append(result)
+            print(f"  P1-telemetry round {i + 1} telemetry {side}: {result['rps']:,.0f} req/s, p50 "
+                  f"{result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, non-2xx {result['errors']}, telemetry "
+                  f"rows written {result['telemetry_rows']}", flush=True)
     print("RESULT " + json.dumps(results), flush=True)
-    ray.shutdown()  # the app goes with the cluster (serve.shutdown takes ~30 s); the driver stops the HAProxy left
+    ray.shutdown()  # the apps go with the cluster (serve.shutdown takes ~30 s); the driver stops the HAProxy left
 
 
 def _stop_child(proc: subprocess.Popen, haproxy_before: set[int]) -> None:
@@ -237,7 +244,7 @@ def run_p1(seconds: int | None = None, rounds: int | None = None) -> list[dict[s
                                  "--seconds", str(seconds), "--rounds", str(rounds)],
                                 cwd=HERE.parent, env=env, stdout=subprocess.PIPE, stderr=log, text=True,
                                 start_new_session=True)
-        deadline_s = 240 + 2 * rounds * (seconds + 150)
+        deadline_s = 400 + 2 * rounds * (seconds + 60)
         watchdog = threading.Timer(deadline_s, _stop_child, (proc, haproxy_before))
         watchdog.start()
         try:
@@ -267,15 +274,16 @@ def run_p1(seconds: int | None = None, rounds: int | None = None) -> list[dict[s
         "mode": f"HAProxy ingress, throughput-optimized, placement ingress, {INGRESS_REPLICAS} ingress replicas "
                 "(bench/serving.py mlplat+haproxy)",
         "load": f"wrk -t1 -c16 -d{seconds}s, one raw row per request", "rounds_per_side": rounds,
-        "order": "on, off, on, off, ... (redeploy + untimed wrk warm-up, 7 s in round 1 and 2 s after, before each "
-                 "timed run)",
+        "order": "two apps deployed once side by side (/on, /off: same model, same replicas all run); rounds "
+                 "alternate which side goes first (on, off | off, on | ...); an untimed 7 s warm-up of each app, "
+                 "then 2 s untimed before each timed run",
         "per_round_rps_on": per_round("on", "rps"), "per_round_rps_off": per_round("off", "rps"),
         "per_round_p99_ms_on": per_round("on", "p99_ms"), "per_round_p99_ms_off": per_round("off", "p99_ms"),
         "p50_ms_on": round(med("on", "p50_ms"), 2), "p50_ms_off": round(med("off", "p50_ms"), 2),
         "non_2xx_on": sum(r["errors"] for r in result["on"]), "non_2xx_off": sum(r["errors"] for r in result["off"]),
         "telemetry_rows_written_on": [r["telemetry_rows"] for r in result["on"]],
         "telemetry_rows_written_off": [r["telemetry_rows"] for r in result["off"]],
-        "redeploy_s_on": per_round("on", "deploy_s"), "redeploy_s_off": per_round("off", "deploy_s"),
+        "deploy_s_on": result["on"][0]["deploy_s"], "deploy_s_off": result["off"][0]["deploy_s"],
     }
     baseline = "telemetry off (same app, same load)"
     return [

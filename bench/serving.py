@@ -181,14 +181,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_http(port: int) -> None:
+def _wait_http(port: int, prefix: str = "") -> None:
     import urllib.request
 
     deadline = time.monotonic() + 120
     body = json.dumps({"instances": [ROW]}).encode()
     while time.monotonic() < deadline:
         try:
-            request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models/hot:predict", data=body, method="POST",
+            request = urllib.request.Request(f"http://127.0.0.1:{port}{prefix}/v1/models/hot:predict", data=body, method="POST",
                                              headers={"content-type": "application/json", "authorization": f"Bearer {TOKEN}"})
             with urllib.request.urlopen(request, timeout=5) as response:
                 if response.status == 200:
@@ -226,11 +226,11 @@ def _stop(proc: subprocess.Popen, haproxy_before: set[int] | None = None) -> Non
             pass
 
 
-def _wrk(port: int, seconds: int, connections: int = 16) -> dict[str, float]:
+def _wrk(port: int, seconds: int, connections: int = 16, prefix: str = "") -> dict[str, float]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(WRK_SCRIPT)
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name,
-                          f"http://127.0.0.1:{port}/v1/models/hot:predict"], capture_output=True, text=True, timeout=seconds + 60)
+                          f"http://127.0.0.1:{port}{prefix}/v1/models/hot:predict"], capture_output=True, text=True, timeout=seconds + 60)
     os.unlink(script.name)
     text = out.stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
