@@ -9,7 +9,7 @@ the parser accepts and every status the ingress answers.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -243,7 +243,7 @@ def openapi_document(app: Any) -> dict[str, Any]:
     return doc
 
 
-def allowed_methods(routes: Iterable[Any], scope: dict[str, Any], *, skip_path: str | None = None) -> list[str]:
+def allowed_methods(routes: Iterable[Any], scope: MutableMapping[str, Any], *, skip_path: str | None = None) -> list[str]:
     """The methods of the declared routes whose path matches ``scope`` (none: the path is
     unknown). ``skip_path``: the catch-all route's path, which matches every path.
 
