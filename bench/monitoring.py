@@ -13,7 +13,8 @@ model, the load and the box; the idle side's replicas sit beside the measured on
 directions; only the setting differs, and no redeploy happens between timed runs. After an
 untimed 7 s wrk warm-up of each app, every round measures both sides, the side that goes first
 alternating (on, off | off, on | ...; at least 3 rounds); each timed run follows 2 s of untimed
-warm-up of its side. Telemetry on is the platform default: buffered in the
+warm-up of its side, and after a timed run of ``/on`` the run waits 6 s, so that side's last
+flush (every 5 s) lands before the next timed run, not inside it. Telemetry on is the platform default: buffered in the
 ingress, flushed every 5 s to ``telemetry/hot/date=.../*.parquet`` and registered in the data
 catalog (the rows carry how many telemetry rows reached disk during each round: > 0 on, 0
 off). Rows: median req/s on vs off (target >= 0.95x) and median p99 on vs off (informational);
@@ -197,6 +198,8 @@ def _p1_child(port: int, root: str, seconds: int, rounds: int) -> None:
             _wrk(port, 2, prefix=f"/{side}")  # this side's replicas back to steady state, untimed
             before = _telemetry_rows(root)
             result = _wrk(port, seconds, prefix=f"/{side}")
+            if side == "on":  # its last rows flush (every 5 s) before the next timed run, never inside it
+                time.sleep(6)
             result.update(deploy_s=deploy_s[side], telemetry_rows=_telemetry_rows(root) - before)
             results[side].append(result)
             print(f"  P1-telemetry round {i + 1} telemetry {side}: {result['rps']:,.0f} req/s, p50 "
