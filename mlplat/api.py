@@ -61,17 +61,22 @@ class Platform:
         self.ensure_ray()
         return connect_actor(self.config)
 
-    def ensure_ray(self, *, log_to_driver: bool = True) -> None:
+    def ensure_ray(self, *, log_to_driver: bool | None = None) -> None:
         """Connect to Ray once: the configured address, else an embedded local instance; then
         agree on settings with the cluster (:meth:`_settle`).
 
         Inside a Ray job (``ray job submit``) the driver passes ``ray.init`` only the env vars
         that the job's runtime env does not set: Ray refuses to merge two that both set one, and
-        the job's workers inherit the job's own."""
+        the job's workers inherit the job's own. ``log_to_driver`` and the ``ray`` logger's level
+        default to the console's choice (:func:`mlplat.console.quiet_ray`)."""
         import ray
 
+        from mlplat.console import ray_init_options
+
         if not ray.is_initialized():
-            kwargs: dict[str, Any] = {"namespace": self.config.namespace, "log_to_driver": log_to_driver}
+            kwargs: dict[str, Any] = {"namespace": self.config.namespace, **ray_init_options()}
+            if log_to_driver is not None:
+                kwargs["log_to_driver"] = log_to_driver
             if self.config.ray_address:
                 kwargs["address"] = self.config.ray_address
             else:
