@@ -85,6 +85,10 @@ class Platform:
                 # stopped trainers (Tune early stops, cancelled runs) are never freed.
                 kwargs["include_dashboard"] = True
                 kwargs["dashboard_host"] = "127.0.0.1"
+                if not os.environ.get("RAY_ADDRESS"):  # a job's driver: RAY_ADDRESS names its cluster
+                    # ray.init() with no address joins the newest Ray it finds on this machine (any
+                    # `ray start`, even another user's); embedded means our own.
+                    kwargs["address"] = "local"
                 # Serve's throughput/HAProxy modes act only if set before Ray starts.
                 from mlplat.serving import apply_serve_env
 
