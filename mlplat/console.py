@@ -39,6 +39,17 @@ _QUIET_ENV = {"RAY_DATA_LOG_LEVEL": "WARNING", "RAY_DATA_DISABLE_PROGRESS_BARS":
 _quiet = False
 
 
+class _DropOurOwnNotice(logging.Filter):
+    """Ray Data warns "Progress bars disabled. To enable, set ..." because quiet mode disabled
+    them; the way back here is ``--verbose``, so that one warning is not shown."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Progress bars disabled")
+
+
+_NOTICE_FILTER = _DropOurOwnNotice()
+
+
 def verbose_requested(flag: bool = False, environ: Mapping[str, str] | None = None) -> bool:
     """``--verbose`` given, or ``MLPLAT_VERBOSE`` set to a true value (1, true, yes, on).
 
@@ -65,6 +76,9 @@ def quiet_ray(verbose: bool) -> None:
         return
     for name, value in _QUIET_ENV.items():
         os.environ.setdefault(name, value)
+    notices = logging.getLogger("ray.data._internal.progress")  # no import of Ray: just the logger's name
+    if _NOTICE_FILTER not in notices.filters:
+        notices.addFilter(_NOTICE_FILTER)
     settle()
 
 
