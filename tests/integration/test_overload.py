@@ -1,7 +1,7 @@
 """Overload and slow or broken clients against real Ray Serve (the session's HTTP proxy, loopback).
 
-One app with deliberately tiny limits: an ingress replica with 12 Serve slots of which 8 may
-hold inference (4 kept for health), a pool of one replica that runs one request at a time and
+One app with deliberately tiny limits: an ingress replica that admits 8 inference requests at
+once (64 Serve slots less 56 kept for health and for answering the shed ones at once), a pool of one replica that runs one request at a time and
 queues 2 more per caller, a model that takes 0.5 s per forward pass, and a 2 s body deadline.
 Every phase is bounded in time and count and stops by itself.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import select
 import socket
 import time
 import uuid
@@ -28,7 +29,7 @@ from tests.integration.serving_support import RAW_ROW, fitted_encoder, register_
 TOKEN = "overload-" + uuid.uuid4().hex
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 BODY_READ_TIMEOUT_S = 2.0
-INFERENCE_LIMIT = 8  # ingress_max_ongoing_requests 12 - ingress_health_headroom 4
+INFERENCE_LIMIT = 8  # ingress_max_ongoing_requests 64 - ingress_health_headroom 56
 MODEL_DELAY_S = 0.5
 #: Generous bounds that are the requirements themselves.
 SHED_WITHIN_S = 2.0
@@ -61,8 +62,8 @@ def overload_app(ray_session, serve_http_port, tmp_path_factory):
     config = PlatformConfig(
         root=str(root), namespace="mlplat-test", api_token=TOKEN,
         serve=ServeSettings(port=serve_http_port, app_name="mlplat-overload", telemetry=False,
-                            ingress_max_ongoing_requests=12, ingress_health_headroom=4,
-                            ingress_max_queued_requests=1000, retry_after_s=1,
+                            ingress_max_ongoing_requests=64, ingress_health_headroom=56,
+                            ingress_max_queued_requests=64, retry_after_s=1,
                             body_read_timeout_s=BODY_READ_TIMEOUT_S,
                             pool=PoolSettings(min_replicas=1, max_replicas=1, max_ongoing_requests=1,
                                               max_queued_requests=2)))
@@ -135,7 +136,9 @@ def test_overload_is_shed_with_503_and_retry_after_while_health_answers(overload
         assert answer.retry_after == "1"
         body = json.loads(answer.body)
         assert set(body) == {"error"} and isinstance(body["error"], str)  # the API's error body, no field
-        assert answer.elapsed_s < SHED_WITHIN_S, answer
+    shed_s = sorted(a.elapsed_s for a in shed)
+    assert shed_s[-1] < SHED_WITHIN_S, (f"p50 {shed_s[len(shed_s) // 2]:.3f} s, p90 {shed_s[len(shed_s) * 9 // 10]:.3f} s, "
+                                        f"max {shed_s[-1]:.3f} s over {len(shed_s)}")
     messages = {json.loads(a.body)["error"].split(";")[0] for a in shed}
     # both layers shed: the ingress's admission count and the pool's bounded queue (BackPressureError)
     assert any(m.startswith("the server is at capacity") for m in messages), messages
@@ -158,7 +161,6 @@ def test_overload_is_shed_with_503_and_retry_after_while_health_answers(overload
         recovered_s = time.monotonic() - overload_ended
         assert [client.post("/v1/models/slow:predict", json={"instances": [RAW_ROW]}).status_code
                 for _ in range(3)] == [200, 200, 200]
-    shed_s = sorted(a.elapsed_s for a in shed)
     record_property("requests", f"{len(answers)} (200: {len(served)}, 503: {len(shed)})")
     record_property("503 latency", f"p50 {shed_s[len(shed_s) // 2] * 1000:.0f} ms, max {shed_s[-1] * 1000:.0f} ms")
     record_property("health", f"{len(health)} polls all 200, max {max(h.elapsed_s for h in health) * 1000:.0f} ms")
@@ -254,6 +256,8 @@ def test_a_body_at_one_byte_per_interval_gets_408_after_the_deadline(overload_ap
     started = time.monotonic()
     try:
         for byte in body[: int(BODY_READ_TIMEOUT_S / 0.25) + 4]:  # outlasts the deadline
+            if select.select([sock], [], [], 0)[0]:
+                break  # the server answered
             sock.sendall(bytes([byte]))
             time.sleep(0.25)
     except (BrokenPipeError, ConnectionResetError):
