@@ -1,0 +1,281 @@
+"""`ray job submit` against a real `ray start --head` cluster (token auth, loopback).
+
+The cluster runs in subprocesses with a temp dir (and a temp HOME for its auth token) of its
+own; it never shares the session Ray instance. A "laptop" registers the example data with the
+`mlplat` CLI and MLPLAT_ROOT set, which publishes the platform's settings on the cluster. Then
+each stage's job is submitted as a user would (`ray job submit --working-dir .`, and the
+`JobSubmissionClient` SDK): some with no MLPLAT_* variables (they adopt the cluster's
+settings), some with `--runtime-env-json` env vars (Ray merges the job's runtime env with the
+driver's own `ray.init`). The registry database is read from the test to check the outcome.
+
+Cost on 2 cores: one module, ~2.5 minutes (cluster start ~10 s, training ~40 s, other jobs
+5-15 s each).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.servers import free_port
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+MODEL = "clicks-ctr"
+JOB_TIMEOUT_S = 240
+
+
+def _ports(n: int) -> list[int]:
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port(20000, 29000)
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
+class Cluster:
+    """`ray start --head --block` in its own session; stopped by pid (and every descendant's)."""
+
+    def __init__(self, base: Path):
+        self.base = base
+        self.home = base / "home"
+        self.home.mkdir()
+        gcs, self.dashboard_port, client, agent, agent_grpc, metrics, runtime_env = _ports(7)
+        self.gcs_address = f"127.0.0.1:{gcs}"
+        self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith(("MLPLAT_", "AWS_")) and k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
+        self.env.update(HOME=str(self.home), PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                        RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1",
+                        # Single-node mode: Ray keeps every address on loopback (else it swaps
+                        # 127.0.0.1 for the host's IP when a driver connects).
+                        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+        subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], env=self.env, check=True,
+                       capture_output=True, timeout=60)
+        self.token = (self.home / ".ray" / "auth_token").read_text().strip()
+        self.log = (base / "ray-start.log").open("w")
+        self.process = subprocess.Popen(
+            [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+             f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
+             f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
+             f"--runtime-env-agent-port={runtime_env}", "--num-cpus=2", f"--object-store-memory={300 * 1024**2}",
+             f"--temp-dir={base / 'ray'}", "--disable-usage-stats"],
+            env=self.env, cwd=str(base), stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.client = self._wait_for_dashboard(timeout_s=90)
+
+    def _wait_for_dashboard(self, timeout_s: float):
+        from ray.job_submission import JobSubmissionClient
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ray start exited with {self.process.returncode}: {self.log_text()}")
+            try:
+                client = JobSubmissionClient(self.dashboard_url, headers={"Authorization": f"Bearer {self.token}"})
+                client.list_jobs()
+                return client
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the dashboard at {self.dashboard_url} did not answer: {exc}\n{self.log_text()}") from None
+                time.sleep(1)
+
+    def log_text(self) -> str:
+        return (self.base / "ray-start.log").read_text()[-3000:]
+
+    def stop(self) -> None:
+        import psutil
+
+        try:
+            family = [self.process.pid] + [c.pid for c in psutil.Process(self.process.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            family = [self.process.pid]
+        try:
+            self.process.send_signal(signal.SIGTERM)  # `ray start --block` stops what it started
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pass
+        for pid in family:  # whatever outlived it: raylet, GCS, dashboard, workers, job drivers
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.wait(timeout=10)
+        self.log.close()
+
+    # -- the two ways in ------------------------------------------------------------------
+    def cli_job(self, args: list[str], *, runtime_env_vars: dict[str, str] | None = None) -> tuple[int, str]:
+        """`ray job submit --working-dir . [--runtime-env-json ...] -- python jobs/...` from the repo."""
+        command = [str(BIN / "ray"), "job", "submit", "--address", self.dashboard_url, "--working-dir", "."]
+        if runtime_env_vars:
+            command += ["--runtime-env-json", json.dumps({"env_vars": runtime_env_vars})]
+        done = subprocess.run([*command, "--", "python", *args], cwd=str(REPO), env=self.env, capture_output=True,
+                              text=True, timeout=JOB_TIMEOUT_S)
+        return done.returncode, done.stdout + done.stderr
+
+    def sdk_job(self, args: list[str], *, runtime_env_vars: dict[str, str] | None = None) -> tuple[str, str]:
+        """JobSubmissionClient.submit_job, then wait; returns (status, logs)."""
+        runtime_env: dict[str, object] = {"working_dir": str(REPO)}
+        if runtime_env_vars:
+            runtime_env["env_vars"] = runtime_env_vars
+        job_id = self.client.submit_job(entrypoint=" ".join(["python", *args]), runtime_env=runtime_env,
+                                        submission_id=f"mlplat-{uuid.uuid4().hex[:8]}")
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while (status := self.client.get_job_status(job_id)).is_terminal() is False:
+            if time.monotonic() > deadline:
+                self.client.stop_job(job_id)
+                raise AssertionError(f"job {job_id} still {status} after {JOB_TIMEOUT_S} s:\n"
+                                     f"{self.client.get_job_logs(job_id)[-3000:]}")
+            time.sleep(1)
+        return str(status.value), self.client.get_job_logs(job_id)
+
+    def mlplat(self, args: list[str], root: Path) -> str:
+        """The `mlplat` CLI on the "laptop": MLPLAT_ROOT set, connected to the cluster."""
+        env = {**self.env, "MLPLAT_ROOT": str(root), "MLPLAT_RAY_ADDRESS": self.gcs_address}
+        done = subprocess.run([str(BIN / "mlplat"), *args], cwd=str(self.base), env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+
+def _json_out(logs: str) -> dict:
+    """The JSON object a job printed last (its result), out of the job's logs."""
+    end = logs.rindex("}")
+    depth, start = 0, end
+    for i in range(end, -1, -1):
+        depth += {"}": 1, "{": -1}.get(logs[i], 0)
+        if depth == 0:
+            start = i
+            break
+    return json.loads(logs[start:end + 1])
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # A short path: Ray's Unix socket paths under --temp-dir must stay under ~100 characters.
+    base = Path(tempfile.mkdtemp(prefix="mlplat-jobs-", dir="/tmp"))
+    started = None
+    try:
+        started = Cluster(base)
+        yield started
+    finally:
+        if started is not None:
+            started.stop()
+        import shutil
+
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def platform(cluster):
+    """The laptop side: example clicks registered with MLPLAT_ROOT set (which publishes the
+    platform's settings on the cluster); returns the root."""
+    from mlplat.demo import _write_clicks_csv
+
+    root = cluster.base / "root"
+    source = cluster.base / "clicks.csv"
+    _write_clicks_csv(source, rows=3000)
+    cluster.mlplat(["data", "register", "clicks", str(source), "--partition", "date=2026-11-01"], root)
+    cluster.mlplat(["data", "complete", "clicks", "date=2026-11-01"], root)
+    return root
+
+
+def _registry(root: Path):
+    from mlplat.registry import RegistryStore
+
+    return RegistryStore(f"sqlite:///{root / 'registry.db'}")
+
+
+def test_every_stage_runs_as_a_submitted_job(cluster, platform):
+    root = platform
+    registry = _registry(root)
+
+    # CLI, no MLPLAT_* anywhere in the job: the driver adopts the cluster's settings.
+    rc, out = cluster.cli_job(["jobs/build_features.py", "--config", "configs/features-example.yaml"])
+    assert rc == 0, out
+    assert _json_out(out)["feature_set"] == "clicks-features"
+    assert registry.catalog_get("feature_set", "clicks-features", 1).payload["status"] == "ready"
+    assert (root / "features" / "clicks-features" / "v1").is_dir()
+
+    # SDK, with the root in the runtime env's env_vars (Ray merges it with the driver's ray.init).
+    status, logs = cluster.sdk_job(["jobs/train.py", "--config", "configs/train-example.yaml", "--timeout", "200"],
+                                   runtime_env_vars={"MLPLAT_ROOT": str(root)})
+    assert status == "SUCCEEDED", logs[-3000:]
+    run = _json_out(logs)
+    assert run["state"] == "SUCCEEDED" and run["version"] == 1, run
+    assert registry.get_version(MODEL, 1).state.value == "TRAINED"
+    assert (root / "models" / MODEL / "v1" / "model.safetensors").is_file()
+
+    # CLI with --runtime-env-json env vars (the same root, as file:// URI).
+    rc, out = cluster.cli_job(["jobs/validate.py", "--config", "configs/validate-clicks.yaml"],
+                              runtime_env_vars={"MLPLAT_ROOT": f"file://{root}"})
+    assert rc == 0, out
+    assert _json_out(out)["state"] == "VALIDATED"
+    assert registry.get_version(MODEL, 1).state.value == "VALIDATED"
+
+    # SDK, no env: batch scoring registers an inference dataset.
+    status, logs = cluster.sdk_job(["jobs/score.py", "--model", MODEL, "--dataset", "clicks", "--version", "1"])
+    assert status == "SUCCEEDED", logs[-3000:]
+    scored = _json_out(logs)
+    assert scored["kind"] == "inference" and scored["rows"] == 3000, scored
+    dv = registry.catalog_get("dataset", f"{MODEL}-scores", scored["version"]).payload
+    assert dv["status"] == "ready" and dv["kind"] == "inference"
+
+    # A manual retrain of a model without a retrain policy records a pending request.
+    rc, out = cluster.cli_job(["jobs/retrain.py", "--model", MODEL])
+    assert rc == 0, out
+    assert _json_out(out)["request"]["status"] == "pending"
+
+    # The wrappers' clean errors travel back as exit code 2 and one line, not a traceback.
+    rc, out = cluster.cli_job(["jobs/deploy.py", "deploy", "--model", MODEL, "--version", "1"])
+    assert rc == 1 and "error: no running mlplat serving app" in out and "Traceback" not in out, out
+    rc, out = cluster.cli_job(["jobs/drift.py", "--model", MODEL, "--window", "1h"])
+    assert rc == 1 and "error: " in out and "Traceback" not in out, out
+
+
+def test_a_job_whose_root_disagrees_with_the_cluster_is_refused(cluster, platform, tmp_path):
+    status, logs = cluster.sdk_job(["jobs/build_features.py", "--config", "configs/features-example.yaml"],
+                                   runtime_env_vars={"MLPLAT_ROOT": str(tmp_path / "elsewhere")})
+    assert status == "FAILED", logs[-3000:]
+    assert f"'file://{tmp_path / 'elsewhere'}'" in logs and f"'file://{platform}'" in logs, logs[-3000:]
+    assert "MLPLAT_ROOT" in logs and "Traceback" not in logs
+    assert not (tmp_path / "elsewhere" / "registry.db").exists()
+
+
+@pytest.mark.ray
+def test_platforms_on_one_cluster_agree_on_settings(ray_session, tmp_path):
+    """In-process, on the session's Ray: the first platform of a namespace publishes, a later
+    one without settings adopts (no secrets travel), one that disagrees is refused."""
+    from ray.experimental import internal_kv
+
+    from mlplat.api import SETTINGS_KV_NAMESPACE, Platform
+    from mlplat.config import platform_config
+    from mlplat.errors import ConfigError
+
+    ns = f"t-settings-{uuid.uuid4().hex[:6]}"
+    first = Platform(platform_config(env={}, root=str(tmp_path / "root"), namespace=ns, api_token="tok-secret",
+                                     serve__port=9123))
+    assert first.storage.uri == f"file://{tmp_path / 'root'}"  # joining a running Ray: settled before storage
+    published = internal_kv._internal_kv_get(f"settings/{ns}", namespace=SETTINGS_KV_NAMESPACE)
+    assert published is not None and b"tok-secret" not in published
+
+    second = Platform(platform_config(env={}, namespace=ns))
+    assert second.storage.uri == first.storage.uri and second.config.serve.port == 9123
+    assert second.config.registry_url() == first.config.registry_url() and second.config.api_token is None
+
+    third = Platform(platform_config(env={}, root=str(tmp_path / "other"), namespace=ns))
+    with pytest.raises(ConfigError, match="MLPLAT_ROOT"):
+        third.storage  # noqa: B018
+    assert not (tmp_path / "other").exists()
