@@ -24,7 +24,7 @@ from typing import Any, Protocol, TextIO
 
 from mlplat.records import Run, RunState
 
-__all__ = ["VERBOSE_ENV", "RAY_LOGGERS", "verbose_requested", "quiet_ray", "is_quiet", "settle", "ray_init_options",
+__all__ = ["VERBOSE_ENV", "RAY_LOGGERS", "verbose_requested", "quiet_ray", "is_quiet", "ray_init_options",
            "EpochLines", "EpochBar", "RunWatcher", "format_epoch", "follow_run"]
 
 #: ``MLPLAT_VERBOSE=1`` is the same as ``--verbose``.
@@ -47,7 +47,16 @@ class _DropOurOwnNotice(logging.Filter):
         return not str(record.msg).startswith("Progress bars disabled")
 
 
+class _WarningsAndUp(logging.Filter):
+    """On Serve's logger itself: Serve resets that logger's level and handlers when it is
+    imported (after :func:`quiet_ray`), but a logger's filters stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+
 _NOTICE_FILTER = _DropOurOwnNotice()
+_SERVE_FILTER = _WarningsAndUp()
 
 
 def verbose_requested(flag: bool = False, environ: Mapping[str, str] | None = None) -> bool:
@@ -76,10 +85,12 @@ def quiet_ray(verbose: bool) -> None:
         return
     for name, value in _QUIET_ENV.items():
         os.environ.setdefault(name, value)
-    notices = logging.getLogger("ray.data._internal.progress")  # no import of Ray: just the logger's name
-    if _NOTICE_FILTER not in notices.filters:
-        notices.addFilter(_NOTICE_FILTER)
-    settle()
+    # no import of Ray here: loggers by name
+    for logger_name, log_filter in (("ray.data._internal.progress", _NOTICE_FILTER), ("ray.serve", _SERVE_FILTER)):
+        logger = logging.getLogger(logger_name)
+        if log_filter not in logger.filters:
+            logger.addFilter(log_filter)
+    _settle()
 
 
 def is_quiet() -> bool:
@@ -87,9 +98,9 @@ def is_quiet() -> bool:
     return _quiet
 
 
-def settle() -> None:
-    """Apply the quiet levels again to Ray libraries imported since :func:`quiet_ray` (Serve and
-    Ray Data reset their loggers when imported). Warnings and errors pass. No-op when not quiet."""
+def _settle() -> None:
+    """Quiet the loggers of Ray libraries imported already (a library configures its loggers
+    when imported). Warnings and errors pass."""
     if not _quiet:
         return
     for name in RAY_LOGGERS:

@@ -87,10 +87,18 @@ def test_epoch_bar_counts_epochs(tmp_path):
 
 
 _PROBE = """
-import json, os, sys
+import json, logging, os, sys
 from mlplat.console import quiet_ray, ray_init_options
 quiet_ray(sys.argv[1] == "verbose")
-print(json.dumps({"options": ray_init_options(), "ray_imported": "ray" in sys.modules,
+serve = logging.getLogger("ray.serve")
+serve.setLevel(logging.INFO)  # as Serve does when it is imported, after quiet_ray
+seen = []
+handler = logging.Handler()
+handler.emit = lambda record: seen.append(record.levelname)
+serve.addHandler(handler)
+serve.info("Started Serve")
+serve.warning("a warning")
+print(json.dumps({"options": ray_init_options(), "ray_imported": "ray" in sys.modules, "serve": seen,
                   "env": {k: os.environ.get(k) for k in ("RAY_DATA_LOG_LEVEL", "RAY_DATA_DISABLE_PROGRESS_BARS")}}))
 """
 
@@ -105,5 +113,7 @@ def test_quiet_ray_settings_in_a_fresh_process(mode):
     if mode == "quiet":
         assert probe["options"] == {"logging_level": 30, "log_to_driver": False}
         assert probe["env"] == {"RAY_DATA_LOG_LEVEL": "WARNING", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+        assert probe["serve"] == ["WARNING"]  # Serve's INFO lines dropped even though it reset its level
     else:
         assert probe["options"] == {} and probe["env"] == {"RAY_DATA_LOG_LEVEL": None, "RAY_DATA_DISABLE_PROGRESS_BARS": None}
+        assert probe["serve"] == ["INFO", "WARNING"]
