@@ -108,7 +108,9 @@ def ray_session(session_tmp):
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", namespace="mlplat-test",
+        # address="local": our own instance; with no address ray.init joins the newest Ray running on
+        # the machine (a `ray start` of the job-submission test, another checkout's session).
+        ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", namespace="mlplat-test",
                  log_to_driver=False, configure_logging=False,
                  runtime_env={"env_vars": {"RAY_TRAIN_V2_ENABLED": "1"}})
     yield ray
