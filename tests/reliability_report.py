@@ -107,12 +107,17 @@ ROWS: tuple[Row, ...] = (
         "again within 10 s",
         (I + "test_overload.py::test_overload_is_shed_with_503_and_retry_after_while_health_answers",
          U + "test_load_shedding.py::")),
-    Row("B11", "schemathesis on /openapi.json (all checks, bodies fuzzed)", "0 failures",
-        (I + "test_openapi_fuzz.py::",), note="issue 17, OpenAPI part"),
+    Row("B11", "schemathesis on /openapi.json (all checks, bodies fuzzed); undeclared methods; the document "
+               "itself; /openapi.json and /docs without a token",
+        "0 failures; 405 with Allow; every POST declares its body and every status its real error body; 401",
+        (I + "test_openapi_fuzz.py::", U + "test_openapi_document.py::"), note="issue 17, OpenAPI part"),
     Row("B12", "property-based names, configs, encoder specs, request bodies (hypothesis)",
-        "never a 500 or an unhandled exception", (U + "test_properties.py::",), note="issue 17, properties part"),
-    Row("B13", "tokens and S3 keys used in a run", "never in logs or error messages",
+        "valid, or one clear 4xx / config error; never an unhandled exception", (U + "test_properties.py::",),
+        note="issue 17, properties part"),
+    Row("B13", "tokens and S3 keys used in a run", "never in logs, answers or error messages",
         (I + "test_secrets.py::",), note="issue 17, security part"),
+    Row("B14", "HAProxy stats (:8404) and metrics (:9101)", "bound to loopback only",
+        (U + "test_haproxy_loopback.py::",), note="issue 17, security part"),
 )
 
 
