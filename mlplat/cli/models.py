@@ -18,6 +18,7 @@ from mlplat.cli._format import echo_json as _echo_json
 from mlplat.cli._format import json_option as _json_option
 from mlplat.cli._format import table as _table
 from mlplat.records import ApprovalState, ModelState, ModelVersion
+from mlplat.records._html import flatten, format_value
 from mlplat.registry import Registry
 
 __all__ = ["group"]
@@ -54,6 +55,15 @@ def _version_rows(versions: Sequence[ModelVersion], aliases: dict[str, int]) -> 
 
 
 _VERSION_HEADERS = ("VERSION", "STATE", "ALIASES", "APPROVAL", "CREATED", "UPDATED", "RUN", "ERROR")
+
+
+def _policy_text(policy: dict[str, Any]) -> str:
+    """A serving policy one dotted setting per line (aligned under the first), not one JSON line."""
+    pairs = flatten(policy)
+    if not pairs:
+        return "(none)"
+    width = max(len(name) for name, _ in pairs)
+    return ("\n" + " " * 16).join(f"{name.ljust(width)}  {format_value(value)}" for name, value in pairs)
 
 
 def _versions_text(versions: Sequence[ModelVersion], aliases: dict[str, int]) -> str:
@@ -105,7 +115,7 @@ def show(lazy: Any, name: str, as_json: bool) -> None:
     click.echo(f"owner:          {model.owner}")
     click.echo(f"task type:      {model.task_type or ''}")
     click.echo(f"tags:           {', '.join(model.tags)}")
-    click.echo(f"serving policy: {json.dumps(model.serving_policy, sort_keys=True)}")
+    click.echo(f"serving policy: {_policy_text(model.serving_policy)}")
     click.echo(f"aliases:        {', '.join(f'{a}=v{v}' for a, v in aliases.items()) or '(none)'}")
     click.echo("")
     click.echo(_versions_text(versions, aliases))

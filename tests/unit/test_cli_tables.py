@@ -164,3 +164,18 @@ def test_validate_prints_its_metrics_as_a_table(capsys) -> None:
     rows = _table_rows("\n".join(lines), "METRIC")
     assert rows == {"auc": ["0.9123"], "per_class.0.recall": ["0.5"], "rows": ["1200"]}
     assert "report: file:///r/reports/churn/v2/index.html" in text
+
+
+def test_models_show_prints_the_serving_policy_one_setting_per_line(reg) -> None:
+    reg.create_model("ctr", serving_policy={"dedicated": True, "retrain": {"mode": "auto", "triggers": ["drift"],
+                                                                             "cooldown_s": 0.5}})
+    out = invoke("models", "show", "ctr").output
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("serving policy:"))
+    assert lines[start:start + 4] == [
+        "serving policy: dedicated           true",
+        "                retrain.cooldown_s  0.5",
+        "                retrain.mode        auto",
+        "                retrain.triggers    drift",
+    ]  # in the registry's (sorted) key order
+    assert "serving policy: (none)" in invoke("models", "show", "churn").output
