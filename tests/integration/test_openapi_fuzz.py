@@ -24,7 +24,7 @@ pytestmark = pytest.mark.ray
 TOKEN = "fuzz-token-" + uuid.uuid4().hex
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 #: Bounded: examples per operation and generation mode, and a hard stop for the whole run.
-MAX_EXAMPLES, MAX_RUN_S = 20, 300
+MAX_EXAMPLES, MAX_RUN_S = 60, 300
 
 #: Every check but max_response_time (the suite asserts no timings), with one reasoned exception
 #: in what "accepted" means: a schema-valid body can
