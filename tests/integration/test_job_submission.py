@@ -33,7 +33,9 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 MODEL = "clicks-ctr"
-JOB_TIMEOUT_S = 240
+JOB_TIMEOUT_S = 420  # generous: a loaded 2-core box; a job takes 5-60 s on an idle one
+API_TOKEN = "job-test-token"
+FEATURES = ["age", "spend", "sessions", "country", "device", "plan", "score"]
 
 
 def _ports(n: int) -> list[int]:
@@ -52,7 +54,7 @@ class Cluster:
         self.base = base
         self.home = base / "home"
         self.home.mkdir()
-        gcs, self.dashboard_port, client, agent, agent_grpc, metrics, runtime_env = _ports(7)
+        gcs, self.dashboard_port, client, agent, agent_grpc, metrics, runtime_env, self.serve_port = _ports(8)
         self.gcs_address = f"127.0.0.1:{gcs}"
         self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
         self.env = {k: v for k, v in os.environ.items()
@@ -142,8 +144,10 @@ class Cluster:
         return str(status.value), self.client.get_job_logs(job_id)
 
     def mlplat(self, args: list[str], root: Path) -> str:
-        """The `mlplat` CLI on the "laptop": MLPLAT_ROOT set, connected to the cluster."""
-        env = {**self.env, "MLPLAT_ROOT": str(root), "MLPLAT_RAY_ADDRESS": self.gcs_address}
+        """The `mlplat` CLI on the "laptop": MLPLAT_ROOT (and the serving port and token) set,
+        connected to the cluster."""
+        env = {**self.env, "MLPLAT_ROOT": str(root), "MLPLAT_RAY_ADDRESS": self.gcs_address,
+               "MLPLAT_SERVE_PORT": str(self.serve_port), "MLPLAT_API_TOKEN": API_TOKEN}
         done = subprocess.run([str(BIN / "mlplat"), *args], cwd=str(self.base), env=env, capture_output=True,
                               text=True, timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr
@@ -210,7 +214,7 @@ def test_every_stage_runs_as_a_submitted_job(cluster, platform):
     assert (root / "features" / "clicks-features" / "v1").is_dir()
 
     # SDK, with the root in the runtime env's env_vars (Ray merges it with the driver's ray.init).
-    status, logs = cluster.sdk_job(["jobs/train.py", "--config", "configs/train-example.yaml", "--timeout", "200"],
+    status, logs = cluster.sdk_job(["jobs/train.py", "--config", "configs/train-example.yaml", "--timeout", "400"],
                                    runtime_env_vars={"MLPLAT_ROOT": str(root)})
     assert status == "SUCCEEDED", logs[-3000:]
     run = _json_out(logs)
@@ -243,6 +247,55 @@ def test_every_stage_runs_as_a_submitted_job(cluster, platform):
     assert rc == 1 and "error: no running mlplat serving app" in out and "Traceback" not in out, out
     rc, out = cluster.cli_job(["jobs/drift.py", "--model", MODEL, "--window", "1h"])
     assert rc == 1 and "error: " in out and "Traceback" not in out, out
+
+
+def test_rollout_and_drift_jobs_against_a_serving_app(cluster, platform):
+    """deploy -> predictions over HTTP -> drift on their telemetry; jobs with no MLPLAT_* env
+    (they never see the serving token: it is not published, and they do not need it)."""
+    import csv
+    import urllib.request
+
+    root = platform
+    registry = _registry(root)
+    try:
+        validated = registry.get_version(MODEL, 1).state.value == "VALIDATED"
+    except Exception:
+        validated = False
+    if not validated:
+        pytest.skip("needs the version that test_every_stage_runs_as_a_submitted_job validates")
+    cluster.mlplat(["serve", "start"], root)
+
+    rc, out = cluster.cli_job(["jobs/deploy.py", "deploy", "--model", MODEL, "--version", "1"])
+    assert rc == 0, out
+    assert _json_out(out)["state"] == "LIVE"
+    assert registry.get_alias(MODEL, "production") == 1
+
+    with (cluster.base / "clicks.csv").open() as handle:
+        rows = [{k: row[k] for k in FEATURES} for row, _ in zip(csv.DictReader(handle), range(40), strict=False)]
+    for row in rows:  # CSV strings: the ingress coerces them like any JSON client's values
+        row.update(age=int(row["age"]), spend=float(row["spend"]), sessions=int(row["sessions"]),
+                   score=float(row["score"]) if row["score"] else None)
+    for i in range(0, len(rows), 10):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{cluster.serve_port}/v1/models/{MODEL}:predict", method="POST",
+            data=json.dumps({"instances": rows[i:i + 10]}).encode(),
+            headers={"content-type": "application/json", "authorization": f"Bearer {API_TOKEN}"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.loads(response.read())
+        assert str(answer["model_version"]) == "1" and len(answer["predictions"]) == 10
+    deadline = time.monotonic() + 60
+    while not list((root / "telemetry" / MODEL).rglob("*.parquet")) and time.monotonic() < deadline:
+        time.sleep(1)  # the ingress flushes telemetry every serve.telemetry_flush_s
+
+    status, logs = cluster.sdk_job(["jobs/drift.py", "--model", MODEL, "--window", "1h"])
+    assert status == "SUCCEEDED", logs[-3000:]
+    drift = _json_out(logs)
+    assert drift["version"] == 1 and drift["rows"] == len(rows), drift
+
+    # One version only: nothing to roll back to, said in one line.
+    rc, out = cluster.cli_job(["jobs/deploy.py", "rollback", "--model", MODEL])
+    assert rc == 1 and "error: cannot roll back" in out and "Traceback" not in out, out
+    assert registry.get_alias(MODEL, "production") == 1
 
 
 def test_a_job_whose_root_disagrees_with_the_cluster_is_refused(cluster, platform, tmp_path):
