@@ -128,7 +128,7 @@ def test_metadata_and_ready_routes(served):
 def test_openapi_document_is_valid(served):
     from openapi_spec_validator import validate
 
-    document = served["client"].get("/openapi.json").json()
+    document = served["client"].get("/openapi.json", headers=AUTH).json()  # behind the token (serve.public_docs)
     validate(document)
     assert "/v1/models/{name}:predict" in document["paths"]
     assert "/v2/models/{name}/infer" in document["paths"]
