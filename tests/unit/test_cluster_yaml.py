@@ -6,7 +6,10 @@ no training. No Ray cluster, no AWS: ~1 s."""
 from __future__ import annotations
 
 import copy
+import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +93,24 @@ def problems(config: dict[str, Any]) -> list[str]:
         found.append(f"head and workers start Ray with different environments: {head_env} vs {worker_env}")
     if "~/.ray/auth_token" not in config["file_mounts"]:
         found.append("file_mounts does not copy ~/.ray/auth_token to the nodes")
+    for where, commands in setup_by_node_type(config).items():
+        folders = [m.group(1) for c in commands if "loopback_env" in c for m in [LOOPBACK_DIR.search(c)] if m]
+        wrapper = head_env.get("RAY_SERVE_HAPROXY_BINARY_PATH")
+        if not folders or wrapper != f"{folders[-1]}/haproxy":
+            found.append(f"{where}: RAY_SERVE_HAPROXY_BINARY_PATH {wrapper!r} is not the loopback wrapper its "
+                         f"setup commands install ({folders})")
     return found
+
+
+LOOPBACK_DIR = re.compile(r"loopback_env\(\{\}, directory='([^']+)'\)")
+
+
+def setup_by_node_type(config: dict[str, Any]) -> dict[str, list[str]]:
+    """The setup commands each node type runs (after prepare_config merged setup_commands in)."""
+    head = config["head_node_type"]
+    return {name: (config["head_setup_commands"] if name == head
+                   else t.get("worker_setup_commands", config["worker_setup_commands"]))
+            for name, t in config["available_node_types"].items()}
 
 
 def test_ray_accepts_cluster_yaml():
@@ -120,6 +140,16 @@ def test_start_environment_is_a_valid_platform_config():
     assert int(env["RAY_SERVE_HAPROXY_NBTHREAD"]) >= 1
 
 
+def test_loopback_wrapper_setup_command_installs_the_wrapper(tmp_path):
+    """The setup command that puts HAProxy's stats/metrics on loopback, run here with this
+    Python and a temporary directory: it writes ``<directory>/haproxy``."""
+    command = next(c for c in load()["setup_commands"] if "loopback_env" in c)
+    code = shlex.split(command)[2].replace("/home/ubuntu/.cache/mlplat", str(tmp_path / "wrapper"))
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    wrapper = tmp_path / "wrapper" / "haproxy"
+    assert wrapper.is_file() and "127.0.0.1" in wrapper.read_text()
+
+
 @pytest.mark.parametrize("mutate, needle", [
     (lambda c: c["available_node_types"]["head"]["resources"].update(CPU=4), "head advertises"),
     (lambda c: c["available_node_types"]["gpu-worker"]["resources"].pop("GPU"), "no worker type advertises a GPU"),
@@ -131,6 +161,7 @@ def test_start_environment_is_a_valid_platform_config():
         1, c["setup_commands"][1]), "gpu-worker: installs the CPU build of torch"),
     (lambda c: c["available_node_types"]["cpu-worker"].update(min_workers=0), "no autoscaling CPU worker type"),
     (lambda c: c["file_mounts"].pop("~/.ray/auth_token"), "auth_token"),
+    (lambda c: c["available_node_types"]["gpu-worker"]["worker_setup_commands"].pop(), "gpu-worker: RAY_SERVE_HAPROXY_BINARY_PATH"),
 ])
 def test_invariant_checks_can_fail(mutate, needle):
     config = load()
