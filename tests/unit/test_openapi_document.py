@@ -79,3 +79,40 @@ def test_what_the_schema_refuses_the_parser_refuses(body, parse, schema_of):
     with pytest.raises(RequestError) as info:
         parse(body, SCHEMA, max_instances=10)
     assert 400 <= info.value.status < 500
+
+
+@pytest.mark.parametrize(("method", "path", "allowed"), [
+    ("PUT", "/v2/health/live", ["GET"]), ("GET", "/v1/models/churn:predict", ["POST"]),
+    ("POST", "/openapi.json", ["GET"]), ("DELETE", "/v2/models/churn/versions/2", ["GET"]), ("GET", "/nope", []),
+])
+def test_the_methods_a_known_path_allows_are_found_in_the_served_app(method, path, allowed):
+    """Serve nests the class's routes in an included router: the 405 decision looks inside."""
+    scope = {"type": "http", "path": path, "method": method, "root_path": ""}
+    assert http_api.allowed_methods(http_app.router.routes, scope, skip_path=http_api.CATCH_ALL) == allowed
+
+
+@pytest.mark.parametrize("public_docs", [False, True])
+def test_the_document_and_docs_need_the_token_unless_public_docs(tmp_path, public_docs):
+    """The Ingress's own handlers, outside Serve (the document needs no model or registry)."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    from mlplat.config import PlatformConfig
+    from mlplat.serving.ingress import Ingress
+
+    config = PlatformConfig(root=str(tmp_path / "root"), api_token="unit-token",
+                            serve={"public_docs": public_docs, "telemetry": False, "metrics": False})
+
+    def request(path: str, token: str | None) -> Request:
+        headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
+        return Request({"type": "http", "method": "GET", "path": path, "headers": headers, "app": http_app,
+                        "query_string": b""})
+
+    async def answers() -> list[int]:
+        ingress = Ingress.func_or_class.__mro__[1](config, "no-actor-needed", None, {}, reader=object())
+        return [(await handler(request(path, token))).status_code
+                for handler, path in ((ingress.openapi_json, "/openapi.json"), (ingress.docs, "/docs"))
+                for token in (None, "wrong", "unit-token")]
+
+    assert asyncio.run(answers()) == ([200] * 6 if public_docs else [401, 401, 200] * 2)
