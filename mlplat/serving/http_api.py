@@ -243,6 +243,17 @@ def openapi_document(app: Any) -> dict[str, Any]:
     return doc
 
 
+def _leaf_routes(routes: Iterable[Any]) -> Iterable[Any]:
+    """The routes themselves: FastAPI nests included routers (Serve includes the class's
+    routes so) in nodes that hold the original router; mlplat includes none with a prefix."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _leaf_routes(inner.routes)
+        else:
+            yield route
+
+
 def allowed_methods(routes: Iterable[Any], scope: MutableMapping[str, Any], *, skip_path: str | None = None) -> list[str]:
     """The methods of the declared routes whose path matches ``scope`` (none: the path is
     unknown). ``skip_path``: the catch-all route's path, which matches every path.
@@ -255,7 +266,7 @@ def allowed_methods(routes: Iterable[Any], scope: MutableMapping[str, Any], *, s
     from starlette.routing import Match
 
     methods: set[str] = set()
-    for route in routes:
+    for route in _leaf_routes(routes):
         if getattr(route, "path", None) == skip_path or not getattr(route, "methods", None):
             continue
         match, _ = route.matches(scope)
