@@ -116,23 +116,28 @@ def test_f6_driver_killed_at_each_step_leaves_absent_or_complete(target, kill_at
 
 
 def test_f6_driver_killed_at_random_moments(target, record_property):
-    """Kills from outside, at random moments of a driver registering version after version."""
+    """Kills from outside, at random moments of a driver registering version after version:
+    after 0-3 completed registrations and a random 0-200 ms into the next one."""
     root, url, env, storage = target
     rng = random.Random(6)
-    kills = 0
+    hit: list[str] = []  # the last step each killed driver reported
     counts: dict[str, int] = {}
     for _ in range(4):
         proc = _child(root, url, env, "none", loops=10_000)
+        last = ""
         try:
             assert proc.stdout is not None
-            assert proc.stdout.readline().strip() == "ready", proc.stderr.read() if proc.stderr else ""
-            time.sleep(rng.uniform(0.05, 1.5))
+            done, wanted = 0, rng.randint(0, 3)
+            while done < wanted and (line := proc.stdout.readline()):
+                done += line.startswith("done")
+            time.sleep(rng.uniform(0.0, 0.2))
             proc.send_signal(signal.SIGKILL)
         finally:
-            code, _, err = _finish(proc)
+            code, out, err = _finish(proc)
         assert code == -signal.SIGKILL, err[-3000:]
-        kills += 1
+        last = (out.strip().splitlines() or ["ready"])[-1]
+        hit.append(last.removeprefix("at "))
         counts = assert_absent_or_complete(url, storage)
-    assert kills == 4
-    record_property(f"{_kind(root)}: 4 random kills", f"{counts['complete']} complete + {counts['unfinished']} unfinished versions, "
-                                      "all consistent")
+    assert counts["complete"] >= 1, counts
+    record_property(f"{_kind(root)}: 4 random kills", f"during {', '.join(hit)}; {counts['complete']} complete + "
+                                                      f"{counts['unfinished']} unfinished versions, all consistent")
