@@ -124,7 +124,19 @@ async def _overload(url: str, clients: int, duration_s: float) -> tuple[list[Ans
     return answers, health
 
 
+def _p99_s(client: httpx.Client, requests: int = 20) -> float:
+    """p99 (with 20 requests: the slowest) of sequential predictions on the ingress-placed model."""
+    times = []
+    for _ in range(requests):
+        started = time.monotonic()
+        assert client.post("/v1/models/inline:predict", json={"instances": [RAW_ROW]}).status_code == 200
+        times.append(time.monotonic() - started)
+    return sorted(times)[int(len(times) * 0.99)]
+
+
 def test_overload_is_shed_with_503_and_retry_after_while_health_answers(overload_app, record_property):
+    with httpx.Client(base_url=overload_app["url"], headers=AUTH, timeout=10) as client:
+        baseline_p99_s = _p99_s(client)
     answers, health = asyncio.run(_overload(overload_app["url"], clients=32, duration_s=5.0))
 
     statuses = {a.status for a in answers}
@@ -161,10 +173,17 @@ def test_overload_is_shed_with_503_and_retry_after_while_health_answers(overload
         recovered_s = time.monotonic() - overload_ended
         assert [client.post("/v1/models/slow:predict", json={"instances": [RAW_ROW]}).status_code
                 for _ in range(3)] == [200, 200, 200]
+        # and p99 at normal load is back near its level before the overload (generous: 3x + 0.2 s)
+        while (p99_s := _p99_s(client)) > 3 * baseline_p99_s + 0.2:
+            assert time.monotonic() < deadline, f"p99 {p99_s:.3f} s {RECOVER_WITHIN_S} s after the overload " \
+                                                f"(before it: {baseline_p99_s:.3f} s)"
+        p99_back_s = time.monotonic() - overload_ended
     record_property("requests", f"{len(answers)} (200: {len(served)}, 503: {len(shed)})")
     record_property("503 latency", f"p50 {shed_s[len(shed_s) // 2] * 1000:.0f} ms, max {shed_s[-1] * 1000:.0f} ms")
     record_property("health", f"{len(health)} polls all 200, max {max(h.elapsed_s for h in health) * 1000:.0f} ms")
     record_property("recovered after", f"{recovered_s:.1f} s")
+    record_property("normal-load p99", f"{baseline_p99_s * 1000:.0f} ms before, {p99_s * 1000:.0f} ms "
+                                       f"{p99_back_s:.1f} s after the overload")
 
 
 # -- slow and broken clients (raw sockets) -----------------------------------------------------
