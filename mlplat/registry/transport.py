@@ -10,6 +10,7 @@ exactly-once.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Callable, ItemsView, Iterator, KeysView, ValuesView
@@ -35,6 +36,13 @@ def _sendable(value: Any) -> Any:
     if isinstance(value, Iterator | KeysView | ValuesView | ItemsView):
         return list(value)
     return value
+
+
+#: Pins the registry actor to the head node (the resource Ray gives the head; Ray Train's state
+#: actor uses it the same way): a SQLite registry's file lives on the head's disk, and the head
+#: is the node that outlives the workers. The actor needs no CPU, so a head started with
+#: ``--num-cpus 0`` (cluster.yaml) still takes it.
+HEAD_NODE_RESOURCE = {"node:__internal_head__": 0.001}
 
 
 class ActorRegistry:
@@ -63,11 +71,14 @@ class ActorRegistry:
                 kwargs["address"] = config.ray_address
             else:  # as Platform.ensure_ray: Ray Train's placement-group cleanup needs the state API
                 kwargs.update(include_dashboard=True, dashboard_host="127.0.0.1")
+                if not os.environ.get("RAY_ADDRESS"):  # our own instance, never the newest Ray on the machine
+                    kwargs["address"] = "local"
             ray.init(**kwargs)
         name = actor_name or REGISTRY_ACTOR_NAME
         want = normalize_registry_url(url) if url else config.registry_url()
         actor: Any = (ray.remote(**ACTOR_OPTIONS)(RegistryActor)
-                 .options(name=name, namespace=config.namespace, lifetime="detached", get_if_exists=True)
+                 .options(name=name, namespace=config.namespace, lifetime="detached", get_if_exists=True,
+                          resources=HEAD_NODE_RESOURCE)
                  .remote(want))
         transport = cls(actor, retry_s=retry_s, description=f"actor {config.namespace}/{name}")
         running = transport._send(lambda: actor.backend_url.remote())

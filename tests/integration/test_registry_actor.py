@@ -274,7 +274,8 @@ TWO_CLUSTERS_SCRIPT = textwrap.dedent("""
     from mlplat.registry import ActorRegistry
 
     config_json, actor_name = sys.argv[1], sys.argv[2]
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)  # a cluster of its own
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)  # a cluster of its own, whatever else runs on the machine
     other = ActorRegistry.connect(PlatformConfig.model_validate_json(config_json), actor_name=actor_name)
     seen = other.get_version("shared-two", 1)
     v = other.register_version("shared-two", extra={"cluster": "second"}, idempotency_key="second-cluster")
