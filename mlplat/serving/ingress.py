@@ -26,6 +26,7 @@ from mlplat.serving.cache import ModelCache
 from mlplat.serving.deployments import run_prediction
 from mlplat.serving.http_api import http_app
 from mlplat.serving.metrics import UNKNOWN_MODEL, ServingMetrics
+from mlplat.serving.oip_binary import HEADER_LENGTH, binary_output_requested, binary_response, decode_request
 from mlplat.serving.request import ParsedRequest, RequestError, parse_json_body, parse_v1, parse_v2
 from mlplat.serving.routes import ModelRoutes, RegistryReader, Route, RouteTable, actor_registry_reader
 from mlplat.serving.runtime import load_servable, tune_gc
@@ -261,7 +262,7 @@ class Ingress:
         if scheme.lower() != "bearer" or not hmac.compare_digest(supplied.strip().encode(), self._token):
             raise RequestError(401, "missing or wrong bearer token: send 'Authorization: Bearer <MLPLAT_API_TOKEN>'")
 
-    async def _read_json(self, request: Request) -> Any:
+    async def _read_json(self, request: Request, v2: bool = False) -> Any:
         limit = self._serve.max_request_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -280,10 +281,13 @@ class Ingress:
                                     f"({size} bytes received{f' of {declared}' if declared else ''})") from None
         except ClientDisconnect:
             raise RequestError(400, "the client disconnected before sending the whole request body") from None
-        return parse_json_body(b"".join(chunks), max_bytes=limit, max_depth=self._serve.max_json_depth)
+        body, split = b"".join(chunks), request.headers.get(HEADER_LENGTH) if v2 else None
+        if split is not None:  # the OIP v2 binary tensor data extension: tensors after the JSON header
+            return decode_request(body, split, max_bytes=limit, max_depth=self._serve.max_json_depth)
+        return parse_json_body(body, max_bytes=limit, max_depth=self._serve.max_json_depth)
 
     # -- inference --------------------------------------------------------------------------
-    async def _infer(self, request: Request, name: str, version: int | None, endpoint: str) -> JSONResponse:
+    async def _infer(self, request: Request, name: str, version: int | None, endpoint: str) -> Response:
         """Admission first: past the replica's inference limit the answer is an immediate 503
         with Retry-After (the slots above the limit stay free for health and metadata)."""
         if not self._admission.try_enter():
@@ -295,7 +299,7 @@ class Ingress:
         finally:
             self._admission.leave()
 
-    async def _infer_admitted(self, request: Request, name: str, version: int | None, endpoint: str) -> JSONResponse:
+    async def _infer_admitted(self, request: Request, name: str, version: int | None, endpoint: str) -> Response:
         started = time.perf_counter()
         routes: ModelRoutes | None = None
         route: Route | None = None
@@ -308,7 +312,7 @@ class Ingress:
                 routes = await self._routes.routes(name)
                 route = routes.production
                 if routes.canary is not None:
-                    payload = await self._read_json(request)
+                    payload = await self._read_json(request, endpoint == "v2")
                     key = request_key(request.headers.get("x-mlplat-caller"), _first_row(payload, routes.canary_key),
                                       routes.canary_key)
                     if routes_to_canary(None if key is None else f"{name}:{key}", routes.canary_percent):
@@ -317,9 +321,10 @@ class Ingress:
             else:
                 route = await self._routes.resolve(name, version)
             if payload is None:
-                payload = await self._read_json(request)
+                payload = await self._read_json(request, endpoint == "v2")
             parse = parse_v1 if endpoint == "v1" else parse_v2
             parsed = parse(payload, route.schema, max_instances=self._serve.max_instances)
+            binary_out = endpoint == "v2" and binary_output_requested(payload)
             try:
                 result = await self._call_backend(route, parsed)
             except RequestError:
@@ -362,9 +367,9 @@ class Ingress:
                                 headers=out_headers)
         shape = [len(predictions)] + ([len(predictions[0])] if predictions and isinstance(predictions[0], list) else [])
         flat = [v for p in predictions for v in p] if len(shape) == 2 else predictions
-        return JSONResponse({"model_name": name, "model_version": str(answered), "id": request_id,
-                             "outputs": [{"name": "predictions", "shape": shape, "datatype": _DATATYPE[route.task],
-                                          "data": flat}]}, headers=out_headers)
+        document = {"model_name": name, "model_version": str(answered), "id": request_id,
+                    "outputs": [{"name": "predictions", "shape": shape, "datatype": _DATATYPE[route.task], "data": flat}]}
+        return binary_response(document, out_headers) if binary_out else JSONResponse(document, headers=out_headers)
 
     def _count_request(self, name: str, route: Route | None, status: int, started: float) -> None:
         """A request's metrics; the model tag only for a name that resolved (no series from
@@ -423,17 +428,17 @@ class Ingress:
             raise _unavailable(route, exc) from None
 
     @http_app.post("/v1/models/{name}:predict", **api.V1_PREDICT_DOC)
-    async def predict_v1(self, name: str, request: Request) -> JSONResponse:
+    async def predict_v1(self, name: str, request: Request) -> Response:
         """Raw feature rows in, predictions out: `{"instances": [{feature: value}]}`."""
         return await self._infer(request, name, None, "v1")
 
     @http_app.post("/v2/models/{name}/infer", **api.V2_INFER_DOC)
-    async def infer_v2(self, name: str, request: Request) -> JSONResponse:
+    async def infer_v2(self, name: str, request: Request) -> Response:
         """Open Inference Protocol v2 inference on the production version."""
         return await self._infer(request, name, None, "v2")
 
     @http_app.post("/v2/models/{name}/versions/{version}/infer", **api.V2_INFER_DOC)
-    async def infer_v2_version(self, name: str, version: str, request: Request) -> JSONResponse:
+    async def infer_v2_version(self, name: str, version: str, request: Request) -> Response:
         """Open Inference Protocol v2 inference on one version."""
         if not version.isdigit() or not 0 < int(version) < 10**9:
             return _error(400, f"version {version!r} must be a positive integer", "version")
