@@ -11,14 +11,18 @@ so Serve's process bookkeeping is unchanged).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import shlex
 import sys
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-__all__ = ["loopback_binds", "wrapper_source", "install_wrapper", "loopback_env", "DEFAULT_PORTS"]
+__all__ = ["loopback_binds", "wrapper_source", "launcher_source", "install_wrapper", "loopback_env", "DEFAULT_PORTS"]
+
+log = logging.getLogger(__name__)
 
 #: Serve's defaults for RAY_SERVE_HAPROXY_STATS_PORT and RAY_SERVE_HAPROXY_METRICS_PORT.
 DEFAULT_PORTS = {"RAY_SERVE_HAPROXY_STATS_PORT": 8404, "RAY_SERVE_HAPROXY_METRICS_PORT": 9101}
@@ -40,8 +44,14 @@ def loopback_binds(config_text: str, ports: Iterable[int]) -> str:
     return re.sub(_bind_pattern(ports), r"\g<1>127.0.0.1:\g<2>", config_text, flags=re.MULTILINE)
 
 
-_WRAPPER = '''#!{python} -I
-# Written by mlplat (mlplat/serving/haproxy_loopback.py): runs {real} with the HAProxy stats
+#: The executable Serve runs: a POSIX shell script, because a ``#!`` line is split at its first
+#: space and capped in length (a virtualenv path with a space would not start).
+_LAUNCHER = '''#!/bin/sh
+# Written by mlplat (mlplat/serving/haproxy_loopback.py): HAProxy with its stats and metrics on loopback.
+exec {python} -I {script} "$@"
+'''
+
+_WRAPPER = '''# Written by mlplat (mlplat/serving/haproxy_loopback.py): runs {real} with the HAProxy stats
 # and metrics listeners (ports {ports}) bound to 127.0.0.1 instead of every interface.
 import fcntl, os, re, sys
 
@@ -63,11 +73,19 @@ os.execv(REAL, [REAL, *args])
 '''
 
 
-def wrapper_source(real_binary: str, ports: Iterable[int], python: str = sys.executable) -> str:
-    """The wrapper script: standard library only, run isolated (``-I``)."""
+def wrapper_source(real_binary: str, ports: Iterable[int]) -> str:
+    """The wrapper's Python: standard library only, run isolated (``-I``) by the launcher."""
     ports = sorted(set(int(p) for p in ports))
-    return _WRAPPER.format(python=python, real=real_binary, ports=", ".join(map(str, ports)),
-                           pattern=_bind_pattern(ports))
+    return _WRAPPER.format(real=real_binary, ports=", ".join(map(str, ports)), pattern=_bind_pattern(ports))
+
+
+def launcher_source(script: str, python: str = sys.executable) -> str:
+    """The shell launcher that runs the wrapper's Python with every argument (paths quoted).
+
+    >>> print(launcher_source("/c/w.py", "/v env/python").splitlines()[-1])
+    exec '/v env/python' -I /c/w.py "$@"
+    """
+    return _LAUNCHER.format(python=shlex.quote(python), script=shlex.quote(script))
 
 
 def install_wrapper(directory: str | os.PathLike[str], real_binary: str, ports: Iterable[int]) -> str:
@@ -77,11 +95,12 @@ def install_wrapper(directory: str | os.PathLike[str], real_binary: str, ports: 
     info = folder.lstat()
     if folder.is_symlink() or info.st_uid != os.getuid() or info.st_mode & 0o022:
         raise PermissionError(f"{folder} must be a directory owned by this user and writable by it alone")
-    path = folder / "haproxy"
-    tmp = folder / f".haproxy.{os.getpid()}.tmp"
-    tmp.write_text(wrapper_source(real_binary, ports))
-    tmp.chmod(0o700)
-    os.replace(tmp, path)
+    script, path = folder / "haproxy-loopback.py", folder / "haproxy"
+    for target, text in ((script, wrapper_source(real_binary, ports)), (path, launcher_source(str(script)))):
+        tmp = folder / f".{target.name}.{os.getpid()}.tmp"
+        tmp.write_text(text)
+        tmp.chmod(0o700)
+        os.replace(tmp, target)
     return str(path)
 
 
@@ -108,5 +127,10 @@ def loopback_env(env: Mapping[str, str], directory: str | os.PathLike[str] | Non
     ports = [int(env.get(var) or default) for var, default in DEFAULT_PORTS.items()]
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     folder = directory or (Path(cache) / "mlplat" if os.access(os.path.dirname(cache) or "/", os.W_OK)
-                           else Path(tempfile.gettempdir()) / f"mlplat-{os.getuid()}")
-    return {_BINARY_VAR: install_wrapper(folder, real, ports)}
+                           else Path(tempfile.mkdtemp(prefix="mlplat-haproxy-")))
+    try:
+        return {_BINARY_VAR: install_wrapper(folder, real, ports)}
+    except OSError as exc:  # never stop Ray from starting over it: say what stays open instead
+        log.warning("HAProxy's stats (%d) and metrics (%d) listeners stay on every interface: the loopback "
+                    "wrapper could not be written under %s (%s); firewall those ports", *ports, folder, exc)
+        return {}

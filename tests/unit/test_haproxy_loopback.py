@@ -90,7 +90,9 @@ def test_loopback_env_installs_an_owner_only_wrapper_and_respects_an_operators_b
     env = loopback_env({"RAY_SERVE_HAPROXY_STATS_PORT": "7404"}, tmp_path / "w")
     wrapper = Path(env["RAY_SERVE_HAPROXY_BINARY_PATH"])
     assert wrapper.is_file() and (wrapper.stat().st_mode & 0o777) == 0o700
-    assert "7404" in wrapper.read_text() and "9101" in wrapper.read_text()
+    script = wrapper.with_name("haproxy-loopback.py")
+    assert (script.stat().st_mode & 0o777) == 0o700
+    assert "7404" in script.read_text() and "9101" in script.read_text()
     assert loopback_env({"RAY_SERVE_HAPROXY_BINARY_PATH": "/opt/haproxy"}, tmp_path / "w") == {}
 
 
@@ -105,8 +107,9 @@ def test_a_shared_wrapper_folder_is_refused(tmp_path):
 def test_apply_serve_env_points_serve_at_the_wrapper_once(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     for var in ("RAY_SERVE_HAPROXY_BINARY_PATH", "RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED",
-                "RAY_SERVE_HAPROXY_METRICS_ENABLED", "RAY_SERVE_HAPROXY_NBTHREAD"):
-        monkeypatch.delenv(var, raising=False)
+                "RAY_SERVE_HAPROXY_METRICS_ENABLED", "RAY_SERVE_HAPROXY_NBTHREAD", "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"):
+        monkeypatch.setenv(var, "")  # recorded, so teardown restores (or removes) what apply_serve_env sets
+        monkeypatch.delenv(var)
     apply_serve_env(PlatformConfig(serve={"haproxy": False}))
     assert "RAY_SERVE_HAPROXY_BINARY_PATH" not in os.environ
     apply_serve_env(PlatformConfig(serve={"haproxy": True}))
@@ -114,3 +117,24 @@ def test_apply_serve_env_points_serve_at_the_wrapper_once(tmp_path, monkeypatch)
     assert first == str(tmp_path / "mlplat" / "haproxy") and os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     apply_serve_env(PlatformConfig(serve={"haproxy": True}))
     assert os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] == first  # not a wrapper around the wrapper
+
+
+def test_the_launcher_runs_from_paths_with_spaces(tmp_path):
+    """A ``#!`` line splits at its first space: the launcher is a shell script quoting both paths."""
+    import subprocess
+    import sys
+
+    from mlplat.serving.haproxy_loopback import launcher_source
+
+    folder = tmp_path / "with space"
+    wrapper = install_wrapper(folder, "/bin/echo", [8404])
+    python = tmp_path / "py env" / "python"
+    python.parent.mkdir()
+    python.symlink_to(sys.executable)
+    launcher = folder / "launcher"
+    launcher.write_text(launcher_source(str(folder / "haproxy-loopback.py"), str(python)))
+    launcher.chmod(0o700)
+    for executable in (wrapper, str(launcher)):
+        out = subprocess.run([executable, "-db", "a b"], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == "-db a b\n"
