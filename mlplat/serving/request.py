@@ -18,9 +18,10 @@ import numpy as np
 __all__ = ["RequestError", "InputSchema", "parse_json_body", "parse_v1", "parse_v2", "ParsedRequest",
            "MAX_ABS_NUMBER"]
 
-#: Numbers a client sends must lie within +-MAX_ABS_NUMBER: models compute in float32, and a value
-#: far beyond any feature's range overflows there (a NaN prediction, or an infinite encoded input).
-MAX_ABS_NUMBER = 1e15
+#: Numbers a client sends must lie within +-MAX_ABS_NUMBER, the largest float32: models compute in
+#: float32, where a larger value is infinite. (Microsecond and nanosecond epoch timestamps, or
+#: amounts in minor units, are far below it and pass.)
+MAX_ABS_NUMBER = 3.4028234663852886e38
 
 
 class RequestError(Exception):

@@ -65,7 +65,7 @@ def test_unique_keys_parse_as_before():
                                                                                      "b": 3}
 
 
-@pytest.mark.parametrize(("value", "status"), [(10**400, 422), (-(10**20), 422), (1e300, 422), (MAX_ABS_NUMBER * 2, 422)])
+@pytest.mark.parametrize(("value", "status"), [(10**400, 422), (-(10**39), 422), (1e300, 422), (MAX_ABS_NUMBER * 2, 422)])
 def test_numbers_beyond_the_documented_range_are_a_422_naming_the_field(value, status):
     row = {"amount": value, "age": 1, "country": "fr"}
     error = _error(json.dumps({"instances": [row]}), parse_v1)
@@ -98,3 +98,10 @@ def test_malformed_tensors_are_a_422_naming_the_field(payload, field):
 def test_invalid_utf8_is_a_400_without_codec_internals():
     error = _error(b'{"instances": "\xff"}')
     assert error.status == 400 and "UTF-8" in error.message
+
+
+def test_large_but_representable_numbers_such_as_epoch_microseconds_are_served():
+    schema = InputSchema(columns={"ts_us": "number"}, input_dim=1)
+    for value in (1_764_500_000_000_000, 1.7645e18, -(10**20)):
+        parsed = parse_v1({"instances": [{"ts_us": value}]}, schema)
+        assert parsed.rows == [{"ts_us": value}]
