@@ -395,13 +395,13 @@ class Ingress:
                 raise _unavailable(route, exc) from None
         body = {"rows": parsed.rows, "matrix": parsed.matrix, "version": route.version, "bundle_sha256": route.bundle_sha256}
         handle = self._dedicated.get(route.name) if route.placement == "dedicated" else None
+        deadline = asyncio.get_running_loop().time() + self._serve.backend_timeout_s  # the retry gets what is left
         for attempt in range(2):  # one retry: a replica that died mid-request is replaced
-            try:  # queue + inference within backend_timeout_s (wait_for cancels the request after it)
-                if handle is not None:
-                    return await asyncio.wait_for(handle.predict.remote(body), self._serve.backend_timeout_s)
-                return await asyncio.wait_for(
-                    self._pool.options(multiplexed_model_id=route.serving_id).predict.remote(body),
-                    self._serve.backend_timeout_s)
+            try:  # queue + inference by the deadline (the timeout cancels the request; no extra task)
+                async with asyncio.timeout_at(deadline):
+                    if handle is not None:
+                        return await handle.predict.remote(body)
+                    return await self._pool.options(multiplexed_model_id=route.serving_id).predict.remote(body)
             except BackPressureError:
                 raise RequestError(503, f"model {route.serving_id} is at capacity; retry with backoff") from None
             except TimeoutError:

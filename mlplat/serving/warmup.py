@@ -216,7 +216,7 @@ class Prewarmer:
             feature_set = (record.feature_set.name, record.feature_set.version) if record.feature_set else None
             await asyncio.wait_for(self._warm(name, version, bundle.sha256 if bundle else None, feature_set), timeout_s)
             ok, reason = True, ""
-        except asyncio.TimeoutError:
+        except TimeoutError:
             ok, reason = False, f"did not load and answer the probe within {timeout_s:.0f} s"
         except Exception as exc:  # the version's fault: report it, keep serving the old one
             cause = getattr(exc, "cause", None) or exc
