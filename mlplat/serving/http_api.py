@@ -190,6 +190,27 @@ def _responses(ok: dict[str, Any] | None, *errors: int, version_header: bool = F
     return out
 
 
+_BINARY_REQUEST = (
+    "With the binary tensor data extension (what tritonclient sends by default), the body is this JSON followed "
+    "by raw tensor bytes: the header `Inference-Header-Content-Length` gives the JSON's length in bytes, and each "
+    "input sent so has `parameters.binary_data_size` (its bytes, in input order; little-endian, row-major; BYTES "
+    "elements are a 4-byte little-endian length and the bytes) instead of `data`. Framing errors are 400s naming "
+    "the input.")
+
+
+def _with_binary_output(responses: dict[int | str, Any]) -> dict[int | str, Any]:
+    """The v2 200 answer's second form: binary outputs, when the request asks for them."""
+    responses[200]["content"]["application/octet-stream"] = {"schema": {"type": "string", "format": "binary"}}
+    responses[200]["description"] = (
+        "OK. `application/octet-stream` when the request asks for binary outputs (`parameters.binary_data_output: "
+        "true`, or `binary_data: true` on the requested output): the response JSON, then each output's bytes "
+        "(`parameters.binary_data_size` on it).")
+    responses[200]["headers"] = {**responses[200].get("headers", {}), "Inference-Header-Content-Length": {
+        "description": "With binary outputs: the length in bytes of the JSON that starts the body.",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
+    return responses
+
+
 _INFER_ERRORS = (400, 401, 404, 408, 413, 422, 503)
 _HEALTH_READY = {"type": "object", "required": ["ready"], "properties": {"ready": {"type": "boolean"}}}
 _ERROR_REF = {"$ref": "#/components/schemas/Error"}
@@ -199,8 +220,8 @@ V1_PREDICT_DOC: dict[str, Any] = {
     "responses": _responses(V1_RESPONSE, *_INFER_ERRORS, version_header=True),
     "openapi_extra": _json_body(V1_REQUEST, "Raw feature rows.")}
 V2_INFER_DOC: dict[str, Any] = {
-    "responses": _responses(V2_RESPONSE, *_INFER_ERRORS, version_header=True),
-    "openapi_extra": _json_body(V2_REQUEST, "An Open Inference Protocol v2 inference request.")}
+    "responses": _with_binary_output(_responses(V2_RESPONSE, *_INFER_ERRORS, version_header=True)),
+    "openapi_extra": _json_body(V2_REQUEST, "An Open Inference Protocol v2 inference request. " + _BINARY_REQUEST)}
 METADATA_DOC: dict[str, Any] = {"responses": _responses(METADATA_RESPONSE, 400, 401, 404, 503, version_header=True)}
 READY_DOC: dict[str, Any] = {"responses": _responses(READY_RESPONSE, 400, 401, 404, 503, version_header=True)}
 LIVE_DOC: dict[str, Any] = {"responses": _responses({"type": "object", "required": ["live"],
