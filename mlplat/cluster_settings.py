@@ -164,7 +164,9 @@ def runtime_env_vars(wanted: Mapping[str, str], job_vars: Mapping[str, str] | No
 def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     for part in parents:
-        target = target.setdefault(part, {})
+        if not isinstance(target.get(part), dict):  # absent, or None (an optional section such as ingress_autoscaling)
+            target[part] = {}
+        target = target[part]
     target[leaf] = value
 
 

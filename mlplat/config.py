@@ -195,8 +195,8 @@ class ServeSettings(StrictModel):
     allow_anonymous: bool = False
     #: Serve /openapi.json and /docs without a token (they list every route and schema).
     public_docs: bool = False
-    #: The ingress's replicas: a fixed count, unless ``ingress_autoscaling`` is set.
-    ingress_replicas: int = Field(1, ge=1)
+    #: The ingress's replicas: a fixed count (None: 1), unless ``ingress_autoscaling`` is set.
+    ingress_replicas: int | None = Field(None, ge=1)
     #: Serve autoscales the ingress within these bounds (min_replicas >= 1: the ingress answers
     #: health checks). Set this or ``ingress_replicas``, not both.
     ingress_autoscaling: ScalingSettings | None = None
@@ -276,10 +276,14 @@ class ServeSettings(StrictModel):
 
     @model_validator(mode="after")
     def _check_ingress_scaling(self) -> ServeSettings:
+        if self.ingress_health_headroom >= self.ingress_max_ongoing_requests:
+            raise ValueError(f"serve.ingress_health_headroom ({self.ingress_health_headroom}) must be below "
+                             f"serve.ingress_max_ongoing_requests ({self.ingress_max_ongoing_requests}): an ingress "
+                             "replica admits max_ongoing - headroom inference requests at once")
         scaling = self.ingress_autoscaling
         if scaling is None:
             return self
-        if "ingress_replicas" in self.model_fields_set:
+        if self.ingress_replicas is not None:
             raise ValueError("serve.ingress_replicas (a fixed count) and serve.ingress_autoscaling (min/max replicas) "
                              "are both set: keep one of them")
         if scaling.min_replicas < 1:
@@ -424,7 +428,9 @@ def acting_user() -> str:
 def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     for part in parents:
-        target = target.setdefault(part, {})
+        if not isinstance(target.get(part), dict):  # absent, or None (an optional section such as ingress_autoscaling)
+            target[part] = {}
+        target = target[part]
     target[leaf] = value
 
 

@@ -68,5 +68,5 @@ def ingress_replicas_options(serve: ServeSettings) -> dict[str, Any]:
     3
     """
     if serve.ingress_autoscaling is None:
-        return {"num_replicas": serve.ingress_replicas}
+        return {"num_replicas": serve.ingress_replicas or 1}
     return {"autoscaling_config": serve.ingress_autoscaling.autoscaling_config()}

@@ -147,7 +147,8 @@ def test_loopback_wrapper_setup_command_installs_the_wrapper(tmp_path):
     code = shlex.split(command)[2].replace("/home/ubuntu/.cache/mlplat", str(tmp_path / "wrapper"))
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     wrapper = tmp_path / "wrapper" / "haproxy"
-    assert wrapper.is_file() and "127.0.0.1" in wrapper.read_text()
+    assert wrapper.is_file() and "haproxy-loopback.py" in wrapper.read_text()
+    assert "127.0.0.1" in (tmp_path / "wrapper" / "haproxy-loopback.py").read_text()
 
 
 @pytest.mark.parametrize("mutate, needle", [

@@ -218,3 +218,25 @@ def test_runtime_env_inside_a_job_never_sets_what_the_job_sets():
     assert runtime_env_vars({"MLPLAT_ROOT": "/r"}, job_env_vars(no_env)) == {"MLPLAT_ROOT": "/r"}
     with_env = {JOB_CONFIG_ENV: json.dumps({"runtime_env": {"env_vars": {"MLPLAT_ROOT": "/r", "X": "1"}}})}
     assert runtime_env_vars({"MLPLAT_ROOT": "/r", "AWS_REGION": "eu"}, job_env_vars(with_env)) == {"AWS_REGION": "eu"}
+
+
+def test_settings_with_ingress_autoscaling_round_trip_through_the_cluster():
+    """A platform published with serve.ingress_autoscaling is adopted by a bare process and by
+    a process with the same settings (model_dump marks every field set: ingress_replicas None)."""
+    from mlplat.cluster_settings import adopt_cluster_settings, cluster_settings
+
+    platform = PlatformConfig(root="/srv/mlplat", serve={"ingress_autoscaling": {"min_replicas": 1, "max_replicas": 3}})
+    published = cluster_settings(platform)
+    for local in (PlatformConfig(), platform):
+        adopted = adopt_cluster_settings(local, published)
+        assert adopted.serve.ingress_autoscaling is not None and adopted.serve.ingress_autoscaling.max_replicas == 3
+        assert adopted.serve.ingress_replicas is None
+
+
+def test_health_headroom_must_leave_room_for_inference():
+    from mlplat.config import parse_config
+
+    with pytest.raises(ConfigError, match=r"ingress_health_headroom \(16\) must be below .*ingress_max_ongoing_requests \(16\)"):
+        parse_config({"serve": {"ingress_max_ongoing_requests": 16}}, PlatformConfig)
+    assert parse_config({"serve": {"ingress_max_ongoing_requests": 16, "ingress_health_headroom": 4}},
+                        PlatformConfig).serve.ingress_health_headroom == 4
