@@ -74,7 +74,7 @@ ROWS: tuple[Row, ...] = (
          I + "test_storage.py::test_writer_killed_mid_write_leaves_nothing_complete")),
     Row("F10", "lose a node of a multi-node cluster (`Cluster.remove_node`)",
         "registry and serving recover; acknowledged state intact",
-        (I + "test_multinode.py::test_f10_",), note="its test comes with the cluster issue"),
+        (I + "test_multinode.py::test_f10_",)),
     # -- bad input (quality-bar.md and issue 17) ------------------------------------------------
     Row("B1", "malformed JSON, wrong top-level shape, invalid UTF-8, duplicate keys, a 5,000-digit integer",
         "400 naming the field, no Python internals in the message",

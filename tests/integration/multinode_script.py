@@ -6,10 +6,9 @@ subprocess, since the test session already holds a Ray instance:
 A ``ray.cluster_utils.Cluster`` of three nodes: a head that advertises no CPU (the driver, the
 Serve controller and its HTTP proxy) and two workers with 2 CPUs and one ``trainslot`` each, so
 a 2-worker training run has to put one worker on each. Serving runs 2 ingress and 2 pool
-replicas (Serve spreads them over the workers); the registry actor (0 CPUs) lands where Ray puts
-it. Under loopback load and a stream of acknowledged registry writes, the worker node that also
-holds the registry actor (if one does) is removed mid-training; a fresh one joins (what the
-autoscaler would do). The script writes what it saw as JSON; the test judges.
+replicas (Serve spreads them over the workers); the registry actor is pinned to the head. Under
+loopback load and a stream of acknowledged registry writes, a worker node is removed
+mid-training; a fresh one joins (what the autoscaler would do). The script writes what it saw as JSON; the test judges.
 """
 
 from __future__ import annotations
