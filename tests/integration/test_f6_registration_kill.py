@@ -115,6 +115,19 @@ def test_f6_driver_killed_at_each_step_leaves_absent_or_complete(target, kill_at
                         "each left absent or complete; the next driver completed")
 
 
+def _readline(proc: subprocess.Popen, deadline: float) -> str:
+    """The child's next stdout line, or "" once ``deadline`` (monotonic) passes or it exits."""
+    import select
+
+    assert proc.stdout is not None
+    while (left := deadline - time.monotonic()) > 0:
+        if select.select([proc.stdout], [], [], min(left, 1.0))[0]:
+            return proc.stdout.readline()
+        if proc.poll() is not None:
+            return proc.stdout.readline()
+    return ""
+
+
 def test_f6_driver_killed_at_random_moments(target, record_property):
     """Kills from outside, at random moments of a driver registering version after version:
     after 0-3 completed registrations and a random 0-200 ms into the next one."""
@@ -128,8 +141,12 @@ def test_f6_driver_killed_at_random_moments(target, record_property):
         try:
             assert proc.stdout is not None
             done, wanted = 0, rng.randint(0, 3)
-            while done < wanted and (line := proc.stdout.readline()):
+            deadline = time.monotonic() + 180
+            ready = False  # imports done: a kill before this tests nothing
+            while (not ready or done < wanted) and (line := _readline(proc, deadline)):
+                ready = ready or line.startswith("ready")
                 done += line.startswith("done")
+            assert ready, "the registering driver never reported ready"
             time.sleep(rng.uniform(0.0, 0.2))
             proc.send_signal(signal.SIGKILL)
         finally:
