@@ -54,6 +54,7 @@ class Cluster:
         self.base = base
         self.home = base / "home"
         self.home.mkdir()
+        self.repo = _snapshot(REPO, base / "repo")
         gcs, self.dashboard_port, client, agent, agent_grpc, metrics, runtime_env, self.serve_port = _ports(8)
         self.gcs_address = f"127.0.0.1:{gcs}"
         self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
@@ -76,7 +77,11 @@ class Cluster:
              f"--runtime-env-agent-port={runtime_env}", "--num-cpus=2", f"--object-store-memory={300 * 1024**2}",
              f"--temp-dir={base / 'ray'}", "--disable-usage-stats"],
             env=self.env, cwd=str(base), stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.client = self._wait_for_dashboard(timeout_s=90)
+        try:
+            self.client = self._wait_for_dashboard(timeout_s=90)
+        except BaseException:
+            self.stop()
+            raise
 
     def _wait_for_dashboard(self, timeout_s: float):
         from ray.job_submission import JobSubmissionClient
@@ -104,12 +109,16 @@ class Cluster:
             family = [self.process.pid] + [c.pid for c in psutil.Process(self.process.pid).children(recursive=True)]
         except psutil.NoSuchProcess:
             family = [self.process.pid]
-        try:
-            self.process.send_signal(signal.SIGTERM)  # `ray start --block` stops what it started
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            pass
-        for pid in family:  # whatever outlived it: raylet, GCS, dashboard, workers, job drivers
+        for pid in family:  # raylet, GCS, dashboard, workers, job drivers: each stops on SIGTERM
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"
+                                                   for pid in family[1:]):
+            time.sleep(0.2)
+        for pid in family:  # whatever is still there
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -123,13 +132,16 @@ class Cluster:
         command = [str(BIN / "ray"), "job", "submit", "--address", self.dashboard_url, "--working-dir", "."]
         if runtime_env_vars:
             command += ["--runtime-env-json", json.dumps({"env_vars": runtime_env_vars})]
-        done = subprocess.run([*command, "--", "python", *args], cwd=str(REPO), env=self.env, capture_output=True,
+        started = time.monotonic()
+        done = subprocess.run([*command, "--", "python", *args], cwd=str(self.repo), env=self.env, capture_output=True,
                               text=True, timeout=JOB_TIMEOUT_S)
+        print(f"ray job submit {args[0]}: exit {done.returncode} in {time.monotonic() - started:.1f} s", file=sys.stderr)
         return done.returncode, done.stdout + done.stderr
 
     def sdk_job(self, args: list[str], *, runtime_env_vars: dict[str, str] | None = None) -> tuple[str, str]:
         """JobSubmissionClient.submit_job, then wait; returns (status, logs)."""
-        runtime_env: dict[str, object] = {"working_dir": str(REPO)}
+        started = time.monotonic()
+        runtime_env: dict[str, object] = {"working_dir": str(self.repo)}
         if runtime_env_vars:
             runtime_env["env_vars"] = runtime_env_vars
         job_id = self.client.submit_job(entrypoint=" ".join(["python", *args]), runtime_env=runtime_env,
@@ -141,6 +153,7 @@ class Cluster:
                 raise AssertionError(f"job {job_id} still {status} after {JOB_TIMEOUT_S} s:\n"
                                      f"{self.client.get_job_logs(job_id)[-3000:]}")
             time.sleep(1)
+        print(f"JobSubmissionClient {args[0]}: {status.value} in {time.monotonic() - started:.1f} s", file=sys.stderr)
         return str(status.value), self.client.get_job_logs(job_id)
 
     def mlplat(self, args: list[str], root: Path) -> str:
@@ -152,6 +165,23 @@ class Cluster:
                               text=True, timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
+
+
+def _snapshot(repo: Path, dest: Path) -> Path:
+    """The working tree as a user's checkout would hold it (tracked and untracked files, not
+    ignored ones), copied once: other processes may edit the shared tree while Ray packages
+    `--working-dir` for a job, and a file that changes between hashing and zipping fails the
+    job's runtime env."""
+    import shutil
+
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=str(repo),
+                            capture_output=True, check=True, timeout=60).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = repo / name
+        if source.is_file() and not name.endswith(".tmp"):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    return dest
 
 
 def _json_out(logs: str) -> dict:
@@ -242,11 +272,6 @@ def test_every_stage_runs_as_a_submitted_job(cluster, platform):
     assert rc == 0, out
     assert _json_out(out)["request"]["status"] == "pending"
 
-    # The wrappers' clean errors travel back as exit code 2 and one line, not a traceback.
-    rc, out = cluster.cli_job(["jobs/deploy.py", "deploy", "--model", MODEL, "--version", "1"])
-    assert rc == 1 and "error: no running mlplat serving app" in out and "Traceback" not in out, out
-    rc, out = cluster.cli_job(["jobs/drift.py", "--model", MODEL, "--window", "1h"])
-    assert rc == 1 and "error: " in out and "Traceback" not in out, out
 
 
 def test_rollout_and_drift_jobs_against_a_serving_app(cluster, platform):
