@@ -8,8 +8,9 @@ each stage's job is submitted as a user would (`ray job submit --working-dir .`,
 settings), some with `--runtime-env-json` env vars (Ray merges the job's runtime env with the
 driver's own `ray.init`). The registry database is read from the test to check the outcome.
 
-Cost on 2 cores: one module, ~2.5 minutes (cluster start ~10 s, training ~40 s, other jobs
-5-15 s each).
+Cost on the 2-core box, measured while other suites ran: the three cluster tests 3.5-4 minutes
+(cluster start and data ~15-20 s, the training job ~60 s, every other job 10-35 s, a Serve app
+~20 s); the in-process test ~1 s on the session's Ray.
 """
 
 from __future__ import annotations
