@@ -292,11 +292,11 @@ class Platform:
         return run
 
     # -- registry shortcuts ------------------------------------------------------------------
-    def promote(self, name: str, version: int) -> ModelVersion:
+    def promote(self, name: str, version: int, *, by: str | None = None) -> ModelVersion:
         """Make a VALIDATED (or CANARY) version PRODUCTION; the previous one is ARCHIVED and
         becomes ``previous``. The registry refuses versions still waiting for, or refused by,
-        a human reviewer."""
-        return self.registry.promote(name, version)
+        a human reviewer. The ``promoted`` event records ``by`` (default: who runs this)."""
+        return self.registry.promote(name, version, by=by or acting_user())
 
     def rollback(self, name: str, *, region: str | None = None, by: str | None = None) -> ModelVersion:
         """Undo the last change of ``name`` (in ``region``): an active canary ends (its version

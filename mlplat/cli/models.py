@@ -201,7 +201,9 @@ def alias(lazy: Any, name: str, alias: str, version: int, expected_version: int 
 @click.pass_obj
 def promote(lazy: Any, name: str, version: int, idempotency_key: str | None, as_json: bool) -> None:
     """Make VERSION production; the old production version is archived and becomes 'previous'."""
-    v = _registry(lazy).promote(name, version, idempotency_key=idempotency_key)
+    from mlplat.config import acting_user
+
+    v = _registry(lazy).promote(name, version, idempotency_key=idempotency_key, by=acting_user())
     _echo_version(v, as_json, "promoted")
 
 

@@ -62,6 +62,7 @@ def test_promote_alias_rollback_events(reg, capsys):
     assert "production" in out and "previous" in out
     code, out, _ = run(capsys, "models", "events", "--since", "0", "--kind", "promoted", "--json")
     assert [e["version"] for e in json.loads(out)] == [1, 2]
+    assert all(e["payload"]["by"] for e in json.loads(out)), json.loads(out)  # who promoted is recorded
     seq = json.loads(out)[-1]["seq"]
     code, out, _ = run(capsys, "models", "events", "--since", str(seq))
     assert "alias_moved" in out and "rolled_back" in out and "promoted" not in out
