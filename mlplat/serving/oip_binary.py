@@ -72,35 +72,36 @@ def _element_count(tensor: dict[str, Any], label: str) -> int:
     return math.prod(shape)
 
 
-def _decode_bytes(raw: memoryview, count: int, label: str) -> list[str]:
+def _decode_bytes(raw: bytes, count: int, label: str) -> list[str]:
     """BYTES elements: a 4-byte little-endian length, then the UTF-8 text, ``count`` times,
     filling ``raw`` exactly."""
-    where = f"{label}.parameters.binary_data_size"
-    if count * _LENGTH_PREFIX.size > len(raw):
-        raise RequestError(400, f"{label}: {count} BYTES elements need at least {count * _LENGTH_PREFIX.size} bytes "
-                                f"(a 4-byte length each); binary_data_size is {len(raw)}", where)
-    out, offset = [], 0
-    for j in range(count):
-        if offset + _LENGTH_PREFIX.size > len(raw):
-            raise RequestError(400, f"{label}: element {j} has no room for its 4-byte length in the "
-                                    f"{len(raw)} bytes of binary data", where)
-        (length,) = _LENGTH_PREFIX.unpack_from(raw, offset)
-        offset += _LENGTH_PREFIX.size
-        if length > len(raw) - offset:
-            raise RequestError(400, f"{label}: element {j} declares {length} bytes but only {len(raw) - offset} "
-                                    "remain in its binary data", where)
-        try:
-            out.append(bytes(raw[offset:offset + length]).decode("utf-8"))
-        except UnicodeDecodeError:
-            raise RequestError(400, f"{label}: element {j} is not UTF-8 text", f"{label}[{j}]") from None
-        offset += length
-    if offset != len(raw):
-        raise RequestError(400, f"{label}: {len(raw) - offset} bytes follow its {count} BYTES elements; "
+    where, size, prefix = f"{label}.parameters.binary_data_size", len(raw), _LENGTH_PREFIX.size
+    if count * prefix > size:
+        raise RequestError(400, f"{label}: {count} BYTES elements need at least {count * prefix} bytes "
+                                f"(a 4-byte length each); binary_data_size is {size}", where)
+    unpack, out, offset, j = _LENGTH_PREFIX.unpack_from, [], 0, 0
+    append = out.append
+    try:
+        for j in range(count):
+            if offset + prefix > size:
+                raise RequestError(400, f"{label}: element {j} has no room for its 4-byte length in the "
+                                        f"{size} bytes of binary data", where)
+            (length,) = unpack(raw, offset)
+            offset += prefix
+            if length > size - offset:
+                raise RequestError(400, f"{label}: element {j} declares {length} bytes but only {size - offset} "
+                                        "remain in its binary data", where)
+            append(raw[offset:offset + length].decode("utf-8"))
+            offset += length
+    except UnicodeDecodeError:
+        raise RequestError(400, f"{label}: element {j} is not UTF-8 text", f"{label}[{j}]") from None
+    if offset != size:
+        raise RequestError(400, f"{label}: {size - offset} bytes follow its {count} BYTES elements; "
                                 f"binary_data_size must be exactly their encoded size ({offset})", where)
     return out
 
 
-def _decode_tensor(raw: memoryview, tensor: dict[str, Any], label: str) -> list[Any]:
+def _decode_tensor(raw: bytes, tensor: dict[str, Any], label: str) -> list[Any]:
     """One input's binary data -> the flat ``data`` list of the JSON form."""
     count = _element_count(tensor, label)
     datatype = tensor.get("datatype")
@@ -128,7 +129,7 @@ def decode_request(body: bytes, header_length: str, *, max_bytes: int, max_depth
     split = _header_length(header_length, len(body))
     payload = parse_json_body(body[:split], max_bytes=max_bytes, max_depth=max_depth)
     inputs = payload.get("inputs")
-    view, offset = memoryview(body), split
+    offset = split
     for i, tensor in enumerate(inputs if isinstance(inputs, list) else []):
         params = tensor.get("parameters") if isinstance(tensor, dict) else None
         if params is None:
@@ -147,7 +148,7 @@ def decode_request(body: bytes, header_length: str, *, max_bytes: int, max_depth
         if size > len(body) - offset:
             raise RequestError(400, f"{where} is {size} but only {len(body) - offset} bytes of binary data remain "
                                     "after the JSON header and the inputs before it", where)
-        tensor["data"] = _decode_tensor(view[offset:offset + size], tensor, label)
+        tensor["data"] = _decode_tensor(body[offset:offset + size], tensor, label)
         offset += size
     if offset != len(body):
         raise RequestError(400, f"{len(body) - offset} bytes after the JSON header belong to no input: the inputs' "
