@@ -79,8 +79,8 @@ def _decode_bytes(raw: bytes, count: int, label: str) -> list[str]:
     if count * prefix > size:
         raise RequestError(400, f"{label}: {count} BYTES elements need at least {count * prefix} bytes "
                                 f"(a 4-byte length each); binary_data_size is {size}", where)
-    unpack, out, offset, j = _LENGTH_PREFIX.unpack_from, [], 0, 0
-    append = out.append
+    out: list[str] = []
+    unpack, append, offset, j = _LENGTH_PREFIX.unpack_from, out.append, 0, 0
     try:
         for j in range(count):
             if offset + prefix > size:
