@@ -1,5 +1,6 @@
 """P9: `make demo` wall time after install — the whole lifecycle (data, features, training,
-validation, promotion, serving, predictions, telemetry) on an embedded local Ray.
+validation, promotion, serving, predictions, telemetry, drift, the controller's retrain, canary
+rollout and rollback) on an embedded local Ray.
 
 Each repeat runs ``python -m mlplat.demo`` in a fresh process on a fresh storage root and a
 free serving port; the row is the median wall time (Ray start-up included).
