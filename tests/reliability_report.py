@@ -221,10 +221,13 @@ NOTES = """## How B9 and B10 are met
   never a health slot.
 - **HAProxy mode** (`serve.haproxy`). mlplat sets `RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S` from
   `serve.haproxy_timeout_client_s` (default 30 s; Serve's own is 3600 s). Serve 2.60 renders
-  `timeout http-request` and `timeout queue` only from fields of its `HAProxyConfig` that no
-  environment variable sets (both stay unset), has no request buffering (`option
-  http-buffer-request`; `wait-for-body` only with an ingress request router), and keeps
-  `custom_defaults` out of its template: the body deadline is enforced by the ingress instead.
+  `timeout http-request` only from a field of its `HAProxyConfig` that no environment variable
+  sets, and has no request buffering; mlplat's HAProxy wrapper (the one that keeps the stats and
+  metrics listeners on loopback) adds `timeout http-request <serve.body_read_timeout_s>` and
+  `option http-buffer-request` to the config's `defaults`, so HAProxy itself answers 408 to
+  headers or a body that do not arrive in time, before a replica is involved
+  (`tests/unit/test_haproxy_loopback.py::test_the_wrapper_runs_real_haproxy_with_stats_and_metrics_on_loopback_only`).
+  The ingress's own body deadline stays for Serve's default proxy.
 """
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -141,4 +142,5 @@ def apply_serve_env(config: PlatformConfig) -> None:
     if config.serve.haproxy:
         from mlplat.serving.haproxy_loopback import loopback_env
 
-        os.environ.update(loopback_env(os.environ))
+        # HAProxy's own request deadline (408), the same as the ingress's body deadline
+        os.environ.update(loopback_env(os.environ, request_timeout_s=math.ceil(config.serve.body_read_timeout_s)))

@@ -68,7 +68,7 @@ def test_the_wrapper_runs_real_haproxy_with_stats_and_metrics_on_loopback_only(t
 
     stats, metrics, http = _free_port(), _free_port(), _free_port()
     config = _ray_config(tmp_path, http_port=http, stats_port=stats, metrics_port=metrics)
-    wrapper = install_wrapper(tmp_path / "bin", get_haproxy_binary(), [stats, metrics])
+    wrapper = install_wrapper(tmp_path / "bin", get_haproxy_binary(), [stats, metrics], request_timeout_s=2)
     proc = subprocess.Popen([wrapper, "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 20
@@ -79,6 +79,14 @@ def test_the_wrapper_runs_real_haproxy_with_stats_and_metrics_on_loopback_only(t
         with socket.create_connection(("127.0.0.1", stats), timeout=5) as s:
             s.sendall(b"GET /stats HTTP/1.0\r\n\r\n")
             assert s.recv(64).startswith(b"HTTP/1.")
+        text = config.read_text()  # the request deadline went into `defaults`, with the body buffered
+        assert "timeout http-request 2s" in text and "option http-buffer-request" in text
+        with socket.create_connection(("127.0.0.1", http), timeout=10) as s:  # headers, never the body
+            s.sendall(b"POST /v1/models/m:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+            started = time.monotonic()
+            answer = s.recv(64)
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert time.monotonic() - started < 9  # HAProxy's deadline, not the socket's
         assert Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")[:4] == [
             get_haproxy_binary().encode(), b"-db", b"-f", str(config).encode()]  # Serve's pid check still holds
     finally:
