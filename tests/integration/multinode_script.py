@@ -6,7 +6,8 @@ subprocess, since the test session already holds a Ray instance:
 A ``ray.cluster_utils.Cluster`` of three nodes: a head that advertises no CPU (the driver, the
 Serve controller and its HTTP proxy) and two workers with 2 CPUs and one ``trainslot`` each, so
 a 2-worker training run has to put one worker on each. Serving runs 2 ingress and 2 pool
-replicas (Serve spreads them over the workers); the registry actor is pinned to the head. Under
+replicas -- the pool autoscaling from 1 to 2 under the load, one replica per worker node, and
+back to 1 after it (autoscaling across nodes); the registry actor is pinned to the head. Under
 loopback load and a stream of acknowledged registry writes, a worker node is removed
 mid-training; a fresh one joins (what the autoscaler would do). The script writes what it saw as JSON; the test judges.
 """
@@ -155,7 +156,9 @@ def run(out: dict[str, Any], work: Path) -> None:
         port = free_port()
         config = PlatformConfig(root=str(root), namespace=NAMESPACE, api_token=TOKEN, serve=ServeSettings(
             port=port, app_name=APP, telemetry=False, metrics=False, ingress_replicas=2, ingress_num_cpus=0.1,
-            pool=PoolSettings(min_replicas=2, max_replicas=2, num_cpus=0.1)))
+            # the pool autoscales 1 -> 2 under the load (one replica per worker node) and back after it
+            pool=PoolSettings(min_replicas=1, max_replicas=2, num_cpus=0.1, target_ongoing_requests=1,
+                              upscale_delay_s=1, downscale_delay_s=3, look_back_period_s=2, metrics_interval_s=0.5)))
         registry = ActorRegistry.connect(config, actor_name="registry-f10", url=str(work / "registry.db"))
         storage = open_root(config.root)
         register_servable(registry, storage, POOL_MODEL)
@@ -163,13 +166,21 @@ def run(out: dict[str, Any], work: Path) -> None:
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
         url = start_serving(config, registry_actor="registry-f10")
         mark("serving up")
-        out["placement"] = {"ingress": replica_nodes("ingress"), "pool": replica_nodes("model-pool"),
-                            "registry": [node_of(a) for a in alive_actors("RegistryActor")]}
+        out["autoscaling"] = {"pool_before_load": running_replicas().get("model-pool")}
 
         load = Load(url)
         writes = RegistryWrites(registry)
         load.start()
         writes.thread.start()
+        scaled_from = time.monotonic()
+        while time.monotonic() - t0 < DEADLINE_S * 0.3:  # Serve adds the second pool replica on the other node
+            if running_replicas().get("model-pool") == 2 and len(set(replica_nodes("model-pool"))) == 2:
+                out["autoscaling"]["pool_up_s"] = round(time.monotonic() - scaled_from, 1)
+                break
+            time.sleep(0.3)
+        mark("pool scaled up" if "pool_up_s" in out["autoscaling"] else "pool NOT scaled up")
+        out["placement"] = {"ingress": replica_nodes("ingress"), "pool": replica_nodes("model-pool"),
+                            "registry": [node_of(a) for a in alive_actors("RegistryActor")]}
 
         cfg = {"model": "f10", "feature_set": {"name": "toy"}, "code_version": "f10",
                "spec": {"task": "binary", "architecture": "custom",
@@ -243,6 +254,14 @@ def run(out: dict[str, Any], work: Path) -> None:
         load.finish()
         writes.stop.set()
         writes.thread.join(timeout=30)
+        idle_from = time.monotonic()
+        while time.monotonic() - idle_from < 60:  # no load: the pool goes back to its minimum
+            if running_replicas().get("model-pool") == 1:
+                out["autoscaling"]["pool_down_s"] = round(time.monotonic() - idle_from, 1)
+                break
+            time.sleep(0.5)
+        out["autoscaling"]["pool_after_load"] = running_replicas().get("model-pool")
+        mark("pool scaled down" if "pool_down_s" in out["autoscaling"] else "pool NOT scaled down")
 
         requests = list(load.requests)
         in_flight = [r for r in requests if r[0] <= removed_at <= r[1]]

@@ -54,6 +54,13 @@ def test_training_uses_two_nodes_and_serving_is_spread(f10):
     assert nodes["head"] not in f10["placement"]["ingress"] + f10["placement"]["pool"], f10["placement"]
 
 
+def test_the_pool_autoscales_across_nodes_under_load_and_back_after_it(f10):
+    scaling = f10["autoscaling"]
+    assert scaling["pool_before_load"] == 1, scaling  # min_replicas before any load
+    assert "pool_up_s" in scaling, scaling  # 2 replicas on the 2 worker nodes under the load
+    assert "pool_down_s" in scaling and scaling["pool_after_load"] == 1, scaling  # back to min after it
+
+
 def test_f10_serving_recovers_with_failures_bounded_by_in_flight_requests(f10):
     serving = f10["serving"]
     assert serving["recovered_s"] is not None, serving
