@@ -240,26 +240,42 @@ class Platform:
         self.ensure_ray()
         ensure_scheduler(self.config)
 
-    def train(self, config: Any, *, wait: bool = False, timeout_s: float | None = None, priority: int = 0) -> Run:
+    def train(self, config: Any, *, wait: bool = False, timeout_s: float | None = None, priority: int = 0,
+              progress: bool | None = None) -> Run:
         """Queue a training request (YAML path, dict or TrainingConfig); returns its run record at
-        once, or the finished record with ``wait=True``. See ``runs()`` / ``run_status()``."""
-        from mlplat.training.queue import submit, wait_for_run
+        once, or the finished record with ``wait=True``. See ``runs()`` / ``run_status()``.
+        ``progress``: while waiting, a bar over the epochs (default: in a Jupyter kernel)."""
+        from mlplat.training.queue import submit
 
         cfg = self._training_config(config)
         self.ensure_ray()
         run = submit(self.registry, cfg, priority=priority)
         self._start_scheduler()
-        return wait_for_run(self.registry, run.run_id, timeout_s=timeout_s) if wait else run
+        return self._wait(run, timeout_s, progress) if wait else run
 
-    def tune(self, config: Any, *, wait: bool = False, timeout_s: float | None = None, priority: int = 0) -> Run:
+    def tune(self, config: Any, *, wait: bool = False, timeout_s: float | None = None, priority: int = 0,
+             progress: bool | None = None) -> Run:
         """Queue a sweep over the config's ``search`` space; the best trial becomes the version."""
-        from mlplat.training.queue import submit, wait_for_run
+        from mlplat.training.queue import submit
 
         cfg = self._training_config(config)
         self.ensure_ray()
         run = submit(self.registry, cfg, kind="tune", priority=priority)
         self._start_scheduler()
-        return wait_for_run(self.registry, run.run_id, timeout_s=timeout_s) if wait else run
+        return self._wait(run, timeout_s, progress) if wait else run
+
+    def _wait(self, run: Run, timeout_s: float | None, progress: bool | None) -> Run:
+        """The finished run; with ``progress`` (None: when running in a Jupyter kernel) a tqdm
+        bar over its epochs meanwhile (:func:`mlplat.console.follow_run`)."""
+        from mlplat.training.queue import wait_for_run
+
+        if progress is None:
+            progress = "ipykernel" in sys.modules
+        if not progress:
+            return wait_for_run(self.registry, run.run_id, timeout_s=timeout_s)
+        from mlplat.console import EpochBar, follow_run
+
+        return follow_run(self.run_status, run.run_id, EpochBar(), timeout_s=timeout_s)
 
     def publish(self, model: str, code_version: str, *, config: Any = None, wait: bool = False,
                 timeout_s: float | None = None, priority: int = 0) -> Run:

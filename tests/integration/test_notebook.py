@@ -90,6 +90,8 @@ def test_quickstart_notebook_runs_top_to_bottom(ray_session, tmp_path):
     outcome = next(c for s, c in by_source.items() if s.startswith("outcome = p.validate"))
     version = next(c for s, c in by_source.items() if s.startswith("p.registry.get_version"))
     answer = next(c for s, c in by_source.items() if "answer = p.predict" in s)
+    trained = next(c for s, c in by_source.items() if s.startswith("run = p.train("))
+    assert "2/2" in _text(trained), _text(trained)[-2000:]  # p.train(wait=True) in a kernel: a bar over the epochs
     html = [o["data"]["text/html"] for c in (outcome, version) for o in c.outputs if "text/html" in o.get("data", {})]
     assert len(html) == 2 and "ValidationOutcome clicks-ctr v1 · VALIDATED" in html[0]
     assert "ModelVersion clicks-ctr v1 · PRODUCTION" in html[1] and "metrics.validation.auc" in html[1]
