@@ -262,6 +262,9 @@ def _dashboard_url() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     quiet_ray(verbose_requested("--verbose" in args or "-v" in args))  # before Ray starts
+    # Ray Train's controller polls its workers every 2 s by default, and each epoch's report of
+    # the demo's small model waits for a poll: 0.5 s takes ~8 s off each of its two trainings.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     root = Path(os.environ.get("MLPLAT_ROOT") or ".mlplat-demo").resolve()
     if not os.environ.get("MLPLAT_ROOT") and root.exists():
         shutil.rmtree(root)  # the default demo root is scratch: start clean every run
