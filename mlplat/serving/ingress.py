@@ -33,12 +33,11 @@ from mlplat.serving.runtime import load_servable, tune_gc
 from mlplat.serving.telemetry import (
     MAX_CONTEXT_VALUE_CHARS,
     MAX_HEADER_CHARS,
-    CatalogSync,
     TelemetryWriter,
-    catalog_registrar,
     context_from_headers,
     request_id_of,
 )
+from mlplat.serving.telemetry_catalog import CatalogSync, catalog_registrar
 from mlplat.serving.traffic import VersionStats, request_key, routes_to_canary
 from mlplat.serving.warmup import Prewarmer, check_probe, probe_rows, reference_stats_of, replica_identity
 from mlplat.storage import open_root

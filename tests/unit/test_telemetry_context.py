@@ -26,17 +26,14 @@ from mlplat.errors import NotFound, SchemaMismatch, StorageError
 from mlplat.metrics import SERIES, prometheus_name, record_drift_scores
 from mlplat.serving.metrics import MAX_LATENCIES_PER_EXPORT, UNKNOWN_MODEL, ServingMetrics
 from mlplat.serving.telemetry import (
-    MAX_ABANDONED_CALLS,
     MAX_CONTEXT_KEYS,
-    CatalogSync,
-    CatalogUnavailable,
-    RegistryTimeout,
     TelemetryFile,
     TelemetryWriter,
     context_from_headers,
     request_id_of,
     telemetry_dataset_name,
 )
+from mlplat.serving.telemetry_catalog import MAX_ABANDONED_CALLS, CatalogSync, CatalogUnavailable, RegistryTimeout
 from mlplat.storage import open_root
 
 KINDS = {"amount": "number", "age": "number_or_null", "country": "category"}
@@ -436,7 +433,7 @@ def test_the_catalog_thread_registers_while_the_flush_only_queues() -> None:
 
 
 def test_registrar_registry_calls_are_abandoned_after_the_timeout(tmp_path, monkeypatch) -> None:
-    from mlplat.serving.telemetry import catalog_registrar
+    from mlplat.serving.telemetry_catalog import catalog_registrar
 
     hang = threading.Event()
 
@@ -465,7 +462,7 @@ def test_registrar_registry_calls_are_abandoned_after_the_timeout(tmp_path, monk
 
 def test_registrar_calls_the_catalog_with_the_dataset_directory_and_partition(tmp_path, monkeypatch) -> None:
     import mlplat.data.catalog as catalog
-    from mlplat.serving.telemetry import catalog_registrar
+    from mlplat.serving.telemetry_catalog import catalog_registrar
 
     calls: list[tuple[Any, ...]] = []
     built: list[int] = []
@@ -489,7 +486,7 @@ def test_registrar_adds_telemetry_files_to_the_catalog_in_place(tmp_path) -> Non
         pytest.skip("the data catalog has no add_files yet (register files in place)")
     from mlplat.data import dataset_files, get_dataset, search_datasets
     from mlplat.registry import RegistryStore
-    from mlplat.serving.telemetry import catalog_registrar
+    from mlplat.serving.telemetry_catalog import catalog_registrar
 
     storage, registry = open_root(str(tmp_path / "root")), RegistryStore(str(tmp_path / "r.db"))
     w = TelemetryWriter(storage, writer_id="w1")
