@@ -103,5 +103,5 @@ def test_invalid_utf8_is_a_400_without_codec_internals():
 def test_large_but_representable_numbers_such_as_epoch_microseconds_are_served():
     schema = InputSchema(columns={"ts_us": "number"}, input_dim=1)
     for value in (1_764_500_000_000_000, 1.7645e18, -(10**20)):
-        parsed = parse_v1({"instances": [{"ts_us": value}]}, schema)
+        parsed = parse_v1({"instances": [{"ts_us": value}]}, schema, max_instances=10)
         assert parsed.rows == [{"ts_us": value}]
