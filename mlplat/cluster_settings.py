@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from mlplat.config import PlatformConfig, parse_config, redact_url
+from mlplat.config import PlatformConfig, _set_dotted, parse_config, redact_url
 from mlplat.errors import ConfigError
 
 __all__ = ["normalize_root", "explicit_settings", "cluster_settings", "adopt_cluster_settings", "unshared_secrets",
@@ -159,15 +159,6 @@ def runtime_env_vars(wanted: Mapping[str, str], job_vars: Mapping[str, str] | No
     if job_vars is None:
         return dict(wanted)
     return {k: v for k, v in wanted.items() if k not in job_vars}
-
-
-def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        if not isinstance(target.get(part), dict):  # absent, or None (an optional section such as ingress_autoscaling)
-            target[part] = {}
-        target = target[part]
-    target[leaf] = value
 
 
 def _leaves(data: Mapping[str, Any], prefix: str = "") -> list[str]:
