@@ -16,6 +16,15 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
 
+def _state_api_address() -> str:
+    """The state API's address for the session's own Ray. Without one, ray.util.state dials the
+    cluster named in /tmp/ray/ray_current_cluster: the newest `ray start` on the machine (a
+    multi-node or job-submission test's, long stopped), and waits 40 s for its GCS."""
+    import ray
+
+    return ray.get_runtime_context().gcs_address
+
+
 def _ray_cluster_state() -> str:
     """What holds the test cluster's resources: a hung Ray Data pipeline is usually waiting for
     a CPU somebody else holds, and this names who."""
@@ -25,12 +34,15 @@ def _ray_cluster_state() -> str:
     lines = [f"available: {ray.available_resources()}", f"total: {ray.cluster_resources()}"]
     for title, rows in (
         ("actors", lambda: [(a.class_name, a.state, a.pid, a.required_resources)
-                            for a in list_actors(filters=[("state", "!=", "DEAD")], limit=200, detail=True, timeout=10)]),
+                            for a in list_actors(address=_state_api_address(), filters=[("state", "!=", "DEAD")],
+                                                       limit=200, detail=True, timeout=10)]),
         ("placement groups", lambda: [(g.name, g.state, g.bundles)
-                                      for g in list_placement_groups(filters=[("state", "!=", "REMOVED")], limit=100,
+                                      for g in list_placement_groups(address=_state_api_address(),
+                                                                     filters=[("state", "!=", "REMOVED")], limit=100,
                                                                      detail=True, timeout=10)]),
         ("unfinished tasks", lambda: [(t.name, t.state, t.type)
-                                      for t in list_tasks(filters=[("state", "!=", "FINISHED")], limit=100, timeout=10)]),
+                                      for t in list_tasks(address=_state_api_address(),
+                                                                 filters=[("state", "!=", "FINISHED")], limit=100, timeout=10)]),
     ):
         try:
             lines += [f"{title}:", *(f"  {row}" for row in rows())]
@@ -132,7 +144,8 @@ def stop_leftover_trainers(timeout_s: float = 60.0) -> list[str]:
     try:
         from ray.util.state import list_actors
 
-        for actor in list_actors(filters=[("state", "=", "ALIVE")], limit=1000, timeout=20):
+        for actor in list_actors(address=_state_api_address(), filters=[("state", "=", "ALIVE")], limit=1000,
+                                 timeout=20):
             if actor.class_name in ("TrainController", "RayTrainWorker") and actor.pid:
                 pids[int(actor.pid)] = actor.class_name
     except Exception as exc:  # the state API can time out on a loaded box: the process titles say the same

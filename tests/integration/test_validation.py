@@ -5,6 +5,7 @@ Small data (2,000 rows) so the whole module stays well under two minutes on 2 co
 from __future__ import annotations
 
 import json
+import uuid
 
 import numpy as np
 import pyarrow as pa
@@ -310,6 +311,9 @@ def test_validate_job_exit_codes_and_output(env, monkeypatch, capsys):
     job = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(job)
     monkeypatch.setenv("MLPLAT_REGISTRY_MODE", "local")  # the registry the env fixture wrote
+    # A namespace of its own: an earlier test's platform published another root on this Ray, and
+    # a job whose --root disagrees with it is refused (cluster_settings.adopt_cluster_settings).
+    monkeypatch.setenv("MLPLAT_NAMESPACE", f"validate-job-{uuid.uuid4().hex[:8]}")
     registry, storage = env
     fs = _feature_set(registry, storage, "job-features", _table(), ["label"])
     registry.create_model("jobbed", serving_policy={"validation": {"guardrails": ["auc >= 0.8"]}})
