@@ -85,10 +85,12 @@ class Platform:
                 # stopped trainers (Tune early stops, cancelled runs) are never freed.
                 kwargs["include_dashboard"] = True
                 kwargs["dashboard_host"] = "127.0.0.1"
-                if not os.environ.get("RAY_ADDRESS"):  # a job's driver: RAY_ADDRESS names its cluster
+                embedded = not os.environ.get("RAY_ADDRESS")  # a job's driver: RAY_ADDRESS names its cluster
+                if embedded:
                     # ray.init() with no address joins the newest Ray it finds on this machine (any
                     # `ray start`, even another user's); embedded means our own.
                     kwargs["address"] = "local"
+                    kwargs["dashboard_port"] = dashboard_port()
                 # Serve's throughput/HAProxy modes act only if set before Ray starts.
                 from mlplat.serving import apply_serve_env
 
@@ -98,6 +100,12 @@ class Platform:
             env = {var: value for var in _FORWARDED_ENV if (value := env_setting(var)) is not None}
             if "root" in explicit_settings(self.config):
                 env["MLPLAT_ROOT"] = normalize_root(self.config.root)
+            if kwargs.get("address") == "local" and not os.environ.get("RAY_API_SERVER_ADDRESS"):
+                # Ray's state API inside workers (Train's PlacementGroupCleaner asks it whether a
+                # trainer is alive) finds its cluster through /tmp/ray/ray_current_cluster, which
+                # only `ray start` writes: one left by an earlier `ray start` made every training
+                # wait 12 s for a dead GCS. The workers of an embedded instance are told its own.
+                env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{kwargs['dashboard_port']}"
             env = runtime_env_vars(env, job_env_vars(os.environ))
             if env:
                 kwargs["runtime_env"] = {"env_vars": env}
@@ -536,3 +544,18 @@ def connect(root: str | None = None, address: str | None = None, config_path: st
     """
     config = platform_config(config_path, root=root, ray_address=address, **overrides)
     return Platform(config)
+
+
+def dashboard_port(preferred: int = 8265) -> int:
+    """The port for an embedded Ray's dashboard: Ray's default when it is free on loopback,
+    else one the system picks (a second embedded instance on the machine)."""
+    import socket
+
+    for port in (preferred, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise OSError("no free TCP port on 127.0.0.1 for Ray's dashboard")

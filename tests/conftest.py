@@ -122,9 +122,16 @@ def ray_session(session_tmp):
     if not ray.is_initialized():
         # address="local": our own instance; with no address ray.init joins the newest Ray running on
         # the machine (a `ray start` of the job-submission test, another checkout's session).
-        ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", namespace="mlplat-test",
-                 log_to_driver=False, configure_logging=False,
-                 runtime_env={"env_vars": {"RAY_TRAIN_V2_ENABLED": "1"}})
+        # Workers get the state API's address of this instance (mlplat.api.Platform.ensure_ray
+        # says why): Train's PlacementGroupCleaner otherwise waits 12 s per training for the
+        # dead GCS named in /tmp/ray/ray_current_cluster by an earlier `ray start`.
+        from mlplat.api import dashboard_port
+
+        port = dashboard_port()
+        ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+                 namespace="mlplat-test", log_to_driver=False, configure_logging=False,
+                 runtime_env={"env_vars": {"RAY_TRAIN_V2_ENABLED": "1",
+                                           "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
     yield ray
     ray.shutdown()
 
