@@ -141,9 +141,13 @@ def run(out: dict[str, Any], work: Path) -> None:
     t0 = time.monotonic()
     mark = lambda what: out["timeline"].append((what, round(time.monotonic() - t0, 1)))  # noqa: E731
     worker_args = {"num_cpus": 2, "resources": {"trainslot": 1}, "object_store_memory": 150 * 1024 * 1024}
+    dashboard_port = free_port()
+    # Inherited by every node's processes: the state API inside them (Train's PlacementGroupCleaner)
+    # asks this cluster, not the one /tmp/ray/ray_current_cluster names (see mlplat.api.Platform.ensure_ray).
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard_port}"
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1",
-        "dashboard_port": free_port(), "dashboard_agent_listen_port": free_port()})
+        "dashboard_port": dashboard_port, "dashboard_agent_listen_port": free_port()})
     try:
         node_a = cluster.add_node(**worker_args)
         node_b = cluster.add_node(**worker_args)
