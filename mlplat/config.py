@@ -186,6 +186,12 @@ class ServeSettings(StrictModel):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    #: The port of Serve's gRPC proxy: the Open Inference Protocol v2 over gRPC
+    #: (``inference.GRPCInferenceService``: ServerLive, ServerReady, ModelReady, ModelMetadata,
+    #: ModelInfer) with the HTTP routes' token, validation and telemetry. None or 0: no gRPC.
+    #: Serve 2.60 binds it on every interface (it takes no gRPC host) and applies gRPC options
+    #: only at the first ``serve.start`` on a Ray instance.
+    grpc_port: int | None = Field(None, ge=0, le=65535)
     app_name: str = "mlplat"
     route_prefix: str = "/"
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)
@@ -391,6 +397,7 @@ ENV_VARS: dict[str, str] = {
     "AWS_REGION": "s3.region",
     "MLPLAT_SERVE_HOST": "serve.host",
     "MLPLAT_SERVE_PORT": "serve.port",
+    "MLPLAT_SERVE_GRPC_PORT": "serve.grpc_port",
     "MLPLAT_SERVE_HAPROXY": "serve.haproxy",
 }
 

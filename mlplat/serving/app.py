@@ -9,7 +9,8 @@ from typing import Any
 
 from mlplat.config import PlatformConfig
 
-__all__ = ["build_app", "start_serving", "dedicated_policies", "serving_status", "stop_serving", "serve_env", "apply_serve_env"]
+__all__ = ["build_app", "start_serving", "dedicated_policies", "serving_status", "stop_serving", "serve_env", "apply_serve_env",
+           "grpc_options"]
 
 
 def serve_env(config: PlatformConfig) -> dict[str, str]:
@@ -94,7 +95,8 @@ def start_serving(config: PlatformConfig, *, registry_actor: str,
     ``dedicated_models`` get their own deployment (the caller lists the models whose serving
     policy says ``dedicated: true``); every other model is served from the pool. Given names,
     their serving policies (``autoscaling`` overrides) are read from the registry actor; a bad
-    override is a ConfigError before anything is deployed."""
+    override is a ConfigError before anything is deployed. With ``serve.grpc_port`` Serve's gRPC
+    proxy serves the OIP v2 gRPC service too (:func:`grpc_options`; only if Serve starts here)."""
     from ray import serve
 
     from mlplat.serving.scaling import dedicated_scaling
@@ -106,10 +108,28 @@ def start_serving(config: PlatformConfig, *, registry_actor: str,
         policies = dedicated_policies(config, actor_name, list(dedicated_models)) if dedicated_models else {}
     for name, policy in policies.items():
         dedicated_scaling(config.serve.dedicated, policy, model=name)  # fail before serve.start
-    serve.start(http_options={"host": config.serve.host, "port": config.serve.port})
+    serve.start(http_options={"host": config.serve.host, "port": config.serve.port}, grpc_options=grpc_options(config))
     serve.run(build_app(config, actor_name, policies), name=config.serve.app_name, route_prefix=config.serve.route_prefix,
               blocking=blocking)
     return f"http://{config.serve.host}:{config.serve.port}{config.serve.route_prefix.rstrip('/')}"
+
+
+def grpc_options(config: PlatformConfig) -> dict[str, Any] | None:
+    """Serve's ``grpc_options`` for ``serve.grpc_port``: the OIP v2 gRPC service on that port
+    (mlplat/serving/oip_grpc), or None (no gRPC) when it is None or 0. Serve applies them only
+    at its first start on a Ray instance: a later ``serve.start`` keeps the proxy it has.
+
+    >>> from mlplat.config import PlatformConfig
+    >>> grpc_options(PlatformConfig(serve={"grpc_port": 9001}))
+    {'port': 9001, 'grpc_servicer_functions': ['mlplat.serving.oip_grpc.add_GRPCInferenceServiceServicer_to_server']}
+    >>> grpc_options(PlatformConfig(serve={"grpc_port": 0})) is None
+    True
+    """
+    if not config.serve.grpc_port:
+        return None
+    from mlplat.serving.oip_grpc import SERVICER_FUNCTION
+
+    return {"port": config.serve.grpc_port, "grpc_servicer_functions": [SERVICER_FUNCTION]}
 
 
 def serving_status(config: PlatformConfig) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The HTTP ingress: Open Inference Protocol v2 + a simple v1 predict, bearer-token auth,
 body limits, input validation, version resolution (production, regional production, a sticky
 canary share), telemetry, canary stats, pre-warm of ingress-placed models, and the admin
-routes (rollback without a Ray driver), in one Serve deployment."""
+routes (rollback without a Ray driver), in one Serve deployment; OIP v2 over gRPC too
+(grpc_ingress.py), through the same transport-neutral inference core (``_admitted``)."""
 
 
 import asyncio
@@ -9,6 +10,7 @@ import functools
 import hmac
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import Request
@@ -24,7 +26,9 @@ from mlplat.serving import http_api as api
 from mlplat.serving.admission import Admission, inference_limit, retry_after_headers
 from mlplat.serving.cache import ModelCache
 from mlplat.serving.deployments import run_prediction
+from mlplat.serving.grpc_ingress import GrpcInference
 from mlplat.serving.http_api import http_app
+from mlplat.serving.infer_call import InferAnswer, InferCall, first_row, metadata_document
 from mlplat.serving.metrics import UNKNOWN_MODEL, ServingMetrics
 from mlplat.serving.oip_binary import HEADER_LENGTH, binary_output_requested, binary_response, decode_request
 from mlplat.serving.request import ParsedRequest, RequestError, parse_json_body, parse_v1, parse_v2
@@ -45,8 +49,6 @@ from mlplat.storage import open_root
 __all__ = ["Ingress", "http_app", "schema_of_bundle", "ingress_deployment_name"]
 
 log = logging.getLogger("mlplat.serving")
-
-_DATATYPE = {"regression": "FP32", "binary": "FP32", "multiclass": "FP32"}
 
 
 def _error(status: int, message: str, field: str | None = None, *, retry_after_s: int = 1) -> JSONResponse:
@@ -87,23 +89,6 @@ def ingress_deployment_name(region: str | None) -> str:
     return f"ingress-{region}" if region else "ingress"
 
 
-def _first_row(payload: Any, key_feature: str | None) -> dict[str, Any] | None:
-    """The first v1 instance (or the key feature's first v2 value) for sticky canary keys."""
-    if not isinstance(payload, dict):
-        return None
-    instances = payload.get("instances")
-    if isinstance(instances, list) and instances and isinstance(instances[0], dict):
-        return instances[0]
-    inputs = payload.get("inputs")
-    if key_feature and isinstance(inputs, list):
-        for tensor in inputs:
-            if isinstance(tensor, dict) and tensor.get("name") == key_feature and isinstance(tensor.get("data"), list) \
-                    and tensor["data"]:
-                first = tensor["data"][0]
-                return {key_feature: first[0] if isinstance(first, list) and first else first}
-    return None
-
-
 def _unavailable(route: Route, exc: BaseException) -> RequestError:
     """A 503 for a model that cannot answer; the cause (paths, internals) goes to the log only."""
     log.warning("model %s cannot serve: %s: %s", route.serving_id, type(exc).__name__, exc)
@@ -125,7 +110,7 @@ def _registry_of_actor(actor_name: str, namespace: str) -> Any:
 
 @serve.deployment(name="ingress")
 @serve.ingress(http_app)
-class Ingress:
+class Ingress(GrpcInference):
     def __init__(self, config: PlatformConfig, registry_actor: str, pool: Any, dedicated: dict[str, Any],
                  reader: RegistryReader | None = None):
         """``reader``: how routes read the registry; by default the actor named ``registry_actor``
@@ -251,12 +236,13 @@ class Ingress:
         return sum(f.num_rows for f in files)
 
     # -- guards ---------------------------------------------------------------------------
-    def _check_auth(self, request: Request) -> None:
+    def _check_auth(self, headers: Mapping[str, str]) -> None:
+        """The inference token from ``authorization`` (an HTTP header, or gRPC metadata)."""
         if self._token is None:
             if self._serve.allow_anonymous:
                 return
             raise RequestError(401, "no API token is configured on the server (MLPLAT_API_TOKEN); requests are refused")
-        header = request.headers.get("authorization", "")
+        header = headers.get("authorization", "")
         scheme, _, supplied = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(supplied.strip().encode(), self._token):
             raise RequestError(401, "missing or wrong bearer token: send 'Authorization: Bearer <MLPLAT_API_TOKEN>'")
@@ -287,32 +273,56 @@ class Ingress:
 
     # -- inference --------------------------------------------------------------------------
     async def _infer(self, request: Request, name: str, version: int | None, endpoint: str) -> Response:
+        """An HTTP inference through the transport-neutral core (``_admitted``), as a response."""
+        call = InferCall(endpoint, request.headers, request.scope["headers"],
+                         lambda: self._read_json(request, endpoint == "v2"))
+        try:
+            answer = await self._admitted(call, name, version)
+        except RequestError as exc:
+            return _error(exc.status, exc.message, exc.field, retry_after_s=self._serve.retry_after_s)
+        out_headers = {"x-mlplat-model-version": str(answer.version)}
+        incoming_id = request.headers.get("x-request-id")  # Serve sets it, and returns it as the response's x-request-id
+        if incoming_id is None or (answer.oip_id is None and answer.request_id != incoming_id):
+            out_headers["x-request-id"] = answer.request_id  # outside Serve's proxy, or a header it could not use
+        if endpoint == "v1":
+            return JSONResponse({"model_name": name, "model_version": str(answer.version), "predictions": answer.predictions},
+                                headers=out_headers)
+        datatype, shape, flat = answer.output()
+        document = {"model_name": name, "model_version": str(answer.version), "id": answer.request_id,
+                    "outputs": [{"name": "predictions", "shape": shape, "datatype": datatype, "data": flat}]}
+        return binary_response(document, out_headers) if answer.binary_out else JSONResponse(document, headers=out_headers)
+
+    async def _admitted(self, call: InferCall, name: str, version: int | None) -> InferAnswer:
         """Admission first: past the replica's inference limit the answer is an immediate 503
-        with Retry-After (the slots above the limit stay free for health and metadata)."""
+        with Retry-After (the slots above the limit stay free for health and metadata). Raises
+        RequestError for every answer but a prediction."""
         if not self._admission.try_enter():
             self._count_request(name, None, 503, time.perf_counter())
-            return _error(503, f"the server is at capacity ({self._admission.limit} requests in flight); "
-                               f"retry after {self._serve.retry_after_s} s", retry_after_s=self._serve.retry_after_s)
+            raise RequestError(503, f"the server is at capacity ({self._admission.limit} requests in flight); "
+                                    f"retry after {self._serve.retry_after_s} s")
         try:
-            return await self._infer_admitted(request, name, version, endpoint)
+            return await self._infer_call(call, name, version)
         finally:
             self._admission.leave()
 
-    async def _infer_admitted(self, request: Request, name: str, version: int | None, endpoint: str) -> Response:
+    async def _infer_call(self, call: InferCall, name: str, version: int | None) -> InferAnswer:
+        """Token, route (a canary share when one runs), payload, parse, prediction, then the
+        telemetry, metrics and canary stats of the answer: HTTP's and gRPC's one inference path."""
         started = time.perf_counter()
         routes: ModelRoutes | None = None
         route: Route | None = None
         arm: str | None = None  # the canary split's choice, when a canary runs
+        headers = call.headers
         try:
-            self._check_auth(request)
+            self._check_auth(headers)
             await self._ensure_started()
             payload = None
             if version is None:
                 routes = await self._routes.routes(name)
                 route = routes.production
                 if routes.canary is not None:
-                    payload = await self._read_json(request, endpoint == "v2")
-                    key = request_key(request.headers.get("x-mlplat-caller"), _first_row(payload, routes.canary_key),
+                    payload = await call.read_payload()
+                    key = request_key(headers.get("x-mlplat-caller"), first_row(payload, routes.canary_key),
                                       routes.canary_key)
                     if routes_to_canary(None if key is None else f"{name}:{key}", routes.canary_percent):
                         route = routes.canary
@@ -320,10 +330,10 @@ class Ingress:
             else:
                 route = await self._routes.resolve(name, version)
             if payload is None:
-                payload = await self._read_json(request, endpoint == "v2")
-            parse = parse_v1 if endpoint == "v1" else parse_v2
+                payload = await call.read_payload()
+            parse = parse_v1 if call.endpoint == "v1" else parse_v2
             parsed = parse(payload, route.schema, max_instances=self._serve.max_instances)
-            binary_out = endpoint == "v2" and binary_output_requested(payload)
+            binary_out = call.endpoint == "v2" and binary_output_requested(payload)
             try:
                 result = await self._call_backend(route, parsed)
             except RequestError:
@@ -335,40 +345,28 @@ class Ingress:
             if exc.status >= 500 and route is not None and routes is not None and routes.canary_deployment:
                 self._record_canary(routes.canary_deployment, route.version, started, ok=False)
             self._count_request(name, route, exc.status, started)
-            return _error(exc.status, exc.message, exc.field, retry_after_s=self._serve.retry_after_s)
+            raise
         except Exception:
-            self._count_request(name, route, 503, started)  # the app's handler answers 503
+            self._count_request(name, route, 503, started)  # the transport answers 503
             raise
         predictions, answered = result["predictions"], result["version"]
         latency_ms = (time.perf_counter() - started) * 1000
         if routes is not None and routes.canary_deployment:
             self._record_canary(routes.canary_deployment, answered, started, ok=True, predictions=predictions)
-        headers = request.headers
-        incoming_id = headers.get("x-request-id")  # Serve sets it, and returns it as the response's x-request-id
-        request_id = request_id_of(parsed.request_id, incoming_id)
+        request_id = request_id_of(parsed.request_id, headers.get("x-request-id"))
         if self._telemetry is not None:
             self._telemetry.record(
                 name, answered, parsed.rows, predictions, request_id=request_id,
-                caller=headers.get("x-mlplat-caller", "")[:MAX_HEADER_CHARS] or None, endpoint=endpoint,
+                caller=headers.get("x-mlplat-caller", "")[:MAX_HEADER_CHARS] or None, endpoint=call.endpoint,
                 latency_ms=latency_ms, region=self._serve.region,
                 user_agent=headers.get("user-agent", "")[:MAX_CONTEXT_VALUE_CHARS] or None,
-                context=context_from_headers(request.scope["headers"], keys=self._context_keys),
+                context=context_from_headers(call.raw_headers, keys=self._context_keys),
                 kinds=route.schema.columns, matrix=parsed.matrix, bundle_sha256=route.bundle_sha256)
         if self._metrics is not None:
             self._metrics.request(name, answered, 200, latency_ms)
             if arm is not None:
                 self._metrics.canary(name, answered, arm)
-        out_headers = {"x-mlplat-model-version": str(answered)}
-        if incoming_id is None or (parsed.request_id is None and request_id != incoming_id):
-            out_headers["x-request-id"] = request_id  # outside Serve's proxy, or a header it could not use
-        if endpoint == "v1":
-            return JSONResponse({"model_name": name, "model_version": str(answered), "predictions": predictions},
-                                headers=out_headers)
-        shape = [len(predictions)] + ([len(predictions[0])] if predictions and isinstance(predictions[0], list) else [])
-        flat = [v for p in predictions for v in p] if len(shape) == 2 else predictions
-        document = {"model_name": name, "model_version": str(answered), "id": request_id,
-                    "outputs": [{"name": "predictions", "shape": shape, "datatype": _DATATYPE[route.task], "data": flat}]}
-        return binary_response(document, out_headers) if binary_out else JSONResponse(document, headers=out_headers)
+        return InferAnswer(name, answered, route.task, request_id, parsed.request_id, predictions, binary_out)
 
     def _count_request(self, name: str, route: Route | None, status: int, started: float) -> None:
         """A request's metrics; the model tag only for a name that resolved (no series from
@@ -456,23 +454,19 @@ class Ingress:
             return JSONResponse({"ready": False}, status_code=503)
         return JSONResponse({"ready": True})
 
+    async def _metadata_of(self, headers: Mapping[str, str], name: str, version: int | None) -> dict[str, Any]:
+        """The metadata document of the model (version), after the token check (HTTP and gRPC)."""
+        self._check_auth(headers)
+        await self._ensure_started()
+        route = await self._routes.resolve(name, version)
+        return metadata_document(name, route.version, route.schema, task=route.task, placement=route.placement)
+
     async def _metadata(self, request: Request, name: str, version: int | None) -> JSONResponse:
         try:
-            self._check_auth(request)
-            await self._ensure_started()
-            route = await self._routes.resolve(name, version)
+            document = await self._metadata_of(request.headers, name, version)
         except RequestError as exc:
             return _error(exc.status, exc.message, exc.field)
-        schema = route.schema
-        if schema.columns:
-            inputs = [{"name": col, "datatype": "FP32" if kind.startswith("number") else "BYTES", "shape": [-1]}
-                      for col, kind in schema.columns.items()]
-        else:
-            inputs = [{"name": "input", "datatype": "FP32", "shape": [-1, schema.input_dim]}]
-        return JSONResponse({"name": name, "versions": [str(route.version)], "platform": "mlplat-torch",
-                             "inputs": inputs, "outputs": [{"name": "predictions", "datatype": "FP32", "shape": [-1]}],
-                             "parameters": {"task": route.task, "placement": route.placement}},
-                            headers={"x-mlplat-model-version": str(route.version)})
+        return JSONResponse(document, headers={"x-mlplat-model-version": document["versions"][0]})
 
     @http_app.get("/v2/models/{name}", **api.METADATA_DOC)
     async def model_metadata(self, name: str, request: Request) -> JSONResponse:
@@ -549,7 +543,7 @@ class Ingress:
     # -- the API's own description, behind the token unless serve.public_docs -------------------
     def _docs_allowed(self, request: Request) -> None:
         if not self._serve.public_docs:
-            self._check_auth(request)
+            self._check_auth(request.headers)
 
     @http_app.get("/openapi.json", include_in_schema=False)
     async def openapi_json(self, request: Request) -> JSONResponse:
