@@ -270,6 +270,12 @@ class ServeSettings(StrictModel):
     #: by the HAProxyManager actor: ~15% of a core at 1,800 req/s). mlplat's telemetry
     #: records every inference with its latency either way.
     haproxy_metrics: bool = False
+    #: The niceness of Ray's worker processes (Serve replicas and their HAProxy, trainers) on
+    #: a Ray that mlplat starts. Ray's own default, 15, hands the CPU to every other process
+    #: on the machine first: on 2 cores with a load generator beside it, P1's p99 was 69 ms at
+    #: 15 and 27 ms at 0 (docs/benchmarks.md). None keeps Ray's default. A `ray start` cluster
+    #: takes it from ``RAY_worker_niceness`` in the environment of ``ray start``.
+    worker_niceness: int | None = Field(0, ge=0, le=19)
     #: Serve's per-request access log lines in the replica logs. mlplat's telemetry already
     #: records every inference; the access log costs CPU on the request path.
     access_log: bool = False

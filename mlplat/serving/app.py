@@ -16,6 +16,8 @@ __all__ = ["build_app", "start_serving", "dedicated_policies", "serving_status",
 def serve_env(config: PlatformConfig) -> dict[str, str]:
     """Environment that must be set before Ray starts for the configured Serve mode."""
     env: dict[str, str] = {}
+    if config.serve.worker_niceness is not None:
+        env["RAY_worker_niceness"] = str(config.serve.worker_niceness)  # read by the raylet
     if config.serve.throughput_optimized:
         env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
     if config.serve.haproxy:
