@@ -37,6 +37,8 @@ class ServableModel:
     encoder: Any
     schema: InputSchema
     weights_sha256: str
+    #: The model as numpy operations when it is a plain MLP (:func:`numpy_plan`), else None.
+    numpy_plan: list[Any] | None = None
     _closed: bool = False
 
     @property
@@ -47,12 +49,14 @@ class ServableModel:
         return self.predict_matrix(self.encoder.to_numpy(rows))
 
     def predict_matrix(self, matrix: np.ndarray) -> list[Any]:
-        import torch
+        x = np.ascontiguousarray(matrix, dtype=np.float32)
+        if self.numpy_plan is not None and len(x) <= NUMPY_MAX_ROWS:
+            values = numpy_forward(self.numpy_plan, self.task, x)
+        else:
+            import torch
 
-        with torch.inference_mode():
-            raw = self.model(torch.from_numpy(np.ascontiguousarray(matrix, dtype=np.float32)))
-            out = predict_outputs(self.task, raw)
-        values = out.numpy()
+            with torch.inference_mode():
+                values = predict_outputs(self.task, self.model(torch.from_numpy(x))).numpy()
         if not np.isfinite(values).all():
             raise IntegrityError(f"{self.serving_id} produced non-finite predictions")
         return values.tolist()
@@ -80,4 +84,72 @@ def load_servable(storage: Storage, name: str, version: int, bundle_sha256: str 
         encoder = FeatureEncoder.from_json(bundle.encoder)
     schema = InputSchema.from_encoder(encoder, input_dim=int(bundle.meta["input_dim"]))
     return ServableModel(name=name, version=version, task=bundle.spec.task, model=bundle.model, encoder=encoder,
-                         schema=schema, weights_sha256=bundle.meta["files"]["model.safetensors"])
+                         schema=schema, weights_sha256=bundle.meta["files"]["model.safetensors"],
+                         numpy_plan=numpy_plan(bundle.model))
+
+
+#: Requests of up to this many rows run a plain MLP in numpy: a torch call costs ~10 µs of
+#: dispatch per layer, which is most of a one-row forward (P1: ~35 µs -> ~11 µs per request).
+NUMPY_MAX_ROWS = 64
+_RELU = "relu"
+
+
+def numpy_plan(model: Any) -> list[Any] | None:
+    """``model`` as a list of numpy operations -- ``(weight.T, bias)`` for each Linear, ``"relu"``
+    -- when it is a Linear or a Sequential of Linear, ReLU and Dropout (identity at inference);
+    None for anything else, which runs in torch.
+
+    >>> from torch import nn
+    >>> [type(op).__name__ for op in numpy_plan(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Dropout(0.1), nn.Linear(4, 1)))]
+    ['tuple', 'str', 'tuple']
+    >>> numpy_plan(nn.Sequential(nn.Linear(3, 4), nn.Tanh())) is None
+    True
+    """
+    from torch import nn
+
+    layers = [model] if isinstance(model, nn.Linear) else list(model) if type(model) is nn.Sequential else None
+    if not layers:
+        return None
+    plan: list[Any] = []
+    for layer in layers:
+        if type(layer) is nn.Linear:
+            bias = None if layer.bias is None else layer.bias.detach().to("cpu", dtype=layer.weight.dtype).numpy()
+            plan.append((np.ascontiguousarray(layer.weight.detach().cpu().numpy().T, dtype=np.float32),
+                         None if bias is None else bias.astype(np.float32)))
+        elif type(layer) is nn.ReLU:
+            plan.append(_RELU)
+        elif type(layer) is not nn.Dropout:
+            return None
+    return plan
+
+
+def numpy_forward(plan: list[Any], task: str, x: np.ndarray) -> np.ndarray:
+    """What ``predict_outputs(task, model(x))`` computes, with the :func:`numpy_plan` of the model.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2)).eval()
+    >>> x = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+    >>> with torch.inference_mode():
+    ...     expected = predict_outputs("multiclass", model(torch.from_numpy(x))).numpy()
+    >>> bool(np.allclose(numpy_forward(numpy_plan(model), "multiclass", x), expected, atol=1e-6))
+    True
+    """
+    if plan and plan[0] is _RELU:
+        x = x.copy()  # the caller's array is not ours to change
+    for op in plan:
+        if op is _RELU:
+            np.maximum(x, 0, out=x)  # x is the previous matmul's fresh array
+        else:
+            x = x @ op[0]
+            if op[1] is not None:
+                x += op[1]
+    with np.errstate(over="ignore"):
+        if task == "regression":
+            return x.reshape(-1)
+        if task == "binary":
+            return 1.0 / (1.0 + np.exp(-x.reshape(-1)))
+        if task == "multiclass":
+            e = np.exp(x - x.max(axis=-1, keepdims=True))
+            return e / e.sum(axis=-1, keepdims=True)
+    raise ValueError(f"unknown task {task!r}")
