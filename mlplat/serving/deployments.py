@@ -66,15 +66,30 @@ class ModelPool:
         return model
 
     async def predict(self, request: dict[str, Any]) -> dict[str, Any]:
+        model = await self._model_for(request)
+        return {"predictions": run_prediction(model, request), "version": model.version}
+
+    async def predict_many(self, requests: list[dict[str, Any]]) -> list[Any]:
+        """Requests an ingress coalesced for one version (serving/coalesce.py): one answer per
+        request, in order; a request whose prediction fails gets its exception, the others
+        their predictions."""
+        model = await self._model_for(requests[0])
+        answers: list[Any] = []
+        for request in requests:
+            try:
+                answers.append({"predictions": run_prediction(model, request), "version": model.version})
+            except Exception as exc:
+                answers.append(exc)
+        return answers
+
+    async def _model_for(self, request: dict[str, Any]) -> ServableModel:
         await _start(self._prewarmer)
         model_id = serve.get_multiplexed_model_id()
         pinned = self._pinned.get(model_id)
         if pinned is not None and pinned[1] > time.monotonic():
-            model = pinned[0]
-        else:
-            self._expected_sha[model_id] = request.get("bundle_sha256")
-            model = await self._get_model(model_id)  # keep the reference: eviction may close it meanwhile
-        return {"predictions": run_prediction(model, request), "version": model.version}
+            return pinned[0]
+        self._expected_sha[model_id] = request.get("bundle_sha256")
+        return await self._get_model(model_id)  # the caller keeps the reference: eviction may close it meanwhile
 
     async def _warm(self, name: str, version: int, sha: str | None, feature_set: tuple[str, int] | None) -> None:
         model_id = f"{name}@v{version}"

@@ -25,6 +25,7 @@ from mlplat.errors import MlplatError
 from mlplat.serving import http_api as api
 from mlplat.serving.admission import Admission, inference_limit, retry_after_headers
 from mlplat.serving.cache import ModelCache
+from mlplat.serving.coalesce import Coalescer
 from mlplat.serving.deployments import run_prediction
 from mlplat.serving.grpc_ingress import GrpcInference
 from mlplat.serving.http_api import http_app
@@ -121,6 +122,9 @@ class Ingress(GrpcInference):
         self._admin_token = config.admin_token.get_secret_value().encode() if config.admin_token else None
         self._storage = open_root(config.root, config.s3)
         self._pool, self._dedicated = pool, dict(dedicated)
+        calls = self._serve.pool.calls_per_model
+        self._pool_calls = Coalescer(self._call_pool, max_in_flight=calls, max_batch=self._serve.pool.max_coalesced) \
+            if calls else None
         if reader is None:
             reader = actor_registry_reader(registry_actor, config.namespace)
         self._reader = reader
@@ -398,6 +402,8 @@ class Ingress(GrpcInference):
                 async with asyncio.timeout_at(deadline):
                     if handle is not None:
                         return await handle.predict.remote(body)
+                    if self._pool_calls is not None:
+                        return await self._pool_calls.submit(route.serving_id, body)
                     return await self._pool.options(multiplexed_model_id=route.serving_id).predict.remote(body)
             except BackPressureError:
                 raise RequestError(503, f"model {route.serving_id} is at capacity; retry with backoff") from None
@@ -415,6 +421,11 @@ class Ingress(GrpcInference):
                     raise cause from None
                 raise _unavailable(route, cause) from None
         raise AssertionError("unreachable")
+
+    async def _call_pool(self, serving_id: str, bodies: list[dict[str, Any]]) -> list[Any]:
+        """One pool call for the requests coalesced for a version (serving/coalesce.py)."""
+        async with asyncio.timeout(self._serve.backend_timeout_s):
+            return await self._pool.options(multiplexed_model_id=serving_id).predict_many.remote(bodies)
 
     async def _local_model(self, route: Route) -> Any:
         """Models placed in the ingress: loaded once per version per replica (two recent versions

@@ -65,8 +65,9 @@ def overload_app(ray_session, serve_http_port, tmp_path_factory):
                             ingress_max_ongoing_requests=64, ingress_health_headroom=56,
                             ingress_max_queued_requests=64, retry_after_s=1,
                             body_read_timeout_s=BODY_READ_TIMEOUT_S,
+                            # a call per request (no coalescing): the pool's own queue limit is under test
                             pool=PoolSettings(min_replicas=1, max_replicas=1, max_ongoing_requests=1,
-                                              max_queued_requests=2)))
+                                              max_queued_requests=2, calls_per_model=0)))
     actor_name = f"registry-overload-{uuid.uuid4().hex[:6]}"
     registry = ActorRegistry.connect(config, actor_name=actor_name, url=str(root / "registry.db"))
     storage = open_root(config.root)

@@ -11,8 +11,13 @@ def _env(**serve) -> dict[str, str]:
 
 
 def test_defaults_are_throughput_mode_without_haproxy():
-    assert _env() == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
-    assert _env(throughput_optimized=False) == {}
+    assert _env() == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_worker_niceness": "0"}
+    assert _env(throughput_optimized=False, worker_niceness=None) == {}
+
+
+def test_worker_niceness_is_passed_to_the_raylet_unless_none():
+    assert _env(worker_niceness=5)["RAY_worker_niceness"] == "5"
+    assert "RAY_worker_niceness" not in _env(worker_niceness=None)
 
 
 def test_haproxy_gets_threads_for_the_machine_and_no_per_request_metrics(monkeypatch):

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from mlplat.models import ModelSpec, build_model, predict_outputs
-from mlplat.serving.runtime import NUMPY_MAX_ROWS, ServableModel, numpy_forward, numpy_plan
 from mlplat.serving.request import InputSchema
+from mlplat.serving.runtime import NUMPY_MAX_ROWS, ServableModel, numpy_forward, numpy_plan
 
 
 def _torch(model: nn.Module, task: str, x: np.ndarray) -> np.ndarray:
