@@ -11,8 +11,14 @@ stats partial per block). Baseline: ``pq.read_table`` + ``build.fit_table`` +
 ``transform_table`` + ``pq.write_table`` + the output partials over 1 Mi-row slices (faster in
 one process than over whole 10M-row columns: 2.2 s vs 3.6-4.5 s) in this process.
 
+Per size, the two sides alternate in one process: 3 rounds (``BENCH_FEATURES_REPEATS``), each
+running both sides once, the side that goes first rotating (pyarrow, Ray | Ray, pyarrow |
+pyarrow, Ray); each side's median over the rounds goes in the row (``ray_runs_s`` and
+``baseline_runs_s`` keep every run). Before the first size both sides run once on 10,000 rows,
+untimed (Ray's workers start, both code paths are imported).
+
 ``python -m bench.features`` prints a table; ``BENCH_FEATURES_SIZES=100000,1000000`` picks
-sizes. Medians of 3 repeats per side and size.
+sizes.
 """
 
 from __future__ import annotations
@@ -114,47 +120,54 @@ def run_ray(src: Path, out: Path) -> int:
     return sum(rows for _, rows in files)
 
 
-def _median_s(fn: Callable[[Path], int], out_root: Path, n: int, repeats: int) -> float:
-    times = []
+def _interleaved_s(sides: dict[str, Callable[[Path], int]], out_root: Path, n: int, repeats: int) -> dict[str, list[float]]:
+    """Wall times of ``repeats`` rounds; each round runs every side once, the side that goes
+    first rotating from round to round (A, B, B, A, ...); each run writes to a fresh directory."""
+    names = list(sides)
+    times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
-        out = out_root / f"out-{r}"
-        out.mkdir(parents=True)
-        start = time.perf_counter()
-        rows = fn(out)
-        times.append(time.perf_counter() - start)
-        shutil.rmtree(out, ignore_errors=True)
-        assert rows == n, (rows, n)
-    return statistics.median(times)
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            out = out_root / f"{name}-{r}"
+            out.mkdir(parents=True)
+            start = time.perf_counter()
+            rows = sides[name](out)
+            times[name].append(time.perf_counter() - start)
+            shutil.rmtree(out, ignore_errors=True)
+            assert rows == n, (name, rows, n)
+    return times
 
 
-def run(sizes: list[int] | None = None, budget_s: float = 300.0) -> list[dict[str, Any]]:
+def run(sizes: list[int] | None = None, budget_s: float = 300.0, repeats: int | None = None) -> list[dict[str, Any]]:
     import ray
 
     env_sizes = os.environ.get("BENCH_FEATURES_SIZES")
     sizes = sizes or ([int(s) for s in env_sizes.split(",")] if env_sizes else SIZES)
+    repeats = repeats or int(os.environ.get("BENCH_FEATURES_REPEATS", "3"))
     if not ray.is_initialized():
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="bench-features-"))
     try:
-        # warm up Ray workers so the first size does not pay process start-up
-        _median_s(lambda o: run_ray(make_data(10_000, tmp / "warm"), o), tmp / "w", 10_000, 1)
+        # warm-up, both sides: Ray's workers start, both code paths are imported
+        warm = make_data(10_000, tmp / "warm")
+        _interleaved_s({"pyarrow": lambda o: run_pyarrow(warm, o), "ray": lambda o: run_ray(warm, o)}, tmp / "w", 10_000, 1)
         for n in sizes:
             elapsed = time.perf_counter() - started
             if n >= 10_000_000 and elapsed > budget_s * 0.6:
                 print(f"skipping {n:,} rows: {elapsed:.0f}s of the {budget_s:.0f}s budget already used")
                 continue
             src = make_data(n, tmp)
-            repeats = 3
-            base_s = _median_s(lambda o, s=src: run_pyarrow(s, o), tmp / f"pa-{n}", n, repeats)
-            ray_s = _median_s(lambda o, s=src: run_ray(s, o), tmp / f"ray-{n}", n, repeats)
+            times = _interleaved_s({"pyarrow": lambda o, s=src: run_pyarrow(s, o), "ray": lambda o, s=src: run_ray(s, o)},
+                                   tmp / f"out-{n}", n, repeats)
+            base_s, ray_s = statistics.median(times["pyarrow"]), statistics.median(times["ray"])
             rows.append({
                 "id": "P5", "metric": f"feature materialize (fit+encode+write+stats), {n:,} rows", "value": n / ray_s, "unit": "rows/s",
                 "baseline": "pyarrow single process", "baseline_value": n / base_s, "ratio": base_s / ray_s,
                 "target": ">= 1.0x at 10M rows (2 cores)", "rows": n, "ray_s": round(ray_s, 2),
                 "baseline_s": round(base_s, 2), "repeats": repeats,
+                "ray_runs_s": [round(t, 2) for t in times["ray"]], "baseline_runs_s": [round(t, 2) for t in times["pyarrow"]],
             })
             shutil.rmtree(src, ignore_errors=True)
             print(f"{n:>11,} rows  ray {ray_s:7.2f}s  pyarrow {base_s:7.2f}s  ratio {base_s / ray_s:5.2f}", flush=True)

@@ -22,17 +22,17 @@ import numpy as np
 
 
 def check_validation(tmp: str) -> dict:
+    from bench.builders import COEF, linear_model, register_feature_set, register_trained, validation_table
     from mlplat.registry import RegistryStore
     from mlplat.storage import open_root
     from mlplat.validation import report_of, validate
-    from tests.integration.test_validation import COEF, _feature_set, _linear, _table, _trained
 
     storage = open_root(os.path.join(tmp, "root"))
     registry = RegistryStore(os.path.join(tmp, "registry.db"))
-    fs = _feature_set(registry, storage, "gpu-fs", _table(n=200_000), ["label"])
+    fs = register_feature_set(registry, storage, "gpu-fs", validation_table(n=200_000), ["label"])
     registry.create_model("gpu", serving_policy={"validation": {"guardrails": ["auc >= 0.8"], "slices": ["region"]}})
-    on_gpu = validate(registry, storage, "gpu", _trained(registry, storage, "gpu", _linear(COEF), fs))
-    on_cpu = validate(registry, storage, "gpu", _trained(registry, storage, "gpu", _linear(COEF), fs),
+    on_gpu = validate(registry, storage, "gpu", register_trained(registry, storage, "gpu", linear_model(COEF), fs))
+    on_cpu = validate(registry, storage, "gpu", register_trained(registry, storage, "gpu", linear_model(COEF), fs),
                       policy={"guardrails": ["auc >= 0.8"], "slices": ["region"], "executor": "tasks"})
     gpu_report, _ = report_of(storage, "gpu", on_gpu.version)
     cpu_report, _ = report_of(storage, "gpu", on_cpu.version)

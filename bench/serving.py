@@ -13,10 +13,19 @@ Each side runs in its own subprocess (Serve modes are fixed when Ray starts), on
 
 P4 — many registered tiny models behind the multiplexed pool: cold-load latency (first request
 for a model: route resolve + bundle read + sha256 verify + load), warm-hit latency vs a
-dedicated deployment, and the pool replica's resident memory.
+dedicated deployment, and the pool replica's resident memory. The pool path has no batch timer; the
+dedicated deployment runs requests through ``@serve.batch``, whose wait
+(``serve.dedicated.batch_wait_timeout_s``, default 2 ms) every sequential request pays in full.
+So the platform for the target row sets ``serve.dedicated.batch_wait_timeout_s=0`` (a batch
+still takes whatever is already queued): one sequential request per side at a time, the two
+sides interleaved (which goes first alternates), medians compared. A second platform over the
+same registry, with the default batch wait, gives the same comparison as a context row (the
+method of the rows before 2026-11-30).
 
 ``python -m bench.serving`` prints the table; ``python -m bench serving`` also stores it.
-Environment: BENCH_P4_MODELS (default 10000), BENCH_P1_SECONDS (default 8).
+Environment: BENCH_P4_MODELS (default 10000), BENCH_P4_WARM_SAMPLES (requests per side,
+default 300), BENCH_P4_DEFAULT_WAIT_CONTEXT=0 (skip the context platform), BENCH_P1_SECONDS
+(default 8).
 """
 
 
@@ -30,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +62,10 @@ wrk.headers["Authorization"] = "Bearer bench-token"
 
 def _model(root: str):
     """Build the benchmark model bundle + registry entries under ``root`` (idempotent)."""
+    from bench.builders import register_servable
     from mlplat.config import PlatformConfig
     from mlplat.registry import RegistryStore
     from mlplat.storage import open_root
-    from tests.integration.serving_support import register_servable
 
     registry = RegistryStore(PlatformConfig(root=root).registry_db_path(), synchronous="NORMAL")
     storage = open_root(root)
@@ -150,6 +160,7 @@ def _side_mlplat(port: int, root: str, haproxy: bool) -> None:
 # -- the driver ------------------------------------------------------------------------------
 
 def _start_side(side: str, port: int, root: str) -> subprocess.Popen:
+    haproxy_before = _haproxy_pids()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
     if side.endswith("dedicated"):
         env["BENCH_PLACEMENT"] = "dedicated"
@@ -167,7 +178,7 @@ def _start_side(side: str, port: int, root: str) -> subprocess.Popen:
                 raise RuntimeError(f"side {side} exited with {proc.returncode}")
         _wait_http(port)
     except BaseException:
-        _stop(proc)
+        _stop(proc, haproxy_before)
         print((Path(root) / f"{side}.log").read_text()[-3000:], file=sys.stderr)
         raise
     return proc
@@ -278,14 +289,14 @@ def run_p1(seconds: int | None = None, repeats: int = 3) -> list[dict[str, Any]]
 
 # -- P4 ----------------------------------------------------------------------------------------
 
-def _register_many(root: str, count: int) -> None:
+def _register_many(root: str, count: int) -> int:
     """``count`` tiny models: one real bundle copied on disk, registry rows written in bulk."""
+    from bench.builders import register_servable
     from mlplat.config import PlatformConfig
     from mlplat.models.bundle import BUNDLE_FILE, WEIGHTS_FILE, bundle_dir
     from mlplat.records import ArtifactRef
     from mlplat.registry import RegistryStore
     from mlplat.storage import open_root
-    from tests.integration.serving_support import register_servable
 
     storage = open_root(root)
     registry = RegistryStore(PlatformConfig(root=root).registry_db_path(), synchronous="NORMAL")
@@ -315,8 +326,12 @@ def _register_many(root: str, count: int) -> None:
 def _side_p4(port: int, root: str) -> None:
     import mlplat
 
+    # BENCH_P4_BATCH_WAIT_S: the dedicated deployment's serve.dedicated.batch_wait_timeout_s
+    # (unset: the default); the pool path has no batch timer.
+    wait = os.environ.get("BENCH_P4_BATCH_WAIT_S")
+    extra = {} if wait is None else {"serve__dedicated__batch_wait_timeout_s": float(wait)}
     p = mlplat.connect(root=root, api_token=TOKEN, serve__port=port, serve__telemetry=False,
-                       serve__throughput_optimized=False)
+                       serve__throughput_optimized=False, **extra)
     p.ensure_ray()
     _shutdown_on_sigterm()
     p.serve_start()
@@ -329,46 +344,105 @@ def _side_p4(port: int, root: str) -> None:
         time.sleep(2)
 
 
-def run_p4(count: int | None = None, cold_samples: int = 200, warm_samples: int = 300) -> list[dict[str, Any]]:
-    import httpx
-
-    count = count or int(os.environ.get("BENCH_P4_MODELS", "10000"))
-    root = tempfile.mkdtemp(prefix="bench-p4-")
-    t0 = time.perf_counter()
-    weights_bytes = _register_many(root, count)
-    setup_s = time.perf_counter() - t0
-    port = _free_port()
+def _start_p4(root: str, port: int, batch_wait_s: float | None) -> tuple[subprocess.Popen, set[int]]:
+    """The P4 side on ``port`` (and the HAProxy processes that ran before it, for :func:`_stop`)."""
+    haproxy_before = _haproxy_pids()
+    env = dict(os.environ)
+    env.pop("BENCH_P4_BATCH_WAIT_S", None)
+    if batch_wait_s is not None:
+        env["BENCH_P4_BATCH_WAIT_S"] = repr(batch_wait_s)
     proc = subprocess.Popen([sys.executable, "-m", "bench.serving", "--side", "p4", "--port", str(port), "--root", root],
-                            cwd=HERE.parent, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+                            cwd=HERE.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            start_new_session=True)
     try:
         while proc.stdout.readline().strip() != "READY":
             if proc.poll() is not None:
                 raise RuntimeError("p4 server exited")
-        headers = {"Authorization": f"Bearer {TOKEN}"}
-        body = {"instances": [ROW]}
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=60) as client:
-            def timed(name: str) -> float:
-                start = time.perf_counter()
-                response = client.post(f"/v1/models/{name}:predict", json=body)
-                response.raise_for_status()
-                return (time.perf_counter() - start) * 1000
+    except BaseException:
+        _stop(proc, haproxy_before)
+        raise
+    return proc, haproxy_before
 
-            timed("tiny-00000")
-            timed("dedicated-ref")
-            import random
 
-            names = random.Random(0).sample(range(1, count), min(cold_samples, count - 1))
-            cold = [timed(f"tiny-{i:05d}") for i in names]
-            warm_name = f"tiny-{names[-1]:05d}"
-            warm_pool, warm_dedicated = [], []
-            for _ in range(warm_samples):  # interleaved
-                warm_pool.append(timed(warm_name))
-                warm_dedicated.append(timed("dedicated-ref"))
+def _timer(client: Any) -> Callable[[str], float]:
+    """``timed(name)``: milliseconds for one predict request with one row to model ``name``."""
+    body = {"instances": [ROW]}
+
+    def timed(name: str) -> float:
+        start = time.perf_counter()
+        response = client.post(f"/v1/models/{name}:predict", json=body)
+        response.raise_for_status()
+        return (time.perf_counter() - start) * 1000
+
+    return timed
+
+
+def _warm_pairs(timed: Callable[[str], float], pool_name: str, samples: int) -> tuple[list[float], list[float]]:
+    """``samples`` sequential requests to each side, interleaved; which side goes first alternates."""
+    pool, dedicated = [], []
+    for i in range(samples):
+        if i % 2:
+            dedicated.append(timed("dedicated-ref"))
+            pool.append(timed(pool_name))
+        else:
+            pool.append(timed(pool_name))
+            dedicated.append(timed("dedicated-ref"))
+    return pool, dedicated
+
+
+def run_p4(count: int | None = None, cold_samples: int = 200, warm_samples: int | None = None,
+           default_wait_context: bool | None = None) -> list[dict[str, Any]]:
+    """Cold loads and warm hits on a platform whose dedicated deployment has no batch timer
+    (``serve.dedicated.batch_wait_timeout_s=0``); then, as context, warm hits on a second
+    platform over the same root with the default batch wait (what the 2026-11-27 row measured)."""
+    import random
+
+    import httpx
+
+    from mlplat.config import DedicatedSettings
+
+    count = count or int(os.environ.get("BENCH_P4_MODELS", "10000"))
+    warm_samples = warm_samples or int(os.environ.get("BENCH_P4_WARM_SAMPLES", "300"))
+    if default_wait_context is None:
+        default_wait_context = os.environ.get("BENCH_P4_DEFAULT_WAIT_CONTEXT", "1") != "0"
+    default_wait_s = DedicatedSettings().batch_wait_timeout_s
+    root = tempfile.mkdtemp(prefix="bench-p4-")
+    t0 = time.perf_counter()
+    weights_bytes = _register_many(root, count)
+    setup_s = time.perf_counter() - t0
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    names = random.Random(0).sample(range(1, count), min(cold_samples, count - 1))
+    warm_name = f"tiny-{names[-1]:05d}"
+    context: tuple[list[float], list[float]] | None = None
+    try:
+        port = _free_port()
+        proc, haproxy_before = _start_p4(root, port, 0.0)
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=60) as client:
+                timed = _timer(client)
+                timed("tiny-00000")
+                timed("dedicated-ref")
+                cold = [timed(f"tiny-{i:05d}") for i in names]
+                warm_pool, warm_dedicated = _warm_pairs(timed, warm_name, warm_samples)
+                time.sleep(3)
+            stats_path = Path(root) / "pool-stats.json"
+            rss = json.loads(stats_path.read_text())["rss_mb"] if stats_path.exists() else None
+        finally:
+            _stop(proc, haproxy_before)
+        if default_wait_context:
             time.sleep(3)
-        stats_path = Path(root) / "pool-stats.json"
-        rss = json.loads(stats_path.read_text())["rss_mb"] if stats_path.exists() else None
+            port = _free_port()
+            proc, haproxy_before = _start_p4(root, port, None)
+            try:
+                with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=60) as client:
+                    timed = _timer(client)
+                    for _ in range(3):  # the first loads the model into the pool / the deployment
+                        timed(warm_name)
+                        timed("dedicated-ref")
+                    context = _warm_pairs(timed, warm_name, warm_samples)
+            finally:
+                _stop(proc, haproxy_before)
     finally:
-        _stop(proc)
         shutil.rmtree(root, ignore_errors=True)
     q = statistics.quantiles
     cold_p50, cold_p99 = statistics.median(cold), q(cold, n=100)[98]
@@ -377,9 +451,18 @@ def run_p4(count: int | None = None, cold_samples: int = 200, warm_samples: int 
         row("P4", f"cold load p50 over {len(cold)} of {count} registered models ({weights_bytes / 1024:.0f} KB weights; setup {setup_s:.0f} s)",
             cold_p50, "ms", target="≤100 ms"),
         row("P4", "cold load p99", cold_p99, "ms", target="≤100 ms"),
-        row("P4", "warm hit p50 through the pool", warm_p50, "ms", baseline="dedicated deployment warm p50",
-            baseline_value=ded_p50, target="≤1.2×"),
+        row("P4", f"warm hit p50 through the pool ({warm_samples} sequential requests per side, interleaved)", warm_p50, "ms",
+            baseline="dedicated deployment warm p50, no batch timer (serve.dedicated.batch_wait_timeout_s=0)",
+            baseline_value=ded_p50, target="≤1.2×", pool_p99_ms=round(q(warm_pool, n=100)[98], 2),
+            dedicated_p99_ms=round(q(warm_dedicated, n=100)[98], 2)),
     ]
+    if context is not None:
+        ctx_pool, ctx_dedicated = context
+        rows.append(row("P4", "warm hit p50 through the pool, second platform (dedicated at the default batch wait)",
+                        statistics.median(ctx_pool), "ms",
+                        baseline=f"dedicated deployment warm p50, default batch wait ({default_wait_s * 1000:g} ms: "
+                                 "each sequential request waits it out)",
+                        baseline_value=statistics.median(ctx_dedicated), target="context"))
     if rss is not None:
         rows.append(row("P4", f"pool replica resident memory after {len(cold) + 1} cold loads", rss, "MB", target="informational"))
     return rows

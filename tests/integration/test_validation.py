@@ -12,68 +12,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from bench.builders import COEF, FEATURES
+from bench.builders import linear_model as _linear
+from bench.builders import register_feature_set as _feature_set
+from bench.builders import register_trained as _trained
+from bench.builders import validation_table as _table
 from mlplat.errors import ConfigError, IntegrityError, InvalidTransition, ValidationError
-from mlplat.models import ModelSpec, save_bundle
-from mlplat.records import CATALOG_FEATURE_SET, ApprovalState, ModelState
-from mlplat.registry import Registry, RegistryStore
+from mlplat.records import ApprovalState, ModelState
+from mlplat.registry import RegistryStore
 from mlplat.storage import open_root
 from mlplat.validation import approve, reject, report_of, score, summary_text, validate
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-FEATURES = ["x0", "x1", "x2", "x3"]
-COEF = np.array([1.5, -2.0, 1.0, 0.5], dtype=np.float32)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _table(n: int = 2000, seed: int = 0, validation_fraction: float = 0.5) -> pa.Table:
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, 4)).astype(np.float32)
-    logit = X @ COEF
-    y_bin = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int64)
-    y_reg = (logit + rng.normal(scale=0.3, size=n)).astype(np.float64)
-    cols = {"id": np.arange(n), **{f: X[:, i] for i, f in enumerate(FEATURES)}, "label": y_bin, "target": y_reg,
-            "region": np.where(np.arange(n) % 3 == 0, "eu", "us"),
-            "split": np.where(rng.random(n) < validation_fraction, "validation", "train")}
-    return pa.table(cols)
-
-
-def _feature_set(registry: Registry, storage, name: str, table: pa.Table, labels: list[str]) -> dict:
-    record = registry.catalog_register(CATALOG_FEATURE_SET, name, {"status": "pending", "spec": {}, "source": {"name": "raw", "version": 1},
-                                                                    "path": "", "data_path": ""})
-    version = record.version
-    path = f"features/{name}/v{version}"
-    with storage.open_write(path, "data", "part-00000.parquet") as handle:
-        pq.write_table(table, handle)
-    # The layout mlplat.features writes: a manifest listing the complete data files; a stray file is ignored.
-    with storage.open_write(path, "data", "part-stray.parquet") as handle:
-        pq.write_table(table.slice(0, 10), handle)
-    storage.write_manifest({}, path, data_files={"part-00000.parquet": table.num_rows})
-    registry.catalog_update(CATALOG_FEATURE_SET, name, version, {
-        "status": "ready", "path": path, "data_path": f"{path}/data", "num_rows": table.num_rows,
-        "output_columns": table.schema.names, "feature_columns": FEATURES, "label_columns": labels,
-        "entity_key": "id", "split": {"method": "hash"}})
-    return {"name": name, "version": version}
-
-
-def _linear(weights, bias: float = 0.0):
-    import torch
-
-    model = torch.nn.Linear(4, 1)
-    with torch.no_grad():
-        model.weight.copy_(torch.tensor(np.asarray(weights, dtype=np.float32)).reshape(1, 4))
-        model.bias.fill_(bias)
-    return model
-
-
-def _trained(registry: Registry, storage, name: str, model, fs: dict, task: str = "binary", label: str = "label") -> int:
-    mv = registry.register_version(name, feature_set=fs)
-    ref = save_bundle(storage, name, mv.version, model, spec=ModelSpec(task=task, architecture="linear"),
-                      input_columns=FEATURES, label_columns=[label], feature_set=fs)
-    registry.update_version(name, mv.version, artifacts={"bundle": ref.model_dump()})
-    registry.transition(name, mv.version, ModelState.TRAINING)
-    registry.transition(name, mv.version, ModelState.TRAINED)
-    return mv.version
 
 
 @pytest.fixture
