@@ -1,14 +1,17 @@
 """P1 and P4 serving benchmarks, side by side in one run on this machine.
 
-P1 — one hot model (small MLP + fitted encoder), POST /v1/models/hot:predict with one raw row,
-loaded by wrk (C, loopback, bounded time) at 16 connections:
-  - ``mlplat``: the full path (bearer auth, validation, version routing, telemetry) with the
-    model placed in the ingress (serving policy ``placement: ingress``), Serve in
-    throughput-optimized mode;
-  - ``mlplat+haproxy``: the same with HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1);
-  - ``mlplat+haproxy dedicated``: the model in its own deployment (a second hop, batched);
+P1 — one hot model (small MLP + fitted encoder), one raw row per request, loaded by wrk (C,
+loopback, bounded time) at 16 connections:
+  - ``bare``: uvicorn + FastAPI in one process serving the same model (context);
+  - ``bare xN``: the same with ``--workers N``, N = the ingress replicas (the fair baseline:
+    as many server processes as mlplat's side has ingress replicas);
   - ``serve-default``: a plain Ray Serve FastAPI deployment with the model, default settings;
-  - ``bare``: uvicorn + FastAPI in one process serving the same model (the baseline).
+  - ``mlplat``: the full path (bearer auth, validation, version routing, telemetry) with the
+    model placed in the ingress, Serve in throughput-optimized mode;
+  - ``mlplat+haproxy``: the same with HAProxy ingress; its v1 route, its OIP v2 JSON route (wrk)
+    and OIP v2 over gRPC (a Python grpc.aio load, bench/serving_load.py) interleaved;
+  - ``mlplat+haproxy pool`` / ``dedicated``: the model in the multiplexed pool / its own
+    deployment (a second hop), against the in-ingress path.
 Each side runs in its own subprocess (Serve modes are fixed when Ray starts), one at a time.
 
 P4 — many registered tiny models behind the multiplexed pool: cold-load latency (first request
@@ -31,7 +34,6 @@ default 300), BENCH_P4_DEFAULT_WAIT_CONTEXT=0 (skip the context platform), BENCH
 
 import json
 import os
-import re
 import shutil
 import signal
 import statistics
@@ -43,19 +45,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench import serving_load as load
 from bench.common import row
 
-TOKEN = "bench-token"
+TOKEN = load.TOKEN
 #: One ingress replica per core: the ingress is where a request's Python work happens.
 INGRESS_REPLICAS = int(os.environ.get("BENCH_INGRESS_REPLICAS", str(os.cpu_count() or 1)))
-ROW = {"amount": 12.5, "age": 31, "country": "fr"}
+ROW = load.ROW
 HERE = Path(__file__).resolve().parent
-WRK_SCRIPT = """
-wrk.method = "POST"
-wrk.body = '{"instances": [{"amount": 12.5, "age": 31, "country": "fr"}]}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer bench-token"
-"""
 
 
 # -- the sides (each runs in a child process: python -m bench.serving --side NAME --port P --root R) --
@@ -75,14 +72,15 @@ def _model(root: str):
     return storage
 
 
-def _side_bare(port: int, root: str) -> None:
-    import uvicorn
+def bare_app():
+    """The baseline app: uvicorn + FastAPI serving the same ``load_servable`` object, nothing
+    else (no auth, no validation, no telemetry). A factory, so ``--workers`` can import it."""
     from fastapi import FastAPI, Request
 
     from mlplat.serving.runtime import load_servable
+    from mlplat.storage import open_root
 
-    storage = _model(root)
-    model = load_servable(storage, "hot", 1, None)
+    model = load_servable(open_root(os.environ["BENCH_BARE_ROOT"]), "hot", 1, None)
     app = FastAPI()
 
     @app.post("/v1/models/hot:predict")
@@ -90,8 +88,16 @@ def _side_bare(port: int, root: str) -> None:
         body = await request.json()
         return {"model_version": "1", "predictions": model.predict_rows(body["instances"])}
 
+    return app
+
+
+def _side_bare(port: int, root: str, workers: int = 1) -> None:
+    import uvicorn
+
+    _model(root)
+    os.environ["BENCH_BARE_ROOT"] = root
     print("READY", flush=True)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="error")
+    uvicorn.run("bench.serving:bare_app", factory=True, workers=workers, host="127.0.0.1", port=port, log_level="error")
 
 
 def _side_serve_default(port: int, root: str) -> None:
@@ -147,8 +153,9 @@ def _side_mlplat(port: int, root: str, haproxy: bool) -> None:
     _model(root)
     # BENCH_SERVE='{"haproxy_threads": 1}' tries other serve settings (JSON of serve.* keys)
     extra = {f"serve__{k}": v for k, v in json.loads(os.environ.get("BENCH_SERVE", "{}")).items()}
+    grpc_port = int(os.environ.get("BENCH_GRPC_PORT", "0")) or None
     p = mlplat.connect(root=root, api_token=TOKEN, serve__port=port, serve__haproxy=haproxy,
-                       serve__throughput_optimized=True,
+                       serve__throughput_optimized=True, serve__grpc_port=grpc_port,
                        serve__ingress_replicas=INGRESS_REPLICAS, **extra)
     p.ensure_ray()  # exports the Serve mode variables before Ray starts
     _shutdown_on_sigterm()
@@ -162,8 +169,8 @@ def _side_mlplat(port: int, root: str, haproxy: bool) -> None:
 def _start_side(side: str, port: int, root: str) -> subprocess.Popen:
     haproxy_before = _haproxy_pids()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
-    if side.endswith("dedicated"):
-        env["BENCH_PLACEMENT"] = "dedicated"
+    if side.endswith(("dedicated", "pool")):
+        env["BENCH_PLACEMENT"] = side.rsplit(" ", 1)[1]
     log = open(Path(root) / f"{side}.log", "w")  # noqa: SIM115 - the child writes it
     proc = subprocess.Popen([sys.executable, "-m", "bench.serving", "--side", side, "--port", str(port), "--root", root],
                             cwd=HERE.parent, env=env, stdout=subprocess.PIPE, stderr=log, text=True,
@@ -237,53 +244,64 @@ def _stop(proc: subprocess.Popen, haproxy_before: set[int] | None = None) -> Non
             pass
 
 
-def _wrk(port: int, seconds: int, connections: int = 16, prefix: str = "") -> dict[str, float]:
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(WRK_SCRIPT)
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name,
-                          f"http://127.0.0.1:{port}{prefix}/v1/models/hot:predict"], capture_output=True, text=True, timeout=seconds + 60)
-    os.unlink(script.name)
-    text = out.stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    return {"rps": rps, "p50_ms": _latency(text, "50%"), "p99_ms": _latency(text, "99%"),
-            "errors": (int(errors.group(1)) if errors else 0) + (sum(map(int, socket_errors.groups())) if socket_errors else 0)}
-
-
-def _latency(text: str, pct: str) -> float:
-    match = re.search(rf"^\s+{re.escape(pct)}\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
-    value, unit = float(match.group(1)), match.group(2)
-    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-
-
 def run_p1(seconds: int | None = None, repeats: int = 3) -> list[dict[str, Any]]:
+    """Each side in its own process, one after the other (Serve's modes are fixed when Ray
+    starts): a 2 s warm-up, then ``repeats`` wrk runs of ``seconds``; medians. The fair
+    baseline is bare uvicorn with as many worker processes as the ingress has replicas."""
     if not shutil.which("wrk"):
         raise RuntimeError("P1 needs wrk (Debian package 'wrk'): apt-get install wrk")
     seconds = seconds or int(os.environ.get("BENCH_P1_SECONDS", "8"))
-    sides = ["bare", "serve-default", "mlplat", "mlplat+haproxy", "mlplat+haproxy dedicated"]
+    fair = f"bare x{INGRESS_REPLICAS}"
+    sides = ["bare", fair, "serve-default", "mlplat", "mlplat+haproxy", "mlplat+haproxy pool", "mlplat+haproxy dedicated"]
     results: dict[str, list[dict[str, float]]] = {}
     for side in sides:
         root = tempfile.mkdtemp(prefix=f"bench-{side.replace(' ', '-')}-")
         port = _free_port()
+        grpc_port = _free_port() if side == "mlplat+haproxy" else 0
+        os.environ["BENCH_GRPC_PORT"] = str(grpc_port)
         haproxy_before = _haproxy_pids()
         proc = _start_side(side, port, root)
         try:
-            _wrk(port, 2)  # warm-up
-            results[side] = [_wrk(port, seconds) for _ in range(repeats)]
+            load.wrk(port, 2)  # warm-up
+            for _ in range(repeats):  # the routes of one side interleaved
+                results.setdefault(side, []).append(load.wrk(port, seconds))
+                if side == "mlplat+haproxy":
+                    results.setdefault("mlplat+haproxy v2", []).append(load.wrk(port, seconds, path=load.V2_PATH,
+                                                                              body=load.V2_BODY))
+                    results.setdefault("mlplat+haproxy grpc", []).append(load.grpc(grpc_port, seconds))
         finally:
             _stop(proc, haproxy_before)
             shutil.rmtree(root, ignore_errors=True)
         time.sleep(3)
     med = {s: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for s, runs in results.items()}
-    bare = med["bare"]
+    base = med[fair]
+
+    def text(m: dict[str, float]) -> str:
+        return f"p50 {m['p50_ms']:.1f} ms, p99 {m['p99_ms']:.1f} ms, non-2xx {int(m['errors'])}"
+
+    fair_name = f"bare uvicorn+FastAPI --workers {INGRESS_REPLICAS} ({text(base)})"
     rows = []
-    for side in sides[1:]:
+    for side in ["bare", "serve-default", "mlplat", "mlplat+haproxy"]:
         m = med[side]
         replicas = f", {INGRESS_REPLICAS} ingress replicas" if side.startswith("mlplat") else ""
-        rows.append(row("P1", f"{side}{replicas}: req/s (p50 {m['p50_ms']:.1f} ms, p99 {m['p99_ms']:.1f} ms, non-2xx {int(m['errors'])})",
-                        m["rps"], "req/s", baseline=f"bare uvicorn+FastAPI (p50 {bare['p50_ms']:.1f} ms, p99 {bare['p99_ms']:.1f} ms)",
-                        baseline_value=bare["rps"], target="≥1,000 req/s and ≥0.6× bare" if side.startswith("mlplat") else "context"))
+        label = "bare uvicorn+FastAPI, 1 process" if side == "bare" else side
+        target = ("≥0.6× the fair baseline, p99 ≤2× its p99, ≥2,000 req/s" if side == "mlplat+haproxy"
+                  else "≥1,000 req/s" if side == "mlplat" else "context")
+        rows.append(row("P1", f"{label}{replicas}, v1 one row: req/s ({text(m)})", m["rps"], "req/s",
+                        baseline=fair_name, baseline_value=base["rps"], target=target))
+    ingress = med["mlplat+haproxy"]
+    v1_name = f"mlplat+haproxy v1, the model in the ingress ({text(ingress)})"
+    rows.append(row("P1", f"mlplat+haproxy OIP v2 JSON, one row: req/s ({text(med['mlplat+haproxy v2'])})",
+                    med["mlplat+haproxy v2"]["rps"], "req/s", baseline=v1_name, baseline_value=ingress["rps"],
+                    target="v2 within 10% of v1"))
+    for placement, target in (("pool", "≥0.5× the in-ingress path"), ("dedicated", "context")):
+        m = med[f"mlplat+haproxy {placement}"]
+        rows.append(row("P1", f"mlplat+haproxy, the model in the {placement}, v1 one row: req/s ({text(m)})", m["rps"],
+                        "req/s", baseline=v1_name, baseline_value=ingress["rps"], target=target))
+    g = med["mlplat+haproxy grpc"]
+    rows.append(row("P1", f"mlplat OIP v2 gRPC ModelInfer, one row, 16 concurrent calls from a Python grpc.aio "
+                          f"client sharing the cores: req/s ({text(g)})", g["rps"], "req/s",
+                    target="informational (the Python load generator takes CPU that wrk does not)"))
     return rows
 
 
@@ -484,10 +502,12 @@ if __name__ == "__main__":
     if args.side:
         sys.path.insert(0, str(HERE.parent))
         {"bare": lambda: _side_bare(args.port, args.root),
+         f"bare x{INGRESS_REPLICAS}": lambda: _side_bare(args.port, args.root, workers=INGRESS_REPLICAS),
          "serve-default": lambda: _side_serve_default(args.port, args.root),
          "mlplat": lambda: _side_mlplat(args.port, args.root, haproxy=False),
          "mlplat+haproxy": lambda: _side_mlplat(args.port, args.root, haproxy=True),
          "mlplat+haproxy dedicated": lambda: _side_mlplat(args.port, args.root, haproxy=True),
+         "mlplat+haproxy pool": lambda: _side_mlplat(args.port, args.root, haproxy=True),
          "p4": lambda: _side_p4(args.port, args.root)}[args.side]()
     else:
         from bench.common import stamp, table

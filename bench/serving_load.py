@@ -1,0 +1,116 @@
+"""Load generators for P1 (bench/serving.py): wrk for HTTP (v1 and OIP v2 JSON), and a gRPC
+ModelInfer load in its own process (``python -m bench.serving_load PORT SECONDS CONNECTIONS``).
+
+wrk is C and costs little CPU; the gRPC load is Python (grpc.aio), which takes a larger share
+of the same two cores, so its row is informational, not a ratio against a wrk row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+TOKEN = "bench-token"
+ROW = {"amount": 12.5, "age": 31, "country": "fr"}
+V1_PATH = "/v1/models/hot:predict"
+V2_PATH = "/v2/models/hot/infer"
+_HEADERS = f"""
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {TOKEN}"
+"""
+V1_BODY = json.dumps({"instances": [ROW]})
+#: The same row as OIP v2 JSON: one tensor per feature (the datatypes the model's metadata lists)
+V2_BODY = json.dumps({"inputs": [
+    {"name": "amount", "shape": [1], "datatype": "FP32", "data": [ROW["amount"]]},
+    {"name": "age", "shape": [1], "datatype": "INT64", "data": [ROW["age"]]},
+    {"name": "country", "shape": [1], "datatype": "BYTES", "data": [ROW["country"]]},
+]})
+
+
+def wrk(port: int, seconds: int, connections: int = 16, path: str = V1_PATH, body: str = V1_BODY) -> dict[str, float]:
+    """req/s, p50/p99 ms and the count of non-2xx answers and socket errors of one wrk run."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(_HEADERS + f"wrk.body = {json.dumps(body)}\n")
+    try:
+        out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name,
+                              f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, timeout=seconds + 60)
+    finally:
+        os.unlink(script.name)
+    text = out.stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    return {"rps": rps, "p50_ms": _latency(text, "50%"), "p99_ms": _latency(text, "99%"),
+            "errors": (int(errors.group(1)) if errors else 0) + (sum(map(int, socket_errors.groups())) if socket_errors else 0)}
+
+
+def _latency(text: str, pct: str) -> float:
+    match = re.search(rf"^\s+{re.escape(pct)}\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+    value, unit = float(match.group(1)), match.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def grpc(port: int, seconds: int, connections: int = 16) -> dict[str, float]:
+    """The gRPC load in a child process (this process stays idle, as it does for wrk)."""
+    out = subprocess.run([sys.executable, "-m", "bench.serving_load", str(port), str(seconds), str(connections)],
+                         capture_output=True, text=True, timeout=seconds + 120,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if out.returncode != 0:
+        raise RuntimeError(f"gRPC load failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _infer_request():
+    from mlplat.serving.oip_grpc import grpc_service_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name="hot")
+    request.inputs.add(name="amount", datatype="FP32", shape=[1]).contents.fp32_contents.append(ROW["amount"])
+    request.inputs.add(name="age", datatype="INT64", shape=[1]).contents.int64_contents.append(ROW["age"])
+    request.inputs.add(name="country", datatype="BYTES", shape=[1]).contents.bytes_contents.append(ROW["country"].encode())
+    return request
+
+
+async def _grpc_load(port: int, seconds: float, connections: int) -> dict[str, float]:
+    import grpc as grpclib
+
+    from mlplat.serving.oip_grpc import grpc_service_pb2 as pb
+
+    request = _infer_request()
+    metadata = (("authorization", f"Bearer {TOKEN}"),)
+    latencies: list[float] = []
+    errors = 0
+    async with grpclib.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                    request_serializer=pb.ModelInferRequest.SerializeToString,
+                                    response_deserializer=pb.ModelInferResponse.FromString)
+        await infer(request, metadata=metadata, timeout=60)  # the channel is up and the model loaded
+
+        async def client(deadline: float) -> None:
+            nonlocal errors
+            while time.perf_counter() < deadline:
+                start = time.perf_counter()
+                try:
+                    await infer(request, metadata=metadata, timeout=30)
+                    latencies.append(time.perf_counter() - start)
+                except grpclib.aio.AioRpcError:
+                    errors += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client(started + seconds) for _ in range(connections)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {"rps": len(latencies) / elapsed, "p50_ms": 1000 * statistics.median(latencies),
+            "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)], "errors": errors}
+
+
+if __name__ == "__main__":
+    port, seconds, connections = (int(a) for a in sys.argv[1:4])
+    print(json.dumps(asyncio.run(_grpc_load(port, seconds, connections))))
