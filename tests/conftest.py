@@ -14,6 +14,10 @@ from tests.servers import PostgresServer, S3Server, start_postgres, start_seawee
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+# Ray Train's controller polls its workers every 2 s, and a tiny test model's every report waits
+# for a poll (as in `make demo`, mlplat/demo.py): 0.5 s for every Ray this session starts, the
+# `ray start` clusters and the notebook's kernel included (they inherit this environment).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
 def _state_api_address() -> str:
@@ -131,6 +135,7 @@ def ray_session(session_tmp):
         ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
                  namespace="mlplat-test", log_to_driver=False, configure_logging=False,
                  runtime_env={"env_vars": {"RAY_TRAIN_V2_ENABLED": "1",
+                                           "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"],
                                            "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
     yield ray
     ray.shutdown()
