@@ -123,7 +123,7 @@ def _side_serve_default(port: int, root: str) -> None:
             body = await request.json()
             return {"model_version": "1", "predictions": self.model.predict_rows(body["instances"])}
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     _shutdown_on_sigterm()
     serve.run(Plain.bind(root), route_prefix="/")
