@@ -16,7 +16,7 @@ from bench.common import stamp, table
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 DOC = HERE.parent / "docs" / "benchmarks.md"
-SKIP = {"__init__", "__main__", "common", "builders", "serving_load", "gpu_validation"}  # builders, serving_load: helpers; gpu_validation: a GPU-machine check, no run()
+SKIP = {"__init__", "__main__", "common", "builders", "serving_load", "serving_cpu", "gpu_validation"}  # builders, serving_load, serving_cpu: helpers; gpu_validation: a GPU-machine check, no run()
 
 
 def available() -> list[str]:
