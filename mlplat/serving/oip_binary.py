@@ -25,7 +25,8 @@ from starlette.responses import Response
 
 from mlplat.serving.request import RequestError, parse_json_body
 
-__all__ = ["HEADER_LENGTH", "decode_request", "binary_output_requested", "encode_response", "binary_response"]
+__all__ = ["HEADER_LENGTH", "decode_request", "decode_tensor", "encode_tensor", "binary_output_requested", "encode_response",
+           "binary_response"]
 
 #: The request and response header giving the JSON header's length in bytes (lower case: as
 #: Starlette's headers are looked up).
@@ -101,7 +102,7 @@ def _decode_bytes(raw: bytes, count: int, label: str) -> list[str]:
     return out
 
 
-def _decode_tensor(raw: bytes, tensor: dict[str, Any], label: str) -> list[Any]:
+def decode_tensor(raw: bytes, tensor: dict[str, Any], label: str) -> list[Any]:
     """One input's binary data -> the flat ``data`` list of the JSON form."""
     count = _element_count(tensor, label)
     datatype = tensor.get("datatype")
@@ -148,7 +149,7 @@ def decode_request(body: bytes, header_length: str, *, max_bytes: int, max_depth
         if size > len(body) - offset:
             raise RequestError(400, f"{where} is {size} but only {len(body) - offset} bytes of binary data remain "
                                     "after the JSON header and the inputs before it", where)
-        tensor["data"] = _decode_tensor(body[offset:offset + size], tensor, label)
+        tensor["data"] = decode_tensor(body[offset:offset + size], tensor, label)
         offset += size
     if offset != len(body):
         raise RequestError(400, f"{len(body) - offset} bytes after the JSON header belong to no input: the inputs' "
@@ -180,7 +181,7 @@ def binary_output_requested(payload: dict[str, Any], output: str = "predictions"
     return False
 
 
-def _encode(data: list[Any], datatype: str) -> bytes:
+def encode_tensor(data: list[Any], datatype: str) -> bytes:
     if datatype == "BYTES":
         parts = []
         for value in data:
@@ -195,7 +196,7 @@ def encode_response(document: dict[str, Any]) -> tuple[bytes, int]:
     the bytes after the JSON header, with ``parameters.binary_data_size``."""
     tails = []
     for output in document["outputs"]:
-        raw = _encode(output.pop("data"), output["datatype"])
+        raw = encode_tensor(output.pop("data"), output["datatype"])
         output["parameters"] = {**output.get("parameters", {}), "binary_data_size": len(raw)}
         tails.append(raw)
     header = json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")

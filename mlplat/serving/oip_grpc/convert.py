@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 
 from mlplat.serving.infer_call import InferAnswer
-from mlplat.serving.oip_binary import _decode_tensor, _encode
+from mlplat.serving.oip_binary import decode_tensor, encode_tensor
 from mlplat.serving.oip_grpc import grpc_service_pb2 as pb
 from mlplat.serving.request import RequestError
 
@@ -89,7 +89,7 @@ def _decode_raw(raw: bytes, spec: dict[str, Any], label: str, index: int) -> lis
     extension's decoder; its errors name ``raw_input_contents[index]`` instead of the HTTP
     form's ``binary_data_size``."""
     try:
-        return _decode_tensor(raw, spec, label)
+        return decode_tensor(raw, spec, label)
     except RequestError as exc:
         where = f"raw_input_contents[{index}]"
         raise RequestError(exc.status, exc.message.replace("binary_data_size", f"the size of {where}"),
@@ -157,7 +157,7 @@ def infer_response(answer: InferAnswer) -> Any:
     return pb.ModelInferResponse(
         model_name=answer.name, model_version=str(answer.version), id=answer.request_id,
         outputs=[pb.ModelInferResponse.InferOutputTensor(name="predictions", datatype=datatype, shape=shape)],
-        raw_output_contents=[_encode(values, datatype)])
+        raw_output_contents=[encode_tensor(values, datatype)])
 
 
 def metadata_response(document: dict[str, Any]) -> Any:
