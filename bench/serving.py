@@ -131,6 +131,108 @@ def _side_serve_default(port: int, root: str) -> None:
     signal.pause()
 
 
+def _side_serve_haproxy(port: int, root: str, raw_asgi: bool) -> None:
+    """The Serve ceiling: the bare side's app (FastAPI, or the same route as a raw ASGI callable)
+    as a Serve deployment with as many replicas as mlplat's ingress, in the mode mlplat uses
+    (HAProxy ingress, throughput-optimized, workers at niceness 0) -- no auth, validation or
+    telemetry. What any design that keeps Serve in charge of the replicas can reach at most."""
+    import ray
+    from ray import serve
+
+    import mlplat
+    from mlplat.serving.app import apply_serve_env
+
+    _model(root)
+    apply_serve_env(mlplat.connect(root=root, serve__haproxy=True, serve__throughput_optimized=True).config)
+    os.environ["BENCH_BARE_ROOT"] = root
+
+    if raw_asgi:
+        @serve.deployment(num_replicas=INGRESS_REPLICAS, ray_actor_options={"num_cpus": 0.25})
+        class RawAsgi:
+            def __init__(self, root: str):
+                from mlplat.serving.runtime import load_servable
+                from mlplat.storage import open_root
+
+                self.model = load_servable(open_root(root), "hot", 1, None)
+
+            async def __call__(self, request):
+                body = json.loads(await request.body())
+                from starlette.responses import Response
+
+                out = json.dumps({"model_version": "1", "predictions": self.model.predict_rows(body["instances"])})
+                return Response(out, media_type="application/json")
+
+        target = RawAsgi.bind(root)
+    else:
+        from fastapi import FastAPI, Request
+
+        app = FastAPI()
+
+        @serve.deployment(num_replicas=INGRESS_REPLICAS, ray_actor_options={"num_cpus": 0.25})
+        @serve.ingress(app)
+        class Fast:
+            def __init__(self, root: str):
+                from mlplat.serving.runtime import load_servable
+                from mlplat.storage import open_root
+
+                self.model = load_servable(open_root(root), "hot", 1, None)
+
+            @app.post("/v1/models/hot:predict")
+            async def predict(self, request: Request):
+                body = await request.json()
+                return {"model_version": "1", "predictions": self.model.predict_rows(body["instances"])}
+
+        target = Fast.bind(root)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    _shutdown_on_sigterm()
+    serve.run(target, route_prefix="/")
+    print("READY", flush=True)
+    signal.pause()
+
+
+def run_ceiling(seconds: int | None = None, rounds: int = 2) -> list[dict[str, Any]]:
+    """The fair baseline, the Serve ceiling (FastAPI and raw ASGI) and mlplat+haproxy, each
+    side started ``rounds`` times in turn (interleaved), one wrk run per start; medians."""
+    seconds = seconds or int(os.environ.get("BENCH_P1_SECONDS", "8"))
+    fair = f"bare x{INGRESS_REPLICAS}"
+    sides = [fair, "serve+haproxy fastapi", "serve+haproxy asgi", "mlplat+haproxy"]
+    results: dict[str, list[dict[str, float]]] = {}
+    for _ in range(rounds):
+        for side in sides:
+            root = tempfile.mkdtemp(prefix=f"bench-{side.replace(' ', '-').replace('+', '-')}-")
+            port = _free_port()
+            os.environ["BENCH_GRPC_PORT"] = "0"
+            haproxy_before = _haproxy_pids()
+            proc = _start_side(side, port, root)
+            try:
+                load.wrk(port, 2)
+                results.setdefault(side, []).append(load.wrk(port, seconds))
+            finally:
+                _stop(proc, haproxy_before)
+                shutil.rmtree(root, ignore_errors=True)
+            time.sleep(3)
+    med = {s: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for s, runs in results.items()}
+    base = med[fair]
+    rows = []
+    for side in sides[1:]:
+        m = med[side]
+        rows.append(row("P1-ceiling", f"{side}, {INGRESS_REPLICAS} replicas, v1 one row: req/s (p50 {m['p50_ms']:.1f} ms, "
+                                      f"p99 {m['p99_ms']:.1f} ms; {rounds} interleaved starts)", m["rps"], "req/s",
+                        baseline=f"bare uvicorn+FastAPI --workers {INGRESS_REPLICAS} (p99 {base['p99_ms']:.1f} ms)",
+                        baseline_value=base["rps"], target="context: what Serve in charge of the replicas allows"))
+    return rows
+
+
+def _side_kserve(port: int, root: str) -> None:
+    """KServe's Python model server (bench/kserve_side.py) under ``BENCH_KSERVE_PYTHON`` with as
+    many workers as the ingress has replicas, serving the same model."""
+    _model(root)
+    python = os.environ["BENCH_KSERVE_PYTHON"]
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+    os.execve(python, [python, str(HERE / "kserve_side.py"), str(port), root, str(INGRESS_REPLICAS)], env)
+
+
 def _shutdown_on_sigterm() -> None:
     """SIGTERM -> serve.shutdown() + ray.shutdown(): Serve's HAProxy outlives a bare exit."""
 
@@ -252,7 +354,10 @@ def run_p1(seconds: int | None = None, repeats: int = 3) -> list[dict[str, Any]]
         raise RuntimeError("P1 needs wrk (Debian package 'wrk'): apt-get install wrk")
     seconds = seconds or int(os.environ.get("BENCH_P1_SECONDS", "8"))
     fair = f"bare x{INGRESS_REPLICAS}"
+    peer = f"kserve x{INGRESS_REPLICAS}"
     sides = ["bare", fair, "serve-default", "mlplat", "mlplat+haproxy", "mlplat+haproxy pool", "mlplat+haproxy dedicated"]
+    if os.environ.get("BENCH_KSERVE_PYTHON"):  # the peer row (bench/kserve_side.py)
+        sides.insert(2, peer)
     results: dict[str, list[dict[str, float]]] = {}
     for side in sides:
         root = tempfile.mkdtemp(prefix=f"bench-{side.replace(' ', '-')}-")
@@ -290,6 +395,12 @@ def run_p1(seconds: int | None = None, repeats: int = 3) -> list[dict[str, Any]]
         rows.append(row("P1", f"{label}{replicas}, v1 one row: req/s ({text(m)})", m["rps"], "req/s",
                         baseline=fair_name, baseline_value=base["rps"], target=target))
     ingress = med["mlplat+haproxy"]
+    if peer in med:
+        m = med[peer]
+        rows.append(row("P1", f"KServe 0.21 Python model server --workers {INGRESS_REPLICAS} (its defaults; no auth, no "
+                              f"validation), v1 one row: req/s ({text(m)})", m["rps"], "req/s", baseline=fair_name,
+                        baseline_value=base["rps"], target="peer: mlplat+haproxy ahead of it",
+                        mlplat_over_peer=round(ingress["rps"] / m["rps"], 3)))
     v1_name = f"mlplat+haproxy v1, the model in the ingress ({text(ingress)})"
     rows.append(row("P1", f"mlplat+haproxy OIP v2 JSON, one row: req/s ({text(med['mlplat+haproxy v2'])})",
                     med["mlplat+haproxy v2"]["rps"], "req/s", baseline=v1_name, baseline_value=ingress["rps"],
@@ -497,7 +608,7 @@ if __name__ == "__main__":
     parser.add_argument("--side")
     parser.add_argument("--port", type=int)
     parser.add_argument("--root")
-    parser.add_argument("--only", choices=["p1", "p4"])
+    parser.add_argument("--only", choices=["p1", "p4", "ceiling"])
     args = parser.parse_args()
     if args.side:
         sys.path.insert(0, str(HERE.parent))
@@ -508,9 +619,13 @@ if __name__ == "__main__":
          "mlplat+haproxy": lambda: _side_mlplat(args.port, args.root, haproxy=True),
          "mlplat+haproxy dedicated": lambda: _side_mlplat(args.port, args.root, haproxy=True),
          "mlplat+haproxy pool": lambda: _side_mlplat(args.port, args.root, haproxy=True),
+         f"kserve x{INGRESS_REPLICAS}": lambda: _side_kserve(args.port, args.root),
+         "serve+haproxy fastapi": lambda: _side_serve_haproxy(args.port, args.root, raw_asgi=False),
+         "serve+haproxy asgi": lambda: _side_serve_haproxy(args.port, args.root, raw_asgi=True),
          "p4": lambda: _side_p4(args.port, args.root)}[args.side]()
     else:
         from bench.common import stamp, table
 
-        rows = run_p1() if args.only == "p1" else run_p4() if args.only == "p4" else run()
+        rows = (run_p1() if args.only == "p1" else run_p4() if args.only == "p4" else run_ceiling()
+                if args.only == "ceiling" else run())
         print(table(stamp(rows)))
