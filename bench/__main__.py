@@ -16,7 +16,9 @@ from bench.common import stamp, table
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 DOC = HERE.parent / "docs" / "benchmarks.md"
-SKIP = {"__init__", "__main__", "common", "builders", "serving_load", "serving_cpu", "gpu_validation"}  # builders, serving_load, serving_cpu: helpers; gpu_validation: a GPU-machine check, no run()
+SKIP = {"__init__", "__main__", "common", "builders", "serving_load", "serving_cpu", "gpu_validation", "kserve_side",
+        "pool_scale", "capacity"}  # capacity: the docs/scaling.md model; builders, serving_load, serving_cpu, kserve_side: helpers; gpu_validation: a GPU-machine check,
+# pool_scale: a three-node cluster of its own (python -m bench.pool_scale); neither has run()
 
 
 def available() -> list[str]:
