@@ -29,6 +29,7 @@ __all__ = [
     "ServeSettings",
     "PlatformConfig",
     "RegistrySettings",
+    "WeightStorageSettings",
     "normalize_registry_url",
     "redact_url",
     "REGISTRY_URL_SETTING",
@@ -319,6 +320,32 @@ class RegistrySettings(StrictModel):
     url: str | None = None
 
 
+class WeightStorageSettings(StrictModel):
+    """How a model version's weights are laid out on storage, chosen by their size in bytes
+    (mlplat/models/placement.py, docs/weights.md): small ones packed, medium ones in one
+    ``model.safetensors``, very large ones in several safetensors shards."""
+
+    #: Weights of at most this many bytes are packed: a lone version's weights travel inside its
+    #: bundle.json (one read on a cold load); model families pack many members into shared files.
+    #: 0: never pack.
+    packed_max_bytes: int = Field(1024 * 1024, ge=0)
+    #: Weights above ``packed_max_bytes`` and up to this many bytes go into one ``model.safetensors``;
+    #: larger ones are sharded (``model-00001-of-0000N.safetensors`` + an index), loaded and verified
+    #: shard by shard, so a load holds one shard's bytes in memory at a time.
+    file_max_bytes: int = Field(2 * 1024**3, ge=0)
+    #: The most bytes of tensor data one shard file holds (sharded weights and packs). A single tensor
+    #: (sharded) or a single member (packs) larger than this gets a shard of its own; neither is split.
+    shard_max_bytes: int = Field(1024**3, ge=1)
+
+    @model_validator(mode="after")
+    def _check_thresholds(self) -> WeightStorageSettings:
+        if self.packed_max_bytes > self.file_max_bytes:
+            raise ValueError(f"weights.packed_max_bytes ({self.packed_max_bytes}) must be <= weights.file_max_bytes "
+                             f"({self.file_max_bytes}): weights up to packed_max_bytes are packed, up to "
+                             "file_max_bytes go in one file, the rest are sharded")
+        return self
+
+
 class PlatformConfig(StrictModel):
     """Where mlplat keeps its state and how it reaches Ray."""
 
@@ -335,6 +362,8 @@ class PlatformConfig(StrictModel):
     regions: list[str] = Field(default_factory=list)
     s3: S3Settings = Field(default_factory=S3Settings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
+    #: Where each model version's weights go by size: packed, one file or sharded.
+    weights: WeightStorageSettings = Field(default_factory=WeightStorageSettings)
 
     @model_validator(mode="after")
     def _check_cells_and_tokens(self) -> PlatformConfig:

@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {path}   {what} report")
     print(f"  {root}/datasets/clicks/            the dataset (Parquet, partitions date=2026-11-01 and -02)")
     print(f"  {root}/features/clicks-features/   encoded features, encoder.json, stats.json (v1, and v2 rebuilt)")
-    print(f"  {root}/models/{MODEL}/              model.safetensors + bundle.json per version")
+    print(f"  {root}/models/{MODEL}/              bundle.json per version (small weights inline)")
     print(f"  {root}/telemetry/{MODEL}/          every served prediction (Parquet)")
     print(f"  Ray dashboard: {_dashboard_url()}   serving: {demo.url}   (both stop with this process)")
     print(f"  MLPLAT_ROOT={root} MLPLAT_REGISTRY_MODE=local mlplat models lineage {MODEL} {demo.version}")

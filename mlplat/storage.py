@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import struct
 import urllib.parse
 import uuid
@@ -22,7 +23,7 @@ from typing import Any, BinaryIO
 import pyarrow.fs as pafs
 
 from mlplat.config import S3Settings
-from mlplat.errors import IntegrityError, NotFound, StorageError, UnsafePath, WeightsFormatError
+from mlplat.errors import IntegrityError, MlplatError, NotFound, StorageError, UnsafePath, WeightsFormatError
 from mlplat.records import ArtifactRef
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "sha256_bytes",
     "save_weights",
     "load_weights",
+    "load_weights_bytes",
     "TMP_PREFIX",
     "MANIFEST_NAME",
 ]
@@ -137,6 +139,33 @@ class Storage:
             raise NotFound(f"{self._show(path)} does not exist (or is a directory)") from None
         except OSError as exc:
             raise StorageError(f"cannot read {self._show(path)}: {exc}") from exc
+
+    def read_range(self, *parts: str, offset: int, length: int) -> bytes:
+        """``length`` bytes of a file from byte ``offset``, in one positioned read: ``pread`` on
+        local disk, one ranged GET on S3 (after the HEAD pyarrow makes for the size), never the
+        whole file. A range past the end raises IntegrityError (a stale or corrupt reference),
+        a missing file NotFound."""
+        path = self.path(*parts)
+        if isinstance(offset, bool) or isinstance(length, bool) or not isinstance(offset, int) \
+                or not isinstance(length, int) or offset < 0 or length < 0:
+            raise IntegrityError(f"cannot read {self._show(path)} at offset {offset!r}, length {length!r}: "
+                                 "expected non-negative integers")
+        try:
+            if self.is_local:
+                return _pread_exact(path, offset, length, self._show(path))
+            with self.fs.open_input_file(path) as handle:
+                _check_range(self._show(path), offset, length, handle.size())
+                data = handle.read_at(length, offset) if length else b""
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise NotFound(f"{self._show(path)} does not exist (or is a directory)") from None
+        except MlplatError:
+            raise
+        except OSError as exc:
+            raise StorageError(f"cannot read {self._show(path)}: {exc}") from exc
+        if len(data) != length:
+            raise IntegrityError(f"{self._show(path)}: read {len(data)} bytes at offset {offset}, expected {length}: "
+                                 "the object changed while it was read")
+        return data
 
     def read_json(self, *parts: str) -> Any:
         data = self.read_bytes(*parts)
@@ -253,6 +282,36 @@ class Storage:
         return f"file://{path}" if self.is_local else f"s3://{path}"
 
 
+_PREAD_MAX_BYTES = 1 << 30  # Linux returns at most ~2 GiB per pread
+
+
+def _check_range(where: str, offset: int, length: int, size: int) -> None:
+    if offset + length > size:
+        raise IntegrityError(f"{where}: range at offset {offset}, length {length} ends at byte {offset + length}, "
+                             f"past the end of the file ({size} bytes): the reference is stale or the file was "
+                             "truncated; re-write the artifact")
+
+
+def _pread_exact(path: str, offset: int, length: int, where: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(path)
+        _check_range(where, offset, length, info.st_size)
+        chunks, position, left = [], offset, length
+        while left:
+            chunk = os.pread(fd, min(left, _PREAD_MAX_BYTES), position)
+            if not chunk:
+                break  # shrank since fstat: the caller reports the short read
+            chunks.append(chunk)
+            position += len(chunk)
+            left -= len(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def _fsync_dir(path: str) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
@@ -360,10 +419,14 @@ def save_weights(storage: Storage, tensors: Mapping[str, Any], *parts: str, meta
 def load_weights(storage: Storage, *parts: str, expected_sha256: str | None) -> dict[str, Any]:
     """Load safetensors weights, verifying the sha256 first (pass None only for files you
     produced yourself). Pickles are refused without being parsed."""
+    return load_weights_bytes(storage.read_bytes(*parts), storage.uri_of(*parts), expected_sha256=expected_sha256)
+
+
+def load_weights_bytes(data: bytes, where: str, *, expected_sha256: str | None) -> dict[str, Any]:
+    """Tensors of safetensors ``data`` (read from ``where``, named in errors), verifying the sha256
+    first; pickles and other formats are refused without being parsed."""
     from safetensors.torch import load
 
-    where = storage.uri_of(*parts)
-    data = storage.read_bytes(*parts)
     if expected_sha256 is not None:
         actual = sha256_bytes(data)
         if actual != expected_sha256:

@@ -357,10 +357,12 @@ class TrainRunner:
         if run.kind == "tune":
             from mlplat.training.sweep import tune
 
-            return tune(cfg, registry=registry, storage=storage, run_id=self._run_id, version=version, on_start=started)
+            return tune(cfg, registry=registry, storage=storage, run_id=self._run_id, version=version, on_start=started,
+                        weights=self._config.weights)
         from mlplat.training.runner import train
 
-        return train(cfg, registry=registry, storage=storage, run_id=self._run_id, version=version, on_start=started)
+        return train(cfg, registry=registry, storage=storage, run_id=self._run_id, version=version, on_start=started,
+                     weights=self._config.weights)
 
     def _heartbeat(self, registry: Registry, storage: Storage, stop: threading.Event,
                    poll_s: float = 2.0, heartbeat_s: float = HEARTBEAT_S,

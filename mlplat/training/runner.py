@@ -16,8 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlplat.config import WeightStorageSettings
 from mlplat.errors import ConfigError, MlplatError
 from mlplat.models import build_model, save_bundle
+from mlplat.models.bundle import placement_for, state_dict_bytes
 from mlplat.names import validate_name
 from mlplat.records import ArtifactRef, ModelState, ModelVersion
 from mlplat.registry import Registry
@@ -194,9 +196,11 @@ def fail_version(registry: Registry, model: str, version: int, error: str, *, hi
 
 def finalize(prepared: Prepared, *, registry: Registry, storage: Storage, run_id: str, version: int,
              preferred_checkpoint: str | None = None, extra: dict[str, Any] | None = None,
-             metric: str | None = None, mode: str | None = None) -> TrainResult:
+             metric: str | None = None, mode: str | None = None,
+             weights: WeightStorageSettings | None = None) -> TrainResult:
     """After fit: verify the newest checkpoint, write the bundle of the best epoch, register it TRAINED.
-    A non-finite loss or a missing checkpoint ends FAILED instead."""
+    A non-finite loss or a missing checkpoint ends FAILED instead. ``weights`` (the platform's
+    settings) places the weights by size; None keeps them in model.safetensors."""
     cfg, data = prepared.config, prepared.data
     metric = metric or cfg.hyperparameters.early_stopping.metric
     mode = mode or cfg.hyperparameters.early_stopping.mode
@@ -230,9 +234,11 @@ def finalize(prepared: Prepared, *, registry: Registry, storage: Storage, run_id
                          label_columns=[data.label], encoder=data.encoder, feature_set=data.feature_set.model_dump(),
                          metrics=metrics, extra={"run_id": run_id, "config_hash": config_hash(cfg),
                                                  "code_version": cfg.code_version,
-                                                 "datasets": [d.model_dump() for d in data.datasets]})
+                                                 "datasets": [d.model_dump() for d in data.datasets]},
+                         weights=weights)
+    weight_bytes = state_dict_bytes(model.state_dict())
     lineage = {"history": history, "resumes": resumes, "checkpoint": ckpt.path, "rejected_checkpoints": rejected,
-               **(extra or {})}
+               "weights": {"placement": placement_for(weight_bytes, weights), "bytes": weight_bytes}, **(extra or {})}
     registry.batch([
         ("update_version", {"name": cfg.model, "version": version, "artifacts": {"bundle": bundle.model_dump(mode="json")},
                             "extra": json_safe(lineage), "expected_state": ModelState.TRAINING.value}),
@@ -246,7 +252,8 @@ def finalize(prepared: Prepared, *, registry: Registry, storage: Storage, run_id
 
 def train(config: TrainingConfig | dict[str, Any], *, registry: Registry, storage: Storage, run_id: str | None = None,
           version: int | None = None, extra: dict[str, Any] | None = None,
-          on_start: Callable[[ModelVersion], None] | None = None) -> TrainResult:
+          on_start: Callable[[ModelVersion], None] | None = None,
+          weights: WeightStorageSettings | None = None) -> TrainResult:
     """Run one training request to the end in this process (Ray must be initialized).
 
     Config problems (unknown model type, factory that does not import, feature set without the
@@ -271,7 +278,7 @@ def train(config: TrainingConfig | dict[str, Any], *, registry: Registry, storag
             raise error
         preferred = fit_result.checkpoint.path if fit_result.checkpoint is not None else None
         return finalize(prepared, registry=registry, storage=storage, run_id=run_id, version=mv.version,
-                        preferred_checkpoint=preferred)
+                        preferred_checkpoint=preferred, weights=weights)
     except Exception as exc:
         progress = read_progress(storage, run_id) or {}
         message = f"{type(exc).__name__}: {exc}"

@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from mlplat.config import WeightStorageSettings
 from mlplat.errors import ConfigError, MlplatError
 from mlplat.records import ModelState, ModelVersion
 from mlplat.registry import Registry
@@ -81,8 +82,10 @@ def _trial_fn(prepared: Prepared, storage: Storage, sweep_run_id: str, metric: s
 
 
 def tune(config: TrainingConfig | dict[str, Any], *, registry: Registry, storage: Storage, run_id: str | None = None,
-         version: int | None = None, on_start: Callable[[ModelVersion], None] | None = None) -> TrainResult:
-    """Run the sweep and register its best trial as one version (TRAINED), or FAILED."""
+         version: int | None = None, on_start: Callable[[ModelVersion], None] | None = None,
+         weights: WeightStorageSettings | None = None) -> TrainResult:
+    """Run the sweep and register its best trial as one version (TRAINED), or FAILED; ``weights``
+    (the platform's settings) places the best trial's weights by size."""
     from ray import tune as rt
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -138,7 +141,7 @@ def tune(config: TrainingConfig | dict[str, Any], *, registry: Registry, storage
         best = (min if mode == "min" else max)(candidates, key=lambda t: t["best"])
         best_cfg = apply_overrides(cfg, best["config"])
         result = finalize(dataclasses.replace(prepared, config=best_cfg), registry=registry, storage=storage,
-                          run_id=best["run_id"], version=mv.version, metric=metric, mode=mode,
+                          run_id=best["run_id"], version=mv.version, metric=metric, mode=mode, weights=weights,
                           extra={"sweep": {"run_id": run_id, "best_trial": best, "trials": trials, "metric": metric,
                                            "mode": mode}, "config": best_cfg.model_dump(mode="json")})
         result.run_id = run_id

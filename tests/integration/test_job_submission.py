@@ -251,7 +251,10 @@ def test_every_stage_runs_as_a_submitted_job(cluster, platform):
     run = _json_out(logs)
     assert run["state"] == "SUCCEEDED" and run["version"] == 1, run
     assert registry.get_version(MODEL, 1).state.value == "TRAINED"
-    assert (root / "models" / MODEL / "v1" / "model.safetensors").is_file()
+    # a small model's weights go inline in its bundle.json (weights.packed_max_bytes): one file, one read
+    assert (root / "models" / MODEL / "v1" / "bundle.json").is_file()
+    assert registry.get_version(MODEL, 1).extra["weights"]["placement"] == "packed"
+    assert not (root / "models" / MODEL / "v1" / "model.safetensors").exists()
 
     # CLI with --runtime-env-json env vars (the same root, as file:// URI).
     rc, out = cluster.cli_job(["jobs/validate.py", "--config", "configs/validate-clicks.yaml"],
