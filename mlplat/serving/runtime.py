@@ -84,7 +84,7 @@ def load_servable(storage: Storage, name: str, version: int, bundle_sha256: str 
         encoder = FeatureEncoder.from_json(bundle.encoder)
     schema = InputSchema.from_encoder(encoder, input_dim=int(bundle.meta["input_dim"]))
     return ServableModel(name=name, version=version, task=bundle.spec.task, model=bundle.model, encoder=encoder,
-                         schema=schema, weights_sha256=bundle.meta["files"]["model.safetensors"],
+                         schema=schema, weights_sha256=bundle.weights_sha256,
                          numpy_plan=numpy_plan(bundle.model))
 
 
