@@ -1,10 +1,21 @@
 """P6 training benchmark: samples/s through mlplat's Ray Train loop vs a bare torch loop.
 
-Same model (MLP), same rows, same batch size, same device, same optimizer; each side runs
-``epochs`` epochs and the first (warm-up) epoch is not counted. The Ray side is mlplat's own
-``train_loop_per_worker`` fed by Ray Data (``get_dataset_shard``), timed inside the worker
-(``epoch_s``: batches + gradient sync, no checkpoint upload); the bare side is a plain loop over
-pre-built tensors. Startup (Ray, worker group, dataset) is reported as context, not in the ratio.
+Same model (MLP), same rows, same batch size, same device, same optimizer (Adam; fused on CUDA on
+both sides, ``mlplat.training.steps.optimizer_flags``); each side runs ``epochs`` epochs and the
+first (warm-up) epoch is not counted. The Ray side is mlplat's own ``train_loop_per_worker`` fed
+by Ray Data (``get_dataset_shard``), timed inside the worker (``epoch_s``: batches + gradient
+sync + the epoch's one host sync, no checkpoint upload); the bare side is a plain loop whose rows
+sit on the same device as mlplat's (moved there once), permuted once per epoch on the device with
+``torch.randperm`` and sliced into contiguous batches -- what mlplat's loop does with an
+in-memory feature set. Startup (Ray, worker group, dataset) is reported as context, not in the ratio.
+
+2-GPU efficiency (``--gpus 2``): samples/s of the 2-worker fit / (2 x samples/s of the 1-worker
+fit), the same batch size per worker (each worker trains on half the rows). ``--profile`` has
+the largest fit's rank 0 record 40 steps of an extra, untimed first epoch with torch.profiler:
+the Chrome trace and the top-15 table by self device (CPU) time are copied to
+``<out-dir>/profiles/`` and the table is printed. ``--cuda-graphs`` adds a 1-GPU fit with
+``performance.cuda_graphs: true`` (whole step captured; last partial batch dropped) as a row of
+its own against the same bare loop.
 
 The sides interleave at the level of whole runs (a Ray Train fit cannot pause between epochs
 for the bare loop): ``--repeats`` rounds (default 3) of bare loop, 1-worker fit (and, with
@@ -14,6 +25,10 @@ and the rows compare the medians over the rounds (``ray_runs``/``bare_runs`` kee
     python -m bench.training              # CPU, 1 worker (this box)
     python -m bench.training --gpu        # 1 GPU vs a bare loop on that GPU
     python -m bench.training --gpus 2     # + 2 GPUs: scaling efficiency vs 2 x the 1-GPU rate
+    python -m bench.training --gpus 2 --batch-size 1024 --profile --out-dir "$OUT"
+
+Results: ``training.json`` for the CPU default, else ``training-<cpu|gpuN>-<shape tag>.json``
+(``shape_tag``: rows, features, hidden, batch), so each shape keeps its own file.
 """
 
 from __future__ import annotations
@@ -41,28 +56,54 @@ def _make_data(rows: int, features: int, seed: int = 0):
     return x, y
 
 
+def shape_tag(rows: int, features: int, hidden: list[int], batch_size: int) -> str:
+    """The shape part of a result file name.
+
+    >>> shape_tag(100_000, 32, [256, 256], 1024)
+    'r100k-f32-h256x256-b1024'
+    >>> shape_tag(2_000_000, 128, [1024], 16384)
+    'r2m-f128-h1024-b16384'
+    """
+    size = (f"{rows // 1_000_000}m" if rows % 1_000_000 == 0 else f"{rows // 1000}k" if rows % 1000 == 0 else str(rows))
+    return f"r{size}-f{features}-h{'x'.join(map(str, hidden))}-b{batch_size}"
+
+
+def result_name(gpus: int, tag: str, default_cpu: bool) -> str:
+    """``training.json`` (CPU, default shape: what ``make bench`` regenerates) or one file per shape.
+
+    >>> result_name(0, "t", True), result_name(0, "t", False), result_name(2, "t", False)
+    ('training.json', 'training-cpu-t.json', 'training-gpu2-t.json')
+    """
+    if not gpus:
+        return "training.json" if default_cpu else f"training-cpu-{tag}.json"
+    return f"training-gpu{gpus}-{tag}.json"
+
+
 def bare_loop(x, y, *, hidden: list[int], batch_size: int, epochs: int, device: str) -> list[float]:
-    """samples/s of each epoch of a plain torch loop (tensors moved to the device per batch)."""
+    """samples/s of each epoch of a plain torch loop, its rows on ``device`` (moved once), one
+    ``randperm`` per epoch on the device, contiguous batch slices (as mlplat's in-memory loop)."""
     import torch
 
     from mlplat.models import ModelSpec, build_model, loss_fn
+    from mlplat.training.loop import make_optimizer
+    from mlplat.training.steps import optimizer_flags
 
     torch.manual_seed(0)
     spec = ModelSpec(task="binary", hidden=hidden)
     model = build_model(spec, x.shape[1]).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = make_optimizer("adam", model.parameters(), 1e-3, 0.0, 0.0, optimizer_flags("adam", torch.device(device).type, True, False))
     crit = loss_fn("binary")
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype("float32"))
-    if device.startswith("cuda"):
-        xt, yt = xt.pin_memory(), yt.pin_memory()
+    xs, ys = torch.from_numpy(x).to(device), torch.from_numpy(y.astype("float32")).to(device)
+    generator = torch.Generator(device=xs.device)
     rates = []
-    for _ in range(epochs):
+    for epoch in range(epochs):
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         start = time.perf_counter()
+        order = torch.randperm(len(xs), generator=generator.manual_seed(epoch), device=xs.device)
+        xt, yt = xs[order], ys[order]
         for i in range(0, len(xt), batch_size):
-            xb = xt[i:i + batch_size].to(device, non_blocking=True)
-            yb = yt[i:i + batch_size].to(device, non_blocking=True)
+            xb, yb = xt[i:i + batch_size], yt[i:i + batch_size]
             out = model(xb)
             loss = crit(out, yb.reshape(out.shape))
             opt.zero_grad(set_to_none=True)
@@ -75,8 +116,11 @@ def bare_loop(x, y, *, hidden: list[int], batch_size: int, epochs: int, device: 
 
 
 def ray_train(x, y, *, hidden: list[int], batch_size: int, epochs: int, num_workers: int, use_gpu: bool,
-              root: str) -> tuple[list[float], float]:
-    """Per-epoch samples/s measured inside mlplat's training loop, and the wall time of the whole fit."""
+              root: str, performance: dict[str, Any] | None = None,
+              profile_to: str | None = None) -> tuple[list[float], float, dict[str, Any]]:
+    """Per-epoch samples/s measured inside mlplat's training loop (a profiled epoch left out), the
+    wall time of the whole fit, and what the fit left beside (``notes``, ``profile`` files copied
+    under ``profile_to``)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -101,7 +145,8 @@ def ray_train(x, y, *, hidden: list[int], batch_size: int, epochs: int, num_work
     cfg = {"model": "bench", "spec": {"task": "binary", "hidden": hidden}, "feature_set": {"name": name},
            "hyperparameters": {"epochs": epochs, "batch_size": batch_size, "lr": 1e-3,
                                "early_stopping": {"metric": "train_loss"}},
-           "scaling": {"num_workers": num_workers, "use_gpu": use_gpu}, "failure": {"max_failures": 0}}
+           "scaling": {"num_workers": num_workers, "use_gpu": use_gpu}, "failure": {"max_failures": 0},
+           "performance": performance or {}}
     prepared = prepare(cfg, registry=registry, storage=storage)
     run_id = f"bench-{uuid.uuid4().hex[:8]}"
     start = time.perf_counter()
@@ -109,19 +154,56 @@ def ray_train(x, y, *, hidden: list[int], batch_size: int, epochs: int, num_work
     wall = time.perf_counter() - start
     if getattr(result, "error", None) is not None:
         raise result.error
-    history = read_progress(storage, run_id)["history"]
-    return [h["train_rows"] / h["epoch_s"] for h in history], wall
+    progress = read_progress(storage, run_id)
+    profile = progress.get("profile") or {}
+    rates = [h["train_rows"] / h["epoch_s"] for h in progress["history"] if h["epoch"] != profile.get("epoch")]
+    extra: dict[str, Any] = {"notes": progress.get("notes", [])}
+    if profile:
+        extra["profile"] = _copy_profile(storage, run_id, profile, profile_to, f"{num_workers}w-b{batch_size}")
+    return rates, wall, extra
+
+
+def _copy_profile(storage, run_id: str, profile: dict[str, Any], dest: str | None, label: str) -> dict[str, Any]:
+    """Copy the run's trace and table to ``dest`` and print the table."""
+    from pathlib import Path
+
+    from mlplat.training.loop import PROFILE_DIR
+
+    out = {k: v for k, v in profile.items() if k not in ("trace", "table")}
+    if "trace" not in profile or dest is None:
+        return out
+    Path(dest).mkdir(parents=True, exist_ok=True)
+    for name, kind in (("trace-rank0.json", "trace"), ("top-rank0.txt", "table")):
+        target = Path(dest) / f"p6-{label}-{name}"
+        target.write_bytes(storage.read_bytes("runs", run_id, PROFILE_DIR, name))
+        out[kind] = str(target)
+    print(f"\n== step profile (rank 0, {label}) ==\n{Path(out['table']).read_text()}", flush=True)
+    return out
 
 
 def _steady(rates: list[float]) -> float:
     return statistics.median(rates[1:] if len(rates) > 1 else rates)
 
 
+PROFILE_STEPS = 40
+EFFICIENCY = "samples/s on N GPUs / (N x samples/s on 1 GPU), the same batch size per GPU (N-worker DDP, each worker on 1/N of the rows)"
+
+
+def card_name() -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
 def run(gpus: int = 0, rows: int | None = None, epochs: int | None = None, hidden: list[int] | None = None,
-        batch_size: int | None = None, features: int | None = None, repeats: int | None = None) -> list[dict[str, Any]]:
+        batch_size: int | None = None, features: int | None = None, repeats: int | None = None,
+        profile_to: str | None = None, cuda_graphs: bool = False) -> list[dict[str, Any]]:
     """``repeats`` interleaved rounds; each round runs the bare loop, one 1-worker Ray Train fit
-    and (``gpus >= 2``) one ``gpus``-worker fit, each over ``epochs`` epochs. A run's rate is the
-    median of its epochs after the first; a row compares the medians of those over the rounds."""
+    and (``gpus >= 2``) one ``gpus``-worker fit, each over ``epochs`` epochs (and, with
+    ``cuda_graphs``, a 1-worker fit with the step captured). A run's rate is the median of its
+    epochs after the first; a row compares the medians of those over the rounds. ``profile_to``:
+    the first round's largest fit profiles an extra first epoch (left out of its rate) and its
+    trace and table are copied there."""
     import ray
     import torch
 
@@ -134,35 +216,62 @@ def run(gpus: int = 0, rows: int | None = None, epochs: int | None = None, hidde
     device = "cuda" if gpus else "cpu"
     if gpus and not torch.cuda.is_available():
         raise SystemExit("--gpu/--gpus given but torch sees no CUDA device")
+    if gpus > torch.cuda.device_count():
+        raise SystemExit(f"--gpus {gpus}: torch sees {torch.cuda.device_count()} CUDA device(s)")
     if not ray.is_initialized():
         ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False,
                  runtime_env={"env_vars": {"RAY_TRAIN_V2_ENABLED": "1"}})
     torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1) if not gpus else torch.get_num_threads())
     shape = f"MLP {features}-{'-'.join(map(str, hidden))}-1, {rows:,} rows, batch {batch_size}"
-    bare, one, multi, walls, walls_n = [], [], [], [], []
+    card = card_name()
+    bare, one, multi, graphs, walls, walls_n, walls_g = [], [], [], [], [], [], []
+    extras: dict[str, Any] = {}
+    largest = gpus if gpus >= 2 else 1
     with tempfile.TemporaryDirectory(prefix="mlplat-bench-train-") as root:
-        for _ in range(repeats):
+        for round_no in range(repeats):
             bare.append(_steady(bare_loop(x, y, hidden=hidden, batch_size=batch_size, epochs=epochs, device=device)))
-            rates, wall = ray_train(x, y, hidden=hidden, batch_size=batch_size, epochs=epochs, num_workers=1,
-                                    use_gpu=bool(gpus), root=root)
-            one.append(_steady(rates))
-            walls.append(round(wall, 2))
-            if gpus >= 2:
-                rates, wall = ray_train(x, y, hidden=hidden, batch_size=batch_size, epochs=epochs, num_workers=gpus,
-                                        use_gpu=True, root=root)
-                multi.append(_steady(rates))
-                walls_n.append(round(wall, 2))
+            for workers in ([1, gpus] if gpus >= 2 else [1]):
+                profiling = profile_to is not None and round_no == 0 and workers == largest
+                perf = {"profile_steps": PROFILE_STEPS} if profiling else {}
+                rates, wall, extra = ray_train(x, y, hidden=hidden, batch_size=batch_size,
+                                               epochs=epochs + (1 if profiling else 0), num_workers=workers,
+                                               use_gpu=bool(gpus), root=root, performance=perf, profile_to=profile_to)
+                (one if workers == 1 else multi).append(_steady(rates))
+                (walls if workers == 1 else walls_n).append(round(wall, 2))
+                if extra.get("profile"):
+                    extras["profile"] = extra["profile"]
+                if extra.get("notes"):
+                    extras.setdefault("notes", []).extend(extra["notes"])
+            if cuda_graphs:
+                rates, wall, extra = ray_train(x, y, hidden=hidden, batch_size=batch_size, epochs=epochs, num_workers=1,
+                                               use_gpu=bool(gpus), root=root, performance={"cuda_graphs": True})
+                graphs.append(_steady(rates))
+                walls_g.append(round(wall, 2))
+                extras["cuda_graphs_notes"] = extra.get("notes", [])
     where = "1 GPU" if gpus else "CPU, 1 worker"
+    common = {"card": card, "epochs": epochs, "repeats": repeats, "shape_tag": shape_tag(rows, features, hidden, batch_size),
+              "rows": rows, "features": features, "hidden": hidden, "batch_size": batch_size,
+              "baseline_method": "bare loop, rows on the same device, one randperm per epoch on the device, "
+                                 "same optimizer (fused Adam on CUDA)"}
     rows_out = [row("P6", f"Ray Train samples/s ({where}; {shape})", statistics.median(one), "samples/s",
-                    baseline="bare torch loop", baseline_value=statistics.median(bare),
-                    target=">=0.97x (GPU)" if gpus else ">=0.97x on GPU (CPU: context)",
-                    fit_wall_s=walls, epochs=epochs, repeats=repeats, ray_runs=[round(r) for r in one],
-                    bare_runs=[round(r) for r in bare])]
+                    baseline=f"bare torch loop, data on {device}", baseline_value=statistics.median(bare),
+                    target=">=0.95x (GPU, batch 1024)" if gpus else ">=0.95x on GPU (CPU: context)",
+                    fit_wall_s=walls, ray_runs=[round(r) for r in one], bare_runs=[round(r) for r in bare],
+                    notes=extras.get("notes", []), **common)]
     if gpus >= 2:
-        rows_out.append(row("P6", f"Ray Train samples/s ({gpus} GPUs, DDP; scaling efficiency)", statistics.median(multi),
-                            "samples/s", baseline=f"{gpus} x the 1-GPU Ray Train rate",
+        rows_out.append(row("P6", f"Ray Train samples/s ({gpus} GPUs, DDP; scaling efficiency; {shape})",
+                            statistics.median(multi), "samples/s", baseline=f"{gpus} x the 1-GPU Ray Train rate",
                             baseline_value=gpus * statistics.median(one), target=">=0.9", fit_wall_s=walls_n,
-                            epochs=epochs, repeats=repeats, ray_runs=[round(r) for r in multi]))
+                            ray_runs=[round(r) for r in multi], efficiency_definition=EFFICIENCY,
+                            gpus=gpus, **common))
+    if cuda_graphs:
+        rows_out.append(row("P6", f"Ray Train samples/s ({where}, performance.cuda_graphs: true; {shape})",
+                            statistics.median(graphs), "samples/s", baseline=f"bare torch loop, data on {device} (eager)",
+                            baseline_value=statistics.median(bare), target="context (the setting is off by default)",
+                            fit_wall_s=walls_g, ray_runs=[round(r) for r in graphs],
+                            notes=extras.get("cuda_graphs_notes", []), **common))
+    if "profile" in extras:
+        rows_out[1 if gpus >= 2 else 0]["profile"] = extras["profile"]  # the largest fit's rank 0
     return rows_out
 
 
@@ -181,14 +290,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--features", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 3)")
+    parser.add_argument("--profile", action="store_true",
+                        help=f"profile {PROFILE_STEPS} steps of the largest fit's rank 0 (an extra, untimed epoch)")
+    parser.add_argument("--cuda-graphs", action="store_true", help="add a 1-worker fit with performance.cuda_graphs")
+    parser.add_argument("--out-dir", default=None, help="where the JSON (and profiles/) go (default bench/results)")
     args = parser.parse_args(argv)
     gpus = max(args.gpus, 1 if args.gpu else 0)
+    out = Path(args.out_dir) if args.out_dir else Path(__file__).resolve().parent / "results"
+    out.mkdir(parents=True, exist_ok=True)
     rows = stamp(run(gpus=gpus, rows=args.rows, epochs=args.epochs, hidden=args.hidden, batch_size=args.batch_size,
-                     features=args.features, repeats=args.repeats))
-    out = Path(__file__).resolve().parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / ("training.json" if not gpus else f"training-gpu{gpus}.json")).write_text(json.dumps(rows, indent=2) + "\n")
+                     features=args.features, repeats=args.repeats,
+                     profile_to=str(out / "profiles") if args.profile else None, cuda_graphs=args.cuda_graphs))
+    first = rows[0]
+    default_cpu = (not gpus and first["rows"] == DEFAULTS["rows"] and first["features"] == DEFAULTS["features"]
+                   and first["hidden"] == DEFAULTS["hidden"] and first["batch_size"] == DEFAULTS["batch_size"])
+    target = out / result_name(gpus, first["shape_tag"], default_cpu)
+    target.write_text(json.dumps(rows, indent=2) + "\n")
     print(table(rows))
+    print(f"wrote {target}")
     return 0
 
 

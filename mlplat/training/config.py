@@ -27,6 +27,7 @@ __all__ = [
     "ScalingSpec",
     "FailureSpec",
     "CheckpointSpec",
+    "PerformanceSpec",
     "SearchSpec",
     "TrainingConfig",
     "load_training_config",
@@ -92,6 +93,41 @@ class CheckpointSpec(StrictModel):
     keep: int = Field(2, ge=1)
 
 
+class PerformanceSpec(StrictModel):
+    """How each training step runs on its device. Only ``cuda_graphs`` changes what is trained
+    (it drops each epoch's last partial batch), so only it enters :func:`config_hash`.
+
+    - ``ddp_bucket_cap_mb``: DDP's gradient bucket size in MiB (None: DDP's default, 25). Smaller
+      buckets start the all-reduce earlier in the backward pass (more overlap, more calls).
+    - ``ddp_static_graph``: tell DDP every step uses the same parameters (it then skips its
+      per-step search for unused ones). None: on for the zoo's models, off for ``custom``.
+    - ``fused_optimizer``: on CUDA, Adam/AdamW/SGD run their fused kernel (one launch per step
+      instead of a few per parameter tensor); no effect on CPU.
+    - ``cuda_graphs``: on CUDA with one worker, the whole step (forward, backward, optimizer) is
+      captured once as a CUDA graph and replayed per batch: no Python or launch cost per kernel.
+      Batches must have one shape, so each epoch drops its last partial batch (its rows come
+      back shuffled into later epochs). With more than one worker (DDP) or on CPU the step runs
+      eagerly and the run's progress notes say so.
+    - ``grad_sync``: how workers average gradients. ``ddp``: PyTorch DDP (buckets all-reduced
+      during the backward pass). ``flat``: every gradient is a view into one flat buffer, all-
+      reduced once after the backward pass (one NCCL call and one scale per step; DDP's per-step
+      Python and hook cost is most of a small model's step). ``auto``: ``flat`` when the
+      parameters fit in one DDP bucket (``ddp_bucket_cap_mb``, 25 MiB by default: DDP would not
+      overlap them with the backward pass either), share one dtype and the model has no buffers
+      (DDP would broadcast those every step); else ``ddp``.
+    - ``profile_steps``: rank 0 records that many steps of its first epoch with
+      ``torch.profiler`` and writes a Chrome trace and a top-kernels table under
+      ``runs/<run-id>/profile/`` (0: off). The profiled epoch runs slower; its ``epoch_s`` says so.
+    """
+
+    ddp_bucket_cap_mb: float | None = Field(None, gt=0)
+    ddp_static_graph: bool | None = None
+    fused_optimizer: bool = True
+    cuda_graphs: bool = False
+    profile_steps: int = Field(0, ge=0, le=10_000)
+    grad_sync: Literal["auto", "ddp", "flat"] = "auto"
+
+
 class SearchSpec(StrictModel):
     """A Tune sweep. ``space`` maps dotted config keys to a distribution, e.g.
     ``hyperparameters.lr: {loguniform: [1.0e-4, 1.0e-1]}`` or ``hyperparameters.batch_size: {choice: [16, 32]}``.
@@ -140,6 +176,7 @@ class TrainingConfig(StrictModel):
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
     failure: FailureSpec = Field(default_factory=FailureSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    performance: PerformanceSpec = Field(default_factory=PerformanceSpec)
     search: SearchSpec | None = None
 
     @model_validator(mode="after")
@@ -174,8 +211,12 @@ def parse_training_config(data: TrainingConfig | Mapping[str, Any], source: str 
 
 def config_hash(config: TrainingConfig) -> str:
     """sha256 of the recipe: canonical JSON of the config without ``search`` and ``description``
-    (code is identified by ``code_version``, recorded separately)."""
-    data = config.model_dump(mode="json", exclude={"search", "description", "code_version"})
+    (code is identified by ``code_version``, recorded separately). Of ``performance`` only
+    ``cuda_graphs: true`` counts (it drops partial batches); the rest changes speed, not the recipe,
+    so configs written before the section existed keep their hash."""
+    data = config.model_dump(mode="json", exclude={"search", "description", "code_version", "performance"})
+    if config.performance.cuda_graphs:
+        data["performance"] = {"cuda_graphs": True}
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 

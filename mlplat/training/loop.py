@@ -7,7 +7,8 @@ On start it resumes from the newest checkpoint that verifies, falling back to ol
 
 :func:`train_loop_per_worker` is a sequence of named steps: ``_worker`` (config, rank) ->
 ``_build`` -> ``_restore_state`` -> ``_prepare_model`` (DDP) -> ``_shards``, then per epoch
-``_run_epoch`` -> ``_reduce_metrics`` -> ``_check_finite`` -> ``_epoch_state`` (early stopping)
+``_run_epoch`` (eager steps, or one CUDA graph replay per step with ``performance.cuda_graphs``;
+``performance.profile_steps`` records rank 0's first steps) -> ``_reduce_metrics`` -> ``_check_finite`` -> ``_epoch_state`` (early stopping)
 -> ``_save_checkpoint`` (the report every worker makes) -> ``_write_progress``.
 """
 
@@ -26,10 +27,22 @@ from mlplat.training.checkpoints import CheckpointState, latest_valid_checkpoint
 from mlplat.training.config import HyperParams, TrainingConfig
 from mlplat.training.inputs import TRAIN, VALIDATION
 from mlplat.training.policy import best_index, should_stop_early
+from mlplat.training.steps import (
+    EagerStep,
+    FlatGradSync,
+    GraphStep,
+    StepProfiler,
+    ddp_kwargs,
+    grad_sync_mode,
+    graph_mode,
+    optimizer_flags,
+    targets,
+)
 
-__all__ = ["train_loop_per_worker", "make_optimizer", "progress_path", "PROGRESS_FILE"]
+__all__ = ["train_loop_per_worker", "make_optimizer", "progress_path", "PROGRESS_FILE", "ShardBatches", "PROFILE_DIR"]
 
 PROGRESS_FILE = "progress.json"
+PROFILE_DIR = "profile"  # runs/<run-id>/profile/: rank 0's trace and top-kernels table (profile_steps)
 
 
 class ShardBatches:
@@ -40,9 +53,10 @@ class ShardBatches:
     iterator or host-to-device copy, so a GPU runs at the speed of a bare loop. Otherwise the
     shard streams through ``iter_torch_batches`` every epoch."""
 
-    def __init__(self, shard: Any, device: Any, batch_size: int, in_memory: bool, seed: int, shuffle: bool):
+    def __init__(self, shard: Any, device: Any, batch_size: int, in_memory: bool, seed: int, shuffle: bool,
+                 drop_last: bool = False):
         self._shard, self._device, self._batch_size = shard, device, batch_size
-        self._seed, self._shuffle = seed, shuffle
+        self._seed, self._shuffle, self._drop_last = seed, shuffle, drop_last
         self._tensors: tuple[Any, Any] | None = None
         if in_memory:
             import torch
@@ -58,7 +72,8 @@ class ShardBatches:
         import torch
 
         if self._tensors is None:
-            for batch in self._shard.iter_torch_batches(batch_size=self._batch_size, device=self._device):
+            for batch in self._shard.iter_torch_batches(batch_size=self._batch_size, device=self._device,
+                                                        drop_last=self._drop_last):
                 yield batch["x"], batch["y"]
             return
         x, y = self._tensors
@@ -69,7 +84,8 @@ class ShardBatches:
             generator = torch.Generator(device=x.device).manual_seed(self._seed + epoch)
             order = torch.randperm(len(x), generator=generator, device=x.device)
             x, y = x[order], y[order]
-        for start in range(0, len(x), self._batch_size):
+        end = len(x) - len(x) % self._batch_size if self._drop_last else len(x)
+        for start in range(0, end, self._batch_size):
             yield x[start:start + self._batch_size], y[start:start + self._batch_size]
 
 
@@ -77,14 +93,16 @@ def progress_path(run_id: str) -> tuple[str, str, str]:
     return ("runs", run_id, PROGRESS_FILE)
 
 
-def make_optimizer(name: str, params: Any, lr: float, weight_decay: float, momentum: float) -> Any:
+def make_optimizer(name: str, params: Any, lr: float, weight_decay: float, momentum: float,
+                   flags: dict[str, Any] | None = None) -> Any:
     import torch
 
+    flags = flags or {}
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **flags)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **flags)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **flags)
 
 
 def _restore(rejected: list[dict[str, str]], storage: Storage | None, run_id: str) -> CheckpointState | None:
@@ -138,6 +156,8 @@ class _Progress:
     resumes: list[dict[str, Any]] = field(default_factory=list)
     start_epoch: int = 0
     best_state: dict[str, Any] | None = None  # the best epoch's weights (rank 0 writes them)
+    notes: list[str] = field(default_factory=list)  # how the steps ran (e.g. cuda_graphs fell back to eager)
+    profile: dict[str, Any] | None = None  # where rank 0's step profile went (profile_steps)
 
 
 def _worker(loop_config: dict[str, Any]) -> _Worker:
@@ -156,15 +176,20 @@ def _worker(loop_config: dict[str, Any]) -> _Worker:
 
 
 def _build(w: _Worker) -> tuple[Any, Any, Any]:
-    """Seeded model, optimizer and loss function (the model still on the host, not yet wrapped)."""
+    """Seeded model, optimizer and loss function (the model already on this worker's device, so
+    the optimizer's fused/capturable state lives there; not yet wrapped in DDP)."""
     import numpy as np
+    import ray.train.torch
     import torch
 
     hp = w.hp
     torch.manual_seed(hp.seed)
     np.random.seed(hp.seed + w.rank)
-    model = build_model(w.cfg.spec, w.input_dim)
-    optimizer = make_optimizer(hp.optimizer, model.parameters(), hp.lr, hp.weight_decay, hp.momentum)
+    device = ray.train.torch.get_device()
+    model = build_model(w.cfg.spec, w.input_dim).to(device)
+    graphs, _ = graph_mode(w.cfg.performance, device.type, w.world)
+    flags = optimizer_flags(hp.optimizer, device.type, w.cfg.performance.fused_optimizer, graphs)
+    optimizer = make_optimizer(hp.optimizer, model.parameters(), hp.lr, hp.weight_decay, hp.momentum, flags)
     return model, optimizer, loss_fn(w.cfg.spec.task)
 
 
@@ -190,24 +215,31 @@ def _restore_state(w: _Worker, model: Any, optimizer: Any) -> _Progress:
     return progress
 
 
-def _prepare_model(w: _Worker, model: Any) -> tuple[Any, Any]:
-    """Move the model to this worker's device and wrap it in DDP when world > 1; returns (model, device)."""
+def _prepare_model(w: _Worker, model: Any) -> tuple[Any, Any, FlatGradSync | None, str]:
+    """Move the model to this worker's device and, when world > 1, wrap it in DDP or give it a
+    :class:`FlatGradSync` (:func:`grad_sync_mode`); returns (model, device, sync, mode)."""
     import ray.train.torch
 
-    # DDP (world > 1): gradients live in the all-reduce buckets (one copy less per step); the zoo's
-    # models use the same parameters every step, so DDP may also skip its per-step graph search.
-    ddp_kwargs = {"gradient_as_bucket_view": True, **({"static_graph": True} if w.cfg.spec.architecture != "custom" else {})}
-    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=ddp_kwargs)
-    return model, ray.train.torch.get_device()
+    params = [p for p in model.parameters() if p.requires_grad]
+    mode = grad_sync_mode(w.cfg.performance, w.world if w.distributed else 1,
+                          sum(p.numel() * p.element_size() for p in params), len({p.dtype for p in params}),
+                          sum(1 for _ in model.buffers()))
+    if mode == "ddp":
+        kwargs = ddp_kwargs(w.cfg.performance, w.cfg.spec.architecture)
+        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=kwargs), ray.train.torch.get_device(), None, mode
+    model = ray.train.torch.prepare_model(model, parallel_strategy=None)
+    return model, ray.train.torch.get_device(), FlatGradSync(model, w.world) if mode == "flat" else None, mode
 
 
-def _shards(w: _Worker, device: Any) -> tuple[ShardBatches, ShardBatches | None]:
-    """This worker's training batches and validation batches (None without a validation split)."""
+def _shards(w: _Worker, device: Any, drop_last: bool = False) -> tuple[ShardBatches, ShardBatches | None]:
+    """This worker's training batches (``drop_last``: whole batches only, for a CUDA graph) and
+    validation batches (None without a validation split)."""
     import ray.train
 
     hp = w.hp
     seed = hp.seed + 1000 * w.rank
-    train_batches = ShardBatches(ray.train.get_dataset_shard(TRAIN), device, hp.batch_size, w.in_memory, seed, shuffle=True)
+    train_batches = ShardBatches(ray.train.get_dataset_shard(TRAIN), device, hp.batch_size, w.in_memory, seed, shuffle=True,
+                                 drop_last=drop_last)
     try:
         val_batches = ShardBatches(ray.train.get_dataset_shard(VALIDATION), device, max(hp.batch_size, 1024), w.in_memory,
                                    seed, shuffle=False)
@@ -216,14 +248,27 @@ def _shards(w: _Worker, device: Any) -> tuple[ShardBatches, ShardBatches | None]
     return train_batches, val_batches
 
 
-def _targets(y: Any, out: Any, task: str) -> Any:
-    return y if task == "multiclass" else y.reshape(out.shape)
+#: Steps whose loss tensors are kept before one stack-and-sum folds them into the epoch's sum.
+LOSS_FOLD_STEPS = 256
 
 
-def _run_epoch(model: Any, optimizer: Any, criterion: Any, train_batches: ShardBatches,
-               val_batches: ShardBatches | None, task: str, device: Any, epoch: int) -> Any:
-    """Train one epoch on this worker's shard, then evaluate; returns this worker's sums, on the
-    device: ``[train loss sum, train rows, val loss sum, val rows, correct]``."""
+def _fold(total: Any, losses: list[Any], sizes: list[int]) -> None:
+    """Add ``sum(loss_i * size_i)`` to ``total`` (on the device) and empty both lists."""
+    import torch
+
+    if losses:
+        weights = torch.tensor(sizes, dtype=torch.float64).to(total.device, non_blocking=True)
+        total.add_((torch.stack(losses).to(torch.float64) * weights).sum())
+        losses.clear()
+        sizes.clear()
+
+
+def _run_epoch(step: Any, model: Any, criterion: Any, train_batches: ShardBatches,
+               val_batches: ShardBatches | None, task: str, device: Any, epoch: int,
+               profiler: StepProfiler | None = None) -> Any:
+    """Train one epoch on this worker's shard (``step``: an :class:`EagerStep` or a
+    :class:`GraphStep`), then evaluate; returns this worker's sums, on the device:
+    ``[train loss sum, train rows, val loss sum, val rows, correct]``."""
     import torch
 
     model.train()
@@ -234,21 +279,28 @@ def _run_epoch(model: Any, optimizer: Any, criterion: Any, train_batches: ShardB
     val_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.float64, device=device)
     train_n = val_n = 0
+    # The step's loss tensors are kept and summed every LOSS_FOLD_STEPS steps: no kernel of ours
+    # between two steps (on a small model a step is ~60 launches; one more is ~2% of it).
+    losses: list[Any] = []
+    sizes: list[int] = []
     for x, y in train_batches.epoch(epoch):
-        out = model(x)
-        loss = criterion(out, _targets(y, out, task))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        train_sum.add_(loss.detach(), alpha=len(x))
+        losses.append(step(x, y))
+        sizes.append(len(x))
         train_n += len(x)
+        if len(losses) >= LOSS_FOLD_STEPS:
+            _fold(train_sum, losses, sizes)
+        if profiler is not None:
+            profiler.step()
+    _fold(train_sum, losses, sizes)
+    if profiler is not None:
+        profiler.finish()
     if val_batches is not None:
         net = _unwrap(model)
         net.eval()
         with torch.no_grad():
             for x, y in val_batches.epoch(None):
                 out = net(x)
-                val_sum.add_(criterion(out, _targets(y, out, task)), alpha=len(x))
+                val_sum.add_(criterion(out, targets(y, out, task)), alpha=len(x))
                 val_n += len(x)
                 if task == "binary":
                     correct += ((out.reshape(-1) > 0).long() == y.long()).sum()
@@ -311,9 +363,12 @@ def _write_progress(w: _Worker, progress: _Progress, status: str, **fields: Any)
         return
     history = progress.history
     try:
+        extra = {**({"notes": progress.notes} if progress.notes else {}),
+                 **({"profile": progress.profile} if progress.profile else {})}
         w.storage.write_json({"run_id": w.run_id, "status": status, "epoch": history[-1]["epoch"] if history else None,
                               "epochs": w.hp.epochs, "history": history, "resumes": progress.resumes,
-                              "updated_at": time.time(), "rank0_pid": os.getpid(), **fields}, *progress_path(w.run_id))
+                              "updated_at": time.time(), "rank0_pid": os.getpid(), **extra, **fields},
+                             *progress_path(w.run_id))
     except Exception:  # progress is advisory; never fail training on it
         pass
 
@@ -341,18 +396,63 @@ def _epoch_state(w: _Worker, progress: _Progress, epoch: int) -> dict[str, Any]:
             "run_id": w.run_id, "stopped_early": should_stop_early(values, w.mode, es.patience, es.min_delta)}
 
 
+def _step_runner(w: _Worker, model: Any, optimizer: Any, criterion: Any, device: Any,
+                 progress: _Progress, sync: FlatGradSync | None) -> EagerStep | GraphStep:
+    graphs, note = graph_mode(w.cfg.performance, device.type, w.world)
+    if note:
+        progress.notes.append(note)
+    if graphs:
+        return GraphStep(model, optimizer, criterion, w.cfg.spec.task)
+    return EagerStep(model, optimizer, criterion, w.cfg.spec.task, sync)
+
+
+def _profiler_for(w: _Worker, device: Any, epoch: int, progress: _Progress) -> StepProfiler | None:
+    """Rank 0's profiler for the first epoch this run trains (``performance.profile_steps``)."""
+    steps = w.cfg.performance.profile_steps
+    if not steps or w.rank != 0 or epoch != progress.start_epoch or progress.profile is not None:
+        return None
+    return StepProfiler(steps, device.type)
+
+
+def _save_profile(w: _Worker, profiler: StepProfiler | None, epoch: int, progress: _Progress) -> None:
+    """Write rank 0's trace and table under ``runs/<run-id>/profile/`` (advisory, as progress)."""
+    if profiler is None or w.storage is None:
+        return
+    where: dict[str, Any] = {"epoch": epoch, "steps": profiler.recorded}
+    try:
+        if profiler.trace is not None and profiler.table is not None:
+            parts = ("runs", w.run_id, PROFILE_DIR)
+            w.storage.write_bytes(profiler.trace, *parts, f"trace-rank{w.rank}.json")
+            w.storage.write_bytes(profiler.table.encode(), *parts, f"top-rank{w.rank}.txt")
+            where.update(trace=w.storage.uri_of(*parts, f"trace-rank{w.rank}.json"),
+                         table=w.storage.uri_of(*parts, f"top-rank{w.rank}.txt"))
+            print(f"[mlplat] step profile of rank {w.rank}, epoch {epoch}:\n{profiler.table}", flush=True)
+        else:
+            where["error"] = profiler.error or f"the epoch had {profiler.seen} steps: too few to record after the warm-up"
+    except Exception as exc:  # a profile is advisory; never fail training on it
+        where["error"] = f"{type(exc).__name__}: {exc}"
+    progress.profile = where
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     w = _worker(loop_config)
     model, optimizer, criterion = _build(w)
     progress = _restore_state(w, model, optimizer)
-    model, device = _prepare_model(w, model)
-    train_batches, val_batches = _shards(w, device)
+    model, device, sync, sync_mode = _prepare_model(w, model)
+    if sync_mode != "none":
+        progress.notes.append(f"gradients averaged over {w.world} workers by {sync_mode} (performance.grad_sync)")
+    step = _step_runner(w, model, optimizer, criterion, device, progress, sync)
+    train_batches, val_batches = _shards(w, device, drop_last=isinstance(step, GraphStep))
 
     _write_progress(w, progress, "running")
     for epoch in range(progress.start_epoch, w.hp.epochs):
+        profiler = _profiler_for(w, device, epoch, progress)
         started = time.perf_counter()
-        sums = _run_epoch(model, optimizer, criterion, train_batches, val_batches, w.cfg.spec.task, device, epoch)
+        sums = _run_epoch(step, model, criterion, train_batches, val_batches, w.cfg.spec.task, device, epoch, profiler)
         metrics = _reduce_metrics(w, sums, epoch, started)
+        _save_profile(w, profiler, epoch, progress)
+        if isinstance(step, GraphStep) and step.note and step.note not in progress.notes:
+            progress.notes.append(step.note)
         finite = _check_finite(metrics)
         metrics.setdefault(w.metric, metrics["train_loss"])  # no validation rows: track the training loss
         progress.history.append(metrics)

@@ -1,0 +1,284 @@
+"""The logic of the GPU code paths (issue 18), on CPU: training step settings, CUDA-graph step
+fallback, the step profiler, the inference services' options, serving's ``device: cuda`` policy
+and the device move of a servable model. CI has no GPU; these run everywhere without Ray."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+
+from mlplat.errors import ConfigError
+from mlplat.training import config_hash, parse_training_config
+from mlplat.training.config import PerformanceSpec
+from mlplat.training.loop import ShardBatches, make_optimizer
+from mlplat.training.steps import (
+    GRAPH_WARMUP_STEPS,
+    PROFILE_WARMUP_STEPS,
+    EagerStep,
+    GraphStep,
+    StepProfiler,
+    ddp_kwargs,
+    graph_mode,
+    optimizer_flags,
+)
+
+BASE = {"model": "m", "spec": {"task": "binary", "hidden": [8]}, "feature_set": {"name": "fs"}}
+
+
+# -- training settings ------------------------------------------------------------------------
+
+def test_performance_defaults_and_hash():
+    cfg = parse_training_config(BASE)
+    assert cfg.performance == PerformanceSpec()
+    assert not cfg.performance.cuda_graphs and cfg.performance.fused_optimizer
+    speed_only = parse_training_config({**BASE, "performance": {"ddp_bucket_cap_mb": 4, "profile_steps": 10}})
+    assert config_hash(speed_only) == config_hash(cfg)  # speed settings are not the recipe
+    graphs = parse_training_config({**BASE, "performance": {"cuda_graphs": True}})
+    assert config_hash(graphs) != config_hash(cfg)  # dropping partial batches changes what is trained
+
+
+def test_performance_rejects_unknown_and_bad_values():
+    with pytest.raises(ConfigError, match="performance"):
+        parse_training_config({**BASE, "performance": {"cuda_graph": True}})
+    with pytest.raises(ConfigError, match="ddp_bucket_cap_mb"):
+        parse_training_config({**BASE, "performance": {"ddp_bucket_cap_mb": 0}})
+
+
+def test_optimizer_flags_by_device():
+    assert optimizer_flags("adam", "cpu", True, True) == {}
+    assert optimizer_flags("adam", "cuda", True, False) == {"fused": True}
+    assert optimizer_flags("sgd", "cuda", False, False) == {}
+    assert optimizer_flags("adamw", "cuda", True, True) == {"capturable": True, "foreach": True}
+    model = torch.nn.Linear(3, 1)
+    # the flags a CPU run gets build the same optimizer as before
+    opt = make_optimizer("adam", model.parameters(), 1e-3, 0.0, 0.0, optimizer_flags("adam", "cpu", True, False))
+    assert isinstance(opt, torch.optim.Adam) and not opt.defaults.get("fused")
+
+
+def test_graph_mode_only_on_cuda_with_one_worker():
+    on = PerformanceSpec(cuda_graphs=True)
+    assert graph_mode(on, "cuda", 1) == (True, None)
+    assert graph_mode(on, "cpu", 1)[0] is False and "cpu" in graph_mode(on, "cpu", 1)[1]
+    assert graph_mode(on, "cuda", 2)[0] is False and "2 workers" in graph_mode(on, "cuda", 2)[1]
+    assert graph_mode(PerformanceSpec(), "cuda", 1) == (False, None)
+
+
+def test_ddp_kwargs():
+    assert ddp_kwargs(PerformanceSpec(), "mlp") == {"gradient_as_bucket_view": True, "static_graph": True}
+    assert ddp_kwargs(PerformanceSpec(), "custom") == {"gradient_as_bucket_view": True}
+    assert ddp_kwargs(PerformanceSpec(ddp_bucket_cap_mb=2.5, ddp_static_graph=True), "custom") == {
+        "gradient_as_bucket_view": True, "bucket_cap_mb": 2.5, "static_graph": True}
+
+
+class _Shard:
+    def __init__(self, n: int):
+        self.x = torch.arange(n, dtype=torch.float32).reshape(n, 1)
+        self.y = torch.arange(n, dtype=torch.float32)
+
+    def iter_torch_batches(self, batch_size: int, device=None, drop_last: bool = False):
+        end = len(self.x) - len(self.x) % batch_size if drop_last else len(self.x)
+        for lo in range(0, end, batch_size):
+            yield {"x": self.x[lo:lo + batch_size], "y": self.y[lo:lo + batch_size]}
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_shard_batches_drop_last_keeps_one_shape(in_memory):
+    batches = ShardBatches(_Shard(10), "cpu", 4, in_memory, seed=0, shuffle=True, drop_last=True)
+    sizes = [len(x) for x, _ in batches.epoch(0)]
+    assert sizes == [4, 4]
+    full = ShardBatches(_Shard(10), "cpu", 4, in_memory, seed=0, shuffle=True)
+    assert [len(x) for x, _ in full.epoch(0)] == [4, 4, 2]
+    if in_memory:  # rows and labels stay paired through the device permutation
+        for x, y in full.epoch(3):
+            assert torch.equal(x.reshape(-1), y)
+
+
+def _model_and_step(seed: int = 0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    return model, opt, torch.nn.BCEWithLogitsLoss()
+
+
+def test_eager_step_is_the_plain_step():
+    x, y = torch.randn(8, 3), (torch.rand(8) > 0.5).float()
+    a, opt_a, crit = _model_and_step()
+    b, opt_b, _ = _model_and_step()
+    loss = EagerStep(a, opt_a, crit, "binary")(x, y)
+    out = b(x)
+    expected = crit(out, y.reshape(out.shape))
+    opt_b.zero_grad()
+    expected.backward()
+    opt_b.step()
+    assert torch.allclose(loss, expected.detach())
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.allclose(pa, pb)
+
+
+class _FakeStream:
+    def wait_stream(self, other):
+        pass
+
+
+def _fake_cuda(monkeypatch, graph_raises: bool):
+    monkeypatch.setattr(torch.cuda, "Stream", lambda *a, **k: _FakeStream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: _FakeStream())
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: object())
+
+    @contextlib.contextmanager
+    def graph(g, *a, **k):
+        if graph_raises:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        yield
+
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+
+
+def test_graph_step_warms_up_then_falls_back_to_eager_when_capture_fails(monkeypatch):
+    _fake_cuda(monkeypatch, graph_raises=True)
+    model, opt, crit = _model_and_step()
+    ref_model, ref_opt, _ = _model_and_step()
+    step, ref = GraphStep(model, opt, crit, "binary"), EagerStep(ref_model, ref_opt, crit, "binary")
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(GRAPH_WARMUP_STEPS + 3):
+        x, y = torch.randn(8, 3, generator=gen), (torch.rand(8, generator=gen) > 0.5).float()
+        assert torch.allclose(step(x, y), ref(x, y))
+    assert step.failed and "capture failed" in step.note
+    for pa, pb in zip(model.parameters(), ref_model.parameters(), strict=True):
+        assert torch.allclose(pa, pb)  # every batch was stepped exactly once
+
+
+def test_step_profiler_on_cpu():
+    prof = StepProfiler(steps=5, device_type="cpu")
+    model, opt, crit = _model_and_step()
+    step = EagerStep(model, opt, crit, "binary")
+    for _ in range(PROFILE_WARMUP_STEPS + 8):
+        step(torch.randn(4, 3), torch.ones(4))
+        prof.step()
+    prof.finish()
+    assert prof.recorded == 5 and prof.trace and prof.trace.lstrip().startswith(b"{")
+    assert "self_cpu_time_total" in prof.table and "aten::" in prof.table
+
+
+def test_step_profiler_short_epoch_keeps_what_it_has():
+    prof = StepProfiler(steps=50, device_type="cpu")
+    model, opt, crit = _model_and_step()
+    step = EagerStep(model, opt, crit, "binary")
+    for _ in range(PROFILE_WARMUP_STEPS + 2):
+        step(torch.randn(4, 3), torch.ones(4))
+        prof.step()
+    prof.finish()
+    assert prof.recorded == 2 and prof.table
+    too_short = StepProfiler(steps=5, device_type="cpu")
+    too_short.step()
+    too_short.finish()
+    assert too_short.trace is None
+
+
+# -- inference services -----------------------------------------------------------------------
+
+def test_service_options_and_routing():
+    from mlplat.validation.gpu_service import pick_service, service_names, service_options
+
+    opts = service_options("mlplat-inference-cuda-0", "cuda", gpus_per_service=1.0)
+    assert opts["lifetime"] == "detached" and opts["get_if_exists"] and opts["max_restarts"] == 0
+    assert (opts["num_gpus"], opts["num_cpus"]) == (1.0, 1)
+    assert (service_options("x", "cpu")["num_gpus"], service_options("x", "cpu")["num_cpus"]) == (0, 0)
+    assert service_names("cuda", 2) == ["mlplat-inference-cuda-0", "mlplat-inference-cuda-1"]
+    assert {pick_service(k, 3) for k in range(30)} == {0, 1, 2}
+    assert pick_service(7, 0) == 0
+
+
+def test_service_predicts_through_the_device_path_on_cpu(tmp_path):
+    from mlplat.models import ModelSpec, build_model, predict_outputs, save_bundle
+    from mlplat.storage import open_root
+    from mlplat.validation.gpu_service import InferenceService
+    from mlplat.validation.inference import BundleRef
+
+    storage = open_root(str(tmp_path))
+    torch.manual_seed(0)
+    spec = ModelSpec(task="binary", hidden=[8])
+    model = build_model(spec, 3).eval()
+    ref = save_bundle(storage, "m", 1, model, spec=spec, input_columns=["a", "b", "c"], label_columns=[])
+    service = InferenceService("cpu", idle_release_s=0)
+    x = np.random.default_rng(0).normal(size=(70_000, 3)).astype(np.float32)  # > one device batch
+    [got] = service.predict(storage, [BundleRef("m", 1, ref.sha256, "pred")], [x])
+    with torch.inference_mode():
+        expected = predict_outputs("binary", model(torch.from_numpy(x))).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert service.stats()["calls"] == 1 and service.stats()["device"] == "cpu"
+
+
+# -- serving: device: cuda --------------------------------------------------------------------
+
+def test_dedicated_device_policy():
+    from mlplat.serving.scaling import DevicePlacement, dedicated_device
+
+    assert dedicated_device(None) == DevicePlacement("cpu", 0.0)
+    assert dedicated_device({"device": "cuda"}) == DevicePlacement("cuda", 1.0)
+    assert dedicated_device({"device": "cuda", "gpus_per_replica": 0.25}).gpus_per_replica == 0.25
+    assert dedicated_device({"device": "cuda", "gpus_per_replica": 2}).gpus_per_replica == 2.0
+    for bad in ({"device": "gpu"}, {"device": "cuda", "gpus_per_replica": 0}, {"device": "cuda", "gpus_per_replica": 1.5},
+                {"device": "cuda", "gpus_per_replica": "1"}, {"device": "cpu", "gpus_per_replica": 1}):
+        with pytest.raises(ConfigError, match="model 'hot': serving_policy"):
+            dedicated_device(bad, model="hot")
+
+
+def test_dedicated_actor_options_refuse_cuda_without_gpus():
+    from mlplat.serving.scaling import dedicated_actor_options
+
+    assert dedicated_actor_options(0.5, {"device": "cuda", "gpus_per_replica": 0.5}, cluster_gpus=1) == {
+        "num_cpus": 0.5, "num_gpus": 0.5}
+    assert dedicated_actor_options(1.0, {"placement": "dedicated"}, cluster_gpus=0) == {"num_cpus": 1.0}
+    with pytest.raises(ConfigError, match="has no GPU .* set the model's serving_policy.device to 'cpu'"):
+        dedicated_actor_options(0.5, {"device": "cuda"}, cluster_gpus=0, model="hot")
+    with pytest.raises(ConfigError, match="gpus_per_replica is 2 but the Ray cluster has 1 GPU"):
+        dedicated_actor_options(0.5, {"device": "cuda", "gpus_per_replica": 2}, cluster_gpus=1)
+
+
+def test_build_app_gives_cuda_replicas_their_gpus(monkeypatch):
+    from mlplat.config import PlatformConfig
+    from mlplat.serving import app
+
+    monkeypatch.setattr(app, "cluster_gpus", lambda: 2.0)
+    built = app.build_app(PlatformConfig(), "registry", {"hot": {"placement": "dedicated", "device": "cuda",
+                                                                  "gpus_per_replica": 0.5},
+                                                          "cold": {"placement": "dedicated"}})
+    dedicated = built._bound_deployment.init_args[3]  # noqa: SLF001 - Ingress(config, registry_actor, pool, dedicated)
+    hot, cold = dedicated["hot"]._bound_deployment, dedicated["cold"]._bound_deployment  # noqa: SLF001
+    assert hot.ray_actor_options["num_gpus"] == 0.5 and hot.init_kwargs == {"device": "cuda"}
+    assert "num_gpus" not in cold.ray_actor_options and cold.init_kwargs == {"device": "cpu"}
+
+
+def test_build_app_refuses_cuda_on_a_cluster_without_gpus(monkeypatch):
+    from mlplat.config import PlatformConfig
+    from mlplat.serving import app
+
+    monkeypatch.setattr(app, "cluster_gpus", lambda: 0.0)
+    with pytest.raises(ConfigError, match="model 'hot': serving_policy.device is 'cuda' but the Ray cluster has no GPU"):
+        app.build_app(PlatformConfig(), "registry", {"hot": {"placement": "dedicated", "device": "cuda"}})
+
+
+def test_servable_device_path_with_cpu(tmp_path):
+    from mlplat.models import ModelSpec, build_model, predict_outputs, save_bundle
+    from mlplat.serving.runtime import NUMPY_MAX_ROWS, load_servable
+    from mlplat.storage import open_root
+
+    storage = open_root(str(tmp_path))
+    torch.manual_seed(0)
+    spec = ModelSpec(task="binary", hidden=[16])
+    model = build_model(spec, 4).eval()
+    ref = save_bundle(storage, "m", 1, model, spec=spec, input_columns=["a", "b", "c", "d"], label_columns=[])
+    servable = load_servable(storage, "m", 1, ref.sha256, device="cpu")
+    assert servable.device == "cpu" and servable.numpy_plan is not None
+    x = np.random.default_rng(0).normal(size=(NUMPY_MAX_ROWS + 5, 4)).astype(np.float32)  # the torch path
+    with torch.inference_mode():
+        expected = predict_outputs("binary", model(torch.from_numpy(x))).numpy()
+    np.testing.assert_allclose(servable.predict_matrix(x), expected, rtol=1e-5, atol=1e-6)
+    servable.numpy_plan = None  # as on cuda: every request through torch on the device
+    np.testing.assert_allclose(servable.predict_matrix(x[:3]), expected[:3], rtol=1e-5, atol=1e-6)
