@@ -46,6 +46,10 @@ OTHER_ENV_VARS: dict[str, str] = {
     "MLPLAT_VERBOSE": "`1` (or true, yes, on): as the CLI's `--verbose`: the CLI and `make demo` show Ray's own logs "
                       "(INFO lines, worker output, Ray Data progress bars).",
     "MLPLAT_TRAIN_DEBUG": "Any value: training workers print a line when they finish.",
+    "MLPLAT_INFERENCE_IDLE_S": "GPU batch inference (validation, `mlplat score`): a per-GPU inference service "
+                               "exits after this many seconds without a call (default 120).",
+    "MLPLAT_INFERENCE_DEVICE_BATCH_ROWS": "GPU batch inference: rows per forward pass on the device (default 65536).",
+    "MLPLAT_INFERENCE_GPUS_PER_SERVICE": "GPU batch inference: GPUs each inference service reserves (default 1).",
 }
 
 #: Documentation of fields that mlplat/config.py does not document yet, by (declaring class, field).

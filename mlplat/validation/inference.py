@@ -3,8 +3,12 @@
 ``predict_dataset`` adds one prediction column per bundle to a ``ray.data.Dataset``. Two
 executors, the same predictions:
 
-- ``actors``: an actor pool, one actor per GPU (or per CPU), each loading the bundles in its
-  constructor. The default where the cluster has GPUs.
+- ``actors``: on a cluster with GPUs (the default there), the long-lived inference services of
+  :mod:`mlplat.validation.gpu_service`, one per GPU, started once per namespace and reused by
+  every validation and scoring call; plain tasks read the rows and build the feature matrices,
+  the services predict on the device in :data:`~mlplat.validation.gpu_service.DEVICE_BATCH_ROWS`-row
+  batches. On a CPU-only cluster, a Ray Data actor pool, one actor per CPU, each loading the
+  bundles in its constructor.
 - ``tasks``: plain Ray Data tasks over whole blocks; each worker process keeps the last
   :data:`PROCESS_CACHE_BUNDLES` bundles it loaded (keyed by the registry's sha256 and the
   bundle files' size and mtime), so a warm cluster predicts without starting anything. The default on CPU-only clusters: on the 2-core box an
@@ -219,7 +223,7 @@ def plan_pool(max_actors: int | None = None) -> dict[str, Any]:
     gpus = int(resources.get("GPU", 0))
     if gpus:
         size = min(gpus, max_actors or gpus)
-        return {"size": size, "num_gpus": 1, "num_cpus": 1, "device": "cuda"}
+        return {"size": size, "num_gpus": 1, "num_cpus": 1, "device": "cuda", "service": True}
     cpus = max(1, int(resources.get("CPU", 1)))
     size = min(cpus, max_actors or cpus)
     return {"size": size, "num_gpus": 0, "num_cpus": 1, "device": "cpu"}
@@ -249,7 +253,7 @@ def inference_plan(executor: str = "auto", max_actors: int | None = None) -> dic
         return {"executor": "tasks", "device": "cpu", "actors": None}
     pool = plan_pool(max_actors)
     return {"executor": "actors", "device": pool["device"], "actors": pool["size"], "num_cpus": pool["num_cpus"],
-            "num_gpus": pool["num_gpus"]}
+            "num_gpus": pool["num_gpus"], "service": bool(pool.get("service"))}
 
 
 def _predict_blocks(batch: pa.Table, storage: Storage, bundles: Sequence[BundleRef], keep: Sequence[str],
@@ -274,6 +278,8 @@ def predict_dataset(ds: Any, storage: Storage, bundles: Sequence[BundleRef], kee
     import ray.data
 
     where = plan or inference_plan(executor, max_actors)
+    if where["executor"] == "actors" and where.get("service"):
+        return _predict_on_services(ds, storage, bundles, keep, constants, class_ids, where)
     if where["executor"] == "tasks":
         preds = ds.map_batches(_predict_blocks, batch_size=None, batch_format="pyarrow",
                                fn_args=(storage, list(bundles), list(keep), constants, class_ids, batch_size))
@@ -288,3 +294,65 @@ def predict_dataset(ds: Any, storage: Storage, bundles: Sequence[BundleRef], kee
         num_cpus=where["num_cpus"],
         num_gpus=where["num_gpus"] or None,
     )
+
+
+def _bundle_inputs(storage: Storage, ref: BundleRef) -> tuple[list[str], FeatureEncoder | None]:
+    """A bundle's input columns and fitted encoder, from its ``bundle.json`` checked against the
+    registry's sha256 (the service verifies the whole chain when it loads the weights). Cached
+    per worker process by the same key as :func:`_load`."""
+    import json
+
+    from mlplat.errors import IntegrityError
+    from mlplat.storage import sha256_bytes
+
+    key = ("inputs", ref.name, ref.version, ref.sha256)
+    if key in _INPUTS:
+        return _INPUTS[key]
+    raw = storage.read_bytes(*bundle_dir(ref.name, ref.version), BUNDLE_FILE)
+    if ref.sha256 is not None and sha256_bytes(raw) != ref.sha256:
+        raise IntegrityError(f"bundle {ref.name} v{ref.version}: bundle.json does not match the registry's sha256 "
+                             f"{ref.sha256[:12]}...: the bundle was changed after registration")
+    meta = json.loads(raw)
+    entry = (list(meta["input_columns"]), _encoder_of(meta))
+    _INPUTS[key] = entry
+    if len(_INPUTS) > 4 * PROCESS_CACHE_BUNDLES:
+        _INPUTS.pop(next(iter(_INPUTS)))
+    return entry
+
+
+_INPUTS: dict[tuple, tuple[list[str], FeatureEncoder | None]] = {}
+
+
+def _predict_via_service(batch: pa.Table, storage: Storage, bundles: Sequence[BundleRef], keep: Sequence[str],
+                         constants: dict[str, Any] | None, class_ids: bool, services: Sequence[Any]) -> dict[str, np.ndarray]:
+    """A Ray Data task: this batch's feature matrices, predicted by one of the device services."""
+    import ray
+
+    from mlplat.validation.gpu_service import batch_key, pick_service
+
+    out: dict[str, np.ndarray] = {}
+    for name in keep:
+        if name in batch.schema.names:
+            out[name] = batch.column(name).to_numpy(zero_copy_only=False)
+    matrices = [features_matrix(batch, *_bundle_inputs(storage, ref)) for ref in bundles]
+    service = services[pick_service(batch_key(matrices[0]) if matrices else 0, len(services))]
+    predictions = ray.get(service.predict.remote(storage, list(bundles), matrices))
+    for ref, pred in zip(bundles, predictions, strict=True):
+        out[ref.prefix] = pred
+        if class_ids and pred.ndim == 2:
+            out[f"{ref.prefix}_class"] = pred.argmax(axis=1).astype(np.int64)
+    for name, value in (constants or {}).items():
+        out[name] = np.full(batch.num_rows, value, dtype=object if isinstance(value, str) else None)
+    return out
+
+
+def _predict_on_services(ds: Any, storage: Storage, bundles: Sequence[BundleRef], keep: Sequence[str],
+                         constants: dict[str, Any] | None, class_ids: bool, where: dict[str, Any]) -> Any:
+    """The ``actors`` executor on a GPU cluster (see the module doc): started (or found) here,
+    before the dataset runs, so a missing GPU fails now rather than in a task."""
+    from mlplat.validation.gpu_service import DEVICE_BATCH_ROWS, get_services
+
+    services = get_services(where["device"], int(where["actors"] or 1))
+    preds = ds.map_batches(_predict_via_service, batch_size=DEVICE_BATCH_ROWS, batch_format="pyarrow",
+                           fn_args=(storage, list(bundles), list(keep), constants, class_ids, services))
+    return drop_reservation(preds)
