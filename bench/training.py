@@ -259,7 +259,7 @@ def run(gpus: int = 0, rows: int | None = None, epochs: int | None = None, hidde
                     fit_wall_s=walls, ray_runs=[round(r) for r in one], bare_runs=[round(r) for r in bare],
                     notes=extras.get("notes", []), **common)]
     if gpus >= 2:
-        rows_out.append(row("P6", f"Ray Train samples/s ({gpus} GPUs, DDP; scaling efficiency; {shape})",
+        rows_out.append(row("P6", f"Ray Train samples/s ({gpus} GPUs, data parallel (performance.grad_sync auto); scaling efficiency; {shape})",
                             statistics.median(multi), "samples/s", baseline=f"{gpus} x the 1-GPU Ray Train rate",
                             baseline_value=gpus * statistics.median(one), target=">=0.9", fit_wall_s=walls_n,
                             ray_runs=[round(r) for r in multi], efficiency_definition=EFFICIENCY,
