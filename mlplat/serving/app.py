@@ -41,10 +41,11 @@ def build_app(config: PlatformConfig, registry_actor: str,
     from mlplat.serving.admission import queue_options
     from mlplat.serving.deployments import DedicatedModel, ModelPool
     from mlplat.serving.ingress import Ingress, ingress_deployment_name
-    from mlplat.serving.scaling import dedicated_scaling, ingress_replicas_options
+    from mlplat.serving.scaling import dedicated_actor_options, dedicated_device, dedicated_scaling, ingress_replicas_options
 
     s = config.serve
     policies = _policies_of(dedicated_models)
+    gpus = cluster_gpus() if any(dedicated_device(p).device == "cuda" for p in policies.values()) else 0.0
     # @serve.deployment turns these classes into Deployments (with .options) at runtime; mypy sees the classes.
     pool = ModelPool.options(  # type: ignore[attr-defined]
         autoscaling_config=s.pool.autoscaling_config(),
@@ -59,9 +60,9 @@ def build_app(config: PlatformConfig, registry_actor: str,
             name=f"model-{name}",
             autoscaling_config=dedicated_scaling(s.dedicated, policy, model=name).autoscaling_config(),
             max_ongoing_requests=s.dedicated.max_ongoing_requests,
-            ray_actor_options={"num_cpus": s.dedicated.num_cpus},
+            ray_actor_options=dedicated_actor_options(s.dedicated.num_cpus, policy, cluster_gpus=gpus, model=name),
             **queue_options(s.dedicated.max_queued_requests, s.retry_after_s),
-        ).bind(config, name, registry_actor)
+        ).bind(config, name, registry_actor, device=dedicated_device(policy, model=name).device)
     return Ingress.options(  # type: ignore[attr-defined]
         name=ingress_deployment_name(s.region),
         logging_config={"enable_access_log": s.access_log},
@@ -70,6 +71,13 @@ def build_app(config: PlatformConfig, registry_actor: str,
         **ingress_replicas_options(s),
         **queue_options(s.ingress_max_queued_requests, s.retry_after_s),
     ).bind(config, registry_actor, pool, dedicated)
+
+
+def cluster_gpus() -> float:
+    """GPUs of the running Ray cluster (0 when Ray is not initialized)."""
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else 0.0
 
 
 def _policies_of(dedicated_models: Sequence[str] | Mapping[str, Mapping[str, Any] | None] | None) -> dict[str, Mapping[str, Any]]:
@@ -101,15 +109,17 @@ def start_serving(config: PlatformConfig, *, registry_actor: str,
     proxy serves the OIP v2 gRPC service too (:func:`grpc_options`; only if Serve starts here)."""
     from ray import serve
 
-    from mlplat.serving.scaling import dedicated_scaling
+    from mlplat.serving.scaling import dedicated_actor_options, dedicated_scaling
 
     actor_name = registry_actor
     if isinstance(dedicated_models, Mapping):
         policies = _policies_of(dedicated_models)
     else:
         policies = dedicated_policies(config, actor_name, list(dedicated_models)) if dedicated_models else {}
-    for name, policy in policies.items():
-        dedicated_scaling(config.serve.dedicated, policy, model=name)  # fail before serve.start
+    gpus = cluster_gpus()
+    for name, policy in policies.items():  # fail before serve.start
+        dedicated_scaling(config.serve.dedicated, policy, model=name)
+        dedicated_actor_options(config.serve.dedicated.num_cpus, policy, cluster_gpus=gpus, model=name)
     serve.start(http_options={"host": config.serve.host, "port": config.serve.port}, grpc_options=grpc_options(config))
     serve.run(build_app(config, actor_name, policies), name=config.serve.app_name, route_prefix=config.serve.route_prefix,
               blocking=blocking)

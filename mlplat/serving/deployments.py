@@ -135,14 +135,19 @@ def _rss_mb() -> float:
 @serve.deployment
 class DedicatedModel:
     """A hot model's own deployment: keeps the versions it is asked for (at most two, so a
-    swap loads the new one beside the old) and batches concurrent requests into one forward pass."""
+    swap loads the new one beside the old) and batches concurrent requests into one forward pass.
 
-    def __init__(self, config: PlatformConfig, name: str, registry_actor: str | None = None):
+    ``device``: where the weights live (the model's ``serving_policy.device``; the replica was
+    given its GPU share by :func:`mlplat.serving.scaling.dedicated_actor_options`). On ``cuda`` a
+    batch is one host-to-device copy, one forward and one copy back."""
+
+    def __init__(self, config: PlatformConfig, name: str, registry_actor: str | None = None, device: str = "cpu"):
         tune_gc(config.serve.gc_threshold)
         self._serve = config.serve
         self._storage = open_root(config.root, config.s3)
         self._name = name
-        self._models = ModelCache(lambda n, v, sha: load_servable(self._storage, n, v, sha), per_name=2)
+        self._device = device
+        self._models = ModelCache(lambda n, v, sha: load_servable(self._storage, n, v, sha, device=device), per_name=2)
         self._prewarmer = _prewarmer(config, registry_actor, self._warm,
                                      lambda n, v: self._models.pin(n, v, self._serve.keep_previous_s) if n == name else None,
                                      self._models.unpin)
@@ -173,7 +178,8 @@ class DedicatedModel:
 
     async def stats(self) -> dict[str, Any]:
         await _start(self._prewarmer)
-        return {"loaded": self._models.loaded(), "pinned": self._models.pinned(), "rss_mb": _rss_mb()}
+        return {"loaded": self._models.loaded(), "pinned": self._models.pinned(), "rss_mb": _rss_mb(),
+                "device": self._device}
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def _predict_batch(self, items: list[tuple[ServableModel, np.ndarray]]) -> list[list[Any]]:

@@ -37,8 +37,10 @@ class ServableModel:
     encoder: Any
     schema: InputSchema
     weights_sha256: str
-    #: The model as numpy operations when it is a plain MLP (:func:`numpy_plan`), else None.
+    #: The model as numpy operations when it is a plain MLP on the CPU (:func:`numpy_plan`), else None.
     numpy_plan: list[Any] | None = None
+    #: Where the weights live (``cpu`` or ``cuda``); inputs are copied there, outputs back once.
+    device: str = "cpu"
     _closed: bool = False
 
     @property
@@ -56,7 +58,7 @@ class ServableModel:
             import torch
 
             with torch.inference_mode():
-                values = predict_outputs(self.task, self.model(torch.from_numpy(x))).numpy()
+                values = predict_outputs(self.task, self.model(torch.from_numpy(x).to(self.device))).cpu().numpy()
         if not np.isfinite(values).all():
             raise IntegrityError(f"{self.serving_id} produced non-finite predictions")
         return values.tolist()
@@ -68,8 +70,10 @@ class ServableModel:
 _TORCH_THREADS_SET = threading.Event()
 
 
-def load_servable(storage: Storage, name: str, version: int, bundle_sha256: str | None) -> ServableModel:
-    """Load and verify a version's bundle (sha256 chain, safetensors only)."""
+def load_servable(storage: Storage, name: str, version: int, bundle_sha256: str | None,
+                  device: str = "cpu") -> ServableModel:
+    """Load and verify a version's bundle (sha256 chain, safetensors only) onto ``device``
+    (``cuda``: the module is moved there and the numpy fast path is off)."""
     import torch
 
     if not _TORCH_THREADS_SET.is_set():
@@ -83,9 +87,10 @@ def load_servable(storage: Storage, name: str, version: int, bundle_sha256: str 
 
         encoder = FeatureEncoder.from_json(bundle.encoder)
     schema = InputSchema.from_encoder(encoder, input_dim=int(bundle.meta["input_dim"]))
-    return ServableModel(name=name, version=version, task=bundle.spec.task, model=bundle.model, encoder=encoder,
+    model = bundle.model if device == "cpu" else bundle.model.to(device).eval()
+    return ServableModel(name=name, version=version, task=bundle.spec.task, model=model, encoder=encoder,
                          schema=schema, weights_sha256=bundle.weights_sha256,
-                         numpy_plan=numpy_plan(bundle.model))
+                         numpy_plan=numpy_plan(bundle.model) if device == "cpu" else None, device=device)
 
 
 #: Requests of up to this many rows run a plain MLP in numpy: a torch call costs ~10 µs of
