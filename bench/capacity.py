@@ -51,12 +51,12 @@ def inputs() -> dict[str, Measured]:
         "pool_kb_per_model": measured("pool-scale", "P4-scale", "pool memory per loaded model"),
         "cold_member_p99_ms": measured("pool-scale", "P4-scale", "cold load p50, member", field="p99_ms"),
         "cold_single_p99_ms": measured("pool-scale", "P4-scale", "cold load p50, single", field="p99_ms"),
-        "gpu_serving_rps": measured("gpu-serving", "GPU-serve", "cuda"),
+        "gpu_serving_rps": measured("serving-gpu", "serving-gpu", "dedicated deployment on"),
         "registry_batch_writes_s": measured("registry", "P8", "postgresql: writes/s via actor, batch(100)"),
         "registry_single_writes_s": measured("registry", "P8", "postgresql: writes/s via actor, 1 call"),
         "features_rows_s_2cores": measured("features", "P5", "10,000,000 rows"),
         "drift_rows_s_2cores": measured("monitoring", "drift-job", "window_partial"),
-        "family_models_s_2cores": measured("families", "families", "models/s"),
+        "family_models_s_2cores": measured("families", "family-train-2000", "models/s"),
     }
 
 
