@@ -490,6 +490,43 @@ class Platform:
         return score(self.registry, self.storage, model, dataset=dataset, dataset_version=dataset_version,
                      version=version, output=output, keys=keys)
 
+    # -- model families (docs/families.md) ---------------------------------------------------
+    def train_family(self, config: Any) -> Any:
+        """Train one model per entity of a feature set as one job (YAML path, dict or
+        FamilyConfig); members ``<family>--<entity>`` end TRAINED. Returns a FamilyTrainResult."""
+        from mlplat.families import load_family_config, parse_family_config, train_family
+
+        cfg = load_family_config(str(config)) if isinstance(config, str | os.PathLike) else parse_family_config(config)
+        self.ensure_ray()
+        return train_family(cfg, registry=self.registry, storage=self.storage)
+
+    def family(self, name: str, version: int | None = None) -> Any:
+        """A family version (latest when None): members, skipped entities, pack, recipe."""
+        from mlplat.families import get_family
+
+        return get_family(self.registry, name, version)
+
+    def validate_family(self, name: str, version: int | None = None, *, policy: Any = None) -> Any:
+        """Validate every TRAINED member in one pass; per-member verdicts and report."""
+        from mlplat.families import validate_family
+
+        self.ensure_ray()
+        return validate_family(self.registry, self.storage, name, version, policy=policy)
+
+    def promote_family(self, name: str, version: int | None = None, *, members: list[str] | None = None,
+                       by: str | None = None) -> Any:
+        """Promote every VALIDATED member of a family version in one registry transaction."""
+        from mlplat.families import promote_family
+
+        return promote_family(self.registry, name, version, members=members, by=by or acting_user())
+
+    def rollback_family(self, name: str, version: int | None = None, *, members: list[str] | None = None,
+                        by: str | None = None) -> Any:
+        """Roll every member this family version serves back to its previous version, in one transaction."""
+        from mlplat.families import rollback_family
+
+        return rollback_family(self.registry, name, version, members=members, by=by or acting_user())
+
     # -- monitoring (docs/monitoring.md) -----------------------------------------------------
     def drift(self, name: str, *, window: str | None = None, version: int | None = None,
               end: float | None = None) -> Any:

@@ -77,6 +77,8 @@ def _register_groups() -> None:
     from mlplat.cli import monitor
     cli.add_command(monitor.group)  # monitor drift (docs/monitoring.md)
     cli.add_command(__import__("mlplat.cli.retrain", fromlist=["group"]).group)  # retrain approve|dismiss|list
+    from mlplat.cli import families
+    cli.add_command(families.group)  # family train|validate|promote|rollback|show|list
 
 
 _register_groups()
