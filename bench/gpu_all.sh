@@ -69,8 +69,10 @@ rates = []
 for _ in range(5):
     torch.cuda.synchronize(); t = time.perf_counter(); y.copy_(x, non_blocking=True); torch.cuda.synchronize()
     rates.append(x.numel() / (time.perf_counter() - t) / 1e6)
-rates.sort(); print(json.dumps({'pinned_h2d_MBps_median': rates[2], 'card': torch.cuda.get_device_name(0)}))
-open(os.path.join(os.environ['OUT'], 'pcie.json'), 'w').write(json.dumps({'pinned_h2d_MBps_median': rates[2], 'card': torch.cuda.get_device_name(0)}))"
+rates.sort(); print(rates[2])
+from bench.common import row, stamp
+r = row('pcie', 'pinned host-to-device copy, 1 GiB, median of 5 (the PCIe limit for streaming weights)', rates[2], 'MB/s', target='informational', card=torch.cuda.get_device_name(0))
+open(os.path.join(os.environ['OUT'], 'pcie-gpu.json'), 'w').write(json.dumps(stamp([r]), indent=2))"
   want p6-cuda-graphs && mkdir -p "$OUT/cuda-graphs" && step p6-cuda-graphs 100 $PY -m bench.training --gpu --batch-size 1024 --epochs 8 --repeats 1 --cuda-graphs \
     --out-dir "$OUT/cuda-graphs"
 fi
