@@ -145,7 +145,7 @@ def _pool_rss_mb() -> dict[str, float]:
 
 
 def _quantiles(values: list[float]) -> dict[str, float]:
-    q = statistics.quantiles(values, n=100)
+    q = statistics.quantiles(values, n=100, method="inclusive")  # never past the largest sample
     return {"p50": statistics.median(values), "p90": q[89], "p99": q[98], "max": max(values), "n": len(values)}
 
 
