@@ -11,6 +11,7 @@ process, so each process loads the servable itself, on its first request (the wa
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -39,4 +40,5 @@ class Hot(Model):
 if __name__ == "__main__":
     port, root, workers = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     print("READY", flush=True)
+    os.dup2(2, 1)  # KServe logs every request to stdout: into the side's log, not the driver's unread pipe
     ModelServer(http_port=port, workers=workers, enable_grpc=False).start([Hot(root)])  # KServe's defaults otherwise
