@@ -400,7 +400,7 @@ def run_p1(seconds: int | None = None, repeats: int = 3) -> list[dict[str, Any]]
         rows.append(row("P1", f"KServe 0.21 Python model server --workers {INGRESS_REPLICAS} (its defaults; no auth, no "
                               f"validation), v1 one row: req/s ({text(m)})", m["rps"], "req/s", baseline=fair_name,
                         baseline_value=base["rps"], target="peer: mlplat+haproxy ahead of it",
-                        mlplat_over_peer=round(ingress["rps"] / m["rps"], 3)))
+                        mlplat_over_peer=round(ingress["rps"] / m["rps"], 3) if m["rps"] else None))
     v1_name = f"mlplat+haproxy v1, the model in the ingress ({text(ingress)})"
     rows.append(row("P1", f"mlplat+haproxy OIP v2 JSON, one row: req/s ({text(med['mlplat+haproxy v2'])})",
                     med["mlplat+haproxy v2"]["rps"], "req/s", baseline=v1_name, baseline_value=ingress["rps"],
