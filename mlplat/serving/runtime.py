@@ -139,11 +139,14 @@ def numpy_forward(plan: list[Any], task: str, x: np.ndarray) -> np.ndarray:
     ...     expected = predict_outputs("multiclass", model(torch.from_numpy(x))).numpy()
     >>> bool(np.allclose(numpy_forward(numpy_plan(model), "multiclass", x), expected, atol=1e-6))
     True
+    >>> import pickle  # a plan that crossed a process boundary (a ServableModel sent to a worker)
+    >>> bool(np.allclose(numpy_forward(pickle.loads(pickle.dumps(numpy_plan(model))), "multiclass", x), expected, atol=1e-6))
+    True
     """
-    if plan and plan[0] is _RELU:
+    if plan and isinstance(plan[0], str):
         x = x.copy()  # the caller's array is not ours to change
     for op in plan:
-        if op is _RELU:
+        if isinstance(op, str):  # _RELU; by value: a plan that went through pickle holds a copy of the string
             np.maximum(x, 0, out=x)  # x is the previous matmul's fresh array
         else:
             x = x @ op[0]
