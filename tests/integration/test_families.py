@@ -157,7 +157,9 @@ def test_cli_show_lists_members_and_versions(family):
 
     from mlplat.cli import cli
 
-    runner = CliRunner(env={"MLPLAT_REGISTRY_MODE": "local"})
+    # A namespace of its own: the CLI publishes this root as the platform of its namespace on the
+    # session's Ray, and a later module's jobs (another root, the default namespace) would be refused.
+    runner = CliRunner(env={"MLPLAT_REGISTRY_MODE": "local", "MLPLAT_NAMESPACE": f"families-cli-{uuid.uuid4().hex[:8]}"})
     result = runner.invoke(cli, ["--root", family["storage"].base, "family", "show", "sales", "1", "--show", "100"])
     assert result.exit_code == 0, result.output
     assert "family sales v1" in result.output and "sales--store-7" in result.output and "Store 7" in result.output
