@@ -100,17 +100,17 @@ def _side_bare(port: int, root: str, workers: int = 1) -> None:
     uvicorn.run("bench.serving:bare_app", factory=True, workers=workers, host="127.0.0.1", port=port, log_level="error")
 
 
-def _side_serve_default(port: int, root: str) -> None:
-    import ray
+def _plain_fastapi(**options: Any) -> Any:
+    """The bare side's route (FastAPI, the same ``load_servable`` object, nothing else) as a
+    Serve deployment; ``options`` go to ``serve.deployment``."""
     from fastapi import FastAPI, Request
     from ray import serve
 
     from mlplat.serving.runtime import load_servable
 
-    _model(root)
     app = FastAPI()
 
-    @serve.deployment
+    @serve.deployment(**options)
     @serve.ingress(app)
     class Plain:
         def __init__(self, root: str):
@@ -123,12 +123,25 @@ def _side_serve_default(port: int, root: str) -> None:
             body = await request.json()
             return {"model_version": "1", "predictions": self.model.predict_rows(body["instances"])}
 
+    return Plain
+
+
+def _serve_until_sigterm(target: Any, port: int) -> None:
+    """Start a local Ray and Serve on ``port``, run ``target``, say READY, wait for SIGTERM."""
+    import ray
+    from ray import serve
+
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     _shutdown_on_sigterm()
-    serve.run(Plain.bind(root), route_prefix="/")
+    serve.run(target, route_prefix="/")
     print("READY", flush=True)
     signal.pause()
+
+
+def _side_serve_default(port: int, root: str) -> None:
+    _model(root)
+    _serve_until_sigterm(_plain_fastapi().bind(root), port)
 
 
 def _side_serve_haproxy(port: int, root: str, raw_asgi: bool) -> None:
@@ -136,7 +149,6 @@ def _side_serve_haproxy(port: int, root: str, raw_asgi: bool) -> None:
     as a Serve deployment with as many replicas as mlplat's ingress, in the mode mlplat uses
     (HAProxy ingress, throughput-optimized, workers at niceness 0) -- no auth, validation or
     telemetry. What any design that keeps Serve in charge of the replicas can reach at most."""
-    import ray
     from ray import serve
 
     import mlplat
@@ -144,51 +156,27 @@ def _side_serve_haproxy(port: int, root: str, raw_asgi: bool) -> None:
 
     _model(root)
     apply_serve_env(mlplat.connect(root=root, serve__haproxy=True, serve__throughput_optimized=True).config)
-    os.environ["BENCH_BARE_ROOT"] = root
+    options = {"num_replicas": INGRESS_REPLICAS, "ray_actor_options": {"num_cpus": 0.25}}
+    if not raw_asgi:
+        _serve_until_sigterm(_plain_fastapi(**options).bind(root), port)
+        return
 
-    if raw_asgi:
-        @serve.deployment(num_replicas=INGRESS_REPLICAS, ray_actor_options={"num_cpus": 0.25})
-        class RawAsgi:
-            def __init__(self, root: str):
-                from mlplat.serving.runtime import load_servable
-                from mlplat.storage import open_root
+    @serve.deployment(**options)
+    class RawAsgi:
+        def __init__(self, root: str):
+            from mlplat.serving.runtime import load_servable
+            from mlplat.storage import open_root
 
-                self.model = load_servable(open_root(root), "hot", 1, None)
+            self.model = load_servable(open_root(root), "hot", 1, None)
 
-            async def __call__(self, request):
-                body = json.loads(await request.body())
-                from starlette.responses import Response
+        async def __call__(self, request):
+            from starlette.responses import Response
 
-                out = json.dumps({"model_version": "1", "predictions": self.model.predict_rows(body["instances"])})
-                return Response(out, media_type="application/json")
+            body = json.loads(await request.body())
+            out = json.dumps({"model_version": "1", "predictions": self.model.predict_rows(body["instances"])})
+            return Response(out, media_type="application/json")
 
-        target = RawAsgi.bind(root)
-    else:
-        from fastapi import FastAPI, Request
-
-        app = FastAPI()
-
-        @serve.deployment(num_replicas=INGRESS_REPLICAS, ray_actor_options={"num_cpus": 0.25})
-        @serve.ingress(app)
-        class Fast:
-            def __init__(self, root: str):
-                from mlplat.serving.runtime import load_servable
-                from mlplat.storage import open_root
-
-                self.model = load_servable(open_root(root), "hot", 1, None)
-
-            @app.post("/v1/models/hot:predict")
-            async def predict(self, request: Request):
-                body = await request.json()
-                return {"model_version": "1", "predictions": self.model.predict_rows(body["instances"])}
-
-        target = Fast.bind(root)
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    _shutdown_on_sigterm()
-    serve.run(target, route_prefix="/")
-    print("READY", flush=True)
-    signal.pause()
+    _serve_until_sigterm(RawAsgi.bind(root), port)
 
 
 def run_ceiling(seconds: int | None = None, rounds: int = 2) -> list[dict[str, Any]]:
