@@ -109,6 +109,26 @@ def _short(text: str, limit: int = 64) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def _path_key(name: str) -> str:
+    """A client's key as a segment of an error's ``field`` path: ``.name`` when it is plain, else
+    JSON-quoted in brackets, so the path stays one short line whatever the key holds.
+
+    >>> _path_key("amount"), _path_key("a\\nb"), _path_key("x.y")
+    ('.amount', '["a\\\\nb"]', '["x.y"]')
+    """
+    if name and name.isprintable() and len(name) <= 64 and not any(c in name for c in '.[]"'):
+        return f".{name}"
+    return f"[{_short(json.dumps(name))}]"
+
+
+def _join(where: str, key: str) -> str:
+    """``where`` and a key: ``instances[0].amount``; a top-level plain key is bare (``amount``)."""
+    segment = _path_key(key)
+    if where:
+        return where + segment
+    return segment[1:] if segment.startswith(".") else segment
+
+
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """``object_pairs_hook``: the dict, or a 400 naming a key that appears twice (JSON parsers
     disagree on which one wins, so the request is ambiguous)."""
@@ -145,7 +165,7 @@ def _find(value: Any, kind: type, path: str = "") -> tuple[str, Any] | None:
         if isinstance(node, kind):
             return where or "body", node
         if isinstance(node, dict):
-            stack.extend((v, f"{where}.{k}" if where else str(k)) for k, v in reversed(node.items()))
+            stack.extend((v, _join(where, str(k))) for k, v in reversed(node.items()))
         elif isinstance(node, list):
             stack.extend((v, f"{where}[{i}]") for i, v in reversed(list(enumerate(node))))
     return None
@@ -259,9 +279,9 @@ def _check_rows(rows: Any, schema: InputSchema, max_instances: int, where: str) 
                 parts.append(f"unknown features {_keys(unknown)}")
             if missing:
                 parts.append(f"missing features {missing}")
-            name = _short(unknown[0] if unknown else missing[0])
+            name = unknown[0] if unknown else missing[0]
             raise RequestError(422, f"{where}[{i}]: {'; '.join(parts)}; expected exactly {sorted(expected_names)}",
-                               f"{where}[{i}].{name}")
+                               f"{where}[{i}]{_path_key(name)}")
         for name, kind in expected.items():
             _check_value(row[name], kind, f"{where}[{i}].{name}")
     return rows

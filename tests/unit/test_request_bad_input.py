@@ -105,3 +105,21 @@ def test_large_but_representable_numbers_such_as_epoch_microseconds_are_served()
     for value in (1_764_500_000_000_000, 1.7645e18, -(10**20)):
         parsed = parse_v1({"instances": [{"ts_us": value}]}, schema, max_instances=10)
         assert parsed.rows == [{"ts_us": value}]
+
+
+def test_a_feature_name_with_a_newline_or_dots_stays_one_line_in_the_field_path():
+    """Found by test_properties: an unknown key with a newline made a two-line ``field``."""
+    error = _error(json.dumps({"instances": [{"\n0": 1}]}), parse_v1)
+    assert error.status == 422 and error.field == 'instances[0]["\\n0"]'
+    error = _error(json.dumps({"instances": [{"amount": 1, "age": 2, "country": "fr", "a.b": 3}]}), parse_v1)
+    assert error.field == 'instances[0]["a.b"]'
+    error = _error(json.dumps({"instances": [{"amount": 1, "age": 2}]}), parse_v1)
+    assert error.field == "instances[0].country"
+
+
+def test_the_parsers_doctests():
+    import doctest
+
+    import mlplat.serving.request as request
+
+    assert doctest.testmod(request).failed == 0
