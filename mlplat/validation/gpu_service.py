@@ -162,23 +162,29 @@ class InferenceService:
 
 def get_services(device: str, count: int, *, gpus_per_service: float = GPUS_PER_SERVICE) -> list[Any]:
     """The ``count`` services of ``device`` in this job's namespace, started if missing, ready.
-    (``get_if_exists`` ignores new constructor arguments: a running service keeps its own.)"""
+    (``get_if_exists`` ignores new constructor arguments: a running service keeps its own.)
+
+    Missing services start together: each one's start (process, ``import torch``, CUDA context;
+    ~3 s on an H200 host) overlaps the others', so a cold call waits for one start, not ``count``."""
     import ray
     from ray.exceptions import RayActorError
 
     remote = ray.remote(InferenceService)
-    handles = []
-    for name in service_names(device, count):
-        for attempt in range(2):
-            handle = remote.options(**service_options(name, device, gpus_per_service=gpus_per_service)).remote(device)  # type: ignore[attr-defined]
-            try:
-                ray.get(handle.ready.remote())  # type: ignore[attr-defined]
-                break
-            except RayActorError:  # found one that was exiting (idle release): wait for its name, start anew
-                if attempt:
-                    raise
-                _wait_gone(name)
-        handles.append(handle)
+
+    def start(name: str) -> Any:
+        options = service_options(name, device, gpus_per_service=gpus_per_service)
+        return remote.options(**options).remote(device)  # type: ignore[attr-defined]
+
+    names = service_names(device, count)
+    handles = [start(name) for name in names]
+    waits = [handle.ready.remote() for handle in handles]  # type: ignore[attr-defined]
+    for i, name in enumerate(names):
+        try:
+            ray.get(waits[i])
+        except RayActorError:  # found one that was exiting (idle release): wait for its name, start anew
+            _wait_gone(name)
+            handles[i] = start(name)
+            ray.get(handles[i].ready.remote())  # type: ignore[attr-defined]
     return handles
 
 
