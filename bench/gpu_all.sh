@@ -6,6 +6,7 @@
 #   3. GPU serving: a ~100M-parameter MLP in a dedicated deployment on cuda vs on CPU replicas;
 #   4. P6 at batch 4,096 on 1 and 2 GPUs;
 #   5. (if time is left) P6 at batch 1,024 with performance.cuda_graphs on 1 GPU.
+# GPU_STEPS picks steps by name (also: p6-b1024-graphs, weights, pcie).
 # Each step has its own timeout (and all share one deadline), so one failure loses only itself.
 # Every result JSON (and the profile) lands in $OUT; a short table is printed last.
 #   bash bench/gpu_all.sh            # on the GPU machine, .whl/ carried (../shared/tools/gpu-wheels --serve)
@@ -56,6 +57,8 @@ else
   # GPU_STEPS: the steps to run (default all, in this order)
   STEPS=" ${GPU_STEPS:-p6-b1024 validation-10m serving p6-b4096 p6-cuda-graphs} "
   want() { [[ "$STEPS" == *" $1 "* ]]; }
+  # p6-b1024-graphs: the same fits plus 1- and 2-GPU fits with performance.cuda_graphs (no profile)
+  want p6-b1024-graphs && step p6-b1024-graphs 300 $PY -m bench.training --gpus "$GPUS" --batch-size 1024 --epochs 8 --repeats 1 --cuda-graphs --out-dir "$OUT"
   want p6-b1024 && step p6-b1024 170 $PY -m bench.training --gpus "$GPUS" --batch-size 1024 --epochs 8 --repeats 1 --profile --out-dir "$OUT"
   want validation-10m && step validation-10m 240 $PY -m bench.gpu_validation --rows 10000000 --repeats 1 --out-dir "$OUT"
   want serving && step serving 140 $PY -m bench.gpu_serving --seconds 12 --concurrency 64 --out-dir "$OUT"

@@ -15,7 +15,8 @@ the largest fit's rank 0 record 40 steps of an extra, untimed first epoch with t
 the Chrome trace and the top-15 table by self device (CPU) time are copied to
 ``<out-dir>/profiles/`` and the table is printed. ``--cuda-graphs`` adds a 1-GPU fit with
 ``performance.cuda_graphs: true`` (whole step captured; last partial batch dropped) as a row of
-its own against the same bare loop.
+its own against the same bare loop and, with ``--gpus N``, an N-worker fit with the all-reduce
+inside the graph, as an efficiency row against N x the 1-worker graph rate.
 
 The sides interleave at the level of whole runs (a Ray Train fit cannot pause between epochs
 for the bare loop): ``--repeats`` rounds (default 3) of bare loop, 1-worker fit (and, with
@@ -115,6 +116,33 @@ def bare_loop(x, y, *, hidden: list[int], batch_size: int, epochs: int, device: 
     return rates
 
 
+def bare_in_worker(x, y, *, hidden: list[int], batch_size: int, epochs: int, use_gpu: bool, root: str) -> float:
+    """The bare loop run inside a 1-worker Ray Train fit (its device, its process): what the
+    Ray worker's environment costs, apart from mlplat's loop. Returns its steady samples/s."""
+    import json
+    from pathlib import Path
+
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    out = Path(root) / f"bare-in-worker-{uuid.uuid4().hex[:6]}.json"
+
+    def fn(cfg: dict[str, Any]) -> None:
+        import ray.train.torch
+
+        from bench.training import bare_loop
+
+        rates = bare_loop(cfg["x"], cfg["y"], hidden=cfg["hidden"], batch_size=cfg["batch_size"], epochs=cfg["epochs"],
+                          device=str(ray.train.torch.get_device()))
+        Path(cfg["out"]).write_text(json.dumps(rates))
+
+    TorchTrainer(fn, train_loop_config={"x": x, "y": y, "hidden": hidden, "batch_size": batch_size, "epochs": epochs,
+                                        "out": str(out)},
+                 scaling_config=ScalingConfig(num_workers=1, use_gpu=use_gpu),
+                 run_config=RunConfig(name=out.stem, storage_path=os.path.join(root, "ray-train"))).fit()
+    return _steady(json.loads(out.read_text()))
+
+
 def ray_train(x, y, *, hidden: list[int], batch_size: int, epochs: int, num_workers: int, use_gpu: bool,
               root: str, performance: dict[str, Any] | None = None,
               profile_to: str | None = None) -> tuple[list[float], float, dict[str, Any]]:
@@ -197,7 +225,7 @@ def card_name() -> str | None:
 
 def run(gpus: int = 0, rows: int | None = None, epochs: int | None = None, hidden: list[int] | None = None,
         batch_size: int | None = None, features: int | None = None, repeats: int | None = None,
-        profile_to: str | None = None, cuda_graphs: bool = False) -> list[dict[str, Any]]:
+        profile_to: str | None = None, cuda_graphs: bool = False, in_worker: bool = False) -> list[dict[str, Any]]:
     """``repeats`` interleaved rounds; each round runs the bare loop, one 1-worker Ray Train fit
     and (``gpus >= 2``) one ``gpus``-worker fit, each over ``epochs`` epochs (and, with
     ``cuda_graphs``, a 1-worker fit with the step captured). A run's rate is the median of its
@@ -225,11 +253,17 @@ def run(gpus: int = 0, rows: int | None = None, epochs: int | None = None, hidde
     shape = f"MLP {features}-{'-'.join(map(str, hidden))}-1, {rows:,} rows, batch {batch_size}"
     card = card_name()
     bare, one, multi, graphs, walls, walls_n, walls_g = [], [], [], [], [], [], []
+    graphs_n, walls_gn, bare_worker = [], [], []
     extras: dict[str, Any] = {}
     largest = gpus if gpus >= 2 else 1
     with tempfile.TemporaryDirectory(prefix="mlplat-bench-train-") as root:
         for round_no in range(repeats):
             bare.append(_steady(bare_loop(x, y, hidden=hidden, batch_size=batch_size, epochs=epochs, device=device)))
+            if in_worker:
+                bare_worker.append(bare_in_worker(x, y, hidden=hidden, batch_size=batch_size, epochs=epochs,
+                                                  use_gpu=bool(gpus), root=root))
+                print(f"round {round_no}: bare in a Ray Train worker {bare_worker[-1]:,.0f} samples/s "
+                      f"(in the driver {bare[-1]:,.0f})", flush=True)
             for workers in ([1, gpus] if gpus >= 2 else [1]):
                 profiling = profile_to is not None and round_no == 0 and workers == largest
                 perf = {"profile_steps": PROFILE_STEPS} if profiling else {}
@@ -237,17 +271,23 @@ def run(gpus: int = 0, rows: int | None = None, epochs: int | None = None, hidde
                                                epochs=epochs + (1 if profiling else 0), num_workers=workers,
                                                use_gpu=bool(gpus), root=root, performance=perf, profile_to=profile_to)
                 (one if workers == 1 else multi).append(_steady(rates))
+                print(f"round {round_no}: {workers} worker(s) {_steady(rates):,.0f} samples/s (bare {bare[-1]:,.0f}); "
+                      f"epochs {[round(r) for r in rates]}; notes {extra.get('notes')}", flush=True)
                 (walls if workers == 1 else walls_n).append(round(wall, 2))
                 if extra.get("profile"):
                     extras["profile"] = extra["profile"]
                 if extra.get("notes"):
-                    extras.setdefault("notes", []).extend(extra["notes"])
-            if cuda_graphs:
-                rates, wall, extra = ray_train(x, y, hidden=hidden, batch_size=batch_size, epochs=epochs, num_workers=1,
-                                               use_gpu=bool(gpus), root=root, performance={"cuda_graphs": True})
-                graphs.append(_steady(rates))
-                walls_g.append(round(wall, 2))
-                extras["cuda_graphs_notes"] = extra.get("notes", [])
+                    kept = extras.setdefault("notes" if workers == 1 else "notes_n", [])
+                    kept.extend(n for n in list(extra["notes"]) if n not in kept)
+            for workers in (([1, gpus] if gpus >= 2 else [1]) if cuda_graphs else []):
+                rates, wall, extra = ray_train(x, y, hidden=hidden, batch_size=batch_size, epochs=epochs,
+                                               num_workers=workers, use_gpu=bool(gpus), root=root,
+                                               performance={"cuda_graphs": True})
+                (graphs if workers == 1 else graphs_n).append(_steady(rates))
+                print(f"round {round_no}: cuda_graphs, {workers} worker(s) {_steady(rates):,.0f} samples/s", flush=True)
+                (walls_g if workers == 1 else walls_gn).append(round(wall, 2))
+                kept = extras.setdefault("cuda_graphs_notes", [])
+                kept.extend(n for n in list(extra.get("notes", [])) if n not in kept)
     where = "1 GPU" if gpus else "CPU, 1 worker"
     common = {"card": card, "epochs": epochs, "repeats": repeats, "shape_tag": shape_tag(rows, features, hidden, batch_size),
               "rows": rows, "features": features, "hidden": hidden, "batch_size": batch_size,
@@ -263,13 +303,26 @@ def run(gpus: int = 0, rows: int | None = None, epochs: int | None = None, hidde
                             statistics.median(multi), "samples/s", baseline=f"{gpus} x the 1-GPU Ray Train rate",
                             baseline_value=gpus * statistics.median(one), target=">=0.9", fit_wall_s=walls_n,
                             ray_runs=[round(r) for r in multi], efficiency_definition=EFFICIENCY,
-                            gpus=gpus, **common))
+                            notes=extras.get("notes_n", []), gpus=gpus, **common))
     if cuda_graphs:
         rows_out.append(row("P6", f"Ray Train samples/s ({where}, performance.cuda_graphs: true; {shape})",
                             statistics.median(graphs), "samples/s", baseline=f"bare torch loop, data on {device} (eager)",
                             baseline_value=statistics.median(bare), target="context (the setting is off by default)",
                             fit_wall_s=walls_g, ray_runs=[round(r) for r in graphs],
                             notes=extras.get("cuda_graphs_notes", []), **common))
+    if in_worker:
+        rows_out.append(row("P6", f"bare torch loop inside a 1-worker Ray Train fit ({where}; {shape})",
+                            statistics.median(bare_worker), "samples/s", baseline=f"bare torch loop in the driver, data on {device}",
+                            baseline_value=statistics.median(bare), target="context: what the Ray worker process costs",
+                            ray_runs=[round(r) for r in bare_worker], bare_runs=[round(r) for r in bare], **common))
+    if cuda_graphs and gpus >= 2:
+        rows_out.append(row("P6", f"Ray Train samples/s ({gpus} GPUs, performance.cuda_graphs: true (all-reduce in the "
+                                  f"graph); scaling efficiency; {shape})",
+                            statistics.median(graphs_n), "samples/s",
+                            baseline=f"{gpus} x the 1-GPU Ray Train rate with cuda_graphs",
+                            baseline_value=gpus * statistics.median(graphs), target="context (the setting is off by default)",
+                            fit_wall_s=walls_gn, ray_runs=[round(r) for r in graphs_n], efficiency_definition=EFFICIENCY,
+                            gpus=gpus, **common))
     if "profile" in extras:
         rows_out[1 if gpus >= 2 else 0]["profile"] = extras["profile"]  # the largest fit's rank 0
     return rows_out
@@ -292,7 +345,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 3)")
     parser.add_argument("--profile", action="store_true",
                         help=f"profile {PROFILE_STEPS} steps of the largest fit's rank 0 (an extra, untimed epoch)")
-    parser.add_argument("--cuda-graphs", action="store_true", help="add a 1-worker fit with performance.cuda_graphs")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="add fits with performance.cuda_graphs (1 worker, and N with --gpus N)")
+    parser.add_argument("--bare-in-worker", action="store_true",
+                        help="add the bare loop run inside a 1-worker Ray Train fit (a context row)")
     parser.add_argument("--out-dir", default=None, help="where the JSON (and profiles/) go (default bench/results)")
     args = parser.parse_args(argv)
     gpus = max(args.gpus, 1 if args.gpu else 0)
@@ -300,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rows = stamp(run(gpus=gpus, rows=args.rows, epochs=args.epochs, hidden=args.hidden, batch_size=args.batch_size,
                      features=args.features, repeats=args.repeats,
-                     profile_to=str(out / "profiles") if args.profile else None, cuda_graphs=args.cuda_graphs))
+                     profile_to=str(out / "profiles") if args.profile else None, cuda_graphs=args.cuda_graphs, in_worker=args.bare_in_worker))
     first = rows[0]
     default_cpu = (not gpus and first["rows"] == DEFAULTS["rows"] and first["features"] == DEFAULTS["features"]
                    and first["hidden"] == DEFAULTS["hidden"] and first["batch_size"] == DEFAULTS["batch_size"])

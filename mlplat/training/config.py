@@ -103,18 +103,28 @@ class PerformanceSpec(StrictModel):
       per-step search for unused ones). None: on for the zoo's models, off for ``custom``.
     - ``fused_optimizer``: on CUDA, Adam/AdamW/SGD run their fused kernel (one launch per step
       instead of a few per parameter tensor); no effect on CPU.
-    - ``cuda_graphs``: on CUDA with one worker, the whole step (forward, backward, optimizer) is
-      captured once as a CUDA graph and replayed per batch: no Python or launch cost per kernel.
+    - ``cuda_graphs``: on CUDA (one worker, or several with ``grad_sync`` flat), the whole step
+      (forward, backward, all-reduce, optimizer) is captured once as a CUDA graph and replayed
+      per batch: no Python or launch cost per kernel.
       Batches must have one shape, so each epoch drops its last partial batch (its rows come
-      back shuffled into later epochs). With more than one worker (DDP) or on CPU the step runs
-      eagerly and the run's progress notes say so.
+      back shuffled into later epochs). Under DDP or on CPU the step runs eagerly and the run's
+      progress notes say so.
     - ``grad_sync``: how workers average gradients. ``ddp``: PyTorch DDP (buckets all-reduced
-      during the backward pass). ``flat``: every gradient is a view into one flat buffer, all-
-      reduced once after the backward pass (one NCCL call and one scale per step; DDP's per-step
-      Python and hook cost is most of a small model's step). ``auto``: ``flat`` when the
+      during the backward pass). ``flat``: after the backward pass the gradients are gathered into
+      one flat buffer (one kernel) and averaged by one all-reduce (DDP's per-step Python and hook
+      cost is most of a small model's step). ``auto``: ``flat`` when the
       parameters fit in one DDP bucket (``ddp_bucket_cap_mb``, 25 MiB by default: DDP would not
       overlap them with the backward pass either), share one dtype and the model has no buffers
       (DDP would broadcast those every step); else ``ddp``.
+    - ``capture_grad_sync``: with ``flat`` on CUDA, the all-reduce of the flat gradient buffer
+      is captured once as a CUDA graph (after 3 eager steps) and replayed every step: the NCCL
+      call's ~0.2 ms of host time, most of what a second worker added to a small model's ~1 ms
+      step, becomes a few microseconds. A failed capture falls back to eager all-reduces and the
+      run's progress notes say so.
+    - ``capture_optimizer``: on CUDA (one worker, or several with ``flat``), the optimizer update
+      joins that graph (gradients go through the flat buffer on one worker too; the optimizer is
+      built ``capturable``): its per-step Python becomes part of one replay. Off by default: it
+      has not been timed on a GPU yet.
     - ``profile_steps``: rank 0 records that many steps of its first epoch with
       ``torch.profiler`` and writes a Chrome trace and a top-kernels table under
       ``runs/<run-id>/profile/`` (0: off). The profiled epoch runs slower; its ``epoch_s`` says so.
@@ -126,6 +136,8 @@ class PerformanceSpec(StrictModel):
     cuda_graphs: bool = False
     profile_steps: int = Field(0, ge=0, le=10_000)
     grad_sync: Literal["auto", "ddp", "flat"] = "auto"
+    capture_grad_sync: bool = True
+    capture_optimizer: bool = False
 
 
 class SearchSpec(StrictModel):

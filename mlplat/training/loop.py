@@ -36,6 +36,7 @@ from mlplat.training.steps import (
     grad_sync_mode,
     graph_mode,
     optimizer_flags,
+    step_capture,
     targets,
 )
 
@@ -187,8 +188,10 @@ def _build(w: _Worker) -> tuple[Any, Any, Any]:
     np.random.seed(hp.seed + w.rank)
     device = ray.train.torch.get_device()
     model = build_model(w.cfg.spec, w.input_dim).to(device)
-    graphs, _ = graph_mode(w.cfg.performance, device.type, w.world)
-    flags = optimizer_flags(hp.optimizer, device.type, w.cfg.performance.fused_optimizer, graphs)
+    sync = _sync_mode(w, model)
+    graphs, _ = graph_mode(w.cfg.performance, device.type, w.world, sync)
+    tail = step_capture(w.cfg.performance, device.type, sync, _dtypes(model), graphs) == "tail"
+    flags = optimizer_flags(hp.optimizer, device.type, w.cfg.performance.fused_optimizer, graphs or tail)
     optimizer = make_optimizer(hp.optimizer, model.parameters(), hp.lr, hp.weight_decay, hp.momentum, flags)
     return model, optimizer, loss_fn(w.cfg.spec.task)
 
@@ -220,15 +223,28 @@ def _prepare_model(w: _Worker, model: Any) -> tuple[Any, Any, FlatGradSync | Non
     :class:`FlatGradSync` (:func:`grad_sync_mode`); returns (model, device, sync, mode)."""
     import ray.train.torch
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    mode = grad_sync_mode(w.cfg.performance, w.world if w.distributed else 1,
-                          sum(p.numel() * p.element_size() for p in params), len({p.dtype for p in params}),
-                          sum(1 for _ in model.buffers()))
+    mode = _sync_mode(w, model)
     if mode == "ddp":
         kwargs = ddp_kwargs(w.cfg.performance, w.cfg.spec.architecture)
         return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=kwargs), ray.train.torch.get_device(), None, mode
     model = ray.train.torch.prepare_model(model, parallel_strategy=None)
-    return model, ray.train.torch.get_device(), FlatGradSync(model, w.world) if mode == "flat" else None, mode
+    device = ray.train.torch.get_device()
+    whole_step, _ = graph_mode(w.cfg.performance, device.type, w.world, mode)
+    if mode == "flat" or step_capture(w.cfg.performance, device.type, mode, _dtypes(model), whole_step) == "tail":
+        return model, device, FlatGradSync(model, w.world if mode == "flat" else 1), mode
+    return model, device, None, mode
+
+
+def _dtypes(model: Any) -> int:
+    return len({p.dtype for p in model.parameters() if p.requires_grad})
+
+
+def _sync_mode(w: _Worker, model: Any) -> str:
+    """:func:`grad_sync_mode` of this worker's model."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return grad_sync_mode(w.cfg.performance, w.world if w.distributed else 1,
+                          sum(p.numel() * p.element_size() for p in params), len({p.dtype for p in params}),
+                          sum(1 for _ in model.buffers()))
 
 
 def _shards(w: _Worker, device: Any, drop_last: bool = False) -> tuple[ShardBatches, ShardBatches | None]:
@@ -398,12 +414,14 @@ def _epoch_state(w: _Worker, progress: _Progress, epoch: int) -> dict[str, Any]:
 
 def _step_runner(w: _Worker, model: Any, optimizer: Any, criterion: Any, device: Any,
                  progress: _Progress, sync: FlatGradSync | None) -> EagerStep | GraphStep:
-    graphs, note = graph_mode(w.cfg.performance, device.type, w.world)
+    mode = "none" if w.world <= 1 else ("flat" if sync is not None else "ddp")
+    graphs, note = graph_mode(w.cfg.performance, device.type, w.world, mode)
     if note:
         progress.notes.append(note)
     if graphs:
-        return GraphStep(model, optimizer, criterion, w.cfg.spec.task)
-    return EagerStep(model, optimizer, criterion, w.cfg.spec.task, sync)
+        return GraphStep(model, optimizer, criterion, w.cfg.spec.task, sync)
+    return EagerStep(model, optimizer, criterion, w.cfg.spec.task, sync,
+                     capture=step_capture(w.cfg.performance, device.type, mode, _dtypes(model), False))
 
 
 def _profiler_for(w: _Worker, device: Any, epoch: int, progress: _Progress) -> StepProfiler | None:
@@ -451,8 +469,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         sums = _run_epoch(step, model, criterion, train_batches, val_batches, w.cfg.spec.task, device, epoch, profiler)
         metrics = _reduce_metrics(w, sums, epoch, started)
         _save_profile(w, profiler, epoch, progress)
-        if isinstance(step, GraphStep) and step.note and step.note not in progress.notes:
-            progress.notes.append(step.note)
+        captured = None
+        if isinstance(step, EagerStep) and step.captured:
+            setting = "capture_grad_sync" if step.capture == "all_reduce" else "capture_optimizer"
+            captured = f"the step's {step.capture} is replayed from a CUDA graph (performance.{setting})"
+        for note in (step.note, captured):
+            if note and note not in progress.notes:
+                progress.notes.append(note)
         finite = _check_finite(metrics)
         metrics.setdefault(w.metric, metrics["train_loss"])  # no validation rows: track the training loss
         progress.history.append(metrics)

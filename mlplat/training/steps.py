@@ -14,7 +14,7 @@ from typing import Any
 
 from mlplat.training.config import PerformanceSpec
 
-__all__ = ["optimizer_flags", "graph_mode", "ddp_kwargs", "grad_sync_mode", "FlatGradSync", "EagerStep", "GraphStep", "StepProfiler", "targets",
+__all__ = ["optimizer_flags", "graph_mode", "ddp_kwargs", "grad_sync_mode", "FlatGradSync", "step_capture", "EagerStep", "GraphStep", "StepProfiler", "targets",
            "GRAPH_WARMUP_STEPS", "PROFILE_WARMUP_STEPS", "PROFILE_TOP_ROWS"]
 
 #: Eager steps on a side stream before the capture (PyTorch's whole-network capture recipe: the
@@ -45,15 +45,18 @@ def optimizer_flags(name: str, device_type: str, fused: bool, graphs: bool) -> d
     return {"fused": True} if fused else {}
 
 
-def graph_mode(perf: PerformanceSpec, device_type: str, world: int) -> tuple[bool, str | None]:
+def graph_mode(perf: PerformanceSpec, device_type: str, world: int, sync: str = "none") -> tuple[bool, str | None]:
     """Whether the step runs as a CUDA graph, and a note when ``cuda_graphs`` was asked but the
-    step stays eager (CPU, or DDP: capturing NCCL all-reduces needs settings Ray Train's process
-    group does not make).
+    step stays eager (CPU, or DDP: its hooks and buckets are not captured). With more than one
+    worker the step is captured only with ``sync == "flat"`` (:class:`FlatGradSync`: the
+    all-reduce of one static buffer is recorded into the graph).
 
     >>> graph_mode(PerformanceSpec(cuda_graphs=True), "cuda", 1)
     (True, None)
-    >>> graph_mode(PerformanceSpec(cuda_graphs=True), "cuda", 2)[1]
-    'performance.cuda_graphs: eager steps with 2 workers (DDP is not captured)'
+    >>> graph_mode(PerformanceSpec(cuda_graphs=True), "cuda", 2, "flat")
+    (True, None)
+    >>> graph_mode(PerformanceSpec(cuda_graphs=True), "cuda", 2, "ddp")[1]
+    'performance.cuda_graphs: eager steps with 2 workers under DDP (graphs need grad_sync flat)'
     >>> graph_mode(PerformanceSpec(), "cuda", 1)
     (False, None)
     """
@@ -61,8 +64,8 @@ def graph_mode(perf: PerformanceSpec, device_type: str, world: int) -> tuple[boo
         return False, None
     if device_type != "cuda":
         return False, f"performance.cuda_graphs: eager steps on {device_type} (graphs need CUDA)"
-    if world > 1:
-        return False, f"performance.cuda_graphs: eager steps with {world} workers (DDP is not captured)"
+    if world > 1 and sync != "flat":
+        return False, f"performance.cuda_graphs: eager steps with {world} workers under DDP (graphs need grad_sync flat)"
     return True, None
 
 
@@ -114,71 +117,185 @@ def grad_sync_mode(perf: PerformanceSpec, world: int, param_bytes: int, dtypes: 
     return "flat" if param_bytes <= cap_bytes and dtypes == 1 and buffers == 0 else "ddp"
 
 
+def step_capture(perf: PerformanceSpec, device_type: str, sync: str, dtypes: int, whole_step: bool) -> str:
+    """What of an eager step is captured as a CUDA graph: ``"none"``, ``"all_reduce"`` (the
+    flat sync's collective, ``performance.capture_grad_sync``) or ``"tail"`` (the collective,
+    if any, and the optimizer update, ``performance.capture_optimizer``). Only on CUDA, with one
+    worker or ``flat`` sync (DDP's hooks are not captured), gradients of one dtype (one flat
+    buffer), and not when the whole step is a graph already (``cuda_graphs``).
+
+    >>> p = PerformanceSpec()
+    >>> step_capture(p, "cuda", "flat", 1, False), step_capture(p, "cuda", "none", 1, False)
+    ('all_reduce', 'none')
+    >>> step_capture(p, "cpu", "flat", 1, False), step_capture(p, "cuda", "ddp", 1, False), step_capture(p, "cuda", "flat", 1, True)
+    ('none', 'none', 'none')
+    >>> tail = PerformanceSpec(capture_optimizer=True)
+    >>> step_capture(tail, "cuda", "none", 1, False), step_capture(tail, "cuda", "flat", 1, False), step_capture(tail, "cuda", "none", 2, False)
+    ('tail', 'tail', 'none')
+    """
+    if device_type != "cuda" or sync not in ("none", "flat") or dtypes != 1 or whole_step:
+        return "none"
+    if perf.capture_optimizer:
+        return "tail"
+    return "all_reduce" if sync == "flat" and perf.capture_grad_sync else "none"
+
+
 class FlatGradSync:
-    """Every trainable parameter's gradient as a view into one flat buffer: :meth:`zero` is one
-    kernel, :meth:`reduce` one all-reduce and one scale (the mean over workers, as DDP's). At
-    construction the parameters are broadcast from rank 0, as DDP does, so every worker starts
-    from the same weights. Optimizers must not set the gradients to None (``EagerStep`` zeroes
-    through :meth:`zero` instead)."""
+    """Gradients gathered into one flat buffer and, with ``world`` > 1, averaged over the
+    workers. At construction (``world`` > 1) the parameters are broadcast from rank 0, as DDP
+    does, so every worker starts from the same weights.
+
+    A step is :meth:`zero` (gradients to None: the backward pass then writes fresh gradient
+    tensors instead of one accumulate kernel per parameter), the backward pass, :meth:`gather`
+    (one ``cat`` into the buffer), :meth:`all_reduce` (one collective that averages it: NCCL's
+    AVG; SUM and a scale on gloo) and :meth:`expose` (every ``.grad`` becomes a view into the
+    buffer, for the optimizer). The buffer's address never changes, so the all-reduce and the
+    optimizer update that reads it can be replayed from a CUDA graph (:class:`EagerStep`)."""
 
     def __init__(self, model: Any, world: int):
         import torch
-        import torch.distributed as dist
 
-        params = [p for p in model.parameters() if p.requires_grad]
+        self.params = [p for p in model.parameters() if p.requires_grad]
         self.world = world
-        self.flat = torch.zeros(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
-        weights = torch.cat([p.detach().reshape(-1) for p in params])
-        dist.broadcast(weights, src=0)
+        self.flat = torch.zeros(sum(p.numel() for p in self.params), dtype=self.params[0].dtype,
+                                device=self.params[0].device)
+        self._average = False
+        if world > 1:
+            import torch.distributed as dist
+
+            weights = torch.cat([p.detach().reshape(-1) for p in self.params])
+            dist.broadcast(weights, src=0)
+            with torch.no_grad():
+                offset = 0
+                for p in self.params:
+                    p.copy_(weights[offset:offset + p.numel()].view_as(p))
+                    offset += p.numel()
+            self._average = dist.get_backend() == "nccl"  # ReduceOp.AVG: NCCL only
+        self.views: list[Any] = []
         offset = 0
-        with torch.no_grad():
-            for p in params:
-                n = p.numel()
-                p.copy_(weights[offset:offset + n].view_as(p))
-                p.grad = self.flat[offset:offset + n].view_as(p)
-                offset += n
+        for p in self.params:
+            self.views.append(self.flat[offset:offset + p.numel()].view_as(p))
+            offset += p.numel()
 
     def zero(self) -> None:
-        self.flat.zero_()
+        for p in self.params:
+            p.grad = None
 
-    def reduce(self) -> None:
+    def gather(self) -> None:
+        """The gradients, flattened into the buffer (one kernel); a parameter the step left
+        without a gradient contributes zeros."""
+        import torch
+
+        grads = [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), dtype=self.flat.dtype,
+                                                                             device=self.flat.device)
+                 for p in self.params]
+        torch.cat(grads, out=self.flat)
+
+    def all_reduce(self) -> None:
+        """The buffer's mean over the workers, in place (nothing with one worker)."""
+        if self.world <= 1:
+            return
         import torch.distributed as dist
 
-        dist.all_reduce(self.flat)
-        self.flat.mul_(1.0 / self.world)
+        if self._average:
+            dist.all_reduce(self.flat, op=dist.ReduceOp.AVG)
+        else:
+            dist.all_reduce(self.flat)
+            self.flat.mul_(1.0 / self.world)
+
+    def expose(self) -> None:
+        """Every parameter's gradient is its view into the (averaged) buffer."""
+        for p, view in zip(self.params, self.views, strict=True):
+            p.grad = view
 
 
 class EagerStep:
-    """One optimizer step per call, run op by op (``sync``: a :class:`FlatGradSync` averages the
-    gradients over the workers between the backward pass and the optimizer step)."""
+    """One optimizer step per call, run op by op. With ``sync`` (a :class:`FlatGradSync`) the
+    gradients go through its flat buffer (averaged over the workers when there are several)
+    before the optimizer step.
 
-    def __init__(self, model: Any, optimizer: Any, criterion: Any, task: str, sync: FlatGradSync | None = None):
+    ``capture`` (CUDA, with ``sync``; :func:`step_capture`): after :data:`GRAPH_WARMUP_STEPS`
+    eager steps (the optimizer's state exists by then), part of the step that reads only the
+    buffer is captured once as a CUDA graph and replayed from then on: ``"all_reduce"`` (the
+    NCCL call's ~0.2 ms of host time becomes a replay of a few microseconds) or ``"tail"`` (the
+    all-reduce and the optimizer update; the optimizer must be built ``capturable``). The
+    forward and backward passes stay eager (batches of any shape). Every worker captures at the
+    same step (the count is deterministic). If the capture fails, the step stays eager and
+    :attr:`note` says why."""
+
+    def __init__(self, model: Any, optimizer: Any, criterion: Any, task: str, sync: FlatGradSync | None = None,
+                 capture: str = "none"):
         self.model, self.optimizer, self.criterion, self.task, self.sync = model, optimizer, criterion, task, sync
+        on_cuda = sync is not None and sync.flat.device.type == "cuda"
+        self.capture = capture if on_cuda and capture in ("all_reduce", "tail") else "none"
+        self._pending = self.capture != "none"
+        self._graph: Any = None
+        self._eager_steps = 0
+        self.note: str | None = None
+
+    @property
+    def captured(self) -> bool:
+        """Is part of the step replayed from a CUDA graph now?"""
+        return self._graph is not None
 
     def __call__(self, x: Any, y: Any) -> Any:
         out = self.model(x)
         loss = self.criterion(out, targets(y, out, self.task))
-        if self.sync is None:
+        sync = self.sync
+        if sync is None:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-        else:
-            self.sync.zero()
-            loss.backward()
-            self.sync.reduce()
+            self.optimizer.step()
+            return loss.detach()
+        sync.zero()
+        loss.backward()
+        sync.gather()
+        if self._graph is None and self._pending and self._eager_steps >= GRAPH_WARMUP_STEPS:
+            self._capture_graph()
+        if self._graph is not None:
+            self._graph.replay()  # (the capture step too: a capture records without running)
+            if self.capture == "all_reduce":
+                sync.expose()
+                self.optimizer.step()
+            return loss.detach()
+        sync.all_reduce()
+        sync.expose()
         self.optimizer.step()
+        self._eager_steps += 1
         return loss.detach()
+
+    def _capture_graph(self) -> None:
+        import torch
+
+        sync = self.sync
+        assert sync is not None
+        self._pending = False
+        try:
+            torch.cuda.synchronize()
+            sync.expose()
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: Ray's and NCCL's own threads may touch CUDA while this one captures
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                sync.all_reduce()
+                if self.capture == "tail":
+                    self.optimizer.step()
+        except Exception as exc:  # stay eager, say so
+            self.note = f"performance: capturing the step's {self.capture} failed, eager steps ({type(exc).__name__}: {exc})"[:500]
+            return
+        self._graph = graph
 
 
 class GraphStep:
-    """The whole step (forward, backward, optimizer) as one CUDA graph, replayed per batch.
+    """The whole step (forward, backward, optimizer; with ``sync``, the gradients' all-reduce too)
+    as one CUDA graph, replayed per batch.
 
     The first :data:`GRAPH_WARMUP_STEPS` batches are ordinary (eager) steps on a side stream; the
     next one is copied into static input buffers, captured, and replayed -- as is every later
     batch. Every batch must have the capture's shape (the caller drops partial batches). If the
     capture fails, the step stays eager from then on and :attr:`note` says why."""
 
-    def __init__(self, model: Any, optimizer: Any, criterion: Any, task: str):
-        self.eager = EagerStep(model, optimizer, criterion, task)
+    def __init__(self, model: Any, optimizer: Any, criterion: Any, task: str, sync: FlatGradSync | None = None):
+        self.eager = EagerStep(model, optimizer, criterion, task, sync)
         self._graph: Any = None
         self._static: tuple[Any, Any, Any] | None = None  # x, y, loss
         self._warm = 0
@@ -220,12 +337,19 @@ class GraphStep:
         sx, sy = x.detach().clone(), y.detach().clone()
         torch.cuda.synchronize()
         eager = self.eager
+        sync = eager.sync
         eager.optimizer.zero_grad(set_to_none=True)  # gradients are allocated inside the graph's pool
+        if sync is not None:
+            sync.zero()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             out = eager.model(sx)
             sloss = eager.criterion(out, targets(sy, out, eager.task))
             sloss.backward()
+            if sync is not None:  # gather, all-reduce (NCCL records into the graph), views
+                sync.gather()
+                sync.all_reduce()
+                sync.expose()
             eager.optimizer.step()
         self._graph, self._static = graph, (sx, sy, sloss)
 

@@ -33,20 +33,25 @@ def _train(rank: int, world: int, port: int, mode: str, out: dict) -> None:
     try:
         torch.manual_seed(100 + rank)  # different starts: the sync must broadcast rank 0's
         model = build_model(ModelSpec(task="binary", hidden=[16, 8]), 5)
+        if mode == "flat-unused":  # a parameter the forward pass never uses: no gradient, zeros in the buffer
+            model.unused = torch.nn.Parameter(torch.ones(3))
         sync = None
         if mode == "ddp":
             model = torch.nn.parallel.DistributedDataParallel(model, **ddp_kwargs(PerformanceSpec(), "mlp"))
         else:
             sync = FlatGradSync(model, world)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)  # SGD: sensitive to the gradient scale
-        step = EagerStep(model, optimizer, loss_fn("binary"), "binary", sync)
+        step = EagerStep(model, optimizer, loss_fn("binary"), "binary", sync, capture="all_reduce")  # capture: CUDA only
         gen = torch.Generator().manual_seed(7 + rank)
         for _ in range(STEPS):
             x = torch.randn(32, 5, generator=gen)
             y = (torch.rand(32, generator=gen) > 0.5).float()
             step(x, y)
         net = getattr(model, "module", model)
-        out[(mode, rank)] = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        if sync is not None:  # the optimizer read the averaged buffer: every .grad is a view of it
+            assert all(p.grad.data_ptr() == v.data_ptr() for p, v in zip(sync.params, sync.views, strict=True))
+            assert not step.captured
+        out[(mode, rank)] = {k: v.detach().clone() for k, v in net.state_dict().items() if k != "unused"}
     finally:
         dist.destroy_process_group()
 
@@ -76,7 +81,8 @@ def _run(mode: str) -> dict:
 def test_flat_grad_sync_matches_ddp_and_keeps_ranks_equal():
     import numpy as np
 
-    flat, ddp = _run("flat"), _run("ddp")
+    flat, ddp, unused = _run("flat"), _run("ddp"), _run("flat-unused")
     for key in flat["flat:0"]:
         np.testing.assert_array_equal(flat["flat:0"][key], flat["flat:1"][key])  # ranks agree exactly
         np.testing.assert_allclose(flat["flat:0"][key], ddp["ddp:0"][key], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(unused["flat-unused:0"][key], ddp["ddp:0"][key], rtol=1e-5, atol=1e-6)

@@ -58,11 +58,14 @@ def test_optimizer_flags_by_device():
     assert isinstance(opt, torch.optim.Adam) and not opt.defaults.get("fused")
 
 
-def test_graph_mode_only_on_cuda_with_one_worker():
+def test_graph_mode_on_cuda_with_one_worker_or_flat_sync():
     on = PerformanceSpec(cuda_graphs=True)
     assert graph_mode(on, "cuda", 1) == (True, None)
     assert graph_mode(on, "cpu", 1)[0] is False and "cpu" in graph_mode(on, "cpu", 1)[1]
     assert graph_mode(on, "cuda", 2)[0] is False and "2 workers" in graph_mode(on, "cuda", 2)[1]
+    assert graph_mode(on, "cuda", 2, "ddp")[0] is False
+    assert graph_mode(on, "cuda", 2, "flat") == (True, None)
+    assert graph_mode(on, "cpu", 2, "flat")[0] is False
     assert graph_mode(PerformanceSpec(), "cuda", 1) == (False, None)
 
 
@@ -282,3 +285,35 @@ def test_servable_device_path_with_cpu(tmp_path):
     np.testing.assert_allclose(servable.predict_matrix(x), expected, rtol=1e-5, atol=1e-6)
     servable.numpy_plan = None  # as on cuda: every request through torch on the device
     np.testing.assert_allclose(servable.predict_matrix(x[:3]), expected[:3], rtol=1e-5, atol=1e-6)
+
+
+def test_one_worker_flat_buffer_step_trains_as_the_plain_step():
+    """The 1-worker step through a FlatGradSync (what CUDA runs with capture_optimizer) updates
+    the weights as the plain step does; on CPU nothing is captured."""
+    from mlplat.models import ModelSpec, build_model, loss_fn
+    from mlplat.training.steps import FlatGradSync
+
+    torch.manual_seed(0)
+    a = build_model(ModelSpec(task="binary", hidden=[8, 4]), 3)
+    b = build_model(ModelSpec(task="binary", hidden=[8, 4]), 3)
+    b.load_state_dict(a.state_dict())
+    crit = loss_fn("binary")
+    opt_a, opt_b = torch.optim.Adam(a.parameters(), lr=0.01), torch.optim.Adam(b.parameters(), lr=0.01)
+    plain = EagerStep(a, opt_a, crit, "binary")
+    flat = EagerStep(b, opt_b, crit, "binary", FlatGradSync(b, 1), capture="tail")
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(6):
+        x, y = torch.randn(16, 3, generator=gen), (torch.rand(16, generator=gen) > 0.5).float()
+        torch.testing.assert_close(plain(x, y), flat(x, y))
+    assert flat.capture == "none" and not flat.captured and flat.note is None  # on CPU nothing is captured
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(pa, pb, msg=name)
+
+
+def test_the_step_doctests():
+    """The pure decisions' examples (graph_mode, step_capture, grad_sync_mode, ddp_kwargs, ...)."""
+    import doctest
+
+    import mlplat.training.steps as steps
+
+    assert doctest.testmod(steps).failed == 0
