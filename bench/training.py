@@ -17,6 +17,10 @@ the Chrome trace and the top-15 table by self device (CPU) time are copied to
 ``performance.cuda_graphs: true`` (whole step captured; last partial batch dropped) as a row of
 its own against the same bare loop and, with ``--gpus N``, an N-worker fit with the all-reduce
 inside the graph, as an efficiency row against N x the 1-worker graph rate.
+``--capture-optimizer`` adds fits with ``performance.capture_optimizer: true`` (the optimizer
+update replayed from a CUDA graph with the all-reduce) the same way. ``--bare-in-worker`` adds the
+bare loop run inside a 1-worker Ray Train fit (what the Ray worker process costs). Every fit
+prints its rate when it ends, so a run cut short leaves its numbers in the log.
 
 The sides interleave at the level of whole runs (a Ray Train fit cannot pause between epochs
 for the bare loop): ``--repeats`` rounds (default 3) of bare loop, 1-worker fit (and, with
@@ -225,7 +229,8 @@ def card_name() -> str | None:
 
 def run(gpus: int = 0, rows: int | None = None, epochs: int | None = None, hidden: list[int] | None = None,
         batch_size: int | None = None, features: int | None = None, repeats: int | None = None,
-        profile_to: str | None = None, cuda_graphs: bool = False, in_worker: bool = False) -> list[dict[str, Any]]:
+        profile_to: str | None = None, cuda_graphs: bool = False, in_worker: bool = False,
+        capture_optimizer: bool = False) -> list[dict[str, Any]]:
     """``repeats`` interleaved rounds; each round runs the bare loop, one 1-worker Ray Train fit
     and (``gpus >= 2``) one ``gpus``-worker fit, each over ``epochs`` epochs (and, with
     ``cuda_graphs``, a 1-worker fit with the step captured). A run's rate is the median of its
@@ -254,6 +259,7 @@ def run(gpus: int = 0, rows: int | None = None, epochs: int | None = None, hidde
     card = card_name()
     bare, one, multi, graphs, walls, walls_n, walls_g = [], [], [], [], [], [], []
     graphs_n, walls_gn, bare_worker = [], [], []
+    tail: dict[int, list[float]] = {}
     extras: dict[str, Any] = {}
     largest = gpus if gpus >= 2 else 1
     with tempfile.TemporaryDirectory(prefix="mlplat-bench-train-") as root:
@@ -279,6 +285,13 @@ def run(gpus: int = 0, rows: int | None = None, epochs: int | None = None, hidde
                 if extra.get("notes"):
                     kept = extras.setdefault("notes" if workers == 1 else "notes_n", [])
                     kept.extend(n for n in list(extra["notes"]) if n not in kept)
+            for workers in (([1, gpus] if gpus >= 2 else [1]) if capture_optimizer else []):
+                rates, wall, extra = ray_train(x, y, hidden=hidden, batch_size=batch_size, epochs=epochs,
+                                               num_workers=workers, use_gpu=bool(gpus), root=root,
+                                               performance={"capture_optimizer": True})
+                tail.setdefault(workers, []).append(_steady(rates))
+                print(f"round {round_no}: capture_optimizer, {workers} worker(s) {_steady(rates):,.0f} samples/s; "
+                      f"notes {extra.get('notes')}", flush=True)
             for workers in (([1, gpus] if gpus >= 2 else [1]) if cuda_graphs else []):
                 rates, wall, extra = ray_train(x, y, hidden=hidden, batch_size=batch_size, epochs=epochs,
                                                num_workers=workers, use_gpu=bool(gpus), root=root,
@@ -310,6 +323,13 @@ def run(gpus: int = 0, rows: int | None = None, epochs: int | None = None, hidde
                             baseline_value=statistics.median(bare), target="context (the setting is off by default)",
                             fit_wall_s=walls_g, ray_runs=[round(r) for r in graphs],
                             notes=extras.get("cuda_graphs_notes", []), **common))
+    for workers, rates in tail.items():
+        label = "1 GPU" if workers == 1 else f"{workers} GPUs"
+        rows_out.append(row("P6", f"Ray Train samples/s ({label if gpus else where}, performance.capture_optimizer: true; {shape})",
+                            statistics.median(rates), "samples/s",
+                            baseline=f"bare torch loop, data on {device}" if workers == 1 else f"{workers} x the 1-GPU rate with capture_optimizer",
+                            baseline_value=statistics.median(bare) if workers == 1 else workers * statistics.median(tail[1]),
+                            target="context (the setting is off by default)", ray_runs=[round(r) for r in rates], **common))
     if in_worker:
         rows_out.append(row("P6", f"bare torch loop inside a 1-worker Ray Train fit ({where}; {shape})",
                             statistics.median(bare_worker), "samples/s", baseline=f"bare torch loop in the driver, data on {device}",
@@ -347,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"profile {PROFILE_STEPS} steps of the largest fit's rank 0 (an extra, untimed epoch)")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="add fits with performance.cuda_graphs (1 worker, and N with --gpus N)")
+    parser.add_argument("--capture-optimizer", action="store_true",
+                        help="add fits with performance.capture_optimizer (1 worker, and N with --gpus N)")
     parser.add_argument("--bare-in-worker", action="store_true",
                         help="add the bare loop run inside a 1-worker Ray Train fit (a context row)")
     parser.add_argument("--out-dir", default=None, help="where the JSON (and profiles/) go (default bench/results)")
@@ -356,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rows = stamp(run(gpus=gpus, rows=args.rows, epochs=args.epochs, hidden=args.hidden, batch_size=args.batch_size,
                      features=args.features, repeats=args.repeats,
-                     profile_to=str(out / "profiles") if args.profile else None, cuda_graphs=args.cuda_graphs, in_worker=args.bare_in_worker))
+                     profile_to=str(out / "profiles") if args.profile else None, cuda_graphs=args.cuda_graphs, in_worker=args.bare_in_worker,
+                     capture_optimizer=args.capture_optimizer))
     first = rows[0]
     default_cpu = (not gpus and first["rows"] == DEFAULTS["rows"] and first["features"] == DEFAULTS["features"]
                    and first["hidden"] == DEFAULTS["hidden"] and first["batch_size"] == DEFAULTS["batch_size"])
