@@ -19,7 +19,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from mlplat.models import build_model, loss_fn
 from mlplat.storage import Storage
@@ -176,9 +176,27 @@ def _worker(loop_config: dict[str, Any]) -> _Worker:
                    in_memory=bool(loop_config.get("in_memory")))
 
 
-def _build(w: _Worker) -> tuple[Any, Any, Any]:
-    """Seeded model, optimizer and loss function (the model already on this worker's device, so
-    the optimizer's fused/capturable state lives there; not yet wrapped in DDP)."""
+class _StepPlan(NamedTuple):
+    """How this worker's steps run, decided once from the model and the settings."""
+
+    sync: str  # grad_sync_mode: none | flat | ddp
+    graphs: bool  # the whole step is a CUDA graph (performance.cuda_graphs)
+    graph_note: str | None  # why cuda_graphs was asked but the steps stay eager
+    capture: str  # step_capture: none | all_reduce | tail
+
+
+def _step_plan(w: _Worker, model: Any, device_type: str) -> _StepPlan:
+    params = [p for p in model.parameters() if p.requires_grad]
+    dtypes = len({p.dtype for p in params})
+    sync = grad_sync_mode(w.cfg.performance, w.world if w.distributed else 1,
+                          sum(p.numel() * p.element_size() for p in params), dtypes, sum(1 for _ in model.buffers()))
+    graphs, note = graph_mode(w.cfg.performance, device_type, w.world, sync)
+    return _StepPlan(sync, graphs, note, step_capture(w.cfg.performance, device_type, sync, dtypes, graphs))
+
+
+def _build(w: _Worker) -> tuple[Any, Any, Any, _StepPlan]:
+    """Seeded model, optimizer, loss function and step plan (the model already on this worker's
+    device, so the optimizer's fused/capturable state lives there; not yet wrapped in DDP)."""
     import numpy as np
     import ray.train.torch
     import torch
@@ -188,12 +206,11 @@ def _build(w: _Worker) -> tuple[Any, Any, Any]:
     np.random.seed(hp.seed + w.rank)
     device = ray.train.torch.get_device()
     model = build_model(w.cfg.spec, w.input_dim).to(device)
-    sync = _sync_mode(w, model)
-    graphs, _ = graph_mode(w.cfg.performance, device.type, w.world, sync)
-    tail = step_capture(w.cfg.performance, device.type, sync, _dtypes(model), graphs) == "tail"
-    flags = optimizer_flags(hp.optimizer, device.type, w.cfg.performance.fused_optimizer, graphs or tail)
+    plan = _step_plan(w, model, device.type)
+    flags = optimizer_flags(hp.optimizer, device.type, w.cfg.performance.fused_optimizer,
+                            plan.graphs or plan.capture == "tail")
     optimizer = make_optimizer(hp.optimizer, model.parameters(), hp.lr, hp.weight_decay, hp.momentum, flags)
-    return model, optimizer, loss_fn(w.cfg.spec.task)
+    return model, optimizer, loss_fn(w.cfg.spec.task), plan
 
 
 def _restore_state(w: _Worker, model: Any, optimizer: Any) -> _Progress:
@@ -218,33 +235,18 @@ def _restore_state(w: _Worker, model: Any, optimizer: Any) -> _Progress:
     return progress
 
 
-def _prepare_model(w: _Worker, model: Any) -> tuple[Any, Any, FlatGradSync | None, str]:
-    """Move the model to this worker's device and, when world > 1, wrap it in DDP or give it a
-    :class:`FlatGradSync` (:func:`grad_sync_mode`); returns (model, device, sync, mode)."""
+def _prepare_model(w: _Worker, model: Any, plan: _StepPlan) -> tuple[Any, Any, FlatGradSync | None]:
+    """Move the model to this worker's device and, as ``plan`` says, wrap it in DDP or give it a
+    :class:`FlatGradSync` (flat sync, or one worker whose optimizer joins a graph); returns
+    (model, device, sync)."""
     import ray.train.torch
 
-    mode = _sync_mode(w, model)
-    if mode == "ddp":
+    if plan.sync == "ddp":
         kwargs = ddp_kwargs(w.cfg.performance, w.cfg.spec.architecture)
-        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=kwargs), ray.train.torch.get_device(), None, mode
+        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=kwargs), ray.train.torch.get_device(), None
     model = ray.train.torch.prepare_model(model, parallel_strategy=None)
-    device = ray.train.torch.get_device()
-    whole_step, _ = graph_mode(w.cfg.performance, device.type, w.world, mode)
-    if mode == "flat" or step_capture(w.cfg.performance, device.type, mode, _dtypes(model), whole_step) == "tail":
-        return model, device, FlatGradSync(model, w.world if mode == "flat" else 1), mode
-    return model, device, None, mode
-
-
-def _dtypes(model: Any) -> int:
-    return len({p.dtype for p in model.parameters() if p.requires_grad})
-
-
-def _sync_mode(w: _Worker, model: Any) -> str:
-    """:func:`grad_sync_mode` of this worker's model."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return grad_sync_mode(w.cfg.performance, w.world if w.distributed else 1,
-                          sum(p.numel() * p.element_size() for p in params), len({p.dtype for p in params}),
-                          sum(1 for _ in model.buffers()))
+    sync = FlatGradSync(model, w.world if plan.sync == "flat" else 1) if plan.sync == "flat" or plan.capture == "tail" else None
+    return model, ray.train.torch.get_device(), sync
 
 
 def _shards(w: _Worker, device: Any, drop_last: bool = False) -> tuple[ShardBatches, ShardBatches | None]:
@@ -412,16 +414,13 @@ def _epoch_state(w: _Worker, progress: _Progress, epoch: int) -> dict[str, Any]:
             "run_id": w.run_id, "stopped_early": should_stop_early(values, w.mode, es.patience, es.min_delta)}
 
 
-def _step_runner(w: _Worker, model: Any, optimizer: Any, criterion: Any, device: Any,
+def _step_runner(w: _Worker, model: Any, optimizer: Any, criterion: Any, plan: _StepPlan,
                  progress: _Progress, sync: FlatGradSync | None) -> EagerStep | GraphStep:
-    mode = "none" if w.world <= 1 else ("flat" if sync is not None else "ddp")
-    graphs, note = graph_mode(w.cfg.performance, device.type, w.world, mode)
-    if note:
-        progress.notes.append(note)
-    if graphs:
+    if plan.graph_note:
+        progress.notes.append(plan.graph_note)
+    if plan.graphs:
         return GraphStep(model, optimizer, criterion, w.cfg.spec.task, sync)
-    return EagerStep(model, optimizer, criterion, w.cfg.spec.task, sync,
-                     capture=step_capture(w.cfg.performance, device.type, mode, _dtypes(model), False))
+    return EagerStep(model, optimizer, criterion, w.cfg.spec.task, sync, capture=plan.capture)
 
 
 def _profiler_for(w: _Worker, device: Any, epoch: int, progress: _Progress) -> StepProfiler | None:
@@ -454,12 +453,12 @@ def _save_profile(w: _Worker, profiler: StepProfiler | None, epoch: int, progres
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     w = _worker(loop_config)
-    model, optimizer, criterion = _build(w)
+    model, optimizer, criterion, plan = _build(w)
     progress = _restore_state(w, model, optimizer)
-    model, device, sync, sync_mode = _prepare_model(w, model)
-    if sync_mode != "none":
-        progress.notes.append(f"gradients averaged over {w.world} workers by {sync_mode} (performance.grad_sync)")
-    step = _step_runner(w, model, optimizer, criterion, device, progress, sync)
+    model, device, sync = _prepare_model(w, model, plan)
+    if plan.sync != "none":
+        progress.notes.append(f"gradients averaged over {w.world} workers by {plan.sync} (performance.grad_sync)")
+    step = _step_runner(w, model, optimizer, criterion, plan, progress, sync)
     train_batches, val_batches = _shards(w, device, drop_last=isinstance(step, GraphStep))
 
     _write_progress(w, progress, "running")
@@ -469,13 +468,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         sums = _run_epoch(step, model, criterion, train_batches, val_batches, w.cfg.spec.task, device, epoch, profiler)
         metrics = _reduce_metrics(w, sums, epoch, started)
         _save_profile(w, profiler, epoch, progress)
-        captured = None
-        if isinstance(step, EagerStep) and step.captured:
-            setting = "capture_grad_sync" if step.capture == "all_reduce" else "capture_optimizer"
-            captured = f"the step's {step.capture} is replayed from a CUDA graph (performance.{setting})"
-        for note in (step.note, captured):
-            if note and note not in progress.notes:
-                progress.notes.append(note)
+        if step.note and step.note not in progress.notes:
+            progress.notes.append(step.note)
         finite = _check_finite(metrics)
         metrics.setdefault(w.metric, metrics["train_loss"])  # no validation rows: track the training loss
         progress.history.append(metrics)

@@ -159,6 +159,7 @@ class FlatGradSync:
         self.world = world
         self.flat = torch.zeros(sum(p.numel() for p in self.params), dtype=self.params[0].dtype,
                                 device=self.params[0].device)
+        self.views = self._split(self.flat)
         self._average = False
         if world > 1:
             import torch.distributed as dist
@@ -166,16 +167,17 @@ class FlatGradSync:
             weights = torch.cat([p.detach().reshape(-1) for p in self.params])
             dist.broadcast(weights, src=0)
             with torch.no_grad():
-                offset = 0
-                for p in self.params:
-                    p.copy_(weights[offset:offset + p.numel()].view_as(p))
-                    offset += p.numel()
+                for p, w in zip(self.params, self._split(weights), strict=True):
+                    p.copy_(w)
             self._average = dist.get_backend() == "nccl"  # ReduceOp.AVG: NCCL only
-        self.views: list[Any] = []
-        offset = 0
+
+    def _split(self, flat: Any) -> list[Any]:
+        """``flat`` as one view per parameter, shaped like it."""
+        views, offset = [], 0
         for p in self.params:
-            self.views.append(self.flat[offset:offset + p.numel()].view_as(p))
+            views.append(flat[offset:offset + p.numel()].view_as(p))
             offset += p.numel()
+        return views
 
     def zero(self) -> None:
         for p in self.params:
@@ -220,8 +222,8 @@ class EagerStep:
     NCCL call's ~0.2 ms of host time becomes a replay of a few microseconds) or ``"tail"`` (the
     all-reduce and the optimizer update; the optimizer must be built ``capturable``). The
     forward and backward passes stay eager (batches of any shape). Every worker captures at the
-    same step (the count is deterministic). If the capture fails, the step stays eager and
-    :attr:`note` says why."""
+    same step (the count is deterministic). :attr:`note` says what was captured, or why the step
+    stays eager when the capture fails."""
 
     def __init__(self, model: Any, optimizer: Any, criterion: Any, task: str, sync: FlatGradSync | None = None,
                  capture: str = "none"):
@@ -283,6 +285,8 @@ class EagerStep:
             self.note = f"performance: capturing the step's {self.capture} failed, eager steps ({type(exc).__name__}: {exc})"[:500]
             return
         self._graph = graph
+        setting = "capture_grad_sync" if self.capture == "all_reduce" else "capture_optimizer"
+        self.note = f"the step's {self.capture} is replayed from a CUDA graph (performance.{setting})"
 
 
 class GraphStep:
