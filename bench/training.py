@@ -257,9 +257,10 @@ def run(gpus: int = 0, rows: int | None = None, epochs: int | None = None, hidde
     torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1) if not gpus else torch.get_num_threads())
     shape = f"MLP {features}-{'-'.join(map(str, hidden))}-1, {rows:,} rows, batch {batch_size}"
     card = card_name()
-    bare, one, multi, graphs, walls, walls_n, walls_g = [], [], [], [], [], [], []
-    graphs_n, walls_gn, bare_worker = [], [], []
-    tail: dict[int, list[float]] = {}
+    bare, one, multi, walls, walls_n, bare_worker = [], [], [], [], [], []
+    # context fits with one setting on: setting -> workers -> {"rates", "walls", "notes"}
+    variants = [name for name, on in (("cuda_graphs", cuda_graphs), ("capture_optimizer", capture_optimizer)) if on]
+    context: dict[str, dict[int, dict[str, list[Any]]]] = {name: {} for name in variants}
     extras: dict[str, Any] = {}
     largest = gpus if gpus >= 2 else 1
     with tempfile.TemporaryDirectory(prefix="mlplat-bench-train-") as root:
@@ -285,22 +286,17 @@ def run(gpus: int = 0, rows: int | None = None, epochs: int | None = None, hidde
                 if extra.get("notes"):
                     kept = extras.setdefault("notes" if workers == 1 else "notes_n", [])
                     kept.extend(n for n in list(extra["notes"]) if n not in kept)
-            for workers in (([1, gpus] if gpus >= 2 else [1]) if capture_optimizer else []):
-                rates, wall, extra = ray_train(x, y, hidden=hidden, batch_size=batch_size, epochs=epochs,
-                                               num_workers=workers, use_gpu=bool(gpus), root=root,
-                                               performance={"capture_optimizer": True})
-                tail.setdefault(workers, []).append(_steady(rates))
-                print(f"round {round_no}: capture_optimizer, {workers} worker(s) {_steady(rates):,.0f} samples/s; "
-                      f"notes {extra.get('notes')}", flush=True)
-            for workers in (([1, gpus] if gpus >= 2 else [1]) if cuda_graphs else []):
-                rates, wall, extra = ray_train(x, y, hidden=hidden, batch_size=batch_size, epochs=epochs,
-                                               num_workers=workers, use_gpu=bool(gpus), root=root,
-                                               performance={"cuda_graphs": True})
-                (graphs if workers == 1 else graphs_n).append(_steady(rates))
-                print(f"round {round_no}: cuda_graphs, {workers} worker(s) {_steady(rates):,.0f} samples/s", flush=True)
-                (walls_g if workers == 1 else walls_gn).append(round(wall, 2))
-                kept = extras.setdefault("cuda_graphs_notes", [])
-                kept.extend(n for n in list(extra.get("notes", [])) if n not in kept)
+            for name in variants:
+                for workers in ([1, gpus] if gpus >= 2 else [1]):
+                    rates, wall, extra = ray_train(x, y, hidden=hidden, batch_size=batch_size, epochs=epochs,
+                                                   num_workers=workers, use_gpu=bool(gpus), root=root,
+                                                   performance={name: True})
+                    got = context[name].setdefault(workers, {"rates": [], "walls": [], "notes": []})
+                    got["rates"].append(_steady(rates))
+                    got["walls"].append(round(wall, 2))
+                    got["notes"].extend(n for n in list(extra.get("notes", [])) if n not in got["notes"])
+                    print(f"round {round_no}: {name}, {workers} worker(s) {_steady(rates):,.0f} samples/s; "
+                          f"notes {extra.get('notes')}", flush=True)
     where = "1 GPU" if gpus else "CPU, 1 worker"
     common = {"card": card, "epochs": epochs, "repeats": repeats, "shape_tag": shape_tag(rows, features, hidden, batch_size),
               "rows": rows, "features": features, "hidden": hidden, "batch_size": batch_size,
@@ -317,32 +313,26 @@ def run(gpus: int = 0, rows: int | None = None, epochs: int | None = None, hidde
                             baseline_value=gpus * statistics.median(one), target=">=0.9", fit_wall_s=walls_n,
                             ray_runs=[round(r) for r in multi], efficiency_definition=EFFICIENCY,
                             notes=extras.get("notes_n", []), gpus=gpus, **common))
-    if cuda_graphs:
-        rows_out.append(row("P6", f"Ray Train samples/s ({where}, performance.cuda_graphs: true; {shape})",
-                            statistics.median(graphs), "samples/s", baseline=f"bare torch loop, data on {device} (eager)",
-                            baseline_value=statistics.median(bare), target="context (the setting is off by default)",
-                            fit_wall_s=walls_g, ray_runs=[round(r) for r in graphs],
-                            notes=extras.get("cuda_graphs_notes", []), **common))
-    for workers, rates in tail.items():
-        label = "1 GPU" if workers == 1 else f"{workers} GPUs"
-        rows_out.append(row("P6", f"Ray Train samples/s ({label if gpus else where}, performance.capture_optimizer: true; {shape})",
-                            statistics.median(rates), "samples/s",
-                            baseline=f"bare torch loop, data on {device}" if workers == 1 else f"{workers} x the 1-GPU rate with capture_optimizer",
-                            baseline_value=statistics.median(bare) if workers == 1 else workers * statistics.median(tail[1]),
-                            target="context (the setting is off by default)", ray_runs=[round(r) for r in rates], **common))
     if in_worker:
         rows_out.append(row("P6", f"bare torch loop inside a 1-worker Ray Train fit ({where}; {shape})",
                             statistics.median(bare_worker), "samples/s", baseline=f"bare torch loop in the driver, data on {device}",
                             baseline_value=statistics.median(bare), target="context: what the Ray worker process costs",
                             ray_runs=[round(r) for r in bare_worker], bare_runs=[round(r) for r in bare], **common))
-    if cuda_graphs and gpus >= 2:
-        rows_out.append(row("P6", f"Ray Train samples/s ({gpus} GPUs, performance.cuda_graphs: true (all-reduce in the "
-                                  f"graph); scaling efficiency; {shape})",
-                            statistics.median(graphs_n), "samples/s",
-                            baseline=f"{gpus} x the 1-GPU Ray Train rate with cuda_graphs",
-                            baseline_value=gpus * statistics.median(graphs), target="context (the setting is off by default)",
-                            fit_wall_s=walls_gn, ray_runs=[round(r) for r in graphs_n], efficiency_definition=EFFICIENCY,
-                            gpus=gpus, **common))
+    for name, fits in context.items():
+        base = fits[1]
+        rows_out.append(row("P6", f"Ray Train samples/s ({where}, performance.{name}: true; {shape})",
+                            statistics.median(base["rates"]), "samples/s", baseline=f"bare torch loop, data on {device} (eager)",
+                            baseline_value=statistics.median(bare), target="context (the setting is off by default)",
+                            fit_wall_s=base["walls"], ray_runs=[round(r) for r in base["rates"]], notes=base["notes"], **common))
+        if gpus >= 2:
+            inside = " (all-reduce in the graph)" if name == "cuda_graphs" else ""
+            rates_n = fits[gpus]["rates"]
+            rows_out.append(row("P6", f"Ray Train samples/s ({gpus} GPUs, performance.{name}: true{inside}; scaling efficiency; "
+                                      f"{shape})", statistics.median(rates_n), "samples/s",
+                                baseline=f"{gpus} x the 1-GPU Ray Train rate with {name}",
+                                baseline_value=gpus * statistics.median(base["rates"]), target="context (the setting is off by default)",
+                                fit_wall_s=fits[gpus]["walls"], ray_runs=[round(r) for r in rates_n],
+                                efficiency_definition=EFFICIENCY, notes=fits[gpus]["notes"], gpus=gpus, **common))
     if "profile" in extras:
         rows_out[1 if gpus >= 2 else 0]["profile"] = extras["profile"]  # the largest fit's rank 0
     return rows_out
