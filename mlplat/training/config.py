@@ -94,8 +94,8 @@ class CheckpointSpec(StrictModel):
 
 
 class PerformanceSpec(StrictModel):
-    """How each training step runs on its device. Only ``cuda_graphs`` changes what is trained
-    (it drops each epoch's last partial batch), so only it enters :func:`config_hash`.
+    """How each training step runs on its device. None of these changes what is trained (the
+    same batches, the same updates), so none enters :func:`config_hash`.
 
     - ``ddp_bucket_cap_mb``: DDP's gradient bucket size in MiB (None: DDP's default, 25). Smaller
       buckets start the all-reduce earlier in the backward pass (more overlap, more calls).
@@ -105,10 +105,13 @@ class PerformanceSpec(StrictModel):
       instead of a few per parameter tensor); no effect on CPU.
     - ``cuda_graphs``: on CUDA (one worker, or several with ``grad_sync`` flat), the whole step
       (forward, backward, all-reduce, optimizer) is captured once as a CUDA graph and replayed
-      per batch: no Python or launch cost per kernel.
-      Batches must have one shape, so each epoch drops its last partial batch (its rows come
-      back shuffled into later epochs). Under DDP or on CPU the step runs eagerly and the run's
-      progress notes say so.
+      per batch: no Python or launch cost per kernel. A batch of another shape than the captured
+      one (each epoch's last, partial batch) runs as an eager step, so every row is trained on
+      as without graphs. ``auto`` (the default): on for the zoo's models (``mlp``, ``linear``),
+      whose steps have a fixed kernel sequence; off for ``custom`` modules, whose Python may
+      branch per step (a replay would repeat the captured branch). ``true``: also for
+      ``custom``. Under DDP or on CPU the step runs eagerly (with ``true``, the run's progress
+      notes say so); a capture that fails falls back to eager steps, noted the same way.
     - ``grad_sync``: how workers average gradients. ``ddp``: PyTorch DDP (buckets all-reduced
       during the backward pass). ``flat``: after the backward pass the gradients are gathered into
       one flat buffer (one kernel) and averaged by one all-reduce (DDP's per-step Python and hook
@@ -116,15 +119,14 @@ class PerformanceSpec(StrictModel):
       parameters fit in one DDP bucket (``ddp_bucket_cap_mb``, 25 MiB by default: DDP would not
       overlap them with the backward pass either), share one dtype and the model has no buffers
       (DDP would broadcast those every step); else ``ddp``.
-    - ``capture_grad_sync``: with ``flat`` on CUDA, the all-reduce of the flat gradient buffer
-      is captured once as a CUDA graph (after 3 eager steps) and replayed every step: the NCCL
-      call's ~0.2 ms of host time, most of what a second worker added to a small model's ~1 ms
-      step, becomes a few microseconds. A failed capture falls back to eager all-reduces and the
-      run's progress notes say so.
-    - ``capture_optimizer``: on CUDA (one worker, or several with ``flat``), the optimizer update
-      joins that graph (gradients go through the flat buffer on one worker too; the optimizer is
-      built ``capturable``): its per-step Python becomes part of one replay. Off by default: it
-      has not been timed on a GPU yet.
+    - ``capture_grad_sync``: with ``flat`` on CUDA and eager steps, the all-reduce of the flat
+      gradient buffer is captured once as a CUDA graph (after 3 eager steps) and replayed every
+      step: the NCCL call's ~0.2 ms of host time becomes a few microseconds. A failed capture
+      falls back to eager all-reduces and the run's progress notes say so.
+    - ``capture_optimizer``: on CUDA with eager steps (one worker, or several with ``flat``),
+      the optimizer update joins that graph (gradients go through the flat buffer on one worker
+      too; the optimizer is built ``capturable``): its per-step Python becomes part of one
+      replay. Off by default: it has not been timed on a GPU yet.
     - ``profile_steps``: rank 0 records that many steps of its first epoch with
       ``torch.profiler`` and writes a Chrome trace and a top-kernels table under
       ``runs/<run-id>/profile/`` (0: off). The profiled epoch runs slower; its ``epoch_s`` says so.
@@ -133,7 +135,7 @@ class PerformanceSpec(StrictModel):
     ddp_bucket_cap_mb: float | None = Field(None, gt=0)
     ddp_static_graph: bool | None = None
     fused_optimizer: bool = True
-    cuda_graphs: bool = False
+    cuda_graphs: bool | Literal["auto"] = "auto"
     profile_steps: int = Field(0, ge=0, le=10_000)
     grad_sync: Literal["auto", "ddp", "flat"] = "auto"
     capture_grad_sync: bool = True
@@ -222,13 +224,11 @@ def parse_training_config(data: TrainingConfig | Mapping[str, Any], source: str 
 
 
 def config_hash(config: TrainingConfig) -> str:
-    """sha256 of the recipe: canonical JSON of the config without ``search`` and ``description``
-    (code is identified by ``code_version``, recorded separately). Of ``performance`` only
-    ``cuda_graphs: true`` counts (it drops partial batches); the rest changes speed, not the recipe,
-    so configs written before the section existed keep their hash."""
+    """sha256 of the recipe: canonical JSON of the config without ``search``, ``description``
+    and ``performance`` (code is identified by ``code_version``, recorded separately). The
+    ``performance`` settings change how fast a step runs, not what it computes, so configs written
+    before the section existed keep their hash."""
     data = config.model_dump(mode="json", exclude={"search", "description", "code_version", "performance"})
-    if config.performance.cuda_graphs:
-        data["performance"] = {"cuda_graphs": True}
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 

@@ -8,7 +8,8 @@ On start it resumes from the newest checkpoint that verifies, falling back to ol
 :func:`train_loop_per_worker` is a sequence of named steps: ``_worker`` (config, rank) ->
 ``_build`` -> ``_restore_state`` -> ``_prepare_model`` (DDP) -> ``_shards``, then per epoch
 ``_run_epoch`` (eager steps, or one CUDA graph replay per step with ``performance.cuda_graphs``;
-``performance.profile_steps`` records rank 0's first steps) -> ``_reduce_metrics`` -> ``_check_finite`` -> ``_epoch_state`` (early stopping)
+``performance.profile_steps`` records rank 0's first steps; with several workers ``_align_workers``
+first, so ``epoch_s`` starts when all have entered the epoch) -> ``_reduce_metrics`` -> ``_check_finite`` -> ``_epoch_state`` (early stopping)
 -> ``_save_checkpoint`` (the report every worker makes) -> ``_write_progress``.
 """
 
@@ -54,10 +55,9 @@ class ShardBatches:
     iterator or host-to-device copy, so a GPU runs at the speed of a bare loop. Otherwise the
     shard streams through ``iter_torch_batches`` every epoch."""
 
-    def __init__(self, shard: Any, device: Any, batch_size: int, in_memory: bool, seed: int, shuffle: bool,
-                 drop_last: bool = False):
+    def __init__(self, shard: Any, device: Any, batch_size: int, in_memory: bool, seed: int, shuffle: bool):
         self._shard, self._device, self._batch_size = shard, device, batch_size
-        self._seed, self._shuffle, self._drop_last = seed, shuffle, drop_last
+        self._seed, self._shuffle = seed, shuffle
         self._tensors: tuple[Any, Any] | None = None
         if in_memory:
             import torch
@@ -73,8 +73,7 @@ class ShardBatches:
         import torch
 
         if self._tensors is None:
-            for batch in self._shard.iter_torch_batches(batch_size=self._batch_size, device=self._device,
-                                                        drop_last=self._drop_last):
+            for batch in self._shard.iter_torch_batches(batch_size=self._batch_size, device=self._device):
                 yield batch["x"], batch["y"]
             return
         x, y = self._tensors
@@ -85,8 +84,7 @@ class ShardBatches:
             generator = torch.Generator(device=x.device).manual_seed(self._seed + epoch)
             order = torch.randperm(len(x), generator=generator, device=x.device)
             x, y = x[order], y[order]
-        end = len(x) - len(x) % self._batch_size if self._drop_last else len(x)
-        for start in range(0, end, self._batch_size):
+        for start in range(0, len(x), self._batch_size):
             yield x[start:start + self._batch_size], y[start:start + self._batch_size]
 
 
@@ -181,7 +179,7 @@ class _StepPlan(NamedTuple):
 
     sync: str  # grad_sync_mode: none | flat | ddp
     graphs: bool  # the whole step is a CUDA graph (performance.cuda_graphs)
-    graph_note: str | None  # why cuda_graphs was asked but the steps stay eager
+    graph_note: str | None  # why cuda_graphs: true was asked but the steps stay eager
     capture: str  # step_capture: none | all_reduce | tail
 
 
@@ -190,7 +188,7 @@ def _step_plan(w: _Worker, model: Any, device_type: str) -> _StepPlan:
     dtypes = len({p.dtype for p in params})
     sync = grad_sync_mode(w.cfg.performance, w.world if w.distributed else 1,
                           sum(p.numel() * p.element_size() for p in params), dtypes, sum(1 for _ in model.buffers()))
-    graphs, note = graph_mode(w.cfg.performance, device_type, w.world, sync)
+    graphs, note = graph_mode(w.cfg.performance, device_type, w.world, sync, w.cfg.spec.architecture)
     return _StepPlan(sync, graphs, note, step_capture(w.cfg.performance, device_type, sync, dtypes, graphs))
 
 
@@ -249,15 +247,13 @@ def _prepare_model(w: _Worker, model: Any, plan: _StepPlan) -> tuple[Any, Any, F
     return model, ray.train.torch.get_device(), sync
 
 
-def _shards(w: _Worker, device: Any, drop_last: bool = False) -> tuple[ShardBatches, ShardBatches | None]:
-    """This worker's training batches (``drop_last``: whole batches only, for a CUDA graph) and
-    validation batches (None without a validation split)."""
+def _shards(w: _Worker, device: Any) -> tuple[ShardBatches, ShardBatches | None]:
+    """This worker's training batches and validation batches (None without a validation split)."""
     import ray.train
 
     hp = w.hp
     seed = hp.seed + 1000 * w.rank
-    train_batches = ShardBatches(ray.train.get_dataset_shard(TRAIN), device, hp.batch_size, w.in_memory, seed, shuffle=True,
-                                 drop_last=drop_last)
+    train_batches = ShardBatches(ray.train.get_dataset_shard(TRAIN), device, hp.batch_size, w.in_memory, seed, shuffle=True)
     try:
         val_batches = ShardBatches(ray.train.get_dataset_shard(VALIDATION), device, max(hp.batch_size, 1024), w.in_memory,
                                    seed, shuffle=False)
@@ -324,8 +320,26 @@ def _run_epoch(step: Any, model: Any, criterion: Any, train_batches: ShardBatche
                     correct += ((out.reshape(-1) > 0).long() == y.long()).sum()
                 elif task == "multiclass":
                     correct += (out.argmax(dim=-1) == y).sum()
-    return torch.stack([train_sum, torch.tensor(float(train_n), dtype=torch.float64, device=device),
-                        val_sum, torch.tensor(float(val_n), dtype=torch.float64, device=device), correct])
+    # torch.full: a fill kernel, where torch.tensor(..., device=cuda) would copy from the host and
+    # wait for every queued step first
+    return torch.stack([train_sum, torch.full((), float(train_n), dtype=torch.float64, device=device),
+                        val_sum, torch.full((), float(val_n), dtype=torch.float64, device=device), correct])
+
+
+def _align_workers(w: _Worker, device: Any) -> float:
+    """Wait until every worker has entered the epoch (a one-element all-reduce read back on the
+    host); returns the seconds this worker waited. ``ray.train.report`` lets workers go at
+    moments a few milliseconds apart: without this, the first one's epoch timer would count the
+    wait for the last inside its first all-reduce. With one worker: nothing, 0."""
+    if not w.distributed:
+        return 0.0
+    import torch
+
+    started = time.perf_counter()
+    flag = torch.ones(1, device=device)
+    torch.distributed.all_reduce(flag)
+    flag.item()
+    return time.perf_counter() - started
 
 
 def _reduce_metrics(w: _Worker, sums: Any, epoch: int, started: float) -> dict[str, Any]:
@@ -459,14 +473,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if plan.sync != "none":
         progress.notes.append(f"gradients averaged over {w.world} workers by {plan.sync} (performance.grad_sync)")
     step = _step_runner(w, model, optimizer, criterion, plan, progress, sync)
-    train_batches, val_batches = _shards(w, device, drop_last=isinstance(step, GraphStep))
+    train_batches, val_batches = _shards(w, device)
 
     _write_progress(w, progress, "running")
     for epoch in range(progress.start_epoch, w.hp.epochs):
         profiler = _profiler_for(w, device, epoch, progress)
+        waited_s = _align_workers(w, device)
         started = time.perf_counter()
         sums = _run_epoch(step, model, criterion, train_batches, val_batches, w.cfg.spec.task, device, epoch, profiler)
         metrics = _reduce_metrics(w, sums, epoch, started)
+        if w.distributed:
+            metrics["align_wait_s"] = round(waited_s, 4)
         _save_profile(w, profiler, epoch, progress)
         if step.note and step.note not in progress.notes:
             progress.notes.append(step.note)

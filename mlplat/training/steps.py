@@ -45,11 +45,14 @@ def optimizer_flags(name: str, device_type: str, fused: bool, graphs: bool) -> d
     return {"fused": True} if fused else {}
 
 
-def graph_mode(perf: PerformanceSpec, device_type: str, world: int, sync: str = "none") -> tuple[bool, str | None]:
-    """Whether the step runs as a CUDA graph, and a note when ``cuda_graphs`` was asked but the
-    step stays eager (CPU, or DDP: its hooks and buckets are not captured). With more than one
+def graph_mode(perf: PerformanceSpec, device_type: str, world: int, sync: str = "none",
+               architecture: str = "mlp") -> tuple[bool, str | None]:
+    """Whether the step runs as a CUDA graph, and a note when ``cuda_graphs: true`` was asked but
+    the step stays eager (CPU, or DDP: its hooks and buckets are not captured). With more than one
     worker the step is captured only with ``sync == "flat"`` (:class:`FlatGradSync`: the
-    all-reduce of one static buffer is recorded into the graph).
+    all-reduce of one static buffer is recorded into the graph). ``auto`` captures where ``true``
+    would, for the zoo's architectures only (a ``custom`` module's Python may branch per step),
+    and stays eager elsewhere without a note.
 
     >>> graph_mode(PerformanceSpec(cuda_graphs=True), "cuda", 1)
     (True, None)
@@ -57,15 +60,26 @@ def graph_mode(perf: PerformanceSpec, device_type: str, world: int, sync: str = 
     (True, None)
     >>> graph_mode(PerformanceSpec(cuda_graphs=True), "cuda", 2, "ddp")[1]
     'performance.cuda_graphs: eager steps with 2 workers under DDP (graphs need grad_sync flat)'
-    >>> graph_mode(PerformanceSpec(), "cuda", 1)
+    >>> graph_mode(PerformanceSpec(), "cuda", 1), graph_mode(PerformanceSpec(), "cuda", 2, "flat")
+    ((True, None), (True, None))
+    >>> graph_mode(PerformanceSpec(), "cpu", 1), graph_mode(PerformanceSpec(), "cuda", 2, "ddp")
+    ((False, None), (False, None))
+    >>> graph_mode(PerformanceSpec(), "cuda", 1, architecture="custom")
+    (False, None)
+    >>> graph_mode(PerformanceSpec(cuda_graphs=True), "cuda", 1, architecture="custom")
+    (True, None)
+    >>> graph_mode(PerformanceSpec(cuda_graphs=False), "cuda", 1)
     (False, None)
     """
-    if not perf.cuda_graphs:
+    setting = perf.cuda_graphs
+    if setting is False or (setting == "auto" and architecture == "custom"):
         return False, None
+    explicit = setting is True
     if device_type != "cuda":
-        return False, f"performance.cuda_graphs: eager steps on {device_type} (graphs need CUDA)"
+        return False, f"performance.cuda_graphs: eager steps on {device_type} (graphs need CUDA)" if explicit else None
     if world > 1 and sync != "flat":
-        return False, f"performance.cuda_graphs: eager steps with {world} workers under DDP (graphs need grad_sync flat)"
+        note = f"performance.cuda_graphs: eager steps with {world} workers under DDP (graphs need grad_sync flat)"
+        return False, note if explicit else None
     return True, None
 
 
@@ -295,7 +309,8 @@ class GraphStep:
 
     The first :data:`GRAPH_WARMUP_STEPS` batches are ordinary (eager) steps on a side stream; the
     next one is copied into static input buffers, captured, and replayed -- as is every later
-    batch. Every batch must have the capture's shape (the caller drops partial batches). If the
+    batch of the capture's shape. A batch of another shape (an epoch's last, partial batch) runs
+    as an eager step (:attr:`eager_batches` counts them), so graphs train on every row. If the
     capture fails, the step stays eager from then on and :attr:`note` says why."""
 
     def __init__(self, model: Any, optimizer: Any, criterion: Any, task: str, sync: FlatGradSync | None = None):
@@ -305,6 +320,7 @@ class GraphStep:
         self._warm = 0
         self.failed = False
         self.note: str | None = None
+        self.eager_batches = 0  # batches of another shape than the captured one, stepped eagerly
 
     def __call__(self, x: Any, y: Any) -> Any:
         import torch
@@ -328,8 +344,11 @@ class GraphStep:
                 return self.eager(x, y)
         assert self._static is not None
         sx, sy, sloss = self._static
-        if x.shape != sx.shape:
-            raise ValueError(f"CUDA graph step captured for batches of shape {tuple(sx.shape)}, got {tuple(x.shape)}")
+        if x.shape != sx.shape or y.shape != sy.shape:
+            # A batch of another shape (an epoch's last, partial one): an eager step on the same
+            # parameters, optimizer state and (with sync) flat buffer; the graph is untouched.
+            self.eager_batches += 1
+            return self.eager(x, y)
         sx.copy_(x, non_blocking=True)
         sy.copy_(y, non_blocking=True)
         self._graph.replay()
@@ -356,6 +375,8 @@ class GraphStep:
                 sync.expose()
             eager.optimizer.step()
         self._graph, self._static = graph, (sx, sy, sloss)
+        inside = "forward, backward, all-reduce, optimizer" if sync is not None and sync.world > 1 else "forward, backward, optimizer"
+        self.note = f"the whole step ({inside}) is replayed from a CUDA graph (performance.cuda_graphs)"
 
 
 class StepProfiler:

@@ -33,11 +33,12 @@ BASE = {"model": "m", "spec": {"task": "binary", "hidden": [8]}, "feature_set": 
 def test_performance_defaults_and_hash():
     cfg = parse_training_config(BASE)
     assert cfg.performance == PerformanceSpec()
-    assert not cfg.performance.cuda_graphs and cfg.performance.fused_optimizer
+    assert cfg.performance.cuda_graphs == "auto" and cfg.performance.fused_optimizer
     speed_only = parse_training_config({**BASE, "performance": {"ddp_bucket_cap_mb": 4, "profile_steps": 10}})
     assert config_hash(speed_only) == config_hash(cfg)  # speed settings are not the recipe
-    graphs = parse_training_config({**BASE, "performance": {"cuda_graphs": True}})
-    assert config_hash(graphs) != config_hash(cfg)  # dropping partial batches changes what is trained
+    for setting in (True, False, "auto"):  # graphs step every batch (partial ones eagerly): same recipe
+        graphs = parse_training_config({**BASE, "performance": {"cuda_graphs": setting}})
+        assert graphs.performance.cuda_graphs == setting and config_hash(graphs) == config_hash(cfg)
 
 
 def test_performance_rejects_unknown_and_bad_values():
@@ -45,6 +46,8 @@ def test_performance_rejects_unknown_and_bad_values():
         parse_training_config({**BASE, "performance": {"cuda_graph": True}})
     with pytest.raises(ConfigError, match="ddp_bucket_cap_mb"):
         parse_training_config({**BASE, "performance": {"ddp_bucket_cap_mb": 0}})
+    with pytest.raises(ConfigError, match="cuda_graphs"):
+        parse_training_config({**BASE, "performance": {"cuda_graphs": "always"}})
 
 
 def test_optimizer_flags_by_device():
@@ -66,7 +69,14 @@ def test_graph_mode_on_cuda_with_one_worker_or_flat_sync():
     assert graph_mode(on, "cuda", 2, "ddp")[0] is False
     assert graph_mode(on, "cuda", 2, "flat") == (True, None)
     assert graph_mode(on, "cpu", 2, "flat")[0] is False
-    assert graph_mode(PerformanceSpec(), "cuda", 1) == (False, None)
+    assert graph_mode(PerformanceSpec(cuda_graphs=False), "cuda", 1) == (False, None)
+    auto = PerformanceSpec()  # the default: graphs where they can run, for the zoo's models
+    assert graph_mode(auto, "cuda", 1) == (True, None) and graph_mode(auto, "cuda", 2, "flat") == (True, None)
+    assert graph_mode(auto, "cuda", 1, architecture="linear") == (True, None)
+    assert graph_mode(auto, "cpu", 1) == (False, None)  # CPU and DDP: eager, no note (nothing was asked)
+    assert graph_mode(auto, "cuda", 2, "ddp") == (False, None)
+    assert graph_mode(auto, "cuda", 1, architecture="custom") == (False, None)  # its Python may branch per step
+    assert graph_mode(on, "cuda", 1, architecture="custom") == (True, None)
 
 
 def test_ddp_kwargs():
@@ -81,17 +91,13 @@ class _Shard:
         self.x = torch.arange(n, dtype=torch.float32).reshape(n, 1)
         self.y = torch.arange(n, dtype=torch.float32)
 
-    def iter_torch_batches(self, batch_size: int, device=None, drop_last: bool = False):
-        end = len(self.x) - len(self.x) % batch_size if drop_last else len(self.x)
-        for lo in range(0, end, batch_size):
+    def iter_torch_batches(self, batch_size: int, device=None):
+        for lo in range(0, len(self.x), batch_size):
             yield {"x": self.x[lo:lo + batch_size], "y": self.y[lo:lo + batch_size]}
 
 
 @pytest.mark.parametrize("in_memory", [True, False])
-def test_shard_batches_drop_last_keeps_one_shape(in_memory):
-    batches = ShardBatches(_Shard(10), "cpu", 4, in_memory, seed=0, shuffle=True, drop_last=True)
-    sizes = [len(x) for x, _ in batches.epoch(0)]
-    assert sizes == [4, 4]
+def test_shard_batches_cover_every_row_with_a_last_partial_batch(in_memory):
     full = ShardBatches(_Shard(10), "cpu", 4, in_memory, seed=0, shuffle=True)
     assert [len(x) for x, _ in full.epoch(0)] == [4, 4, 2]
     if in_memory:  # rows and labels stay paired through the device permutation
@@ -154,6 +160,32 @@ def test_graph_step_warms_up_then_falls_back_to_eager_when_capture_fails(monkeyp
     assert step.failed and "capture failed" in step.note
     for pa, pb in zip(model.parameters(), ref_model.parameters(), strict=True):
         assert torch.allclose(pa, pb)  # every batch was stepped exactly once
+
+
+class _RunOnceGraph:
+    """A stand-in for ``torch.cuda.CUDAGraph`` whose capture runs the step once, eagerly (a real
+    capture records without running, then the first replay runs it); later replays do nothing."""
+
+    def replay(self):
+        pass
+
+
+def test_graph_step_steps_a_partial_batch_eagerly_after_the_capture(monkeypatch):
+    _fake_cuda(monkeypatch, graph_raises=False)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _RunOnceGraph)
+    model, opt, crit = _model_and_step()
+    ref_model, ref_opt, _ = _model_and_step()
+    step, ref = GraphStep(model, opt, crit, "binary"), EagerStep(ref_model, ref_opt, crit, "binary")
+    gen = torch.Generator().manual_seed(2)
+    batches = [(torch.randn(8, 3, generator=gen), (torch.rand(8, generator=gen) > 0.5).float())
+               for _ in range(GRAPH_WARMUP_STEPS + 1)]
+    batches.append((torch.randn(5, 3, generator=gen), (torch.rand(5, generator=gen) > 0.5).float()))  # partial
+    for x, y in batches:
+        assert torch.allclose(step(x, y), ref(x, y))
+    assert step._graph is not None and not step.failed and step.eager_batches == 1
+    assert "replayed from a CUDA graph" in step.note
+    for pa, pb in zip(model.parameters(), ref_model.parameters(), strict=True):
+        assert torch.allclose(pa, pb)  # the partial batch was stepped, once, after the captured one
 
 
 def test_step_profiler_on_cpu():
