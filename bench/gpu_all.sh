@@ -5,8 +5,10 @@
 #   2. GPU batch inference on 10M rows: bare cuda loop vs mlplat GPU (services) vs mlplat CPU;
 #   3. GPU serving: a ~100M-parameter MLP in a dedicated deployment on cuda vs on CPU replicas;
 #   4. P6 at batch 4,096 on 1 and 2 GPUs;
-#   5. (if time is left) P6 at batch 1,024 with performance.cuda_graphs on 1 GPU.
-# GPU_STEPS picks steps by name (also: p6-b1024-graphs, weights, pcie).
+#   5. (if time is left) P6 at batch 1,024 with eager steps (performance.cuda_graphs: false) too.
+# mlplat's fits run with default settings (on a GPU: cuda_graphs auto); each P6 round also runs
+# the bare loop eager and with its step as a CUDA graph.
+# GPU_STEPS picks steps by name (also: weights, pcie).
 # Each step has its own timeout (and all share one deadline), so one failure loses only itself.
 # Every result JSON (and the profile) lands in $OUT; a short table is printed last.
 #   bash bench/gpu_all.sh            # on the GPU machine, .whl/ carried (../shared/tools/gpu-wheels --serve)
@@ -49,16 +51,14 @@ step() {
 
 if [ "$SMOKE" = 1 ]; then
   step p6-smoke 400 $PY -m bench.training --rows 4000 --features 8 --hidden 16 --batch-size 256 --epochs 3 --repeats 1 \
-    --profile --cuda-graphs --out-dir "$OUT"
+    --profile --eager --out-dir "$OUT"
   step validation-smoke 200 $PY -m bench.gpu_validation --smoke --repeats 1 --out-dir "$OUT"
   step serving-smoke 200 $PY -m bench.gpu_serving --smoke --out-dir "$OUT"
 else
   GPUS=$(nvidia-smi --list-gpus | wc -l)
   # GPU_STEPS: the steps to run (default all, in this order)
-  STEPS=" ${GPU_STEPS:-p6-b1024 validation-10m serving p6-b4096 p6-cuda-graphs} "
+  STEPS=" ${GPU_STEPS:-p6-b1024 validation-10m serving p6-b4096 p6-b1024-eager} "
   want() { [[ "$STEPS" == *" $1 "* ]]; }
-  # p6-b1024-graphs: the same fits plus 1- and 2-GPU fits with performance.cuda_graphs (no profile)
-  want p6-b1024-graphs && step p6-b1024-graphs 300 $PY -m bench.training --gpus "$GPUS" --batch-size 1024 --epochs 8 --repeats 1 --cuda-graphs --out-dir "$OUT"
   want p6-b1024 && step p6-b1024 170 $PY -m bench.training --gpus "$GPUS" --batch-size 1024 --epochs 8 --repeats 1 --profile --out-dir "$OUT"
   want validation-10m && step validation-10m 240 $PY -m bench.gpu_validation --rows 10000000 --repeats 1 --out-dir "$OUT"
   want serving && step serving 140 $PY -m bench.gpu_serving --seconds 12 --concurrency 64 --out-dir "$OUT"
@@ -76,8 +76,9 @@ rates.sort(); print(rates[2])
 from bench.common import row, stamp
 r = row('pcie', 'pinned host-to-device copy, 1 GiB, median of 5 (the PCIe limit for streaming weights)', rates[2], 'MB/s', target='informational', card=torch.cuda.get_device_name(0))
 open(os.path.join(os.environ['OUT'], 'pcie-gpu.json'), 'w').write(json.dumps(stamp([r]), indent=2))"
-  want p6-cuda-graphs && mkdir -p "$OUT/cuda-graphs" && step p6-cuda-graphs 100 $PY -m bench.training --gpu --batch-size 1024 --epochs 8 --repeats 1 --cuda-graphs \
-    --out-dir "$OUT/cuda-graphs"
+  # p6-b1024-eager: the default fits plus 1- and 2-GPU fits with eager steps (its own folder: same file name)
+  want p6-b1024-eager && mkdir -p "$OUT/eager" && step p6-b1024-eager 300 $PY -m bench.training --gpus "$GPUS" --batch-size 1024 \
+    --epochs 8 --repeats 1 --eager --out-dir "$OUT/eager"
 fi
 
 echo; echo "== steps"; printf '  %s\n' "${STATUS[@]}"

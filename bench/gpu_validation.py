@@ -5,11 +5,12 @@ the same MLP (32 -> 256 -> 128 -> 1, binary); every side reads the file, predict
 hands the predictions to the caller. Repeats interleave the sides (bare, GPU, CPU, ...);
 medians compared.
 
-- ``bare cold``: a fresh ``python -c`` process imports torch and mlplat, loads and verifies the
-  bundle onto the GPU, reads the file (``pyarrow.parquet.read_table``), predicts in
-  65,536-row device batches and copies the predictions back; timed from spawn to exit (CUDA
-  context included).
-- ``bare warm``: the same loop in this process, the model already on the GPU.
+- ``bare cold``: as many fresh ``python -c`` processes as mlplat has GPU inference services (one
+  per GPU, ``CUDA_VISIBLE_DEVICES``), each importing torch and mlplat, loading and verifying the
+  bundle onto its GPU, reading its share of the file's row groups, predicting in 65,536-row
+  device batches and copying the predictions back; timed from the first spawn to the last exit
+  (CUDA contexts included). The same on one GPU (one process, the whole file) is a context row.
+- ``bare warm``: the same loop in this process, one thread per GPU (its model already there).
 - ``mlplat GPU cold``: ``predict_dataset`` with the GPU default (inference services,
   mlplat/validation/gpu_service.py) after :func:`release_services`: the services' start (process,
   torch import, CUDA context, bundle load) is inside the timer.
@@ -99,14 +100,26 @@ def setup(root: str, rows: int):
     return storage, names, ref.sha256
 
 
-def bare_predict(storage, names: list[str], model, device: str) -> int:
-    """Read the file, predict every row in device batches, predictions back on the host once."""
+def share(row_groups: int, part: int, parts: int) -> list[int]:
+    """The row groups of ``part`` of ``parts`` (contiguous, sizes differ by one at most).
+
+    >>> share(5, 0, 2), share(5, 1, 2), share(5, 0, 1)
+    ([0, 1, 2], [3, 4], [0, 1, 2, 3, 4])
+    """
+    bounds = [i * (row_groups // parts) + min(i, row_groups % parts) for i in range(parts + 1)]
+    return list(range(bounds[part], bounds[part + 1]))
+
+
+def bare_predict(storage, names: list[str], model, device: str, part: int = 0, parts: int = 1) -> int:
+    """Read the file (``part`` of ``parts`` of its row groups), predict those rows in device
+    batches, predictions back on the host once."""
     import pyarrow.parquet as pq
     import torch
 
     from mlplat.models import predict_outputs
 
-    table = pq.read_table(storage.path("bench", "data.parquet"))
+    handle = pq.ParquetFile(storage.path("bench", "data.parquet"))
+    table = handle.read_row_groups(share(handle.num_row_groups, part, parts))
     X = np.column_stack([table.column(n).to_numpy() for n in names]).astype(np.float32, copy=False)
     out = []
     with torch.inference_mode():
@@ -117,19 +130,40 @@ def bare_predict(storage, names: list[str], model, device: str) -> int:
     return len(preds)
 
 
-def bare_child(root: str, sha: str, device: str) -> None:
+def bare_child(root: str, sha: str, device: str, part: int = 0, parts: int = 1) -> None:
     from mlplat.models import load_bundle
     from mlplat.storage import open_root
 
     storage = open_root(root)
     model = load_bundle(storage, "bench", 1, expected_sha256=sha).model.to(device).eval()
-    bare_predict(storage, [f"f{i}" for i in range(FEATURES)], model, device)
+    bare_predict(storage, [f"f{i}" for i in range(FEATURES)], model, device, part, parts)
 
 
-def bare_cold(root: str, sha: str, device: str) -> float:
-    code = f"from bench.gpu_validation import bare_child; bare_child({root!r}, {sha!r}, {device!r})"
+def bare_cold(root: str, sha: str, device: str, parts: int = 1) -> float:
+    """``parts`` fresh processes, process i on GPU i (``CUDA_VISIBLE_DEVICES``) with part i of the
+    row groups; from the first spawn to the last exit."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+    procs = []
+    for part in range(parts):
+        code = f"from bench.gpu_validation import bare_child; bare_child({root!r}, {sha!r}, {device!r}, {part}, {parts})"
+        env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": str(part)} if device == "cuda" and parts > 1 else {})}
+        procs.append(subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env))
+    codes = [p.wait() for p in procs]
+    elapsed = time.perf_counter() - start
+    if any(codes):
+        raise RuntimeError(f"bare cold processes exited with {codes}")
+    return elapsed
+
+
+def bare_warm(storage, names: list[str], models: list, device: str) -> float:
+    """One thread per model (model i on GPU i), each predicting its part of the row groups."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    parts = len(models)
+    devices = [f"cuda:{i}" if device == "cuda" else device for i in range(parts)]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(parts) as pool:
+        list(pool.map(lambda i: bare_predict(storage, names, models[i], devices[i], i, parts), range(parts)))
     return time.perf_counter() - start
 
 
@@ -171,24 +205,27 @@ def time_sides(tmp: str, rows: int, repeats: int, device: str) -> dict:
     setup_s = time.perf_counter() - began
     plan = gpu_plan(device)
     cpu_plan = {"executor": "tasks", "device": "cpu", "actors": None}
-    model = load_bundle(storage, "bench", 1, expected_sha256=sha).model.to(device).eval()
-    bare_predict(storage, names, model, device)  # warm-up: page cache, kernels
+    gpus = int(plan["actors"]) if device == "cuda" else 1  # the bare side gets as many GPUs as mlplat's services
+    models = [load_bundle(storage, "bench", 1, expected_sha256=sha).model.to(f"cuda:{i}" if device == "cuda" else device).eval()
+              for i in range(gpus)]
+    bare_warm(storage, names, models, device)  # warm-up: page cache, kernels
     mlplat_run(storage, names, sha, rows, cpu_plan)  # warm-up: task workers hold the bundle
-    t: dict[str, list[float]] = {k: [] for k in ("bare_cold", "bare_warm", "gpu_cold", "gpu_warm", "cpu_warm")}
+    t: dict[str, list[float]] = {k: [] for k in ("bare_cold", "bare_cold_1", "bare_warm", "gpu_cold", "gpu_warm", "cpu_warm")}
     service_start: list[dict] = []
-    print(f"setup {setup_s:.1f} s (writing {rows:,} rows)", flush=True)
+    print(f"setup {setup_s:.1f} s (writing {rows:,} rows); bare side on {gpus} GPU(s)", flush=True)
     for _ in range(repeats):
-        t["bare_cold"].append(bare_cold(root, sha, device))
+        t["bare_cold"].append(bare_cold(root, sha, device, gpus))
+        t["bare_cold_1"].append(bare_cold(root, sha, device, 1))
         release_services(device)
         t["gpu_cold"].append(mlplat_run(storage, names, sha, rows, plan))
         service_start.append(ray_stats(get_services(device, int(plan["actors"]))))
         print(f"service start: {service_start[-1]}", flush=True)
-        t["bare_warm"].append(_timed(lambda: bare_predict(storage, names, model, device)))
+        t["bare_warm"].append(bare_warm(storage, names, models, device))
         t["gpu_warm"].append(mlplat_run(storage, names, sha, rows, plan))
         t["cpu_warm"].append(mlplat_run(storage, names, sha, rows, cpu_plan))
         print("round (s): " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in t.items()), flush=True)
     release_services(device)
-    return {"rows": rows, "setup_s": round(setup_s, 1), "plan": plan, "service_start": service_start,
+    return {"rows": rows, "setup_s": round(setup_s, 1), "plan": plan, "service_start": service_start, "bare_gpus": gpus,
             **{k: [round(x, 3) for x in v] for k, v in t.items()}}
 
 
@@ -198,30 +235,28 @@ def ray_stats(services: list) -> list[dict]:
     return ray.get([s.stats.remote() for s in services])
 
 
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def as_rows(out: dict) -> list[dict]:
     """The results as bench rows, card name and the validation check attached."""
     from bench.common import row, stamp
 
     s = out["sides"]
     rows = s["rows"]
-    med = {k: statistics.median(s[k]) for k in ("bare_cold", "bare_warm", "gpu_cold", "gpu_warm", "cpu_warm")}
+    med = {k: statistics.median(s[k]) for k in ("bare_cold", "bare_cold_1", "bare_warm", "gpu_cold", "gpu_warm", "cpu_warm")}
     what = f"{rows:,} rows x {FEATURES} features, MLP 256-128, {out['card'] or 'no GPU (smoke)'}"
+    gpus = s["bare_gpus"]
     extra = {"card": out["card"], "repeats": len(s["bare_cold"]), "times_s": {k: s[k] for k in med},
-             "service_start": s["service_start"], "plan": s["plan"], "setup_s": s["setup_s"]}
+             "service_start": s["service_start"], "plan": s["plan"], "setup_s": s["setup_s"], "gpus_each_side": gpus}
     return stamp([
-        row("P7-gpu", f"mlplat GPU batch inference, cold: inference services started in the timer ({what})",
-            rows / med["gpu_cold"], "rows/s", baseline="bare cuda loop, cold: fresh process (torch import, CUDA init, "
-            "bundle load + verify, read, predict)", baseline_value=rows / med["bare_cold"], target=">=0.8x",
-            validation_check=out.get("validation"), **extra),
+        row("P7-gpu", f"mlplat GPU batch inference, cold: {gpus} inference service(s) started in the timer ({what})",
+            rows / med["gpu_cold"], "rows/s", baseline=f"bare cuda loop, cold: {gpus} fresh process(es), one per GPU, each "
+            "with its share of the row groups (torch import, CUDA init, bundle load + verify, read, predict)",
+            baseline_value=rows / med["bare_cold"], target=">=0.8x", validation_check=out.get("validation"), **extra),
         row("P7-gpu", f"mlplat GPU batch inference, warm: services running ({what})", rows / med["gpu_warm"], "rows/s",
-            baseline="bare cuda loop, warm: model on the GPU before the timer", baseline_value=rows / med["bare_warm"],
-            target=">=0.8x", card=out["card"]),
+            baseline=f"bare cuda loop, warm: {gpus} thread(s), one per GPU, models on the GPUs before the timer",
+            baseline_value=rows / med["bare_warm"], target=">=0.8x", card=out["card"], gpus_each_side=gpus),
+        row("P7-gpu", f"mlplat GPU batch inference, cold, {gpus} service(s) ({what})", rows / med["gpu_cold"], "rows/s",
+            baseline="bare cuda loop, cold: 1 fresh process on 1 GPU, the whole file", baseline_value=rows / med["bare_cold_1"],
+            target="context: not equal resources when mlplat has more than 1 GPU", card=out["card"]),
         row("P7-gpu", f"mlplat GPU batch inference vs mlplat CPU tasks, both warm ({what})", rows / med["gpu_warm"],
             "rows/s", baseline="mlplat CPU default (cached-bundle tasks), same machine",
             baseline_value=rows / med["cpu_warm"], target=">1x", card=out["card"]),

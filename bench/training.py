@@ -13,12 +13,14 @@ in-memory feature set. Startup (Ray, worker group, dataset) is reported as conte
 fit), the same batch size per worker (each worker trains on half the rows). ``--profile`` has
 the largest fit's rank 0 record 40 steps of an extra, untimed first epoch with torch.profiler:
 the Chrome trace and the top-15 table by self device (CPU) time are copied to
-``<out-dir>/profiles/`` and the table is printed. ``--cuda-graphs`` adds a 1-GPU fit with
-``performance.cuda_graphs: true`` (whole step captured; last partial batch dropped) as a row of
-its own against the same bare loop and, with ``--gpus N``, an N-worker fit with the all-reduce
-inside the graph, as an efficiency row against N x the 1-worker graph rate.
-``--capture-optimizer`` adds fits with ``performance.capture_optimizer: true`` (the optimizer
-update replayed from a CUDA graph with the all-reduce) the same way. ``--bare-in-worker`` adds the
+``<out-dir>/profiles/`` and the table is printed. mlplat's fits run with default settings: on
+a GPU ``performance.cuda_graphs: auto`` replays the whole step (the all-reduce too) from a CUDA
+graph. On a GPU each round also runs the bare loop with its step captured the same way (PyTorch's
+recipe), a context row: the same technique on both sides. ``--eager`` adds fits with
+``cuda_graphs: false`` (1 worker, and N with ``--gpus N``): a row against the same bare loop and
+an efficiency row against N x the 1-worker eager rate. ``--capture-optimizer`` adds eager fits
+with ``performance.capture_optimizer: true`` (the optimizer update replayed from a CUDA graph
+with the all-reduce) the same way. ``--bare-in-worker`` adds the
 bare loop run inside a 1-worker Ray Train fit (what the Ray worker process costs). Every fit
 prints its rate when it ends, so a run cut short leaves its numbers in the log.
 
@@ -120,6 +122,67 @@ def bare_loop(x, y, *, hidden: list[int], batch_size: int, epochs: int, device: 
     return rates
 
 
+def bare_graph_loop(x, y, *, hidden: list[int], batch_size: int, epochs: int, device: str) -> list[float]:
+    """samples/s of each epoch of the bare loop with its step captured as one CUDA graph, PyTorch's
+    whole-network recipe (``torch.cuda.graphs``): 3 warm-up steps on a side stream, one capture,
+    a replay per full batch after copying it into the static inputs, the last partial batch an
+    eager step. The same technique as mlplat's ``cuda_graphs``, without Ray or mlplat's loop."""
+    import torch
+
+    from mlplat.models import ModelSpec, build_model, loss_fn
+    from mlplat.training.loop import make_optimizer
+    from mlplat.training.steps import optimizer_flags
+
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(task="binary", hidden=hidden), x.shape[1]).to(device)
+    opt = make_optimizer("adam", model.parameters(), 1e-3, 0.0, 0.0, optimizer_flags("adam", "cuda", True, True))
+    crit = loss_fn("binary")
+    xs, ys = torch.from_numpy(x).to(device), torch.from_numpy(y.astype("float32")).to(device)
+    generator = torch.Generator(device=xs.device)
+
+    def eager(xb, yb):
+        out = model(xb)
+        loss = crit(out, yb.reshape(out.shape))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    sx, sy = xs[:batch_size].clone(), ys[:batch_size].clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            eager(sx, sy)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        out = model(sx)
+        sloss = crit(out, sy.reshape(out.shape))
+        sloss.backward()
+        opt.step()
+    rates = []
+    for epoch in range(epochs):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        order = torch.randperm(len(xs), generator=generator.manual_seed(epoch), device=xs.device)
+        xt, yt = xs[order], ys[order]
+        losses = []
+        for i in range(0, len(xt), batch_size):
+            xb, yb = xt[i:i + batch_size], yt[i:i + batch_size]
+            if len(xb) == batch_size:
+                sx.copy_(xb, non_blocking=True)
+                sy.copy_(yb, non_blocking=True)
+                graph.replay()
+                losses.append(sloss.detach().clone())
+            else:
+                losses.append(eager(xb, yb))
+        torch.cuda.synchronize()
+        rates.append(len(xt) / (time.perf_counter() - start))
+    return rates
+
+
 def bare_in_worker(x, y, *, hidden: list[int], batch_size: int, epochs: int, use_gpu: bool, root: str) -> float:
     """The bare loop run inside a 1-worker Ray Train fit (its device, its process): what the
     Ray worker's environment costs, apart from mlplat's loop. Returns its steady samples/s."""
@@ -190,6 +253,9 @@ def ray_train(x, y, *, hidden: list[int], batch_size: int, epochs: int, num_work
     profile = progress.get("profile") or {}
     rates = [h["train_rows"] / h["epoch_s"] for h in progress["history"] if h["epoch"] != profile.get("epoch")]
     extra: dict[str, Any] = {"notes": progress.get("notes", [])}
+    waits = [h["align_wait_s"] for h in progress["history"] if "align_wait_s" in h]
+    if waits:  # how long rank 0 waited for the other workers before each epoch (outside epoch_s)
+        extra["align_wait_ms"] = [round(1000 * v, 2) for v in waits]
     if profile:
         extra["profile"] = _copy_profile(storage, run_id, profile, profile_to, f"{num_workers}w-b{batch_size}")
     return rates, wall, extra
@@ -229,11 +295,12 @@ def card_name() -> str | None:
 
 def run(gpus: int = 0, rows: int | None = None, epochs: int | None = None, hidden: list[int] | None = None,
         batch_size: int | None = None, features: int | None = None, repeats: int | None = None,
-        profile_to: str | None = None, cuda_graphs: bool = False, in_worker: bool = False,
+        profile_to: str | None = None, eager: bool = False, in_worker: bool = False,
         capture_optimizer: bool = False) -> list[dict[str, Any]]:
     """``repeats`` interleaved rounds; each round runs the bare loop, one 1-worker Ray Train fit
-    and (``gpus >= 2``) one ``gpus``-worker fit, each over ``epochs`` epochs (and, with
-    ``cuda_graphs``, a 1-worker fit with the step captured). A run's rate is the median of its
+    and (``gpus >= 2``) one ``gpus``-worker fit, each over ``epochs`` epochs (with ``eager`` or
+    ``capture_optimizer``, those fits again with that setting; on a GPU also the bare loop with its
+    step as one CUDA graph). A run's rate is the median of its
     epochs after the first; a row compares the medians of those over the rounds. ``profile_to``:
     the first round's largest fit profiles an extra first epoch (left out of its rate) and its
     trace and table are copied there."""
@@ -257,15 +324,22 @@ def run(gpus: int = 0, rows: int | None = None, epochs: int | None = None, hidde
     torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1) if not gpus else torch.get_num_threads())
     shape = f"MLP {features}-{'-'.join(map(str, hidden))}-1, {rows:,} rows, batch {batch_size}"
     card = card_name()
-    bare, one, multi, walls, walls_n, bare_worker = [], [], [], [], [], []
-    # context fits with one setting on: setting -> workers -> {"rates", "walls", "notes"}
-    variants = [name for name, on in (("cuda_graphs", cuda_graphs), ("capture_optimizer", capture_optimizer)) if on]
+    bare, bare_graph, one, multi, walls, walls_n, bare_worker = [], [], [], [], [], [], []
+    # context fits with other settings: variant -> workers -> {"rates", "walls", "notes"}
+    variants = {name: perf for name, perf, on in (("eager", {"cuda_graphs": False}, eager),
+                                                   ("capture_optimizer", {"cuda_graphs": False, "capture_optimizer": True},
+                                                    capture_optimizer)) if on}
     context: dict[str, dict[int, dict[str, list[Any]]]] = {name: {} for name in variants}
     extras: dict[str, Any] = {}
     largest = gpus if gpus >= 2 else 1
     with tempfile.TemporaryDirectory(prefix="mlplat-bench-train-") as root:
         for round_no in range(repeats):
             bare.append(_steady(bare_loop(x, y, hidden=hidden, batch_size=batch_size, epochs=epochs, device=device)))
+            if gpus:
+                bare_graph.append(_steady(bare_graph_loop(x, y, hidden=hidden, batch_size=batch_size, epochs=epochs,
+                                                          device=device)))
+                print(f"round {round_no}: bare eager {bare[-1]:,.0f}, bare CUDA graph {bare_graph[-1]:,.0f} samples/s",
+                      flush=True)
             if in_worker:
                 bare_worker.append(bare_in_worker(x, y, hidden=hidden, batch_size=batch_size, epochs=epochs,
                                                   use_gpu=bool(gpus), root=root))
@@ -279,18 +353,19 @@ def run(gpus: int = 0, rows: int | None = None, epochs: int | None = None, hidde
                                                use_gpu=bool(gpus), root=root, performance=perf, profile_to=profile_to)
                 (one if workers == 1 else multi).append(_steady(rates))
                 print(f"round {round_no}: {workers} worker(s) {_steady(rates):,.0f} samples/s (bare {bare[-1]:,.0f}); "
-                      f"epochs {[round(r) for r in rates]}; notes {extra.get('notes')}", flush=True)
+                      f"epochs {[round(r) for r in rates]}; notes {extra.get('notes')}; "
+                      f"align wait ms {extra.get('align_wait_ms')}", flush=True)
                 (walls if workers == 1 else walls_n).append(round(wall, 2))
                 if extra.get("profile"):
                     extras["profile"] = extra["profile"]
                 if extra.get("notes"):
                     kept = extras.setdefault("notes" if workers == 1 else "notes_n", [])
                     kept.extend(n for n in list(extra["notes"]) if n not in kept)
-            for name in variants:
+            for name, variant_perf in variants.items():
                 for workers in ([1, gpus] if gpus >= 2 else [1]):
                     rates, wall, extra = ray_train(x, y, hidden=hidden, batch_size=batch_size, epochs=epochs,
                                                    num_workers=workers, use_gpu=bool(gpus), root=root,
-                                                   performance={name: True})
+                                                   performance=variant_perf)
                     got = context[name].setdefault(workers, {"rates": [], "walls": [], "notes": []})
                     got["rates"].append(_steady(rates))
                     got["walls"].append(round(wall, 2))
@@ -302,17 +377,24 @@ def run(gpus: int = 0, rows: int | None = None, epochs: int | None = None, hidde
               "rows": rows, "features": features, "hidden": hidden, "batch_size": batch_size,
               "baseline_method": "bare loop, rows on the same device, one randperm per epoch on the device, "
                                  "same optimizer (fused Adam on CUDA)"}
-    rows_out = [row("P6", f"Ray Train samples/s ({where}; {shape})", statistics.median(one), "samples/s",
-                    baseline=f"bare torch loop, data on {device}", baseline_value=statistics.median(bare),
+    default = "default settings (performance.cuda_graphs auto)"
+    rows_out = [row("P6", f"Ray Train samples/s ({where}, {default}; {shape})", statistics.median(one), "samples/s",
+                    baseline=f"bare torch loop, data on {device} (eager)", baseline_value=statistics.median(bare),
                     target=">=0.95x (GPU, batch 1024)" if gpus else ">=0.95x on GPU (CPU: context)",
                     fit_wall_s=walls, ray_runs=[round(r) for r in one], bare_runs=[round(r) for r in bare],
                     notes=extras.get("notes", []), **common)]
     if gpus >= 2:
-        rows_out.append(row("P6", f"Ray Train samples/s ({gpus} GPUs, data parallel (performance.grad_sync auto); scaling efficiency; {shape})",
+        rows_out.append(row("P6", f"Ray Train samples/s ({gpus} GPUs, data parallel, {default}; scaling efficiency; {shape})",
                             statistics.median(multi), "samples/s", baseline=f"{gpus} x the 1-GPU Ray Train rate",
                             baseline_value=gpus * statistics.median(one), target=">=0.9", fit_wall_s=walls_n,
                             ray_runs=[round(r) for r in multi], efficiency_definition=EFFICIENCY,
                             notes=extras.get("notes_n", []), gpus=gpus, **common))
+    if bare_graph:
+        rows_out.append(row("P6", f"Ray Train samples/s ({where}, {default}; {shape})", statistics.median(one), "samples/s",
+                            baseline=f"bare torch loop, data on {device}, its step one CUDA graph (torch.cuda.graphs recipe)",
+                            baseline_value=statistics.median(bare_graph),
+                            target="context: the same technique on both sides (what Ray and mlplat's loop cost)",
+                            ray_runs=[round(r) for r in one], bare_runs=[round(r) for r in bare_graph], **common))
     if in_worker:
         rows_out.append(row("P6", f"bare torch loop inside a 1-worker Ray Train fit ({where}; {shape})",
                             statistics.median(bare_worker), "samples/s", baseline=f"bare torch loop in the driver, data on {device}",
@@ -320,17 +402,17 @@ def run(gpus: int = 0, rows: int | None = None, epochs: int | None = None, hidde
                             ray_runs=[round(r) for r in bare_worker], bare_runs=[round(r) for r in bare], **common))
     for name, fits in context.items():
         base = fits[1]
-        rows_out.append(row("P6", f"Ray Train samples/s ({where}, performance.{name}: true; {shape})",
+        setting = ", ".join(f"performance.{k}: {str(v).lower()}" for k, v in variants[name].items())
+        rows_out.append(row("P6", f"Ray Train samples/s ({where}, {setting}; {shape})",
                             statistics.median(base["rates"]), "samples/s", baseline=f"bare torch loop, data on {device} (eager)",
-                            baseline_value=statistics.median(bare), target="context (the setting is off by default)",
+                            baseline_value=statistics.median(bare), target="context (not the default)",
                             fit_wall_s=base["walls"], ray_runs=[round(r) for r in base["rates"]], notes=base["notes"], **common))
         if gpus >= 2:
-            inside = " (all-reduce in the graph)" if name == "cuda_graphs" else ""
             rates_n = fits[gpus]["rates"]
-            rows_out.append(row("P6", f"Ray Train samples/s ({gpus} GPUs, performance.{name}: true{inside}; scaling efficiency; "
-                                      f"{shape})", statistics.median(rates_n), "samples/s",
-                                baseline=f"{gpus} x the 1-GPU Ray Train rate with {name}",
-                                baseline_value=gpus * statistics.median(base["rates"]), target="context (the setting is off by default)",
+            rows_out.append(row("P6", f"Ray Train samples/s ({gpus} GPUs, {setting}; scaling efficiency; {shape})",
+                                statistics.median(rates_n), "samples/s",
+                                baseline=f"{gpus} x the 1-GPU Ray Train rate with the same settings",
+                                baseline_value=gpus * statistics.median(base["rates"]), target=">=0.9 (not the default)",
                                 fit_wall_s=fits[gpus]["walls"], ray_runs=[round(r) for r in rates_n],
                                 efficiency_definition=EFFICIENCY, notes=fits[gpus]["notes"], gpus=gpus, **common))
     if "profile" in extras:
@@ -355,8 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 3)")
     parser.add_argument("--profile", action="store_true",
                         help=f"profile {PROFILE_STEPS} steps of the largest fit's rank 0 (an extra, untimed epoch)")
-    parser.add_argument("--cuda-graphs", action="store_true",
-                        help="add fits with performance.cuda_graphs (1 worker, and N with --gpus N)")
+    parser.add_argument("--eager", action="store_true",
+                        help="add fits with performance.cuda_graphs: false (1 worker, and N with --gpus N)")
     parser.add_argument("--capture-optimizer", action="store_true",
                         help="add fits with performance.capture_optimizer (1 worker, and N with --gpus N)")
     parser.add_argument("--bare-in-worker", action="store_true",
@@ -368,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rows = stamp(run(gpus=gpus, rows=args.rows, epochs=args.epochs, hidden=args.hidden, batch_size=args.batch_size,
                      features=args.features, repeats=args.repeats,
-                     profile_to=str(out / "profiles") if args.profile else None, cuda_graphs=args.cuda_graphs, in_worker=args.bare_in_worker,
+                     profile_to=str(out / "profiles") if args.profile else None, eager=args.eager, in_worker=args.bare_in_worker,
                      capture_optimizer=args.capture_optimizer))
     first = rows[0]
     default_cpu = (not gpus and first["rows"] == DEFAULTS["rows"] and first["features"] == DEFAULTS["features"]
