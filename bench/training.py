@@ -86,9 +86,9 @@ def result_name(gpus: int, tag: str, default_cpu: bool) -> str:
     return f"training-gpu{gpus}-{tag}.json"
 
 
-def bare_loop(x, y, *, hidden: list[int], batch_size: int, epochs: int, device: str) -> list[float]:
-    """samples/s of each epoch of a plain torch loop, its rows on ``device`` (moved once), one
-    ``randperm`` per epoch on the device, contiguous batch slices (as mlplat's in-memory loop)."""
+def _bare_setup(x, y, hidden: list[int], device: str, graphs: bool):
+    """The bare loops' model, Adam (fused on CUDA; ``capturable`` for a graph), loss, rows on
+    ``device`` and a generator for the per-epoch permutation."""
     import torch
 
     from mlplat.models import ModelSpec, build_model, loss_fn
@@ -96,12 +96,19 @@ def bare_loop(x, y, *, hidden: list[int], batch_size: int, epochs: int, device: 
     from mlplat.training.steps import optimizer_flags
 
     torch.manual_seed(0)
-    spec = ModelSpec(task="binary", hidden=hidden)
-    model = build_model(spec, x.shape[1]).to(device)
-    opt = make_optimizer("adam", model.parameters(), 1e-3, 0.0, 0.0, optimizer_flags("adam", torch.device(device).type, True, False))
-    crit = loss_fn("binary")
+    model = build_model(ModelSpec(task="binary", hidden=hidden), x.shape[1]).to(device)
+    opt = make_optimizer("adam", model.parameters(), 1e-3, 0.0, 0.0,
+                         optimizer_flags("adam", torch.device(device).type, True, graphs))
     xs, ys = torch.from_numpy(x).to(device), torch.from_numpy(y.astype("float32")).to(device)
-    generator = torch.Generator(device=xs.device)
+    return model, opt, loss_fn("binary"), xs, ys, torch.Generator(device=xs.device)
+
+
+def bare_loop(x, y, *, hidden: list[int], batch_size: int, epochs: int, device: str) -> list[float]:
+    """samples/s of each epoch of a plain torch loop, its rows on ``device`` (moved once), one
+    ``randperm`` per epoch on the device, contiguous batch slices (as mlplat's in-memory loop)."""
+    import torch
+
+    model, opt, crit, xs, ys, generator = _bare_setup(x, y, hidden, device, graphs=False)
     rates = []
     for epoch in range(epochs):
         if device.startswith("cuda"):
@@ -129,16 +136,7 @@ def bare_graph_loop(x, y, *, hidden: list[int], batch_size: int, epochs: int, de
     eager step. The same technique as mlplat's ``cuda_graphs``, without Ray or mlplat's loop."""
     import torch
 
-    from mlplat.models import ModelSpec, build_model, loss_fn
-    from mlplat.training.loop import make_optimizer
-    from mlplat.training.steps import optimizer_flags
-
-    torch.manual_seed(0)
-    model = build_model(ModelSpec(task="binary", hidden=hidden), x.shape[1]).to(device)
-    opt = make_optimizer("adam", model.parameters(), 1e-3, 0.0, 0.0, optimizer_flags("adam", "cuda", True, True))
-    crit = loss_fn("binary")
-    xs, ys = torch.from_numpy(x).to(device), torch.from_numpy(y.astype("float32")).to(device)
-    generator = torch.Generator(device=xs.device)
+    model, opt, crit, xs, ys, generator = _bare_setup(x, y, hidden, device, graphs=True)
 
     def eager(xb, yb):
         out = model(xb)
