@@ -130,10 +130,11 @@ def bare_loop(x, y, *, hidden: list[int], batch_size: int, epochs: int, device: 
 
 
 def bare_graph_loop(x, y, *, hidden: list[int], batch_size: int, epochs: int, device: str) -> list[float]:
-    """samples/s of each epoch of the bare loop with its step captured as one CUDA graph, PyTorch's
-    whole-network recipe (``torch.cuda.graphs``): 3 warm-up steps on a side stream, one capture,
-    a replay per full batch after copying it into the static inputs, the last partial batch an
-    eager step. The same technique as mlplat's ``cuda_graphs``, without Ray or mlplat's loop."""
+    """samples/s of each epoch of the bare loop with its step captured as CUDA graphs, PyTorch's
+    whole-network recipe (``torch.cuda.graphs``): warm-up steps on a side stream, one graph for
+    the full batch and one for the epoch's last, partial batch (as mlplat's ``cuda_graphs``),
+    then a replay per batch after copying it into that graph's static inputs. The same
+    technique as mlplat's, without Ray or mlplat's loop."""
     import torch
 
     model, opt, crit, xs, ys, generator = _bare_setup(x, y, hidden, device, graphs=True)
@@ -146,20 +147,26 @@ def bare_graph_loop(x, y, *, hidden: list[int], batch_size: int, epochs: int, de
         opt.step()
         return loss.detach()
 
-    sx, sy = xs[:batch_size].clone(), ys[:batch_size].clone()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            eager(sx, sy)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    opt.zero_grad(set_to_none=True)
-    with torch.cuda.graph(graph):
-        out = model(sx)
-        sloss = crit(out, sy.reshape(out.shape))
-        sloss.backward()
-        opt.step()
+    def capture(rows: int, warmups: int):
+        sx, sy = xs[:rows].clone(), ys[:rows].clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warmups):
+                eager(sx, sy)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        opt.zero_grad(set_to_none=True)
+        with torch.cuda.graph(graph):
+            out = model(sx)
+            sloss = crit(out, sy.reshape(out.shape))
+            sloss.backward()
+            opt.step()
+        return graph, sx, sy, sloss
+
+    graphs = {batch_size: capture(batch_size, 3)}
+    if len(xs) % batch_size:
+        graphs[len(xs) % batch_size] = capture(len(xs) % batch_size, 1)
     rates = []
     for epoch in range(epochs):
         torch.cuda.synchronize()
@@ -169,13 +176,11 @@ def bare_graph_loop(x, y, *, hidden: list[int], batch_size: int, epochs: int, de
         losses = []
         for i in range(0, len(xt), batch_size):
             xb, yb = xt[i:i + batch_size], yt[i:i + batch_size]
-            if len(xb) == batch_size:
-                sx.copy_(xb, non_blocking=True)
-                sy.copy_(yb, non_blocking=True)
-                graph.replay()
-                losses.append(sloss.detach().clone())
-            else:
-                losses.append(eager(xb, yb))
+            graph, sx, sy, sloss = graphs[len(xb)]
+            sx.copy_(xb, non_blocking=True)
+            sy.copy_(yb, non_blocking=True)
+            graph.replay()
+            losses.append(sloss.detach().clone())
         torch.cuda.synchronize()
         rates.append(len(xt) / (time.perf_counter() - start))
     return rates
@@ -322,7 +327,7 @@ def run(gpus: int = 0, rows: int | None = None, epochs: int | None = None, hidde
     torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1) if not gpus else torch.get_num_threads())
     shape = f"MLP {features}-{'-'.join(map(str, hidden))}-1, {rows:,} rows, batch {batch_size}"
     card = card_name()
-    bare, bare_graph, one, multi, walls, walls_n, bare_worker = [], [], [], [], [], [], []
+    bare, bare_graph, one, multi, walls, walls_n, bare_worker, bare_ddp = [], [], [], [], [], [], [], []
     # context fits with other settings: variant -> workers -> {"rates", "walls", "notes"}
     variants = {name: perf for name, perf, on in (("eager", {"cuda_graphs": False}, eager),
                                                    ("capture_optimizer", {"cuda_graphs": False, "capture_optimizer": True},
@@ -338,6 +343,13 @@ def run(gpus: int = 0, rows: int | None = None, epochs: int | None = None, hidde
                                                           device=device)))
                 print(f"round {round_no}: bare eager {bare[-1]:,.0f}, bare CUDA graph {bare_graph[-1]:,.0f} samples/s",
                       flush=True)
+            if gpus >= 2:
+                from bench.training_ddp import bare_graph_ddp
+
+                bare_ddp.append(_steady(bare_graph_ddp(x, y, hidden=hidden, batch_size=batch_size, epochs=epochs,
+                                                       world=gpus)))
+                print(f"round {round_no}: bare DDP + CUDA graphs on {gpus} GPUs {bare_ddp[-1]:,.0f} samples/s "
+                      f"(efficiency {bare_ddp[-1] / (gpus * bare_graph[-1]):.3f})", flush=True)
             if in_worker:
                 bare_worker.append(bare_in_worker(x, y, hidden=hidden, batch_size=batch_size, epochs=epochs,
                                                   use_gpu=bool(gpus), root=root))
@@ -393,6 +405,18 @@ def run(gpus: int = 0, rows: int | None = None, epochs: int | None = None, hidde
                             baseline_value=statistics.median(bare_graph),
                             target="context: the same technique on both sides (what Ray and mlplat's loop cost)",
                             ray_runs=[round(r) for r in one], bare_runs=[round(r) for r in bare_graph], **common))
+    if bare_ddp:
+        rows_out.append(row("P6", f"bare PyTorch DDP, whole step as CUDA graphs, samples/s ({gpus} GPUs; scaling efficiency; {shape})",
+                            statistics.median(bare_ddp), "samples/s",
+                            baseline=f"{gpus} x the 1-GPU bare CUDA-graph loop", baseline_value=gpus * statistics.median(bare_graph),
+                            target="context: the efficiency PyTorch itself reaches at this shape (bench/training_ddp.py)",
+                            bare_runs=[round(r) for r in bare_ddp], efficiency_definition=EFFICIENCY, gpus=gpus, **common))
+        rows_out.append(row("P6", f"Ray Train samples/s ({gpus} GPUs, data parallel, {default}; {shape})",
+                            statistics.median(multi), "samples/s",
+                            baseline=f"bare PyTorch DDP on {gpus} GPUs, whole step as CUDA graphs",
+                            baseline_value=statistics.median(bare_ddp),
+                            target="context: the same technique on both sides, N GPUs",
+                            ray_runs=[round(r) for r in multi], bare_runs=[round(r) for r in bare_ddp], gpus=gpus, **common))
     if in_worker:
         rows_out.append(row("P6", f"bare torch loop inside a 1-worker Ray Train fit ({where}; {shape})",
                             statistics.median(bare_worker), "samples/s", baseline=f"bare torch loop in the driver, data on {device}",

@@ -353,7 +353,7 @@ def _reduce_metrics(w: _Worker, sums: Any, epoch: int, started: float) -> dict[s
     sums = sums.cpu()
     train_loss = float(sums[0] / sums[1]) if sums[1] else float("nan")
     metrics: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "train_rows": int(sums[1]),
-                               "epoch_s": round(time.perf_counter() - started, 4)}
+                               "epoch_s": round(time.perf_counter() - started, 6)}
     if sums[3]:
         metrics["val_loss"] = float(sums[2] / sums[3])
         if w.cfg.spec.task != "regression":

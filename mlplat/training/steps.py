@@ -15,7 +15,7 @@ from typing import Any
 from mlplat.training.config import PerformanceSpec
 
 __all__ = ["optimizer_flags", "graph_mode", "ddp_kwargs", "grad_sync_mode", "FlatGradSync", "step_capture", "EagerStep", "GraphStep", "StepProfiler", "targets",
-           "GRAPH_WARMUP_STEPS", "PROFILE_WARMUP_STEPS", "PROFILE_TOP_ROWS"]
+           "graph_action", "GRAPH_WARMUP_STEPS", "MAX_GRAPH_SHAPES", "PROFILE_WARMUP_STEPS", "PROFILE_TOP_ROWS"]
 
 #: Eager steps on a side stream before the capture (PyTorch's whole-network capture recipe: the
 #: optimizer's lazily built state and cuBLAS workspaces exist before the graph records them).
@@ -303,33 +303,58 @@ class EagerStep:
         self.note = f"the step's {self.capture} is replayed from a CUDA graph (performance.{setting})"
 
 
+#: Batch shapes a :class:`GraphStep` captures (the full batch, an epoch's partial last batch and
+#: a validation-free remainder or two); a shape past these steps eagerly.
+MAX_GRAPH_SHAPES = 4
+
+
 class GraphStep:
     """The whole step (forward, backward, optimizer; with ``sync``, the gradients' all-reduce too)
-    as one CUDA graph, replayed per batch.
+    as one CUDA graph per batch shape, replayed per batch.
 
     The first :data:`GRAPH_WARMUP_STEPS` batches are ordinary (eager) steps on a side stream; the
     next one is copied into static input buffers, captured, and replayed -- as is every later
-    batch of the capture's shape. A batch of another shape (an epoch's last, partial batch) runs
-    as an eager step (:attr:`eager_batches` counts them), so graphs train on every row. If the
-    capture fails, the step stays eager from then on and :attr:`note` says why."""
+    batch of the capture's shape. A batch of another shape (an epoch's last, partial batch: the
+    same shape every epoch) steps eagerly on a side stream the first time it is seen and is
+    captured into a graph of its own the next time, up to :data:`MAX_GRAPH_SHAPES` graphs; past
+    those it steps eagerly (:attr:`eager_batches` counts them). Every graph reads and writes the
+    same parameters, optimizer state and (with sync) flat buffer, and each has its own memory
+    pool, so they replay in any order. With several workers every one captures at the same step:
+    the counts are deterministic and shards hold equal row counts. If a capture fails, the step
+    stays eager from then on and :attr:`note` says why."""
 
     def __init__(self, model: Any, optimizer: Any, criterion: Any, task: str, sync: FlatGradSync | None = None):
         self.eager = EagerStep(model, optimizer, criterion, task, sync)
-        self._graph: Any = None
-        self._static: tuple[Any, Any, Any] | None = None  # x, y, loss
-        self._warm = 0
+        self._graphs: dict[tuple[Any, ...], tuple[Any, Any, Any, Any]] = {}  # shape -> graph, x, y, loss
+        self._seen: dict[tuple[Any, ...], int] = {}  # eager steps taken per shape, before its capture
         self.failed = False
         self.note: str | None = None
-        self.eager_batches = 0  # batches of another shape than the captured one, stepped eagerly
+        self.eager_batches = 0  # batches stepped eagerly after the first capture (shapes past the limit)
+
+    @property
+    def _graph(self) -> Any:
+        """The first captured graph (None before any capture)."""
+        return next(iter(self._graphs.values()))[0] if self._graphs else None
+
+    @property
+    def graph_shapes(self) -> int:
+        """How many batch shapes are captured."""
+        return len(self._graphs)
 
     def __call__(self, x: Any, y: Any) -> Any:
         import torch
 
         if self.failed:
             return self.eager(x, y)
-        if self._graph is None:
-            if self._warm < GRAPH_WARMUP_STEPS:
-                self._warm += 1
+        key = (tuple(x.shape), tuple(y.shape), x.dtype, y.dtype)
+        captured = self._graphs.get(key)
+        if captured is None:
+            action = graph_action(self._seen.get(key, 0), len(self._graphs))
+            if action == "eager":
+                self.eager_batches += 1
+                return self.eager(x, y)
+            if action == "warm":
+                self._seen[key] = self._seen.get(key, 0) + 1
                 side = torch.cuda.Stream()
                 side.wait_stream(torch.cuda.current_stream())
                 with torch.cuda.stream(side):
@@ -337,24 +362,18 @@ class GraphStep:
                 torch.cuda.current_stream().wait_stream(side)
                 return loss
             try:
-                self._capture(x, y)
+                captured = self._capture(key, x, y)
             except Exception as exc:  # an op that cannot be captured: stay eager, say so
-                self.failed, self._graph = True, None
+                self.failed = True
                 self.note = f"performance.cuda_graphs: capture failed, eager steps ({type(exc).__name__}: {exc})"[:500]
                 return self.eager(x, y)
-        assert self._static is not None
-        sx, sy, sloss = self._static
-        if x.shape != sx.shape or y.shape != sy.shape:
-            # A batch of another shape (an epoch's last, partial one): an eager step on the same
-            # parameters, optimizer state and (with sync) flat buffer; the graph is untouched.
-            self.eager_batches += 1
-            return self.eager(x, y)
+        graph, sx, sy, sloss = captured
         sx.copy_(x, non_blocking=True)
         sy.copy_(y, non_blocking=True)
-        self._graph.replay()
+        graph.replay()
         return sloss.detach().clone()  # the static loss is overwritten by the next replay: a copy
 
-    def _capture(self, x: Any, y: Any) -> None:
+    def _capture(self, key: tuple[Any, ...], x: Any, y: Any) -> tuple[Any, Any, Any, Any]:
         import torch
 
         sx, sy = x.detach().clone(), y.detach().clone()
@@ -374,9 +393,28 @@ class GraphStep:
                 sync.all_reduce()
                 sync.expose()
             eager.optimizer.step()
-        self._graph, self._static = graph, (sx, sy, sloss)
+        captured = (graph, sx, sy, sloss)
+        self._graphs[key] = captured
         inside = "forward, backward, all-reduce, optimizer" if sync is not None and sync.world > 1 else "forward, backward, optimizer"
         self.note = f"the whole step ({inside}) is replayed from a CUDA graph (performance.cuda_graphs)"
+        return captured
+
+
+def graph_action(eager_steps_of_shape: int, graphs: int) -> str:
+    """What :class:`GraphStep` does with a batch whose shape has no graph yet: ``"warm"`` (an
+    eager step on a side stream), ``"capture"`` or ``"eager"`` (past :data:`MAX_GRAPH_SHAPES`).
+    The first shape warms up :data:`GRAPH_WARMUP_STEPS` steps (the optimizer's state and cuBLAS
+    workspaces come to exist); a later shape one step (its own autograd and kernel choices).
+
+    >>> [graph_action(n, 0) for n in range(GRAPH_WARMUP_STEPS + 1)]
+    ['warm', 'warm', 'warm', 'capture']
+    >>> graph_action(0, 1), graph_action(1, 1), graph_action(0, MAX_GRAPH_SHAPES)
+    ('warm', 'capture', 'eager')
+    """
+    if graphs >= MAX_GRAPH_SHAPES:
+        return "eager"
+    needed = GRAPH_WARMUP_STEPS if graphs == 0 else 1
+    return "capture" if eager_steps_of_shape >= needed else "warm"
 
 
 class StepProfiler:

@@ -16,6 +16,7 @@ from mlplat.training.config import PerformanceSpec
 from mlplat.training.loop import ShardBatches, make_optimizer
 from mlplat.training.steps import (
     GRAPH_WARMUP_STEPS,
+    MAX_GRAPH_SHAPES,
     PROFILE_WARMUP_STEPS,
     EagerStep,
     GraphStep,
@@ -170,22 +171,42 @@ class _RunOnceGraph:
         pass
 
 
-def test_graph_step_steps_a_partial_batch_eagerly_after_the_capture(monkeypatch):
+def _batches(seed: int, sizes: list[int]):
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(n, 3, generator=gen), (torch.rand(n, generator=gen) > 0.5).float()) for n in sizes]
+
+
+def test_graph_step_captures_the_partial_batch_as_a_second_graph(monkeypatch):
+    # the full batch: warm-ups then its capture; the partial batch: one warm-up (an eager step),
+    # then a graph of its own. Every batch is stepped once (a fake capture runs the step once).
     _fake_cuda(monkeypatch, graph_raises=False)
     monkeypatch.setattr(torch.cuda, "CUDAGraph", _RunOnceGraph)
     model, opt, crit = _model_and_step()
     ref_model, ref_opt, _ = _model_and_step()
     step, ref = GraphStep(model, opt, crit, "binary"), EagerStep(ref_model, ref_opt, crit, "binary")
-    gen = torch.Generator().manual_seed(2)
-    batches = [(torch.randn(8, 3, generator=gen), (torch.rand(8, generator=gen) > 0.5).float())
-               for _ in range(GRAPH_WARMUP_STEPS + 1)]
-    batches.append((torch.randn(5, 3, generator=gen), (torch.rand(5, generator=gen) > 0.5).float()))  # partial
-    for x, y in batches:
+    for x, y in _batches(2, [8] * (GRAPH_WARMUP_STEPS + 1) + [5, 5]):
         assert torch.allclose(step(x, y), ref(x, y))
-    assert step._graph is not None and not step.failed and step.eager_batches == 1
+    assert step.graph_shapes == 2 and not step.failed and step.eager_batches == 0
     assert "replayed from a CUDA graph" in step.note
     for pa, pb in zip(model.parameters(), ref_model.parameters(), strict=True):
-        assert torch.allclose(pa, pb)  # the partial batch was stepped, once, after the captured one
+        assert torch.allclose(pa, pb)
+
+
+def test_graph_step_steps_shapes_past_the_limit_eagerly(monkeypatch):
+    _fake_cuda(monkeypatch, graph_raises=False)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _RunOnceGraph)
+    model, opt, crit = _model_and_step()
+    ref_model, ref_opt, _ = _model_and_step()
+    step, ref = GraphStep(model, opt, crit, "binary"), EagerStep(ref_model, ref_opt, crit, "binary")
+    sizes = [8] * (GRAPH_WARMUP_STEPS + 1)
+    for extra in range(7, 7 - MAX_GRAPH_SHAPES + 1, -1):
+        sizes += [extra, extra]  # a warm-up, then its capture
+    sizes += [2, 2]  # one shape too many: eager, both times
+    for x, y in _batches(3, sizes):
+        assert torch.allclose(step(x, y), ref(x, y))
+    assert step.graph_shapes == MAX_GRAPH_SHAPES and step.eager_batches == 2
+    for pa, pb in zip(model.parameters(), ref_model.parameters(), strict=True):
+        assert torch.allclose(pa, pb)
 
 
 def test_step_profiler_on_cpu():
