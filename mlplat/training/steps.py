@@ -315,9 +315,8 @@ class GraphStep:
     The first :data:`GRAPH_WARMUP_STEPS` batches are ordinary (eager) steps on a side stream; the
     next one is copied into static input buffers, captured, and replayed -- as is every later
     batch of the capture's shape. A batch of another shape (an epoch's last, partial batch: the
-    same shape every epoch) steps eagerly on a side stream the first time it is seen and is
-    captured into a graph of its own the next time, up to :data:`MAX_GRAPH_SHAPES` graphs; past
-    those it steps eagerly (:attr:`eager_batches` counts them). Every graph reads and writes the
+    same shape every epoch) is captured into a graph of its own the first time it comes, up to
+    :data:`MAX_GRAPH_SHAPES` graphs; past those it steps eagerly (:attr:`eager_batches` counts them). Every graph reads and writes the
     same parameters, optimizer state and (with sync) flat buffer, and each has its own memory
     pool, so they replay in any order. With several workers every one captures at the same step:
     the counts are deterministic and shards hold equal row counts. If a capture fails, the step
@@ -403,18 +402,20 @@ class GraphStep:
 def graph_action(eager_steps_of_shape: int, graphs: int) -> str:
     """What :class:`GraphStep` does with a batch whose shape has no graph yet: ``"warm"`` (an
     eager step on a side stream), ``"capture"`` or ``"eager"`` (past :data:`MAX_GRAPH_SHAPES`).
-    The first shape warms up :data:`GRAPH_WARMUP_STEPS` steps (the optimizer's state and cuBLAS
-    workspaces come to exist); a later shape one step (its own autograd and kernel choices).
+    The first shape warms up :data:`GRAPH_WARMUP_STEPS` steps (the optimizer's state and the
+    capture stream's cuBLAS workspace come to exist); a later shape is captured the first time it
+    comes (nothing left to build lazily), so the epoch after the first replays every batch.
 
     >>> [graph_action(n, 0) for n in range(GRAPH_WARMUP_STEPS + 1)]
     ['warm', 'warm', 'warm', 'capture']
-    >>> graph_action(0, 1), graph_action(1, 1), graph_action(0, MAX_GRAPH_SHAPES)
-    ('warm', 'capture', 'eager')
+    >>> graph_action(0, 1), graph_action(0, MAX_GRAPH_SHAPES - 1), graph_action(0, MAX_GRAPH_SHAPES)
+    ('capture', 'capture', 'eager')
     """
     if graphs >= MAX_GRAPH_SHAPES:
         return "eager"
-    needed = GRAPH_WARMUP_STEPS if graphs == 0 else 1
-    return "capture" if eager_steps_of_shape >= needed else "warm"
+    if graphs == 0 and eager_steps_of_shape < GRAPH_WARMUP_STEPS:
+        return "warm"
+    return "capture"
 
 
 class StepProfiler:

@@ -177,14 +177,14 @@ def _batches(seed: int, sizes: list[int]):
 
 
 def test_graph_step_captures_the_partial_batch_as_a_second_graph(monkeypatch):
-    # the full batch: warm-ups then its capture; the partial batch: one warm-up (an eager step),
-    # then a graph of its own. Every batch is stepped once (a fake capture runs the step once).
+    # the full batch: warm-ups then its capture; the partial batch: a graph of its own at once.
+    # Every batch is stepped once (a fake capture runs the step once, its replays do nothing).
     _fake_cuda(monkeypatch, graph_raises=False)
     monkeypatch.setattr(torch.cuda, "CUDAGraph", _RunOnceGraph)
     model, opt, crit = _model_and_step()
     ref_model, ref_opt, _ = _model_and_step()
     step, ref = GraphStep(model, opt, crit, "binary"), EagerStep(ref_model, ref_opt, crit, "binary")
-    for x, y in _batches(2, [8] * (GRAPH_WARMUP_STEPS + 1) + [5, 5]):
+    for x, y in _batches(2, [8] * (GRAPH_WARMUP_STEPS + 1) + [5]):
         assert torch.allclose(step(x, y), ref(x, y))
     assert step.graph_shapes == 2 and not step.failed and step.eager_batches == 0
     assert "replayed from a CUDA graph" in step.note
@@ -200,7 +200,7 @@ def test_graph_step_steps_shapes_past_the_limit_eagerly(monkeypatch):
     step, ref = GraphStep(model, opt, crit, "binary"), EagerStep(ref_model, ref_opt, crit, "binary")
     sizes = [8] * (GRAPH_WARMUP_STEPS + 1)
     for extra in range(7, 7 - MAX_GRAPH_SHAPES + 1, -1):
-        sizes += [extra, extra]  # a warm-up, then its capture
+        sizes.append(extra)  # captured at once
     sizes += [2, 2]  # one shape too many: eager, both times
     for x, y in _batches(3, sizes):
         assert torch.allclose(step(x, y), ref(x, y))
