@@ -104,10 +104,10 @@ class PerformanceSpec(StrictModel):
     - ``fused_optimizer``: on CUDA, Adam/AdamW/SGD run their fused kernel (one launch per step
       instead of a few per parameter tensor); no effect on CPU.
     - ``cuda_graphs``: on CUDA (one worker, or several with ``grad_sync`` flat), the whole step
-      (forward, backward, all-reduce, optimizer) is captured once as a CUDA graph and replayed
-      per batch: no Python or launch cost per kernel. A batch of another shape than the captured
-      one (each epoch's last, partial batch) runs as an eager step, so every row is trained on
-      as without graphs. ``auto`` (the default): on for the zoo's models (``mlp``, ``linear``),
+      (forward, backward, all-reduce, optimizer) is captured once per batch shape as a CUDA graph
+      and replayed per batch: no Python or launch cost per kernel. Each epoch's last, partial
+      batch gets a graph of its own the first time it comes (up to 4 shapes; past those a batch
+      steps eagerly), so every row is trained on as without graphs. ``auto`` (the default): on for the zoo's models (``mlp``, ``linear``),
       whose steps have a fixed kernel sequence; off for ``custom`` modules, whose Python may
       branch per step (a replay would repeat the captured branch). ``true``: also for
       ``custom``. Under DDP or on CPU the step runs eagerly (with ``true``, the run's progress
