@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", default=None, help="Ray address (default: MLPLAT_RAY_ADDRESS, else RAY_ADDRESS, which Ray sets in a job, else a local Ray)")
     args = parser.parse_args(argv)
     from mlplat.lifecycle.retrain import approve_and_start, driver_hooks, finish_retrain, handle_trigger
-    from mlplat.monitoring.retrain import get_request, request_retrain
+    from mlplat.monitoring.retrain_requests import get_request, request_retrain
 
     out: dict[str, Any] = {"model": args.model}
     try:

@@ -187,7 +187,7 @@ class Demo:
         """Nothing is called here: the retrain follower (in the rollout controller) sees the drift
         check, raises the drift alarm, rebuilds the features with the new partition, queues the
         run and validates its version. The demo watches the registry's events."""
-        from mlplat.monitoring.retrain import EVENT_FAILED, EVENT_SKIPPED, EVENT_STARTED, EVENT_VALIDATED
+        from mlplat.monitoring.retrain_requests import EVENT_FAILED, EVENT_SKIPPED, EVENT_STARTED, EVENT_VALIDATED
 
         started = self._await_event((EVENT_STARTED, EVENT_SKIPPED, EVENT_FAILED))
         if started.kind != EVENT_STARTED:

@@ -49,7 +49,7 @@ def approve(lazy: Any, name: str, request_id: int | None, note: str, wait: bool,
                                  build_features=build, wake=wake)
     result: dict[str, Any] = {"request": req.model_dump(mode="json"), "run": run.model_dump(mode="json")}
     if wait:
-        from mlplat.lifecycle.retrain import finish_retrain
+        from mlplat.lifecycle.retrain_finish import finish_retrain
         from mlplat.training.queue import wait_for_run
 
         try:
@@ -92,7 +92,7 @@ def _still_running(p: Any, name: str, request_id: int, run_id: str, version: int
 @click.pass_obj
 def dismiss(lazy: Any, name: str, request_id: int | None, note: str, as_json: bool) -> None:
     """Dismiss NAME's pending retrain request: nothing is trained."""
-    from mlplat.monitoring.retrain import dismiss as dismiss_request
+    from mlplat.monitoring.retrain_requests import dismiss as dismiss_request
 
     req = dismiss_request(lazy.get().registry, name, request_id=request_id, by=acting_user(), note=note)
     if as_json:
@@ -108,7 +108,7 @@ def dismiss(lazy: Any, name: str, request_id: int | None, note: str, as_json: bo
 @click.pass_obj
 def list_requests(lazy: Any, name: str | None, only_pending: bool, as_json: bool) -> None:
     """Retrain requests (of NAME, or every model), oldest first: pending and decided."""
-    from mlplat.monitoring.retrain import requests
+    from mlplat.monitoring.retrain_requests import requests
 
     items = requests(lazy.get().registry, name, status="pending" if only_pending else None)
     if as_json:

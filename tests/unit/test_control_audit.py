@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from mlplat.monitoring.retrain import approve, dismiss, request_retrain
+from mlplat.monitoring.retrain_requests import approve, dismiss, request_retrain
 from mlplat.records import ApprovalState, ModelState
 from mlplat.registry import RegistryStore
 
