@@ -16,7 +16,9 @@ the Chrome trace and the top-15 table by self device (CPU) time are copied to
 ``<out-dir>/profiles/`` and the table is printed. mlplat's fits run with default settings: on
 a GPU ``performance.cuda_graphs: auto`` replays the whole step (the all-reduce too) from a CUDA
 graph. On a GPU each round also runs the bare loop with its step captured the same way (PyTorch's
-recipe), a context row: the same technique on both sides. ``--eager`` adds fits with
+recipe), a context row: the same technique on both sides; with ``--gpus N`` also bare PyTorch DDP
+on N GPUs with its whole step captured (``bench/training_ddp.py``): the efficiency PyTorch itself
+reaches at the shape, and mlplat's N-GPU rate against it. ``--eager`` adds fits with
 ``cuda_graphs: false`` (1 worker, and N with ``--gpus N``): a row against the same bare loop and
 an efficiency row against N x the 1-worker eager rate. ``--capture-optimizer`` adds eager fits
 with ``performance.capture_optimizer: true`` (the optimizer update replayed from a CUDA graph
