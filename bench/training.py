@@ -403,7 +403,7 @@ def run(gpus: int = 0, rows: int | None = None, epochs: int | None = None, hidde
                             notes=extras.get("notes_n", []), gpus=gpus, **common))
     if bare_graph:
         rows_out.append(row("P6", f"Ray Train samples/s ({where}, {default}; {shape})", statistics.median(one), "samples/s",
-                            baseline=f"bare torch loop, data on {device}, its step one CUDA graph (torch.cuda.graphs recipe)",
+                            baseline=f"bare torch loop, data on {device}, its step as CUDA graphs (torch.cuda.graphs recipe, one per batch shape)",
                             baseline_value=statistics.median(bare_graph),
                             target="context: the same technique on both sides (what Ray and mlplat's loop cost)",
                             ray_runs=[round(r) for r in one], bare_runs=[round(r) for r in bare_graph], **common))
