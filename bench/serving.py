@@ -244,8 +244,9 @@ def _side_mlplat(port: int, root: str, haproxy: bool) -> None:
     # BENCH_SERVE='{"haproxy_threads": 1}' tries other serve settings (JSON of serve.* keys)
     extra = {f"serve__{k}": v for k, v in json.loads(os.environ.get("BENCH_SERVE", "{}")).items()}
     grpc_port = int(os.environ.get("BENCH_GRPC_PORT", "0")) or None
+    direct_port = int(os.environ.get("BENCH_DIRECT_PORT", "0")) or None
     p = mlplat.connect(root=root, api_token=TOKEN, serve__port=port, serve__haproxy=haproxy,
-                       serve__throughput_optimized=True, serve__grpc_port=grpc_port,
+                       serve__throughput_optimized=True, serve__grpc_port=grpc_port, serve__direct_port=direct_port,
                        serve__ingress_replicas=INGRESS_REPLICAS, **extra)
     p.ensure_ray()  # exports the Serve mode variables before Ray starts
     _shutdown_on_sigterm()
@@ -605,6 +606,7 @@ if __name__ == "__main__":
          "serve-default": lambda: _side_serve_default(args.port, args.root),
          "mlplat": lambda: _side_mlplat(args.port, args.root, haproxy=False),
          "mlplat+haproxy": lambda: _side_mlplat(args.port, args.root, haproxy=True),
+         "mlplat+direct": lambda: _side_mlplat(args.port, args.root, haproxy=True),
          "mlplat+haproxy dedicated": lambda: _side_mlplat(args.port, args.root, haproxy=True),
          "mlplat+haproxy pool": lambda: _side_mlplat(args.port, args.root, haproxy=True),
          f"kserve x{INGRESS_REPLICAS}": lambda: _side_kserve(args.port, args.root),

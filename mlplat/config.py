@@ -202,6 +202,14 @@ class ServeSettings(StrictModel):
     #: Serve 2.60 binds it on every interface (it takes no gRPC host) and applies gRPC options
     #: only at the first ``serve.start`` on a Ray instance.
     grpc_port: int | None = Field(None, ge=0, le=65535)
+    #: The direct data plane (serving/direct.py): every ingress replica also answers the whole
+    #: HTTP API itself on this port of ``host`` (all replicas of a node share it through
+    #: SO_REUSEPORT; the kernel spreads connections over them), with no HAProxy or Serve proxy
+    #: hop and no Serve request path: the same token, limits, validation, admission and
+    #: telemetry. Serve still starts, replaces and autoscales the replicas (their direct
+    #: requests count toward ``ingress_autoscaling``). ``port`` keeps serving through Serve.
+    #: None or 0: off.
+    direct_port: int | None = Field(None, ge=0, le=65535)
     app_name: str = "mlplat"
     route_prefix: str = "/"
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)
@@ -442,6 +450,7 @@ ENV_VARS: dict[str, str] = {
     "MLPLAT_SERVE_HOST": "serve.host",
     "MLPLAT_SERVE_PORT": "serve.port",
     "MLPLAT_SERVE_GRPC_PORT": "serve.grpc_port",
+    "MLPLAT_SERVE_DIRECT_PORT": "serve.direct_port",
     "MLPLAT_SERVE_HAPROXY": "serve.haproxy",
 }
 

@@ -9,6 +9,7 @@ import asyncio
 import functools
 import hmac
 import logging
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -19,6 +20,7 @@ from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from starlette.requests import ClientDisconnect
+from starlette.requests import Request as StarletteRequest
 
 from mlplat.config import PlatformConfig
 from mlplat.errors import MlplatError
@@ -27,6 +29,7 @@ from mlplat.serving.admission import Admission, inference_limit, retry_after_hea
 from mlplat.serving.cache import ModelCache
 from mlplat.serving.coalesce import Coalescer
 from mlplat.serving.deployments import run_prediction
+from mlplat.serving.direct import DIRECT_ONGOING_METRIC, DirectServer
 from mlplat.serving.grpc_ingress import GrpcInference
 from mlplat.serving.http_api import http_app
 from mlplat.serving.infer_call import InferAnswer, InferCall, first_row, metadata_document
@@ -79,6 +82,11 @@ def schema_of_bundle(storage: Any, name: str, version: int, bundle_sha256: str |
     encoder = FeatureEncoder.from_json(meta["encoder"]) if meta.get("encoder") else None
     return InputSchema.from_encoder(encoder, int(meta["input_dim"])), meta["spec"]["task"]
 
+
+#: The direct port's fast path: exactly the paths of ``predict_v1`` and ``infer_v2`` (a path
+#: parameter matches ``[^/]+``, as in Starlette's routing).
+_FAST_V1 = re.compile(r"^/v1/models/([^/]+):predict$")
+_FAST_V2 = re.compile(r"^/v2/models/([^/]+)/infer$")
 
 #: An ingress replica forgets a canary's stats this long after its last request (it ended).
 CANARY_STATS_TTL_S = 600.0
@@ -165,6 +173,59 @@ class Ingress(GrpcInference):
         self._ready = False
         self._admission = Admission(inference_limit(self._serve.ingress_max_ongoing_requests,
                                                     self._serve.ingress_health_headroom))
+        self._direct: DirectServer | None = None
+        if self._serve.direct_port:
+            self._direct = DirectServer(self._direct_asgi, self._serve.host, self._serve.direct_port,
+                                        timeout_keep_alive_s=min(5.0, self._serve.haproxy_timeout_client_s))
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:  # built outside Serve (a unit test): no loop, no direct port
+                self._direct = None
+            else:
+                self._direct.start()  # a port taken by another program fails the replica here
+        prefix = self._serve.route_prefix.rstrip("/")
+        self._direct_prefix = prefix
+
+    # -- the direct data plane (serving/direct.py) ---------------------------------------------
+    async def _direct_asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """The direct port's ASGI app: the two inference routes straight to their handlers
+        (what FastAPI's routing would call for them, without its per-request dependency
+        resolution), everything else through the same FastAPI app Serve routes to."""
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        prefix = self._direct_prefix
+        if prefix:  # the app lives under serve.route_prefix, as behind Serve's proxy
+            if path != prefix and not path.startswith(prefix + "/"):
+                await api.error_response(404, f"no route {path[:80]!r}; the API is under {prefix}/")(scope, receive, send)
+                return
+            scope["root_path"] = scope.get("root_path", "") + prefix
+            path = path[len(prefix):]
+        if scope["method"] == "POST":
+            match = _FAST_V1.match(path)
+            endpoint = "v1"
+            if match is None:
+                match, endpoint = _FAST_V2.match(path), "v2"
+            if match is not None:
+                try:
+                    response = await self._infer(StarletteRequest(scope, receive), match.group(1), None, endpoint)
+                except Exception:  # what the app's Exception handler answers (http_api._unexpected)
+                    log.exception("unexpected error on %s", scope["path"])
+                    response = api.error_response(503, "internal error; the request was not processed: retry, or "
+                                                       "call the operator if it persists")
+                await response(scope, receive, send)
+                return
+        await self._asgi_app(scope, receive, send)  # type: ignore[attr-defined]  # set by @serve.ingress
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's custom autoscaling metrics: this replica's requests in flight on the direct
+        port (the ingress's policy adds them to the requests Serve counted, direct.py)."""
+        return {DIRECT_ONGOING_METRIC: float(self._direct.in_flight if self._direct is not None else 0)}
+
+    async def __del__(self) -> None:
+        """Serve stops the replica: stop the direct port (requests in flight finish)."""
+        if getattr(self, "_direct", None) is not None:
+            await self._direct.stop()
 
     async def _ensure_started(self) -> None:
         if self._ready:
