@@ -301,6 +301,11 @@ class ServeSettings(StrictModel):
     #: Every request allocates short-lived objects; collecting them 30x less often is +5%
     #: req/s on the P1 benchmark. None keeps Python's default.
     gc_threshold: int | None = Field(20_000, ge=1)
+    #: The ingress replicas freeze their heap after start-up and after each model they load
+    #: (``gc.collect`` then ``gc.freeze``): collections then skip the long-lived objects (Ray,
+    #: numpy, the models), which took older-generation collections from ~50-140 ms to a few ms
+    #: on the P1 benchmark (docs/benchmarks.md). False: Python's plain collector.
+    gc_freeze: bool = True
     pool: PoolSettings = Field(default_factory=PoolSettings)
     dedicated: DedicatedSettings = Field(default_factory=DedicatedSettings)
 

@@ -37,7 +37,7 @@ from mlplat.serving.metrics import UNKNOWN_MODEL, ServingMetrics
 from mlplat.serving.oip_binary import HEADER_LENGTH, binary_output_requested, binary_response, decode_request
 from mlplat.serving.request import ParsedRequest, RequestError, parse_json_body, parse_v1, parse_v2
 from mlplat.serving.routes import ModelRoutes, RegistryReader, Route, RouteTable, actor_registry_reader
-from mlplat.serving.runtime import load_servable, tune_gc
+from mlplat.serving.runtime import freeze_gc, load_servable, tune_gc
 from mlplat.serving.telemetry import (
     MAX_CONTEXT_VALUE_CHARS,
     MAX_HEADER_CHARS,
@@ -173,6 +173,7 @@ class Ingress(GrpcInference):
         self._ready = False
         self._admission = Admission(inference_limit(self._serve.ingress_max_ongoing_requests,
                                                     self._serve.ingress_health_headroom))
+        self._freeze_pending = False
         self._direct: DirectServer | None = None
         if self._serve.direct_port:
             self._direct = DirectServer(self._direct_asgi, self._serve.host, self._serve.direct_port,
@@ -246,10 +247,25 @@ class Ingress(GrpcInference):
             self._metrics.start_soon()
         loop.create_task(self._report_canary_stats())
         self._ready = True
+        self._heap_grew()
+
+    def _heap_grew(self) -> None:
+        """Start-up or a model load made the long-lived heap grow: freeze it once this turn of
+        the event loop is over (``serve.gc_freeze``, runtime.freeze_gc)."""
+        if not self._serve.gc_freeze or self._freeze_pending:
+            return
+        self._freeze_pending = True
+
+        def freeze() -> None:
+            self._freeze_pending = False
+            freeze_gc()
+
+        asyncio.get_running_loop().call_soon(freeze)
 
     async def _warm(self, name: str, version: int, bundle_sha256: str | None, feature_set: tuple[str, int] | None) -> None:
         """Pre-warm a version placed in the ingress: load it here, answer the probe, pin it."""
         model = await self._local.get(name, version, bundle_sha256)
+        self._heap_grew()
         reference = await asyncio.get_running_loop().run_in_executor(None, reference_stats_of, self._storage, feature_set)
         rows = probe_rows(model.schema, reference)
         # in a thread: a larger model's forward pass must not stall this replica's requests
@@ -491,10 +507,15 @@ class Ingress(GrpcInference):
     async def _local_model(self, route: Route) -> Any:
         """Models placed in the ingress: loaded once per version per replica (two recent versions
         per name, plus the pinned pre-warmed and previous ones)."""
+        model = self._local.get_loaded(route.name, route.version)
+        if model is not None:
+            return model
         try:
-            return await self._local.get(route.name, route.version, route.bundle_sha256)
+            model = await self._local.get(route.name, route.version, route.bundle_sha256)
         except MlplatError as exc:
             raise _unavailable(route, exc) from None
+        self._heap_grew()
+        return model
 
     @http_app.post("/v1/models/{name}:predict", **api.V1_PREDICT_DOC)
     async def predict_v1(self, name: str, request: Request) -> Response:
