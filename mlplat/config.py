@@ -315,6 +315,9 @@ class ServeSettings(StrictModel):
             raise ValueError(f"serve.ingress_health_headroom ({self.ingress_health_headroom}) must be below "
                              f"serve.ingress_max_ongoing_requests ({self.ingress_max_ongoing_requests}): an ingress "
                              "replica admits max_ongoing - headroom inference requests at once")
+        if self.direct_port and self.direct_port in (self.port, self.grpc_port):
+            raise ValueError(f"serve.direct_port ({self.direct_port}) must differ from serve.port and serve.grpc_port: "
+                             "the ingress replicas listen on it themselves")
         scaling = self.ingress_autoscaling
         if scaling is None:
             return self

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -65,15 +66,34 @@ class DirectServer:
         self._task: asyncio.Task | None = None
         self.in_flight = 0
         self.served = 0
+        now = time.monotonic()
+        self._since = self._window_start = now
+        self._area = 0.0  # requests in flight x seconds since _window_start
+
+    def _mark(self) -> float:
+        now = time.monotonic()
+        self._area += self.in_flight * (now - self._since)
+        self._since = now
+        return now
+
+    def average_in_flight(self) -> float:
+        """Requests in flight on average since the previous call (time-weighted), then a new window."""
+        now = self._mark()
+        window = now - self._window_start
+        average = self._area / window if window > 0 else float(self.in_flight)
+        self._area, self._window_start = 0.0, now
+        return average
 
     async def _counted(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
+        self._mark()
         self.in_flight += 1
         try:
             await self._app(scope, receive, send)
         finally:
+            self._mark()
             self.in_flight -= 1
             self.served += 1
 

@@ -220,8 +220,9 @@ class Ingress(GrpcInference):
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """Serve's custom autoscaling metrics: this replica's requests in flight on the direct
-        port (the ingress's policy adds them to the requests Serve counted, direct.py)."""
-        return {DIRECT_ONGOING_METRIC: float(self._direct.in_flight if self._direct is not None else 0)}
+        port, time-averaged since the previous report (the ingress's policy adds them to the
+        requests Serve counted, direct.py)."""
+        return {DIRECT_ONGOING_METRIC: self._direct.average_in_flight() if self._direct is not None else 0.0}
 
     async def __del__(self) -> None:
         """Serve stops the replica: stop the direct port (requests in flight finish)."""
