@@ -217,8 +217,12 @@ def run_direct(seconds: int | None = None, rounds: int = 2) -> list[dict[str, An
     each round starts bare uvicorn ``--workers N`` and then an mlplat platform (HAProxy mode,
     N ingress replicas, the model in the ingress) with its direct port on; on that platform
     the v1 route on the direct port, the OIP v2 JSON route on the direct port and the v1 route
-    through HAProxy, one wrk run each after a warm-up. Medians over the rounds; each run kept."""
+    through HAProxy, one wrk run each after a warm-up (``BENCH_P1_WARMUP_S``, 8 s, both sides).
+    Medians over the rounds; each run kept."""
     seconds = seconds or int(os.environ.get("BENCH_P1_SECONDS", "8"))
+    # Both sides warm up under load this long: on mlplat's side it covers the one-time work of a
+    # fresh platform (the first telemetry flush imports pyarrow; the heap freeze after the load).
+    warmup = int(os.environ.get("BENCH_P1_WARMUP_S", "8"))
     fair = f"bare x{INGRESS_REPLICAS}"
     runs: dict[str, list[dict[str, float]]] = {}
     for _ in range(rounds):
@@ -232,11 +236,11 @@ def run_direct(seconds: int | None = None, rounds: int = 2) -> list[dict[str, An
             proc = _start_side(side, port, root)
             try:
                 if side == fair:
-                    load.wrk(port, 2)
+                    load.wrk(port, warmup)
                     runs.setdefault(fair, []).append(load.wrk(port, seconds))
                     continue
                 _wait_http(direct_port)
-                load.wrk(direct_port, 2)
+                load.wrk(direct_port, warmup)
                 runs.setdefault("mlplat+direct", []).append(load.wrk(direct_port, seconds))
                 runs.setdefault("mlplat+direct v2", []).append(load.wrk(direct_port, seconds, path=load.V2_PATH,
                                                                         body=load.V2_BODY))
