@@ -226,8 +226,9 @@ class Ingress(GrpcInference):
 
     async def __del__(self) -> None:
         """Serve stops the replica: stop the direct port (requests in flight finish)."""
-        if getattr(self, "_direct", None) is not None:
-            await self._direct.stop()
+        direct: DirectServer | None = getattr(self, "_direct", None)
+        if direct is not None:
+            await direct.stop()
 
     async def _ensure_started(self) -> None:
         if self._ready:
