@@ -11,7 +11,9 @@ loopback, bounded time) at 16 connections:
   - ``mlplat+haproxy``: the same with HAProxy ingress; its v1 route, its OIP v2 JSON route (wrk)
     and OIP v2 over gRPC (a Python grpc.aio load, bench/serving_load.py) interleaved;
   - ``mlplat+haproxy pool`` / ``dedicated``: the model in the multiplexed pool / its own
-    deployment (a second hop), against the in-ingress path.
+    deployment (a second hop), against the in-ingress path;
+  - ``mlplat+direct`` (``--only direct``, :func:`run_direct`): the direct data plane
+    (``serve.direct_port``) against the fair baseline, the two started in turn round after round.
 Each side runs in its own subprocess (Serve modes are fixed when Ray starts), one at a time.
 
 P4 — many registered tiny models behind the multiplexed pool: cold-load latency (first request
@@ -652,7 +654,7 @@ def run_p4(count: int | None = None, cold_samples: int = 200, warm_samples: int 
 
 
 def run() -> list[dict[str, Any]]:
-    return run_p1() + run_p4()
+    return run_p1() + run_direct() + run_p4()
 
 
 if __name__ == "__main__":
