@@ -11,7 +11,9 @@ loopback, bounded time) at 16 connections:
   - ``mlplat+haproxy``: the same with HAProxy ingress; its v1 route, its OIP v2 JSON route (wrk)
     and OIP v2 over gRPC (a Python grpc.aio load, bench/serving_load.py) interleaved;
   - ``mlplat+haproxy pool`` / ``dedicated``: the model in the multiplexed pool / its own
-    deployment (a second hop), against the in-ingress path.
+    deployment (a second hop), against the in-ingress path;
+  - ``mlplat+direct`` (``--only direct``, :func:`run_direct`): the direct data plane
+    (``serve.direct_port``) against the fair baseline, the two started in turn round after round.
 Each side runs in its own subprocess (Serve modes are fixed when Ray starts), one at a time.
 
 P4 — many registered tiny models behind the multiplexed pool: cold-load latency (first request
@@ -212,6 +214,71 @@ def run_ceiling(seconds: int | None = None, rounds: int = 2) -> list[dict[str, A
     return rows
 
 
+def run_direct(seconds: int | None = None, rounds: int = 2) -> list[dict[str, Any]]:
+    """The direct data plane (``serve.direct_port``) against the fair baseline, interleaved:
+    each round starts bare uvicorn ``--workers N`` and then an mlplat platform (HAProxy mode,
+    N ingress replicas, the model in the ingress) with its direct port on; on that platform
+    the v1 route on the direct port, the OIP v2 JSON route on the direct port and the v1 route
+    through HAProxy, one wrk run each after a warm-up (``BENCH_P1_WARMUP_S``, 8 s, both sides).
+    Medians over the rounds; each run kept."""
+    seconds = seconds or int(os.environ.get("BENCH_P1_SECONDS", "8"))
+    # Both sides warm up under load this long: on mlplat's side it covers the one-time work of a
+    # fresh platform (the first telemetry flush imports pyarrow; the heap freeze after the load).
+    warmup = int(os.environ.get("BENCH_P1_WARMUP_S", "8"))
+    fair = f"bare x{INGRESS_REPLICAS}"
+    runs: dict[str, list[dict[str, float]]] = {}
+    for _ in range(rounds):
+        for side in (fair, "mlplat+direct"):
+            root = tempfile.mkdtemp(prefix=f"bench-{side.replace(' ', '-').replace('+', '-')}-")
+            port = _free_port()
+            direct_port = _free_port()
+            os.environ["BENCH_GRPC_PORT"] = "0"
+            os.environ["BENCH_DIRECT_PORT"] = str(direct_port)
+            haproxy_before = _haproxy_pids()
+            proc = _start_side(side, port, root)
+            try:
+                if side == fair:
+                    load.wrk(port, warmup)
+                    runs.setdefault(fair, []).append(load.wrk(port, seconds))
+                    continue
+                _wait_http(direct_port)
+                load.wrk(direct_port, warmup)
+                runs.setdefault("mlplat+direct", []).append(load.wrk(direct_port, seconds))
+                runs.setdefault("mlplat+direct v2", []).append(load.wrk(direct_port, seconds, path=load.V2_PATH,
+                                                                        body=load.V2_BODY))
+                load.wrk(port, 2)
+                runs.setdefault("mlplat+haproxy", []).append(load.wrk(port, seconds))
+            finally:
+                os.environ.pop("BENCH_DIRECT_PORT", None)
+                _stop(proc, haproxy_before)
+                shutil.rmtree(root, ignore_errors=True)
+            time.sleep(3)
+    for side, side_runs in runs.items():
+        print(side, json.dumps(side_runs), file=sys.stderr)
+    med = {s: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for s, rs in runs.items()}
+    base = med[fair]
+
+    def text(m: dict[str, float]) -> str:
+        return f"p50 {m['p50_ms']:.1f} ms, p99 {m['p99_ms']:.1f} ms, non-2xx {int(m['errors'])}"
+
+    fair_name = f"bare uvicorn+FastAPI --workers {INGRESS_REPLICAS} ({text(base)})"
+    rows = []
+    for side, label, target in (
+            ("mlplat+direct", "mlplat direct data plane (serve.direct_port)", "≥0.6× the fair baseline, p99 ≤2× its p99, "
+                                                                              "≥2,000 req/s"),
+            ("mlplat+haproxy", "mlplat+haproxy (same platform, same rounds)", "context")):
+        m = med[side]
+        rows.append(row("P1", f"{label}, {INGRESS_REPLICAS} ingress replicas, v1 one row: req/s ({text(m)}; {rounds} "
+                              "interleaved rounds)", m["rps"], "req/s", baseline=fair_name, baseline_value=base["rps"],
+                        target=target, p99_over_baseline=round(m["p99_ms"] / base["p99_ms"], 2) if base["p99_ms"] else None,
+                        runs=runs[side], baseline_runs=runs[fair]))
+    d = med["mlplat+direct"]
+    rows.append(row("P1", f"mlplat direct data plane, OIP v2 JSON, one row: req/s ({text(med['mlplat+direct v2'])})",
+                    med["mlplat+direct v2"]["rps"], "req/s", baseline=f"mlplat direct v1 ({text(d)})",
+                    baseline_value=d["rps"], target="v2 within 10% of v1", runs=runs["mlplat+direct v2"]))
+    return rows
+
+
 def _side_kserve(port: int, root: str) -> None:
     """KServe's Python model server (bench/kserve_side.py) under ``BENCH_KSERVE_PYTHON`` with as
     many workers as the ingress has replicas, serving the same model."""
@@ -244,8 +311,9 @@ def _side_mlplat(port: int, root: str, haproxy: bool) -> None:
     # BENCH_SERVE='{"haproxy_threads": 1}' tries other serve settings (JSON of serve.* keys)
     extra = {f"serve__{k}": v for k, v in json.loads(os.environ.get("BENCH_SERVE", "{}")).items()}
     grpc_port = int(os.environ.get("BENCH_GRPC_PORT", "0")) or None
+    direct_port = int(os.environ.get("BENCH_DIRECT_PORT", "0")) or None
     p = mlplat.connect(root=root, api_token=TOKEN, serve__port=port, serve__haproxy=haproxy,
-                       serve__throughput_optimized=True, serve__grpc_port=grpc_port,
+                       serve__throughput_optimized=True, serve__grpc_port=grpc_port, serve__direct_port=direct_port,
                        serve__ingress_replicas=INGRESS_REPLICAS, **extra)
     p.ensure_ray()  # exports the Serve mode variables before Ray starts
     _shutdown_on_sigterm()
@@ -586,7 +654,7 @@ def run_p4(count: int | None = None, cold_samples: int = 200, warm_samples: int 
 
 
 def run() -> list[dict[str, Any]]:
-    return run_p1() + run_p4()
+    return run_p1() + run_direct() + run_p4()
 
 
 if __name__ == "__main__":
@@ -596,7 +664,8 @@ if __name__ == "__main__":
     parser.add_argument("--side")
     parser.add_argument("--port", type=int)
     parser.add_argument("--root")
-    parser.add_argument("--only", choices=["p1", "p4", "ceiling"])
+    parser.add_argument("--only", choices=["p1", "p4", "ceiling", "direct"])
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     if args.side:
         sys.path.insert(0, str(HERE.parent))
@@ -605,6 +674,7 @@ if __name__ == "__main__":
          "serve-default": lambda: _side_serve_default(args.port, args.root),
          "mlplat": lambda: _side_mlplat(args.port, args.root, haproxy=False),
          "mlplat+haproxy": lambda: _side_mlplat(args.port, args.root, haproxy=True),
+         "mlplat+direct": lambda: _side_mlplat(args.port, args.root, haproxy=True),
          "mlplat+haproxy dedicated": lambda: _side_mlplat(args.port, args.root, haproxy=True),
          "mlplat+haproxy pool": lambda: _side_mlplat(args.port, args.root, haproxy=True),
          f"kserve x{INGRESS_REPLICAS}": lambda: _side_kserve(args.port, args.root),
@@ -614,6 +684,8 @@ if __name__ == "__main__":
     else:
         from bench.common import stamp, table
 
-        rows = (run_p1() if args.only == "p1" else run_p4() if args.only == "p4" else run_ceiling()
+        rows = (run_p1() if args.only == "p1" else run_direct(rounds=args.rounds) if args.only == "direct" else run_p4() if args.only == "p4" else run_ceiling()
                 if args.only == "ceiling" else run())
         print(table(stamp(rows)))
+        if args.only == "direct":
+            print(json.dumps(stamp(rows)))

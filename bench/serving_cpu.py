@@ -1,6 +1,7 @@
 """Where a P1 request's CPU goes (docs/benchmarks.md, "P1 CPU breakdown").
 
-``python -m bench.serving_cpu [SECONDS]`` starts the ``mlplat+haproxy`` side and the fair
+``python -m bench.serving_cpu [SECONDS [SIDE ...]]`` starts the ``mlplat+haproxy`` side (or the
+sides named, e.g. ``mlplat+direct``: wrk on the direct port) and the fair
 ``bare xN`` side of bench/serving.py one after the other, loads each with wrk (16 connections,
 one row per request) and reads, for the load's duration:
 
@@ -12,7 +13,8 @@ one row per request) and reads, for the load's duration:
   process's µs per request.
 
 py-spy (PyPI ``py-spy``) must be on PATH or in ``PY_SPY``. A profiling tool, not a benchmark:
-it writes ``bench/results/profiles/serving-cpu.json`` and prints a table.
+it writes ``bench/results/profiles/serving-cpu.json`` (with sides named:
+``serving-cpu-<first side>.json``, e.g. ``serving-cpu-direct.json``) and prints a table.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ LAYERS = [
     ("mlplat/serving/request.py", "mlplat: parse + validate"),
     ("mlplat/serving/telemetry", "mlplat: telemetry"),
     ("mlplat/serving/metrics.py", "mlplat: metrics"),
+    ("mlplat/serving/direct.py", "mlplat: direct data plane (server glue)"),
     ("mlplat/", "mlplat: auth, admission, routing, response"),
     ("fastapi/", "FastAPI + Starlette"),
     ("starlette/", "FastAPI + Starlette"),
@@ -112,10 +115,15 @@ def measure(side: str, seconds: int) -> dict[str, Any]:
     root = tempfile.mkdtemp(prefix="bench-cpu-")
     port = serving._free_port()
     os.environ["BENCH_GRPC_PORT"] = "0"
+    if side == "mlplat+direct":  # wrk on the direct port (serve.direct_port)
+        os.environ["BENCH_DIRECT_PORT"] = str(serving._free_port())
     before_haproxy = serving._haproxy_pids()
     proc = serving._start_side(side, port, root)
     try:
-        load.wrk(port, 3)  # warm-up
+        if side == "mlplat+direct":
+            port = int(os.environ["BENCH_DIRECT_PORT"])
+            serving._wait_http(port)
+        load.wrk(port, 8)  # warm-up
         server = _server_pid(side)
         spy = None
         if py_spy:
@@ -142,14 +150,17 @@ def measure(side: str, seconds: int) -> dict[str, Any]:
                 "server_layers_us_per_request": {k: round(server_us * v / total, 1)
                                                  for k, v in sorted(layers.items(), key=lambda kv: -kv[1])}}
     finally:
+        os.environ.pop("BENCH_DIRECT_PORT", None)
         serving._stop(proc, before_haproxy)
         shutil.rmtree(root, ignore_errors=True)
 
 
 def main() -> int:
     seconds = int(sys.argv[1]) if len(sys.argv) > 1 else 15
-    results = [measure("mlplat+haproxy", seconds), measure(f"bare x{serving.INGRESS_REPLICAS}", seconds)]
-    out = Path(__file__).parent / "results" / "profiles" / "serving-cpu.json"  # not rows: outside write_doc's glob
+    sides = sys.argv[2:] or ["mlplat+haproxy", f"bare x{serving.INGRESS_REPLICAS}"]  # or: mlplat+direct
+    results = [measure(side, seconds) for side in sides]
+    name = "serving-cpu.json" if len(sys.argv) <= 2 else f"serving-cpu-{sides[0].replace('mlplat+', '')}.json"
+    out = Path(__file__).parent / "results" / "profiles" / name  # not rows: outside write_doc's glob
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "seconds": seconds, "sides": results}, indent=1))
     for r in results:

@@ -202,6 +202,14 @@ class ServeSettings(StrictModel):
     #: Serve 2.60 binds it on every interface (it takes no gRPC host) and applies gRPC options
     #: only at the first ``serve.start`` on a Ray instance.
     grpc_port: int | None = Field(None, ge=0, le=65535)
+    #: The direct data plane (serving/direct.py): every ingress replica also answers the whole
+    #: HTTP API itself on this port of ``host`` (all replicas of a node share it through
+    #: SO_REUSEPORT; the kernel spreads connections over them), with no HAProxy or Serve proxy
+    #: hop and no Serve request path: the same token, limits, validation, admission and
+    #: telemetry. Serve still starts, replaces and autoscales the replicas (their direct
+    #: requests count toward ``ingress_autoscaling``). ``port`` keeps serving through Serve.
+    #: None or 0: off.
+    direct_port: int | None = Field(None, ge=0, le=65535)
     app_name: str = "mlplat"
     route_prefix: str = "/"
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)
@@ -293,6 +301,11 @@ class ServeSettings(StrictModel):
     #: Every request allocates short-lived objects; collecting them 30x less often is +5%
     #: req/s on the P1 benchmark. None keeps Python's default.
     gc_threshold: int | None = Field(20_000, ge=1)
+    #: The ingress replicas freeze their heap after start-up and after each model they load
+    #: (``gc.collect`` then ``gc.freeze``): collections then skip the long-lived objects (Ray,
+    #: numpy, the models), which took older-generation collections from ~50-140 ms to a few ms
+    #: on the P1 benchmark (docs/benchmarks.md). False: Python's plain collector.
+    gc_freeze: bool = True
     pool: PoolSettings = Field(default_factory=PoolSettings)
     dedicated: DedicatedSettings = Field(default_factory=DedicatedSettings)
 
@@ -302,6 +315,9 @@ class ServeSettings(StrictModel):
             raise ValueError(f"serve.ingress_health_headroom ({self.ingress_health_headroom}) must be below "
                              f"serve.ingress_max_ongoing_requests ({self.ingress_max_ongoing_requests}): an ingress "
                              "replica admits max_ongoing - headroom inference requests at once")
+        if self.direct_port and self.direct_port in (self.port, self.grpc_port):
+            raise ValueError(f"serve.direct_port ({self.direct_port}) must differ from serve.port and serve.grpc_port: "
+                             "the ingress replicas listen on it themselves")
         scaling = self.ingress_autoscaling
         if scaling is None:
             return self
@@ -442,6 +458,7 @@ ENV_VARS: dict[str, str] = {
     "MLPLAT_SERVE_HOST": "serve.host",
     "MLPLAT_SERVE_PORT": "serve.port",
     "MLPLAT_SERVE_GRPC_PORT": "serve.grpc_port",
+    "MLPLAT_SERVE_DIRECT_PORT": "serve.direct_port",
     "MLPLAT_SERVE_HAPROXY": "serve.haproxy",
 }
 

@@ -9,6 +9,7 @@ import asyncio
 import functools
 import hmac
 import logging
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -19,6 +20,7 @@ from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from starlette.requests import ClientDisconnect
+from starlette.requests import Request as StarletteRequest
 
 from mlplat.config import PlatformConfig
 from mlplat.errors import MlplatError
@@ -27,6 +29,7 @@ from mlplat.serving.admission import Admission, inference_limit, retry_after_hea
 from mlplat.serving.cache import ModelCache
 from mlplat.serving.coalesce import Coalescer
 from mlplat.serving.deployments import run_prediction
+from mlplat.serving.direct import DIRECT_ONGOING_METRIC, DirectServer
 from mlplat.serving.grpc_ingress import GrpcInference
 from mlplat.serving.http_api import http_app
 from mlplat.serving.infer_call import InferAnswer, InferCall, first_row, metadata_document
@@ -34,7 +37,7 @@ from mlplat.serving.metrics import UNKNOWN_MODEL, ServingMetrics
 from mlplat.serving.oip_binary import HEADER_LENGTH, binary_output_requested, binary_response, decode_request
 from mlplat.serving.request import ParsedRequest, RequestError, parse_json_body, parse_v1, parse_v2
 from mlplat.serving.routes import ModelRoutes, RegistryReader, Route, RouteTable, actor_registry_reader
-from mlplat.serving.runtime import load_servable, tune_gc
+from mlplat.serving.runtime import freeze_gc, load_servable, tune_gc
 from mlplat.serving.telemetry import (
     MAX_CONTEXT_VALUE_CHARS,
     MAX_HEADER_CHARS,
@@ -79,6 +82,11 @@ def schema_of_bundle(storage: Any, name: str, version: int, bundle_sha256: str |
     encoder = FeatureEncoder.from_json(meta["encoder"]) if meta.get("encoder") else None
     return InputSchema.from_encoder(encoder, int(meta["input_dim"])), meta["spec"]["task"]
 
+
+#: The direct port's fast path: exactly the paths of ``predict_v1`` and ``infer_v2`` (a path
+#: parameter matches ``[^/]+``, as in Starlette's routing).
+_FAST_V1 = re.compile(r"^/v1/models/([^/]+):predict$")
+_FAST_V2 = re.compile(r"^/v2/models/([^/]+)/infer$")
 
 #: An ingress replica forgets a canary's stats this long after its last request (it ended).
 CANARY_STATS_TTL_S = 600.0
@@ -165,6 +173,62 @@ class Ingress(GrpcInference):
         self._ready = False
         self._admission = Admission(inference_limit(self._serve.ingress_max_ongoing_requests,
                                                     self._serve.ingress_health_headroom))
+        self._freeze_pending = False
+        self._direct: DirectServer | None = None
+        if self._serve.direct_port:
+            self._direct = DirectServer(self._direct_asgi, self._serve.host, self._serve.direct_port,
+                                        timeout_keep_alive_s=min(5.0, self._serve.haproxy_timeout_client_s))
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:  # built outside Serve (a unit test): no loop, no direct port
+                self._direct = None
+            else:
+                self._direct.start()  # a port taken by another program fails the replica here
+        prefix = self._serve.route_prefix.rstrip("/")
+        self._direct_prefix = prefix
+
+    # -- the direct data plane (serving/direct.py) ---------------------------------------------
+    async def _direct_asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """The direct port's ASGI app: the two inference routes straight to their handlers
+        (what FastAPI's routing would call for them, without its per-request dependency
+        resolution), everything else through the same FastAPI app Serve routes to."""
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        prefix = self._direct_prefix
+        if prefix:  # the app lives under serve.route_prefix, as behind Serve's proxy
+            if path != prefix and not path.startswith(prefix + "/"):
+                await api.error_response(404, f"no route {path[:80]!r}; the API is under {prefix}/")(scope, receive, send)
+                return
+            scope["root_path"] = scope.get("root_path", "") + prefix
+            path = path[len(prefix):]
+        if scope["method"] == "POST":
+            match = _FAST_V1.match(path)
+            endpoint = "v1"
+            if match is None:
+                match, endpoint = _FAST_V2.match(path), "v2"
+            if match is not None:
+                try:
+                    response = await self._infer(StarletteRequest(scope, receive), match.group(1), None, endpoint)
+                except Exception:  # what the app's Exception handler answers (http_api._unexpected)
+                    log.exception("unexpected error on %s", scope["path"])
+                    response = api.error_response(503, "internal error; the request was not processed: retry, or "
+                                                       "call the operator if it persists")
+                await response(scope, receive, send)
+                return
+        await self._asgi_app(scope, receive, send)  # type: ignore[attr-defined]  # set by @serve.ingress
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's custom autoscaling metrics: this replica's requests in flight on the direct
+        port, time-averaged since the previous report (the ingress's policy adds them to the
+        requests Serve counted, direct.py)."""
+        return {DIRECT_ONGOING_METRIC: self._direct.average_in_flight() if self._direct is not None else 0.0}
+
+    async def __del__(self) -> None:
+        """Serve stops the replica: stop the direct port (requests in flight finish)."""
+        direct: DirectServer | None = getattr(self, "_direct", None)
+        if direct is not None:
+            await direct.stop()
 
     async def _ensure_started(self) -> None:
         if self._ready:
@@ -185,10 +249,25 @@ class Ingress(GrpcInference):
             self._metrics.start_soon()
         loop.create_task(self._report_canary_stats())
         self._ready = True
+        self._heap_grew()
+
+    def _heap_grew(self) -> None:
+        """Start-up or a model load made the long-lived heap grow: freeze it once this turn of
+        the event loop is over (``serve.gc_freeze``, runtime.freeze_gc)."""
+        if not self._serve.gc_freeze or self._freeze_pending:
+            return
+        self._freeze_pending = True
+
+        def freeze() -> None:
+            self._freeze_pending = False
+            freeze_gc()
+
+        asyncio.get_running_loop().call_soon(freeze)
 
     async def _warm(self, name: str, version: int, bundle_sha256: str | None, feature_set: tuple[str, int] | None) -> None:
         """Pre-warm a version placed in the ingress: load it here, answer the probe, pin it."""
         model = await self._local.get(name, version, bundle_sha256)
+        self._heap_grew()
         reference = await asyncio.get_running_loop().run_in_executor(None, reference_stats_of, self._storage, feature_set)
         rows = probe_rows(model.schema, reference)
         # in a thread: a larger model's forward pass must not stall this replica's requests
@@ -430,10 +509,15 @@ class Ingress(GrpcInference):
     async def _local_model(self, route: Route) -> Any:
         """Models placed in the ingress: loaded once per version per replica (two recent versions
         per name, plus the pinned pre-warmed and previous ones)."""
+        model = self._local.get_loaded(route.name, route.version)
+        if model is not None:
+            return model
         try:
-            return await self._local.get(route.name, route.version, route.bundle_sha256)
+            model = await self._local.get(route.name, route.version, route.bundle_sha256)
         except MlplatError as exc:
             raise _unavailable(route, exc) from None
+        self._heap_grew()
+        return model
 
     @http_app.post("/v1/models/{name}:predict", **api.V1_PREDICT_DOC)
     async def predict_v1(self, name: str, request: Request) -> Response:

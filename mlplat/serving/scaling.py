@@ -71,10 +71,18 @@ def ingress_replicas_options(serve: ServeSettings) -> dict[str, Any]:
     {'num_replicas': 2}
     >>> ingress_replicas_options(ServeSettings(ingress_autoscaling={"max_replicas": 3}))["autoscaling_config"]["max_replicas"]
     3
+    >>> ingress_replicas_options(ServeSettings(ingress_autoscaling={"max_replicas": 3}, direct_port=8100)
+    ...                          )["autoscaling_config"]["policy"]
+    {'policy_function': 'mlplat.serving.direct:direct_aware_policy'}
     """
     if serve.ingress_autoscaling is None:
         return {"num_replicas": serve.ingress_replicas or 1}
-    return {"autoscaling_config": serve.ingress_autoscaling.autoscaling_config()}
+    config = serve.ingress_autoscaling.autoscaling_config()
+    if serve.direct_port:  # the requests on the direct port count too (serving/direct.py)
+        from mlplat.serving.direct import DIRECT_POLICY_PATH
+
+        config["policy"] = {"policy_function": DIRECT_POLICY_PATH}
+    return {"autoscaling_config": config}
 
 
 DEVICES = ("cpu", "cuda")

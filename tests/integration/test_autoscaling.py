@@ -138,3 +138,88 @@ def test_deployments_scale_up_under_load_and_back_down_after(scaling_app):
         assert peak[name] > 1, f"{name} did not scale up: {report}"
         assert highest[name] <= high, f"{name} went above max_replicas {high}: {report}"
         assert settled.get(name) == low, f"{name} did not scale back to {low} within {SETTLE_MAX_S} s: {report}"
+
+
+DIRECT_APP = "mlplat-autoscale-direct"
+
+
+@pytest.fixture
+def direct_scaling_app(ray_session, serve_http_port, tmp_path_factory):
+    """An app whose one model is placed in the ingress, driven only through the direct port:
+    Serve itself sees no request at all, so the ingress scales only if the replicas' direct
+    requests reach its autoscaling policy (record_autoscaling_stats -> direct_aware_policy)."""
+    import ray
+    from ray import serve
+
+    from tests.servers import free_port
+
+    root = tmp_path_factory.mktemp("autoscale-direct-root")
+    config = PlatformConfig(
+        root=str(root), namespace="mlplat-test", api_token=TOKEN,
+        serve=ServeSettings(
+            port=serve_http_port, app_name=DIRECT_APP, route_prefix="/autoscale-direct", direct_port=free_port(),
+            telemetry=False, metrics=False, ingress_num_cpus=0,
+            ingress_autoscaling=ScalingSettings(min_replicas=1, max_replicas=2, target_ongoing_requests=1, **FAST),
+            pool=PoolSettings(min_replicas=1, max_replicas=1, num_cpus=0)),
+    )
+    actor_name = f"registry-autoscale-direct-{uuid.uuid4().hex[:6]}"
+    registry = ActorRegistry.connect(config, actor_name=actor_name, url=str(root / "registry.db"))
+    register_servable(registry, open_root(config.root), "inline", placement="ingress")
+    start_serving(config, registry_actor=actor_name)
+    url = f"http://{config.serve.host}:{config.serve.direct_port}/autoscale-direct"
+    with httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+        client.post("/v1/models/inline:predict", json={"instances": [RAW_ROW]}).raise_for_status()
+    try:
+        yield url
+    finally:
+        serve.delete(DIRECT_APP)
+        ray.kill(ray.get_actor(actor_name, namespace=config.namespace))
+
+
+def test_direct_port_requests_scale_the_ingress(direct_scaling_app):
+    def ingress_replicas() -> int:
+        from ray import serve
+
+        app = serve.status().applications.get(DIRECT_APP)
+        deployment = app.deployments["ingress"] if app else None
+        states = {str(getattr(k, "value", k)): v for k, v in ((deployment.replica_states or {}) if deployment else {}).items()}
+        return states.get("RUNNING", 0) + states.get("STARTING", 0)
+
+    assert ingress_replicas() == 1
+    codes: Counter = Counter()
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client_loop() -> None:
+        with httpx.Client(base_url=direct_scaling_app, timeout=30, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+            while not stop.is_set():
+                try:
+                    code = client.post("/v1/models/inline:predict", json={"instances": [RAW_ROW] * 64}).status_code
+                except httpx.HTTPError:
+                    code = 599
+                with lock:
+                    codes[code] += 1
+
+    threads = [threading.Thread(target=client_loop, daemon=True) for _ in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    started, peak = time.monotonic(), 1
+    try:
+        while time.monotonic() - started < LOAD_MAX_S and peak < 2:
+            peak = max(peak, ingress_replicas())
+            time.sleep(0.25)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=35)
+    deadline, settled = time.monotonic() + SETTLE_MAX_S, None
+    while time.monotonic() < deadline:
+        settled = ingress_replicas()
+        if settled == 1:
+            break
+        time.sleep(0.5)
+    report = f"peak {peak}, after load {settled}, status codes {dict(codes)}"
+    print(report)
+    assert codes[200] > 0 and set(codes) == {200}, report
+    assert peak == 2, f"the ingress did not scale up on direct-port load: {report}"
+    assert settled == 1, f"the ingress did not scale back to 1 within {SETTLE_MAX_S} s: {report}"

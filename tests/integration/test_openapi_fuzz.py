@@ -46,26 +46,38 @@ version = "1"
 
 
 @pytest.fixture(scope="module")
-def served(ray_session, serve_http_port, tmp_path_factory):
+def platform(ray_session, serve_http_port, tmp_path_factory):
+    """One app with its direct data plane on; ``served`` gives each test Serve's HTTP port or
+    the direct port."""
     from ray import serve
+
+    from tests.servers import free_port
 
     root = tmp_path_factory.mktemp("fuzz-root")
     config = PlatformConfig(
         root=str(root), namespace="mlplat-test", api_token=TOKEN, admin_token="admin-" + uuid.uuid4().hex,
-        serve=ServeSettings(port=serve_http_port, telemetry_flush_s=3600,
+        serve=ServeSettings(port=serve_http_port, telemetry_flush_s=3600, direct_port=free_port(),
                             pool=PoolSettings(memory_budget_mb=8, model_memory_mb=4, max_replicas=1)),
     )
     actor_name = f"registry-fuzz-{uuid.uuid4().hex[:6]}"
     registry = ActorRegistry.connect(config, actor_name=actor_name, url=str(root / "registry.db"))
     register_servable(registry, open_root(config.root), "churn", task="binary", placement="ingress")
     url = start_serving(config, registry_actor=actor_name)
-    with httpx.Client(base_url=url, timeout=60) as client:
-        assert client.post("/v1/models/churn:predict", json={"instances": [RAW_ROW]}, headers=AUTH).status_code == 200
-        yield {"client": client, "url": url, "config": config}
+    direct = f"http://{config.serve.host}:{config.serve.direct_port}"
+    with httpx.Client(base_url=url, timeout=60) as client, httpx.Client(base_url=direct, timeout=60) as direct_client:
+        for each in (client, direct_client):
+            assert each.post("/v1/models/churn:predict", json={"instances": [RAW_ROW]}, headers=AUTH).status_code == 200
+        yield {"serve": {"client": client, "url": url, "config": config},
+               "direct": {"client": direct_client, "url": direct, "config": config}}
     serve.delete(config.serve.app_name)
     import ray
 
     ray.kill(ray.get_actor(actor_name, namespace=config.namespace))
+
+
+@pytest.fixture(params=["serve", "direct"])
+def served(platform, request):
+    return platform[request.param]
 
 
 def test_the_document_and_docs_need_the_token(served):

@@ -55,13 +55,17 @@ def _register_slow(registry, storage, name: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def overload_app(ray_session, serve_http_port, tmp_path_factory):
+def overload_platform(ray_session, serve_http_port, tmp_path_factory):
+    """One app with its direct data plane on: every test runs through Serve's HTTP port and
+    through the direct port (``overload_app``)."""
     from ray import serve
+
+    from tests.servers import free_port
 
     root = tmp_path_factory.mktemp("overload-root")
     config = PlatformConfig(
         root=str(root), namespace="mlplat-test", api_token=TOKEN,
-        serve=ServeSettings(port=serve_http_port, app_name="mlplat-overload", telemetry=False,
+        serve=ServeSettings(port=serve_http_port, app_name="mlplat-overload", telemetry=False, direct_port=free_port(),
                             ingress_max_ongoing_requests=64, ingress_health_headroom=56,
                             ingress_max_queued_requests=64, retry_after_s=1,
                             body_read_timeout_s=BODY_READ_TIMEOUT_S,
@@ -77,11 +81,18 @@ def overload_app(ray_session, serve_http_port, tmp_path_factory):
     with httpx.Client(base_url=url, timeout=60, headers=AUTH) as client:
         for name in ("slow", "inline"):  # warm: loaded before the clock starts
             client.post(f"/v1/models/{name}:predict", json={"instances": [RAW_ROW]}).raise_for_status()
-    yield {"url": url, "port": serve_http_port}
+    direct = config.serve.direct_port
+    yield {"serve": {"url": url, "port": serve_http_port},
+           "direct": {"url": f"http://{config.serve.host}:{direct}", "port": direct}}
     serve.delete(config.serve.app_name)
     import ray
 
     ray.kill(ray.get_actor(actor_name, namespace=config.namespace))
+
+
+@pytest.fixture(params=["serve", "direct"])
+def overload_app(overload_platform, request):
+    return overload_platform[request.param]
 
 
 # -- overload --------------------------------------------------------------------------------

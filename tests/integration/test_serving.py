@@ -22,15 +22,19 @@ TAIL = [f"tail-{i}" for i in range(4)]
 
 
 @pytest.fixture(scope="module")
-def served(ray_session, serve_http_port, tmp_path_factory):
+def platform(ray_session, serve_http_port, tmp_path_factory):
+    """One app, its direct data plane on (serve.direct_port): every test below runs through
+    Serve's proxy and through the direct port (``served``)."""
     from ray import serve
+
+    from tests.servers import free_port
 
     root = tmp_path_factory.mktemp("serving-root")
     port = serve_http_port
     config = PlatformConfig(
         root=str(root), namespace="mlplat-test", api_token=TOKEN,
-        serve=ServeSettings(port=port, telemetry_flush_s=3600, pool=PoolSettings(memory_budget_mb=8, model_memory_mb=4,
-                                                                                 max_replicas=1)),
+        serve=ServeSettings(port=port, direct_port=free_port(), telemetry_flush_s=3600,
+                            pool=PoolSettings(memory_budget_mb=8, model_memory_mb=4, max_replicas=1)),
     )
     actor_name = f"registry-serving-{uuid.uuid4().hex[:6]}"
     registry = ActorRegistry.connect(config, actor_name=actor_name, url=str(root / "registry.db"))
@@ -44,12 +48,20 @@ def served(ray_session, serve_http_port, tmp_path_factory):
     for name in TAIL:
         register_servable(registry, storage, name)
     url = start_serving(config, registry_actor=actor_name, dedicated_models=["hot"])
-    with httpx.Client(base_url=url, timeout=60) as client:
-        yield {"client": client, "config": config, "registry": registry, "storage": storage, "actor": actor_name}
+    direct = f"http://{config.serve.host}:{config.serve.direct_port}"
+    with httpx.Client(base_url=url, timeout=60) as client, httpx.Client(base_url=direct, timeout=60) as direct_client:
+        yield {"serve": client, "direct": direct_client, "config": config, "registry": registry, "storage": storage,
+               "actor": actor_name}
     serve.delete(config.serve.app_name)
     import ray
 
     ray.kill(ray.get_actor(actor_name, namespace=config.namespace))
+
+
+@pytest.fixture(params=["serve", "direct"])
+def served(platform, request):
+    """The platform, its ``client`` on Serve's HTTP port or on the direct port."""
+    return {**platform, "client": platform[request.param], "transport": request.param}
 
 
 def _predict(client, name, rows=None, headers=AUTH, **kwargs):
@@ -241,13 +253,13 @@ def test_telemetry_lands_as_parquet(served):
 
 
 @pytest.mark.s3
-def test_model_served_from_s3_root(served, s3_settings):
+def test_model_served_from_s3_root(platform, s3_settings):
     """A second app on the same Serve instance, its storage root on SeaweedFS S3."""
     from ray import serve
 
     config = PlatformConfig(root=f"s3://mlplat-test/serving-{uuid.uuid4().hex[:6]}", namespace="mlplat-test",
-                            api_token=TOKEN, s3=s3_settings, registry_db=str(served["storage"].base) + "/s3-registry.db",
-                            serve=ServeSettings(port=served["config"].serve.port, app_name="mlplat-s3", route_prefix="/s3",
+                            api_token=TOKEN, s3=s3_settings, registry_db=str(platform["storage"].base) + "/s3-registry.db",
+                            serve=ServeSettings(port=platform["config"].serve.port, app_name="mlplat-s3", route_prefix="/s3",
                                                 telemetry=False, pool=PoolSettings(max_replicas=1)))
     actor_name = f"registry-s3-{uuid.uuid4().hex[:6]}"
     registry = ActorRegistry.connect(config, actor_name=actor_name, url=config.registry_db)
@@ -263,3 +275,40 @@ def test_model_served_from_s3_root(served, s3_settings):
         import ray
 
         ray.kill(ray.get_actor(actor_name, namespace=config.namespace))
+
+
+def test_direct_port_is_shared_by_the_replicas_and_follows_their_lifecycle(platform):
+    """A second app with two ingress replicas under a route prefix: both listen on its direct
+    port (new connections reach both), the prefix holds there too, and deleting the app closes
+    the port (Serve owns the replicas, the direct server stops with them)."""
+    from ray import serve
+
+    from tests.servers import free_port
+
+    admin = "admin-" + uuid.uuid4().hex
+    base = platform["config"]
+    config = PlatformConfig(root=base.root, namespace=base.namespace, api_token=TOKEN, admin_token=admin,
+                            serve=ServeSettings(port=base.serve.port, app_name="mlplat-direct", route_prefix="/direct",
+                                                direct_port=free_port(), ingress_replicas=2, ingress_num_cpus=0,
+                                                telemetry=False, pool=PoolSettings(max_replicas=1, num_cpus=0)))
+    start_serving(config, registry_actor=platform["actor"])
+    direct = f"http://{config.serve.host}:{config.serve.direct_port}"
+    try:
+        replicas = set()
+        for _ in range(40):  # a new connection each time: the kernel picks a listener per connection
+            with httpx.Client(base_url=direct, timeout=30) as client:
+                response = client.get("/direct/admin/deployments", headers={"Authorization": f"Bearer {admin}"})
+                assert response.status_code == 200, response.text
+                replicas.add(response.json()["replica"])
+            if len(replicas) == 2:
+                break
+        assert len(replicas) == 2, replicas
+        with httpx.Client(base_url=direct, timeout=30) as client:
+            response = client.post("/direct/v1/models/churn:predict", json={"instances": [RAW_ROW]}, headers=AUTH)
+            assert response.status_code == 200, response.text
+            outside = client.post("/v1/models/churn:predict", json={"instances": [RAW_ROW]}, headers=AUTH)
+            assert outside.status_code == 404 and "error" in outside.json()
+    finally:
+        serve.delete("mlplat-direct")
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{direct}/direct/v2/health/live", timeout=10)

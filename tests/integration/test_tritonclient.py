@@ -38,27 +38,41 @@ _NUMPY = {"FP32": np.float32, "BYTES": np.object_}
 
 
 @pytest.fixture(scope="module")
-def served(ray_session, serve_http_port, tmp_path_factory):
+def platform(ray_session, serve_http_port, tmp_path_factory):
+    """One app with its direct data plane on; ``served`` gives each test the clients of Serve's
+    HTTP port or of the direct port."""
     from ray import serve
+
+    from tests.servers import free_port
 
     root = tmp_path_factory.mktemp("triton-root")
     config = PlatformConfig(
         root=str(root), namespace="mlplat-test", api_token=TOKEN,
-        serve=ServeSettings(port=serve_http_port, telemetry_flush_s=3600,
+        serve=ServeSettings(port=serve_http_port, telemetry_flush_s=3600, direct_port=free_port(),
                             pool=PoolSettings(memory_budget_mb=8, model_memory_mb=4, max_replicas=1)))
     actor_name = f"registry-triton-{uuid.uuid4().hex[:6]}"
     registry = ActorRegistry.connect(config, actor_name=actor_name, url=str(root / "registry.db"))
     for name, (task, placement) in MODELS.items():
         register_servable(registry, open_root(config.root), name, task=task, placement=placement)
     url = start_serving(config, registry_actor=actor_name)
-    client = tritonhttp.InferenceServerClient(url.removeprefix("http://"), connection_timeout=60, network_timeout=60)
-    with httpx.Client(base_url=url, timeout=60) as http:
-        yield {"triton": client, "http": http}
-    client.close()
+    direct = f"http://{config.serve.host}:{config.serve.direct_port}"
+    clients = {transport: tritonhttp.InferenceServerClient(base.removeprefix("http://"), connection_timeout=60,
+                                                           network_timeout=60)
+               for transport, base in (("serve", url), ("direct", direct))}
+    with httpx.Client(base_url=url, timeout=60) as http, httpx.Client(base_url=direct, timeout=60) as direct_http:
+        yield {"serve": {"triton": clients["serve"], "http": http},
+               "direct": {"triton": clients["direct"], "http": direct_http}}
+    for client in clients.values():
+        client.close()
     serve.delete(config.serve.app_name)
     import ray
 
     ray.kill(ray.get_actor(actor_name, namespace=config.namespace))
+
+
+@pytest.fixture(params=["serve", "direct"])
+def served(platform, request):
+    return platform[request.param]
 
 
 def _inputs(metadata: dict, binary: bool) -> list:

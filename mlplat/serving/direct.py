@@ -1,0 +1,144 @@
+"""The direct data plane: each ingress replica also serves its own ASGI app on
+``serve.direct_port`` with an in-process uvicorn (httptools on the replica's uvloop), every
+replica of the host listening on that one port with ``SO_REUSEPORT`` so the kernel spreads
+connections over them. No HAProxy hop and no Serve request path on the way: the request runs
+the same handlers (token, limits, validation, routing, telemetry, admission) on the same
+event loop as the replica's Serve-routed requests, so both count against one admission limit.
+
+Serve still owns the replicas: it starts and stops them (the server starts with the replica and
+stops in its ``__del__``), replaces dead ones and autoscales them; the replica reports its
+direct requests in flight through ``record_autoscaling_stats`` (:data:`DIRECT_ONGOING_METRIC`)
+and the ingress's autoscaling policy (:func:`direct_aware_policy`) counts them with Serve's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+__all__ = ["DirectServer", "reuseport_socket", "DIRECT_ONGOING_METRIC", "direct_aware_policy",
+           "DIRECT_POLICY_PATH"]
+
+log = logging.getLogger("mlplat.serving")
+
+ASGI = Callable[[dict[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
+
+#: The custom autoscaling metric: requests in flight on the replica's direct port.
+DIRECT_ONGOING_METRIC = "mlplat_direct_ongoing_requests"
+#: The import path of :func:`direct_aware_policy` (Serve imports policies by path).
+DIRECT_POLICY_PATH = "mlplat.serving.direct:direct_aware_policy"
+
+
+def reuseport_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    """A listening TCP socket on ``host:port`` that other processes of this user can bind too
+    (``SO_REUSEPORT``: the kernel hands each new connection to one of the listeners)."""
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise OSError("serve.direct_port needs SO_REUSEPORT (Linux, macOS); this platform has none")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class DirectServer:
+    """One replica's uvicorn on the shared direct port, on the running event loop.
+
+    ``app`` is called per connection scope; ``in_flight`` counts HTTP requests being answered
+    (the autoscaling metric)."""
+
+    def __init__(self, app: ASGI, host: str, port: int, *, timeout_keep_alive_s: float = 5.0,
+                 graceful_s: float = 10.0):
+        self._app, self._host, self._port = app, host, port
+        self._keep_alive_s, self._graceful_s = timeout_keep_alive_s, graceful_s
+        self._server: Any = None
+        self._task: asyncio.Task | None = None
+        self.in_flight = 0
+        self.served = 0
+        now = time.monotonic()
+        self._since = self._window_start = now
+        self._area = 0.0  # requests in flight x seconds since _window_start
+
+    def _mark(self) -> float:
+        now = time.monotonic()
+        self._area += self.in_flight * (now - self._since)
+        self._since = now
+        return now
+
+    def average_in_flight(self) -> float:
+        """Requests in flight on average since the previous call (time-weighted), then a new window."""
+        now = self._mark()
+        window = now - self._window_start
+        average = self._area / window if window > 0 else float(self.in_flight)
+        self._area, self._window_start = 0.0, now
+        return average
+
+    async def _counted(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        self._mark()
+        self.in_flight += 1
+        try:
+            await self._app(scope, receive, send)
+        finally:
+            self._mark()
+            self.in_flight -= 1
+            self.served += 1
+
+    def start(self) -> None:
+        """Bind and start serving on the running loop (a bind error raises here, in the replica's
+        constructor: Serve reports the replica as failed)."""
+        import uvicorn
+
+        sock = reuseport_socket(self._host, self._port)
+        config = uvicorn.Config(self._counted, interface="asgi3", http="httptools", ws="none", lifespan="off", access_log=False,
+                                log_config=None, server_header=False, timeout_keep_alive=int(self._keep_alive_s),
+                                timeout_graceful_shutdown=int(self._graceful_s))
+        self._server = uvicorn.Server(config)
+        self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
+        self._task.add_done_callback(self._ended)
+        log.info("direct data plane listening on %s:%s", self._host, self._port)
+
+    def _ended(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the direct data plane stopped: %r", task.exception())
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def stop(self) -> None:
+        """Stop listening, let requests in flight finish (up to the graceful timeout)."""
+        if self._server is None or self._task is None:
+            return
+        self._server.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), self._graceful_s + 5)
+        except (TimeoutError, asyncio.CancelledError):
+            self._task.cancel()
+        except Exception:  # already reported by _ended
+            pass
+
+
+def direct_aware_policy(ctx: Any) -> tuple[float, dict[str, Any]]:
+    """Serve's default queue-length rule (desired replicas = requests in flight / target per
+    replica) over the requests Serve counted itself plus each replica's direct-port requests in
+    flight (:data:`DIRECT_ONGOING_METRIC`, from its ``record_autoscaling_stats``, averaged over
+    the look-back window). Serve applies min/max, the up/downscale delays and factors around it."""
+    if ctx.current_num_replicas == 0:
+        return ctx.target_num_replicas, {}
+    direct = (ctx.aggregated_metrics or {}).get(DIRECT_ONGOING_METRIC) or {}
+    total = float(ctx.total_num_requests) + float(sum(direct.values()))
+    return total / ctx.config.get_target_ongoing_requests(), {}

@@ -1,0 +1,83 @@
+"""The direct data plane's parts without Ray: the shared SO_REUSEPORT listener, the in-process
+uvicorn server (start, serve, count, stop) and the autoscaling policy that adds direct requests."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from types import SimpleNamespace
+
+import httpx
+import pytest
+
+from mlplat.serving.direct import DIRECT_ONGOING_METRIC, DirectServer, direct_aware_policy, reuseport_socket
+from tests.servers import free_port
+
+
+def test_two_listeners_share_one_port_and_a_plain_socket_is_refused():
+    port = free_port()
+    first, second = reuseport_socket("127.0.0.1", port), reuseport_socket("127.0.0.1", port)
+    try:
+        plain = socket.socket()
+        with pytest.raises(OSError):
+            plain.bind(("127.0.0.1", port))  # a program without SO_REUSEPORT cannot take the port
+        plain.close()
+    finally:
+        first.close()
+        second.close()
+
+
+def test_server_answers_counts_in_flight_and_stops():
+    async def scenario() -> None:
+        release = asyncio.Event()
+        seen: list[int] = []
+
+        async def app(scope, receive, send):
+            seen.append(server.in_flight)
+            if scope["path"] == "/slow":
+                await release.wait()
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+        port = free_port()
+        server = DirectServer(app, "127.0.0.1", port, graceful_s=2)
+        server.start()
+        url = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            for _ in range(50):  # the server starts on the loop
+                try:
+                    assert (await client.get("/")).text == "ok"
+                    break
+                except httpx.ConnectError:
+                    await asyncio.sleep(0.05)
+            slow = asyncio.create_task(client.get("/slow"))
+            while server.in_flight < 1:
+                await asyncio.sleep(0.01)
+            server.average_in_flight()  # a new window: one request in flight during all of it
+            await asyncio.sleep(0.2)
+            assert 0.9 <= server.average_in_flight() <= 1.0
+            release.set()
+            assert (await slow).text == "ok"
+        assert server.in_flight == 0 and server.served >= 2 and seen[0] == 1
+        assert server.running
+        await server.stop()
+        assert not server.running
+        async with httpx.AsyncClient(timeout=5) as client:
+            with pytest.raises(httpx.ConnectError):
+                await client.get(url)
+
+    asyncio.run(scenario())
+
+
+def _ctx(total: float, direct: dict[str, float] | None, replicas: int = 1, target: float = 2.0):
+    return SimpleNamespace(current_num_replicas=replicas, target_num_replicas=replicas, total_num_requests=total,
+                           aggregated_metrics={DIRECT_ONGOING_METRIC: direct} if direct is not None else {},
+                           config=SimpleNamespace(get_target_ongoing_requests=lambda: target))
+
+
+def test_policy_counts_direct_requests_beside_serves_own():
+    assert direct_aware_policy(_ctx(0, None))[0] == 0  # idle: as few as the bounds allow
+    assert direct_aware_policy(_ctx(4, None))[0] == 2  # Serve's own count alone: its default rule
+    assert direct_aware_policy(_ctx(0, {"r1": 5.0, "r2": 3.0}, replicas=2))[0] == 4  # direct only: (5 + 3) / 2
+    assert direct_aware_policy(_ctx(2, {"r1": 2.0}))[0] == 2
+    assert direct_aware_policy(_ctx(0, {"r1": 9.0}, replicas=0)) == (0, {})  # no replica: Serve's cold start decides
