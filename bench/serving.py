@@ -57,6 +57,20 @@ ROW = load.ROW
 HERE = Path(__file__).resolve().parent
 
 
+def _medians(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Each side's median of every measured field over its runs.
+
+    >>> _medians({"bare": [{"rps": 1.0}, {"rps": 3.0}, {"rps": 2.0}]})
+    {'bare': {'rps': 2.0}}
+    """
+    return {side: {k: statistics.median(r[k] for r in side_runs) for k in side_runs[0]}
+            for side, side_runs in runs.items()}
+
+
+def _latency_text(m: dict[str, float]) -> str:
+    return f"p50 {m['p50_ms']:.1f} ms, p99 {m['p99_ms']:.1f} ms, non-2xx {int(m['errors'])}"
+
+
 # -- the sides (each runs in a child process: python -m bench.serving --side NAME --port P --root R) --
 
 def _model(root: str):
@@ -255,11 +269,9 @@ def run_direct(seconds: int | None = None, rounds: int = 2) -> list[dict[str, An
             time.sleep(3)
     for side, side_runs in runs.items():
         print(side, json.dumps(side_runs), file=sys.stderr)
-    med = {s: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for s, rs in runs.items()}
+    med = _medians(runs)
     base = med[fair]
-
-    def text(m: dict[str, float]) -> str:
-        return f"p50 {m['p50_ms']:.1f} ms, p99 {m['p99_ms']:.1f} ms, non-2xx {int(m['errors'])}"
+    text = _latency_text
 
     fair_name = f"bare uvicorn+FastAPI --workers {INGRESS_REPLICAS} ({text(base)})"
     rows = []
@@ -434,11 +446,9 @@ def run_p1(seconds: int | None = None, repeats: int = 3) -> list[dict[str, Any]]
             _stop(proc, haproxy_before)
             shutil.rmtree(root, ignore_errors=True)
         time.sleep(3)
-    med = {s: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for s, runs in results.items()}
+    med = _medians(results)
     base = med[fair]
-
-    def text(m: dict[str, float]) -> str:
-        return f"p50 {m['p50_ms']:.1f} ms, p99 {m['p99_ms']:.1f} ms, non-2xx {int(m['errors'])}"
+    text = _latency_text
 
     fair_name = f"bare uvicorn+FastAPI --workers {INGRESS_REPLICAS} ({text(base)})"
     rows = []

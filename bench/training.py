@@ -131,6 +131,36 @@ def bare_loop(x, y, *, hidden: list[int], batch_size: int, epochs: int, device: 
     return rates
 
 
+def capture_step(net, opt, crit, xs, ys, rows: int, warmups: int, side):
+    """PyTorch's whole-network capture recipe for one batch shape: ``warmups`` eager steps of
+    ``net`` on the ``side`` stream, then forward, backward and optimizer recorded as one CUDA
+    graph reading static inputs of ``rows`` rows. Returns ``(graph, static x, static y, static
+    loss)``; the bare loops (here and ``bench/training_ddp.py``) copy each batch in and replay."""
+    import torch
+
+    def eager(xb, yb):
+        out = net(xb)
+        loss = crit(out, yb.reshape(out.shape))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    sx, sy = xs[:rows].clone(), ys[:rows].clone()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmups):
+            eager(sx, sy)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        out = net(sx)
+        sloss = crit(out, sy.reshape(out.shape))
+        sloss.backward()
+        opt.step()
+    return graph, sx, sy, sloss
+
+
 def bare_graph_loop(x, y, *, hidden: list[int], batch_size: int, epochs: int, device: str) -> list[float]:
     """samples/s of each epoch of the bare loop with its step captured as CUDA graphs, PyTorch's
     whole-network recipe (``torch.cuda.graphs``): warm-up steps on a side stream, one graph for
@@ -140,35 +170,10 @@ def bare_graph_loop(x, y, *, hidden: list[int], batch_size: int, epochs: int, de
     import torch
 
     model, opt, crit, xs, ys, generator = _bare_setup(x, y, hidden, device, graphs=True)
-
-    def eager(xb, yb):
-        out = model(xb)
-        loss = crit(out, yb.reshape(out.shape))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.detach()
-
-    def capture(rows: int, warmups: int):
-        sx, sy = xs[:rows].clone(), ys[:rows].clone()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(warmups):
-                eager(sx, sy)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        opt.zero_grad(set_to_none=True)
-        with torch.cuda.graph(graph):
-            out = model(sx)
-            sloss = crit(out, sy.reshape(out.shape))
-            sloss.backward()
-            opt.step()
-        return graph, sx, sy, sloss
-
-    graphs = {batch_size: capture(batch_size, 3)}
+    side = torch.cuda.Stream()
+    graphs = {batch_size: capture_step(model, opt, crit, xs, ys, batch_size, 3, side)}
     if len(xs) % batch_size:
-        graphs[len(xs) % batch_size] = capture(len(xs) % batch_size, 1)
+        graphs[len(xs) % batch_size] = capture_step(model, opt, crit, xs, ys, len(xs) % batch_size, 1, side)
     rates = []
     for epoch in range(epochs):
         torch.cuda.synchronize()

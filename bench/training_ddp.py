@@ -37,7 +37,7 @@ def _worker(rank: int, world: int, port: int, x: Any, y: Any, hidden: list[int],
     import torch
     import torch.distributed as dist
 
-    from bench.training import _bare_setup
+    from bench.training import _bare_setup, capture_step
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), TORCH_NCCL_ASYNC_ERROR_HANDLING="0")
     torch.cuda.set_device(rank)
@@ -53,32 +53,10 @@ def _worker(rank: int, world: int, port: int, x: Any, y: Any, hidden: list[int],
         ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rank])
     torch.cuda.current_stream().wait_stream(side)
 
-    def eager(xb: Any, yb: Any) -> None:
-        out = ddp(xb)
-        loss = crit(out, yb.reshape(out.shape))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    def capture(rows: int, warmups: int) -> tuple[Any, Any, Any, Any]:
-        sx, sy = xs[:rows].clone(), ys[:rows].clone()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(warmups):
-                eager(sx, sy)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        opt.zero_grad(set_to_none=True)
-        with torch.cuda.graph(graph):
-            out = ddp(sx)
-            sloss = crit(out, sy.reshape(out.shape))
-            sloss.backward()
-            opt.step()
-        return graph, sx, sy, sloss
-
-    graphs = {batch_size: capture(batch_size, DDP_WARMUP_STEPS)}
+    graphs = {batch_size: capture_step(ddp, opt, crit, xs, ys, batch_size, DDP_WARMUP_STEPS, side)}
     if len(xs) % batch_size:
-        graphs[len(xs) % batch_size] = capture(len(xs) % batch_size, DDP_WARMUP_STEPS)
+        graphs[len(xs) % batch_size] = capture_step(ddp, opt, crit, xs, ys, len(xs) % batch_size, DDP_WARMUP_STEPS,
+                                                    side)
     rates = []
     for epoch in range(epochs):
         flag = torch.ones(1, device=device)
