@@ -331,11 +331,6 @@ class GraphStep:
         self.eager_batches = 0  # batches stepped eagerly after the first capture (shapes past the limit)
 
     @property
-    def _graph(self) -> Any:
-        """The first captured graph (None before any capture)."""
-        return next(iter(self._graphs.values()))[0] if self._graphs else None
-
-    @property
     def graph_shapes(self) -> int:
         """How many batch shapes are captured."""
         return len(self._graphs)
