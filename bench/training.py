@@ -131,10 +131,12 @@ def bare_loop(x, y, *, hidden: list[int], batch_size: int, epochs: int, device: 
     return rates
 
 
-def capture_step(net, opt, crit, xs, ys, rows: int, warmups: int, side):
+def capture_step(net, opt, crit, xs, ys, rows: int, warmups: int, side, error_mode: str = "global"):
     """PyTorch's whole-network capture recipe for one batch shape: ``warmups`` eager steps of
     ``net`` on the ``side`` stream, then forward, backward and optimizer recorded as one CUDA
-    graph reading static inputs of ``rows`` rows. Returns ``(graph, static x, static y, static
+    graph reading static inputs of ``rows`` rows (``error_mode``: ``torch.cuda.graph``'s
+    ``capture_error_mode``; DDP captures with ``"thread_local"`` so NCCL's watchdog thread may
+    query CUDA meanwhile, as mlplat's capture does). Returns ``(graph, static x, static y, static
     loss)``; the bare loops (here and ``bench/training_ddp.py``) copy each batch in and replay."""
     import torch
 
@@ -153,7 +155,7 @@ def capture_step(net, opt, crit, xs, ys, rows: int, warmups: int, side):
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     opt.zero_grad(set_to_none=True)
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, capture_error_mode=error_mode):
         out = net(sx)
         sloss = crit(out, sy.reshape(out.shape))
         sloss.backward()
@@ -342,6 +344,7 @@ def run(gpus: int = 0, rows: int | None = None, epochs: int | None = None, hidde
     context: dict[str, dict[int, dict[str, list[Any]]]] = {name: {} for name in variants}
     extras: dict[str, Any] = {}
     largest = gpus if gpus >= 2 else 1
+    ddp_stopped = False
     with tempfile.TemporaryDirectory(prefix="mlplat-bench-train-") as root:
         for round_no in range(repeats):
             bare.append(_steady(bare_loop(x, y, hidden=hidden, batch_size=batch_size, epochs=epochs, device=device)))
@@ -350,13 +353,18 @@ def run(gpus: int = 0, rows: int | None = None, epochs: int | None = None, hidde
                                                           device=device)))
                 print(f"round {round_no}: bare eager {bare[-1]:,.0f}, bare CUDA graph {bare_graph[-1]:,.0f} samples/s",
                       flush=True)
-            if gpus >= 2:
-                from bench.training_ddp import bare_graph_ddp
+            if gpus >= 2 and not ddp_stopped:
+                from bench.training_ddp import DDP_TIMEOUT_S, bare_graph_ddp
 
-                bare_ddp.append(_steady(bare_graph_ddp(x, y, hidden=hidden, batch_size=batch_size, epochs=epochs,
-                                                       world=gpus)))
-                print(f"round {round_no}: bare DDP + CUDA graphs on {gpus} GPUs {bare_ddp[-1]:,.0f} samples/s "
-                      f"(efficiency {bare_ddp[-1] / (gpus * bare_graph[-1]):.3f})", flush=True)
+                ddp_rates = bare_graph_ddp(x, y, hidden=hidden, batch_size=batch_size, epochs=epochs, world=gpus)
+                if ddp_rates:
+                    bare_ddp.append(_steady(ddp_rates))
+                    print(f"round {round_no}: bare DDP + CUDA graphs on {gpus} GPUs {bare_ddp[-1]:,.0f} samples/s "
+                          f"(efficiency {bare_ddp[-1] / (gpus * bare_graph[-1]):.3f})", flush=True)
+                else:  # not retried in later rounds: a hang would cost each of them the timeout
+                    ddp_stopped = True
+                    print(f"round {round_no}: bare DDP did not finish in {DDP_TIMEOUT_S} s (stopped); no DDP rows",
+                          flush=True)
             if in_worker:
                 bare_worker.append(bare_in_worker(x, y, hidden=hidden, batch_size=batch_size, epochs=epochs,
                                                   use_gpu=bool(gpus), root=root))

@@ -22,6 +22,9 @@ from typing import Any
 
 #: DDP's eager steps before a capture (PyTorch's notes: at least 11).
 DDP_WARMUP_STEPS = 11
+#: A bare DDP run that has not finished by then is stopped (its processes terminated) and gives
+#: no rate, so a hang in the reference cannot eat the benchmark's device time.
+DDP_TIMEOUT_S = 90.0
 
 
 def _free_port() -> int:
@@ -32,12 +35,15 @@ def _free_port() -> int:
 
 def _worker(rank: int, world: int, port: int, x: Any, y: Any, hidden: list[int], batch_size: int, epochs: int,
             out: str) -> None:
+    import faulthandler
     import json
 
     import torch
     import torch.distributed as dist
 
     from bench.training import _bare_setup, capture_step
+
+    faulthandler.dump_traceback_later(DDP_TIMEOUT_S - 5)  # where a hung rank waits, before it is stopped
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), TORCH_NCCL_ASYNC_ERROR_HANDLING="0")
     torch.cuda.set_device(rank)
@@ -53,10 +59,10 @@ def _worker(rank: int, world: int, port: int, x: Any, y: Any, hidden: list[int],
         ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rank])
     torch.cuda.current_stream().wait_stream(side)
 
-    graphs = {batch_size: capture_step(ddp, opt, crit, xs, ys, batch_size, DDP_WARMUP_STEPS, side)}
+    graphs = {batch_size: capture_step(ddp, opt, crit, xs, ys, batch_size, DDP_WARMUP_STEPS, side, "thread_local")}
     if len(xs) % batch_size:
         graphs[len(xs) % batch_size] = capture_step(ddp, opt, crit, xs, ys, len(xs) % batch_size, DDP_WARMUP_STEPS,
-                                                    side)
+                                                    side, "thread_local")
     rates = []
     for epoch in range(epochs):
         flag = torch.ones(1, device=device)
@@ -79,17 +85,29 @@ def _worker(rank: int, world: int, port: int, x: Any, y: Any, hidden: list[int],
     if rank == 0:
         with open(out, "w") as handle:
             json.dump(rates, handle)
-    dist.destroy_process_group()
+    # Not dist.destroy_process_group(): on 2 H200s it never returned once NCCL calls had been
+    # captured into graphs (2026-12-01, both ranks in destroy_process_group); no collective is
+    # left, so the process ends and takes its communicator with it.
+    os._exit(0)
 
 
 def bare_graph_ddp(x: Any, y: Any, *, hidden: list[int], batch_size: int, epochs: int, world: int) -> list[float]:
-    """Rank 0's samples/s (all ranks' rows) of each epoch of ``world`` bare DDP processes, one per GPU."""
+    """Rank 0's samples/s (all ranks' rows) of each epoch of ``world`` bare DDP processes, one per
+    GPU; ``[]`` when they have not finished within ``DDP_TIMEOUT_S`` (then they are terminated)."""
     import json
 
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory(prefix="mlplat-bare-ddp-") as tmp:
         out = os.path.join(tmp, "rates.json")
-        mp.spawn(_worker, args=(world, _free_port(), x, y, hidden, batch_size, epochs, out), nprocs=world, join=True)
+        context = mp.spawn(_worker, args=(world, _free_port(), x, y, hidden, batch_size, epochs, out), nprocs=world,
+                           join=False)
+        deadline = time.monotonic() + DDP_TIMEOUT_S
+        while not context.join(timeout=1.0):
+            if time.monotonic() > deadline:
+                for process in context.processes:
+                    if process.is_alive():
+                        process.kill()
+                return []
         with open(out) as handle:
             return list(json.load(handle))
