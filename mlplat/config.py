@@ -252,7 +252,11 @@ class ServeSettings(StrictModel):
     #: While a canary runs, each ingress replica reports its per-version stats this often.
     canary_report_s: float = Field(2.0, gt=0)
     telemetry: bool = True
+    #: Each ingress replica writes its buffered telemetry this often, and early once the buffer
+    #: holds half of ``telemetry_max_rows`` (telemetry.flush_due).
     telemetry_flush_s: float = Field(5.0, gt=0)
+    #: Rows an ingress replica buffers between flushes; past it the oldest requests are dropped
+    #: and counted (``mlplat_telemetry_rows_dropped``).
     telemetry_max_rows: int = Field(20_000, ge=1)
     #: Telemetry also records each row's encoded features (``encoded``, list<float>: the model's
     #: input), encoded in the flush thread, never on the request path.

@@ -39,10 +39,12 @@ from mlplat.serving.request import ParsedRequest, RequestError, parse_json_body,
 from mlplat.serving.routes import ModelRoutes, RegistryReader, Route, RouteTable, actor_registry_reader
 from mlplat.serving.runtime import freeze_gc, load_servable, tune_gc
 from mlplat.serving.telemetry import (
+    FLUSH_CHECK_S,
     MAX_CONTEXT_VALUE_CHARS,
     MAX_HEADER_CHARS,
     TelemetryWriter,
     context_from_headers,
+    flush_due,
     request_id_of,
 )
 from mlplat.serving.telemetry_catalog import CatalogSync, catalog_registrar
@@ -300,8 +302,13 @@ class Ingress(GrpcInference):
         if self._telemetry is None:  # telemetry is off: nothing to flush
             return
         loop = asyncio.get_running_loop()
+        flush_s, max_rows = self._serve.telemetry_flush_s, self._serve.telemetry_max_rows
+        last = loop.time()
         while True:
-            await asyncio.sleep(self._serve.telemetry_flush_s)
+            await asyncio.sleep(min(flush_s, FLUSH_CHECK_S))
+            if not flush_due(self._telemetry.pending_rows, max_rows, loop.time() - last, flush_s):
+                continue
+            last = loop.time()
             try:
                 await loop.run_in_executor(None, self._flush)
             except Exception:  # never let telemetry take serving down

@@ -35,6 +35,7 @@ from mlplat.storage import Storage
 
 __all__ = [
     "TelemetryWriter",
+    "flush_due",
     "TelemetryFile",
     "context_from_headers",
     "request_id_of",
@@ -302,6 +303,23 @@ def telemetry_table(requests: Sequence[_Request], *, encoded: Callable[[_Request
             encoded_rows.extend(vectors if vectors is not None else [None] * n)
         arrays["encoded"] = pa.array(encoded_rows, pa.list_(pa.float32()))
     return pa.table(arrays)
+
+
+#: How often the ingress's flush loop checks :func:`flush_due` (at most ``telemetry_flush_s``).
+FLUSH_CHECK_S = 0.25
+
+
+def flush_due(pending_rows: int, max_rows: int, since_flush_s: float, flush_s: float) -> bool:
+    """Whether the ingress flushes its telemetry now: every ``flush_s``, and early once the
+    buffer holds half of ``max_rows``, so a replica answering faster than ``max_rows / 2 /
+    flush_s`` rows a second writes its rows instead of dropping the oldest.
+
+    >>> flush_due(10, 20_000, 5.0, 5.0), flush_due(10, 20_000, 1.0, 5.0), flush_due(10_000, 20_000, 1.0, 5.0)
+    (True, False, True)
+    >>> flush_due(0, 20_000, 1.0, 5.0)
+    False
+    """
+    return since_flush_s >= flush_s or pending_rows * 2 >= max_rows
 
 
 class TelemetryWriter:

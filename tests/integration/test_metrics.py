@@ -34,7 +34,8 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 TOKEN = "metrics-" + uuid.uuid4().hex
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 APP, PREFIX, MODEL = "mlplat-metrics", "/mlplat-metrics", "scored"
-MAX_ROWS = 8  # the telemetry buffer: one request of MAX_ROWS + 1 rows is dropped
+MAX_ROWS = 16  # the telemetry buffer: one request of MAX_ROWS + 1 rows is dropped (the 5 rows before stay
+# under MAX_ROWS / 2, where the ingress would flush early)
 DASHBOARD = Path(__file__).resolve().parents[2] / "dashboards" / "mlplat.json"
 SCRAPE_TIMEOUT_S = 90.0  # Ray exports user metrics every few seconds (metrics_report_interval_ms)
 

@@ -680,3 +680,44 @@ def test_the_canary_split_counts_answered_requests_only(tmp_path) -> None:
     canary, requests = asyncio.run(scenario())
     assert canary == {("inline", 2, "canary"): 1}
     assert requests == {("inline", 2, 422): 1, ("inline", 2, 200): 1}
+
+
+def test_the_ingress_flushes_early_when_its_buffer_is_half_full(tmp_path):
+    """``telemetry_flush_s`` is an hour, but a buffer at half of ``telemetry_max_rows`` is written
+    within a check interval, so a fast replica keeps its rows instead of dropping the oldest;
+    below half nothing is written before the hour."""
+    import asyncio
+
+    from mlplat.serving.telemetry import FLUSH_CHECK_S
+    from mlplat.storage import open_root
+    from tests.unit.test_load_shedding import _ingress
+
+    ingress = _ingress(tmp_path, telemetry=True, telemetry_flush_s=3600, telemetry_max_rows=8)
+    writer = ingress._telemetry  # noqa: SLF001 - the replica's own buffer
+
+    def record(n: int) -> None:
+        for i in range(n):
+            writer.record("inline", 1, _rows(1), [0.5], request_id=f"r-{writer.pending_rows}-{i}", caller=None,
+                          endpoint="v1", latency_ms=1.0)
+
+    async def scenario() -> tuple[int, int, int]:
+        task = asyncio.get_running_loop().create_task(ingress._flush_telemetry())  # noqa: SLF001
+        try:
+            record(3)  # under half: stays buffered
+            await asyncio.sleep(3 * FLUSH_CHECK_S)
+            below = writer.pending_rows
+            record(2)  # 5 rows >= 8 / 2: flushed at the next check
+            for _ in range(40):
+                await asyncio.sleep(FLUSH_CHECK_S / 2)
+                if writer.pending_rows == 0:
+                    break
+            return below, writer.pending_rows, writer.dropped_rows
+        finally:
+            task.cancel()
+            await ingress._routes.stop()  # noqa: SLF001
+
+    below, after, dropped = asyncio.run(scenario())
+    assert (below, after, dropped) == (3, 0, 0)
+    storage = open_root(str(tmp_path / "root"))
+    files = [f for day in storage.list_dir("telemetry", "inline") for f in storage.list_dir("telemetry", "inline", day)]
+    assert len(files) == 1, files
