@@ -81,9 +81,6 @@ FALLBACK_DOCS: dict[tuple[str, str], str] = {
     ("ServeSettings", "ingress_num_cpus"): "CPUs Ray reserves for each ingress replica.",
     ("ServeSettings", "telemetry"): "Record every inference as Parquet under `telemetry/<model>/` (the ingress "
                                     "buffers and flushes it off the request path).",
-    ("ServeSettings", "telemetry_flush_s"): "How often each ingress replica writes its buffered telemetry.",
-    ("ServeSettings", "telemetry_max_rows"): "Telemetry rows an ingress replica buffers at most; past it the oldest "
-                                             "are dropped and counted.",
     ("ServeSettings", "metrics_interval_s"): "How often the ingress hands its counts to Ray's metrics.",
     ("ServeSettings", "haproxy"): "Serve's HAProxy ingress (see `throughput_optimized`).",
     ("ScalingSettings", "min_replicas"): "Fewest replicas.",
