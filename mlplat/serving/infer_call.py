@@ -7,10 +7,25 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["InferCall", "InferAnswer", "OUTPUT_DATATYPE", "first_row", "metadata_document"]
+__all__ = ["InferCall", "InferAnswer", "OUTPUT_DATATYPE", "first_row", "header_map", "metadata_document"]
 
 #: The datatype of the ``predictions`` output, by task.
 OUTPUT_DATATYPE = {"regression": "FP32", "binary": "FP32", "multiclass": "FP32"}
+
+
+def header_map(raw_headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """ASGI raw headers -> ``{lower-case name: first value}`` (latin-1, as Starlette decodes
+    them), built once per request: Starlette's ``Headers.get`` scans the whole list each call.
+
+    >>> header_map([(b"Authorization", b"Bearer t"), (b"x-request-id", b"a"), (b"x-request-id", b"b")])
+    {'authorization': 'Bearer t', 'x-request-id': 'a'}
+    """
+    out: dict[str, str] = {}
+    for name, value in raw_headers:
+        key = name.decode("latin-1").lower()
+        if key not in out:
+            out[key] = value.decode("latin-1")
+    return out
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ routes (rollback without a Ray driver), in one Serve deployment; OIP v2 over gRP
 import asyncio
 import functools
 import hmac
+import json
 import logging
 import re
 import time
@@ -32,7 +33,7 @@ from mlplat.serving.deployments import run_prediction
 from mlplat.serving.direct import DIRECT_ONGOING_METRIC, DirectServer
 from mlplat.serving.grpc_ingress import GrpcInference
 from mlplat.serving.http_api import http_app
-from mlplat.serving.infer_call import InferAnswer, InferCall, first_row, metadata_document
+from mlplat.serving.infer_call import InferAnswer, InferCall, first_row, header_map, metadata_document
 from mlplat.serving.metrics import UNKNOWN_MODEL, ServingMetrics
 from mlplat.serving.oip_binary import HEADER_LENGTH, binary_output_requested, binary_response, decode_request
 from mlplat.serving.request import ParsedRequest, RequestError, parse_json_body, parse_v1, parse_v2
@@ -55,6 +56,18 @@ from mlplat.storage import open_root
 __all__ = ["Ingress", "http_app", "schema_of_bundle", "ingress_deployment_name"]
 
 log = logging.getLogger("mlplat.serving")
+
+
+#: Starlette's JSONResponse encoding (compact, UTF-8, NaN refused), built once: ``json.dumps``
+#: with these options makes a new encoder on every call.
+_JSON_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":"))
+
+
+class _Json(JSONResponse):
+    """A JSONResponse whose body comes from the shared encoder (the same bytes)."""
+
+    def render(self, content: Any) -> bytes:
+        return _JSON_ENCODER.encode(content).encode("utf-8")
 
 
 def _error(status: int, message: str, field: str | None = None, *, retry_after_s: int = 1) -> JSONResponse:
@@ -337,9 +350,9 @@ class Ingress(GrpcInference):
         if scheme.lower() != "bearer" or not hmac.compare_digest(supplied.strip().encode(), self._token):
             raise RequestError(401, "missing or wrong bearer token: send 'Authorization: Bearer <MLPLAT_API_TOKEN>'")
 
-    async def _read_json(self, request: Request, v2: bool = False) -> Any:
+    async def _read_json(self, request: Request, headers: Mapping[str, str], v2: bool = False) -> Any:
         limit = self._serve.max_request_bytes
-        declared = request.headers.get("content-length")
+        declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise RequestError(413, f"request body is {declared} bytes; the limit is {limit} bytes")
         chunks, size = [], 0
@@ -356,7 +369,7 @@ class Ingress(GrpcInference):
                                     f"({size} bytes received{f' of {declared}' if declared else ''})") from None
         except ClientDisconnect:
             raise RequestError(400, "the client disconnected before sending the whole request body") from None
-        body, split = b"".join(chunks), request.headers.get(HEADER_LENGTH) if v2 else None
+        body, split = b"".join(chunks), headers.get(HEADER_LENGTH) if v2 else None
         if split is not None:  # the OIP v2 binary tensor data extension: tensors after the JSON header
             return decode_request(body, split, max_bytes=limit, max_depth=self._serve.max_json_depth)
         return parse_json_body(body, max_bytes=limit, max_depth=self._serve.max_json_depth)
@@ -364,23 +377,24 @@ class Ingress(GrpcInference):
     # -- inference --------------------------------------------------------------------------
     async def _infer(self, request: Request, name: str, version: int | None, endpoint: str) -> Response:
         """An HTTP inference through the transport-neutral core (``_admitted``), as a response."""
-        call = InferCall(endpoint, request.headers, request.scope["headers"],
-                         lambda: self._read_json(request, endpoint == "v2"))
+        raw_headers = request.scope["headers"]
+        headers = header_map(raw_headers)  # one pass; Starlette's Headers scans the list on every get
+        call = InferCall(endpoint, headers, raw_headers, lambda: self._read_json(request, headers, endpoint == "v2"))
         try:
             answer = await self._admitted(call, name, version)
         except RequestError as exc:
             return _error(exc.status, exc.message, exc.field, retry_after_s=self._serve.retry_after_s)
         out_headers = {"x-mlplat-model-version": str(answer.version)}
-        incoming_id = request.headers.get("x-request-id")  # Serve sets it, and returns it as the response's x-request-id
+        incoming_id = headers.get("x-request-id")  # Serve sets it, and returns it as the response's x-request-id
         if incoming_id is None or (answer.oip_id is None and answer.request_id != incoming_id):
             out_headers["x-request-id"] = answer.request_id  # outside Serve's proxy, or a header it could not use
         if endpoint == "v1":
-            return JSONResponse({"model_name": name, "model_version": str(answer.version), "predictions": answer.predictions},
-                                headers=out_headers)
+            return _Json({"model_name": name, "model_version": str(answer.version), "predictions": answer.predictions},
+                         headers=out_headers)
         datatype, shape, flat = answer.output()
         document = {"model_name": name, "model_version": str(answer.version), "id": answer.request_id,
                     "outputs": [{"name": "predictions", "shape": shape, "datatype": datatype, "data": flat}]}
-        return binary_response(document, out_headers) if answer.binary_out else JSONResponse(document, headers=out_headers)
+        return binary_response(document, out_headers) if answer.binary_out else _Json(document, headers=out_headers)
 
     async def _admitted(self, call: InferCall, name: str, version: int | None) -> InferAnswer:
         """Admission first: past the replica's inference limit the answer is an immediate 503

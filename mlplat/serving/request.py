@@ -143,6 +143,10 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+#: ``json.loads(..., object_pairs_hook=_unique_keys)`` builds a decoder on every call; this one is shared.
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+
+
 class _LongInt:
     """Stands in for an integer literal too long to convert, so that its place can be named."""
 
@@ -191,7 +195,7 @@ def parse_json_body(body: bytes, *, max_bytes: int, max_depth: int) -> Any:
     if not body:
         raise RequestError(400, "request body is empty: expected a JSON object")
     try:
-        value = json.loads(body, object_pairs_hook=_unique_keys)
+        value = _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))  # json.loads(body), one decoder
     except RecursionError:
         raise RequestError(413, f"JSON nested deeper than {max_depth} levels") from None
     except json.JSONDecodeError as exc:
@@ -204,7 +208,9 @@ def parse_json_body(body: bytes, *, max_bytes: int, max_depth: int) -> Any:
         except (ValueError, RecursionError):
             error = RequestError(400, "malformed JSON: a number cannot be read")
         raise error from None
-    if _depth_exceeds(value, max_depth):
+    # A value nested d deep has at least d opening brackets in its text: a body with no more
+    # than max_depth of them (every one-row request) skips the walk.
+    if body.count(b"[") + body.count(b"{") > max_depth and _depth_exceeds(value, max_depth):
         raise RequestError(413, f"JSON nested deeper than {max_depth} levels")
     if not isinstance(value, dict):
         raise RequestError(400, f"expected a JSON object at the top level, got {_json_type(value)}")
@@ -267,11 +273,11 @@ def _check_rows(rows: Any, schema: InputSchema, max_instances: int, where: str) 
     if len(rows) > max_instances:
         raise RequestError(413, f"'{where}' has {len(rows)} rows; the limit is {max_instances} per request", where)
     expected = schema.columns
-    expected_names = set(expected)
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise RequestError(422, f"{where}[{i}] must be an object of feature: value, got {_json_type(row)}", f"{where}[{i}]")
-        if row.keys() != expected_names:
+        if row.keys() != expected.keys():
+            expected_names = set(expected)
             unknown = sorted(set(row) - expected_names)
             missing = sorted(expected_names - set(row))
             parts = []
@@ -307,9 +313,18 @@ def _request_id(payload: Mapping[str, Any]) -> str | None:
     return rid
 
 
+_V2_KEYS = frozenset({"inputs", "id", "parameters", "outputs"})
+_TENSOR_KEYS = frozenset({"name", "shape", "datatype", "data"})
 _V2_NUMERIC = {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 _V2_TYPES = _V2_NUMERIC | {"BOOL", "BYTES"}
 _MAX_RANK, _MAX_DIM = 8, 2**31 - 1
+
+
+def _valid_shape(shape: Any) -> bool:
+    """A list of 1 to _MAX_RANK integers (not booleans) in 0.._MAX_DIM."""
+    if type(shape) is not list or not 0 < len(shape) <= _MAX_RANK:
+        return False
+    return all(type(d) is int and 0 <= d <= _MAX_DIM for d in shape)  # JSON gives exact ints; a bool is not one
 
 
 def parse_v2(payload: Mapping[str, Any], schema: InputSchema, *, max_instances: int) -> ParsedRequest:
@@ -317,40 +332,38 @@ def parse_v2(payload: Mapping[str, Any], schema: InputSchema, *, max_instances: 
 
     Two forms: one input named ``input`` (FP32/FP64, shape ``[n, input_dim]``, already encoded),
     or one input per raw feature column (shape ``[n]`` or ``[n, 1]``), encoded by the server."""
-    unknown = sorted(set(payload) - {"inputs", "id", "parameters", "outputs"})
-    if unknown:
+    if not payload.keys() <= _V2_KEYS:
+        unknown = sorted(set(payload) - _V2_KEYS)
         raise RequestError(400, f"unknown keys {_keys(unknown)}; expected an Open Inference Protocol v2 request with 'inputs'")
-    if not isinstance(payload.get("parameters", {}), dict):
+    if "parameters" in payload and not isinstance(payload["parameters"], dict):
         raise RequestError(422, "'parameters' must be an object", "parameters")
-    if not isinstance(payload.get("outputs", []), list):
+    if "outputs" in payload and not isinstance(payload["outputs"], list):
         raise RequestError(422, "'outputs' must be a list of requested outputs", "outputs")
     inputs = payload.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise RequestError(400, "'inputs' must be a non-empty list of tensors {name, shape, datatype, data}")
     tensors: dict[str, tuple[list[int], str, list[Any]]] = {}
     for i, tensor in enumerate(inputs):
-        where = f"inputs[{i}]"
         if not isinstance(tensor, dict):
-            raise RequestError(400, f"{where} must be an object {{name, shape, datatype, data}}", where)
-        missing = [k for k in ("name", "shape", "datatype", "data") if k not in tensor]
-        if missing:
-            raise RequestError(400, f"{where} lacks {missing}", where)
+            raise RequestError(400, f"inputs[{i}] must be an object {{name, shape, datatype, data}}", f"inputs[{i}]")
+        if not tensor.keys() >= _TENSOR_KEYS:
+            missing = [k for k in ("name", "shape", "datatype", "data") if k not in tensor]
+            raise RequestError(400, f"inputs[{i}] lacks {missing}", f"inputs[{i}]")
         name, shape, datatype, data = tensor["name"], tensor["shape"], tensor["datatype"], tensor["data"]
         if not isinstance(name, str) or name in tensors:
-            raise RequestError(422, f"{where}.name must be a unique string", f"{where}.name")
-        label = _short(name)
-        if not isinstance(shape, list) or not shape or len(shape) > _MAX_RANK or not all(
-                isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= _MAX_DIM for d in shape):
-            raise RequestError(422, f"{where}.shape must be a list of 1 to {_MAX_RANK} integers in 0..{_MAX_DIM}",
-                               f"{label}.shape")
+            raise RequestError(422, f"inputs[{i}].name must be a unique string", f"inputs[{i}].name")
+        if not _valid_shape(shape):
+            raise RequestError(422, f"inputs[{i}].shape must be a list of 1 to {_MAX_RANK} integers in 0..{_MAX_DIM}",
+                               f"{_short(name)}.shape")
         if not isinstance(datatype, str) or datatype not in _V2_TYPES:
-            raise RequestError(422, f"{where}.datatype {_short(repr(datatype))} is not an OIP v2 datatype ({sorted(_V2_TYPES)})",
-                               f"{label}.datatype")
+            raise RequestError(422, f"inputs[{i}].datatype {_short(repr(datatype))} is not an OIP v2 datatype "
+                                    f"({sorted(_V2_TYPES)})", f"{_short(name)}.datatype")
         if not isinstance(data, list):
-            raise RequestError(422, f"{where}.data must be a flat list", f"{label}.data")
+            raise RequestError(422, f"inputs[{i}].data must be a flat list", f"{_short(name)}.data")
         if data and isinstance(data[0], list):
             data = [v for sub in data for v in (sub if isinstance(sub, list) else [sub])]  # row-major nested form
-        if math.prod(shape) != len(data):
+        if (shape[0] if len(shape) == 1 else math.prod(shape)) != len(data):
+            label = _short(name)
             raise RequestError(422, f"{label}: shape {shape} does not match the {len(data)} values in data", f"{label}.shape")
         tensors[name] = (shape, datatype, data)
 
@@ -371,8 +384,8 @@ def parse_v2(payload: Mapping[str, Any], schema: InputSchema, *, max_instances: 
 
     if not schema.columns:
         raise RequestError(422, f"this model version takes one input named 'input' of shape [n, {schema.input_dim}]", "inputs")
-    expected = set(schema.columns)
-    if set(tensors) != expected:
+    if tensors.keys() != schema.columns.keys():
+        expected = set(schema.columns)
         unknown_names, missing_names = sorted(set(tensors) - expected), sorted(expected - set(tensors))
         field_name = _short((unknown_names or missing_names)[0])
         raise RequestError(422, f"inputs: unknown {_keys(unknown_names)}, missing {missing_names}; expected one tensor per "
@@ -385,5 +398,5 @@ def parse_v2(payload: Mapping[str, Any], schema: InputSchema, *, max_instances: 
         if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
             raise RequestError(422, f"{name}: shape {shape} must be [n] or [n, 1]", f"{name}.shape")
     num_rows = next(iter(lengths.values()))
-    rows = [{name: tensors[name][2][i] for name in tensors} for i in range(num_rows)]
+    rows = [{name: tensor[2][i] for name, tensor in tensors.items()} for i in range(num_rows)]
     return ParsedRequest(rows=_check_rows(rows, schema, max_instances, "inputs"), request_id=_request_id(payload))

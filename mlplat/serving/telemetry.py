@@ -17,9 +17,12 @@ import datetime as dt
 import functools
 import hashlib
 import io
+import itertools
 import json
 import logging
+import os
 import re
+import secrets
 import threading
 import time
 import uuid
@@ -100,20 +103,44 @@ def context_from_headers(raw_headers: Iterable[tuple[bytes, bytes]], *, keys: fr
     return out
 
 
+class _RequestIds:
+    """Unique request ids, 32 hex characters like a uuid4's: a random 64-bit prefix per process
+    (drawn again in a forked child) and a 64-bit counter. A uuid4 per request costs a
+    ``urandom`` system call and a UUID object (~4% of the direct path's event-loop time)."""
+
+    def __init__(self) -> None:
+        self._reset()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._prefix = secrets.token_hex(8)
+        self._counter = itertools.count()
+
+    def new(self) -> str:
+        return f"{self._prefix}{next(self._counter) & 0xFFFF_FFFF_FFFF_FFFF:016x}"
+
+
+_request_ids = _RequestIds()
+
+
 def request_id_of(oip_id: str | None, header: str | None) -> str:
     """The request's id in telemetry: the OIP ``id`` when the client sent one, else the
     ``x-request-id`` request header (Ray Serve's proxy sets it -- the client's value or a
     uuid it generated -- and returns it as the response's ``x-request-id``), else a new
-    uuid4 (hex). A header value over 256 characters is not used.
+    unique id of 32 hex characters (:class:`_RequestIds`). A header value over 256 characters
+    is not used.
 
     >>> request_id_of("req-1", "h-1"), request_id_of(None, "h-1"), len(request_id_of(None, "x" * 257))
     ('req-1', 'h-1', 32)
+    >>> request_id_of(None, None) != request_id_of(None, None)
+    True
     """
     if oip_id:
         return oip_id
     if header and len(header) <= MAX_REQUEST_ID_CHARS:
         return header
-    return uuid.uuid4().hex
+    return _request_ids.new()
 
 
 def telemetry_dataset_name(model: str) -> str:

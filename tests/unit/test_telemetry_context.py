@@ -90,7 +90,7 @@ def test_no_context_columns_unless_configured() -> None:
         ServeSettings(telemetry_context_keys=["Bad Key"])
 
 
-def test_request_id_prefers_the_oip_id_then_the_header_then_a_uuid() -> None:
+def test_request_id_prefers_the_oip_id_then_the_header_then_a_new_unique_id() -> None:
     assert request_id_of("req-1", "hdr") == "req-1"
     assert request_id_of(None, "hdr 7") == "hdr 7"  # Serve echoes whatever the client sent
     for unusable in ("x" * 257, "", None):
