@@ -352,7 +352,8 @@ def parse_v2(payload: Mapping[str, Any], schema: InputSchema, *, max_instances: 
         name, shape, datatype, data = tensor["name"], tensor["shape"], tensor["datatype"], tensor["data"]
         if not isinstance(name, str) or name in tensors:
             raise RequestError(422, f"inputs[{i}].name must be a unique string", f"inputs[{i}].name")
-        if not _valid_shape(shape):
+        if not (type(shape) is list and len(shape) == 1 and type(shape[0]) is int and 0 <= shape[0] <= _MAX_DIM) \
+                and not _valid_shape(shape):  # the common [n] first
             raise RequestError(422, f"inputs[{i}].shape must be a list of 1 to {_MAX_RANK} integers in 0..{_MAX_DIM}",
                                f"{_short(name)}.shape")
         if not isinstance(datatype, str) or datatype not in _V2_TYPES:
@@ -390,13 +391,14 @@ def parse_v2(payload: Mapping[str, Any], schema: InputSchema, *, max_instances: 
         field_name = _short((unknown_names or missing_names)[0])
         raise RequestError(422, f"inputs: unknown {_keys(unknown_names)}, missing {missing_names}; expected one tensor per "
                                 f"feature {sorted(expected)} or one 'input' of shape [n, {schema.input_dim}]", field_name)
-    lengths = {name: shape[0] for name, (shape, _, _) in tensors.items()}
-    if len(set(lengths.values())) != 1:
+    counts = [shape[0] for shape, _, _ in tensors.values()]
+    num_rows = counts[0]
+    if counts.count(num_rows) != len(counts):
+        lengths = {name: shape[0] for name, (shape, _, _) in tensors.items()}
         raise RequestError(422, f"inputs have different row counts {dict(list(lengths.items())[:5])}",
                            _short(next(iter(lengths))))
     for name, (shape, _, _) in tensors.items():
-        if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
+        if len(shape) > 1 and (len(shape) > 2 or shape[1] != 1):
             raise RequestError(422, f"{name}: shape {shape} must be [n] or [n, 1]", f"{name}.shape")
-    num_rows = next(iter(lengths.values()))
     rows = [{name: tensor[2][i] for name, tensor in tensors.items()} for i in range(num_rows)]
     return ParsedRequest(rows=_check_rows(rows, schema, max_instances, "inputs"), request_id=_request_id(payload))
