@@ -166,8 +166,8 @@ class Ingress(GrpcInference):
                                   timeout_s=self._serve.telemetry_catalog_timeout_s),
                 interval_s=self._serve.telemetry_catalog_interval_s,
                 on_error=functools.partial(self._telemetry.count_error, "catalog"))
-        self._metrics = ServingMetrics(telemetry=self._telemetry, interval_s=self._serve.metrics_interval_s) \
-            if self._serve.metrics else None
+        self._metrics = ServingMetrics(telemetry=self._telemetry, interval_s=self._serve.metrics_interval_s,
+                                       max_latencies=self._serve.metrics_max_latencies) if self._serve.metrics else None
         if self._metrics is not None:
             self._metrics.start_soon()
         self._local = ModelCache(lambda n, v, sha: load_servable(self._storage, n, v, sha), per_name=2)

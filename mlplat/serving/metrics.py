@@ -42,7 +42,7 @@ log = logging.getLogger("mlplat.serving")
 UNKNOWN_MODEL = "_unknown"
 #: Latency observations per export interval: past it, a uniform sample of this many of the
 #: interval's latencies is observed (the request counter stays exact).
-MAX_LATENCIES_PER_EXPORT = 10_000
+MAX_LATENCIES_PER_EXPORT = 1_000
 
 
 class TelemetryStats(Protocol):
