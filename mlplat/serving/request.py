@@ -324,6 +324,8 @@ def _valid_shape(shape: Any) -> bool:
     """A list of 1 to _MAX_RANK integers (not booleans) in 0.._MAX_DIM."""
     if type(shape) is not list or not 0 < len(shape) <= _MAX_RANK:
         return False
+    if len(shape) == 1:  # the common [n], without a generator
+        return type(shape[0]) is int and 0 <= shape[0] <= _MAX_DIM
     return all(type(d) is int and 0 <= d <= _MAX_DIM for d in shape)  # JSON gives exact ints; a bool is not one
 
 
@@ -352,8 +354,7 @@ def parse_v2(payload: Mapping[str, Any], schema: InputSchema, *, max_instances: 
         name, shape, datatype, data = tensor["name"], tensor["shape"], tensor["datatype"], tensor["data"]
         if not isinstance(name, str) or name in tensors:
             raise RequestError(422, f"inputs[{i}].name must be a unique string", f"inputs[{i}].name")
-        if not (type(shape) is list and len(shape) == 1 and type(shape[0]) is int and 0 <= shape[0] <= _MAX_DIM) \
-                and not _valid_shape(shape):  # the common [n] first
+        if not _valid_shape(shape):
             raise RequestError(422, f"inputs[{i}].shape must be a list of 1 to {_MAX_RANK} integers in 0..{_MAX_DIM}",
                                f"{_short(name)}.shape")
         if not isinstance(datatype, str) or datatype not in _V2_TYPES:
