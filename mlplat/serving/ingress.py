@@ -40,15 +40,14 @@ from mlplat.serving.request import ParsedRequest, RequestError, parse_json_body,
 from mlplat.serving.routes import ModelRoutes, RegistryReader, Route, RouteTable, actor_registry_reader
 from mlplat.serving.runtime import freeze_gc, load_servable, tune_gc
 from mlplat.serving.telemetry import (
-    FLUSH_CHECK_S,
     MAX_CONTEXT_VALUE_CHARS,
     MAX_HEADER_CHARS,
     TelemetryWriter,
     context_from_headers,
-    flush_due,
     request_id_of,
 )
 from mlplat.serving.telemetry_catalog import CatalogSync, catalog_registrar
+from mlplat.serving.telemetry_flush import TelemetryFlusher
 from mlplat.serving.traffic import VersionStats, request_key, routes_to_canary
 from mlplat.serving.warmup import Prewarmer, check_probe, probe_rows, reference_stats_of, replica_identity
 from mlplat.storage import open_root
@@ -166,6 +165,8 @@ class Ingress(GrpcInference):
                                   timeout_s=self._serve.telemetry_catalog_timeout_s),
                 interval_s=self._serve.telemetry_catalog_interval_s,
                 on_error=functools.partial(self._telemetry.count_error, "catalog"))
+        self._flusher = TelemetryFlusher(self._telemetry, self._catalog, flush_s=self._serve.telemetry_flush_s,
+                                         max_rows=self._serve.telemetry_max_rows) if self._telemetry is not None else None
         self._metrics = ServingMetrics(telemetry=self._telemetry, interval_s=self._serve.metrics_interval_s,
                                        max_latencies=self._serve.metrics_max_latencies) if self._serve.metrics else None
         if self._metrics is not None:
@@ -256,8 +257,8 @@ class Ingress(GrpcInference):
         await self._routes.start()
         self._prewarmer.ensure_running()
         loop = asyncio.get_running_loop()
-        if self._telemetry is not None:
-            loop.create_task(self._flush_telemetry())
+        if self._flusher is not None:
+            loop.create_task(self._flusher.run())
         if self._catalog is not None:
             self._catalog.start()
         if self._metrics is not None:
@@ -310,33 +311,6 @@ class Ingress(GrpcInference):
             for deployment in [d for d, seen in self._canary_seen.items() if seen < idle and d not in self._canary_dirty]:
                 self._canary_stats.pop(deployment, None)
                 self._canary_seen.pop(deployment, None)
-
-    async def _flush_telemetry(self) -> None:
-        if self._telemetry is None:  # telemetry is off: nothing to flush
-            return
-        loop = asyncio.get_running_loop()
-        flush_s, max_rows = self._serve.telemetry_flush_s, self._serve.telemetry_max_rows
-        last = loop.time()
-        while True:
-            await asyncio.sleep(min(flush_s, FLUSH_CHECK_S))
-            if not flush_due(self._telemetry.pending_rows, max_rows, loop.time() - last, flush_s):
-                continue
-            last = loop.time()
-            try:
-                await loop.run_in_executor(None, self._flush)
-            except Exception:  # never let telemetry take serving down
-                log.exception("telemetry flush failed")
-
-    def _flush(self) -> int:
-        """The flush thread: write the buffered telemetry and hand the files written to the
-        catalog thread (a queue append: the flush never waits for the registry). Returns the
-        rows written."""
-        if self._telemetry is None:
-            return 0
-        files = self._telemetry.flush()
-        if self._catalog is not None:
-            self._catalog.add(files)
-        return sum(f.num_rows for f in files)
 
     # -- guards ---------------------------------------------------------------------------
     def _check_auth(self, headers: Mapping[str, str]) -> None:
@@ -688,15 +662,7 @@ class Ingress(GrpcInference):
     async def flush_telemetry(self, catalog_timeout_s: float = 60.0) -> int:
         """Write buffered telemetry now and have the catalog thread register everything queued
         (tests, shutdown: waits up to ``catalog_timeout_s`` for it); returns the rows written."""
-        if self._telemetry is None:
-            return 0
-        loop = asyncio.get_running_loop()
-        rows = await loop.run_in_executor(None, self._flush)
-        if self._catalog is not None:
-            self._catalog.start()
-            if not await loop.run_in_executor(None, self._catalog.sync_now, catalog_timeout_s):
-                log.warning("telemetry catalog registration still running after %.0f s", catalog_timeout_s)
-        return rows
+        return 0 if self._flusher is None else await self._flusher.flush_now(catalog_timeout_s)
 
     async def export_metrics(self) -> bool:
         """Hand the counted metrics to Ray now (tests); False when metrics are off."""

@@ -279,7 +279,7 @@ def test_the_ingress_grpc_methods_share_the_http_paths_auth_validation_and_telem
                     request.inputs[0].shape[0] = 3
                 ctx = Context(**metadata)
                 out[label] = (await ingress.ModelInfer(request, grpc_context=ctx), ctx)
-            out["flushed"] = ingress._flush()
+            out["flushed"] = ingress._flusher.flush()
             return out
         finally:
             await ingress._routes.stop()

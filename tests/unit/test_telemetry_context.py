@@ -701,7 +701,7 @@ def test_the_ingress_flushes_early_when_its_buffer_is_half_full(tmp_path):
                           endpoint="v1", latency_ms=1.0)
 
     async def scenario() -> tuple[int, int, int]:
-        task = asyncio.get_running_loop().create_task(ingress._flush_telemetry())  # noqa: SLF001
+        task = asyncio.get_running_loop().create_task(ingress._flusher.run())  # noqa: SLF001
         try:
             record(3)  # under half: stays buffered
             await asyncio.sleep(3 * FLUSH_CHECK_S)
