@@ -239,7 +239,8 @@ class ServeSettings(StrictModel):
     #: inference) before it answers 503 + Retry-After.
     backend_timeout_s: float = Field(30.0, gt=0)
     #: A request body must arrive whole within this many seconds, else 408 (slow or broken
-    #: clients: headers without a body, 1 byte/s, a Content-Length longer than the body).
+    #: clients: headers without a body, 1 byte/s, a Content-Length longer than the body). On
+    #: ``direct_port`` a request's headers have the same deadline from its first byte.
     body_read_timeout_s: float = Field(10.0, gt=0)
     #: How often each replica reads the registry's event log (route changes, pre-warm requests).
     route_refresh_s: float = Field(0.2, gt=0)

@@ -9,6 +9,12 @@ Serve still owns the replicas: it starts and stops them (the server starts with 
 stops in its ``__del__``), replaces dead ones and autoscales them; the replica reports its
 direct requests in flight through ``record_autoscaling_stats`` (:data:`DIRECT_ONGOING_METRIC`)
 and the ingress's autoscaling policy (:func:`direct_aware_policy`) counts them with Serve's own.
+
+A request's headers must arrive within ``header_timeout_s`` of its first byte (of the connection,
+for its first request), else the server answers 408 and closes the connection -- what HAProxy's
+``timeout http-request`` does on Serve's port. Without it a client that sends a few header bytes
+a minute (or nothing at all) would hold a connection and its file descriptor forever; the body
+has the app's own deadline (``serve.body_read_timeout_s``).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 __all__ = ["DirectServer", "reuseport_socket", "DIRECT_ONGOING_METRIC", "direct_aware_policy",
-           "DIRECT_POLICY_PATH"]
+           "DIRECT_POLICY_PATH", "headers_overdue"]
 
 log = logging.getLogger("mlplat.serving")
 
@@ -52,18 +58,65 @@ def reuseport_socket(host: str, port: int, backlog: int = 2048) -> socket.socket
     return sock
 
 
+_REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+
+
+def headers_overdue(started_at: float | None, now: float, timeout_s: float) -> bool:
+    """Whether a connection whose request headers began arriving at ``started_at`` (None: not
+    reading headers) has run past ``timeout_s`` without completing them.
+
+    >>> headers_overdue(None, 100.0, 10.0), headers_overdue(95.0, 100.0, 10.0), headers_overdue(89.0, 100.0, 10.0)
+    (False, False, True)
+    """
+    return started_at is not None and now - started_at > timeout_s
+
+
+def _header_deadline_protocol() -> type:
+    """uvicorn's httptools protocol that notes when a request's headers began (its connection
+    opening, then each request's first byte) and when they completed; :meth:`DirectServer._sweep`
+    closes the overdue ones. A timestamp per request, no timer per request."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class HeaderDeadlineProtocol(HttpToolsProtocol):  # type: ignore[misc]
+        headers_started_at: float | None = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self.headers_started_at = self.loop.time()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            if self.headers_started_at is None:
+                self.headers_started_at = self.loop.time()
+
+        def on_headers_complete(self) -> None:
+            self.headers_started_at = None
+            super().on_headers_complete()
+
+        def request_timed_out(self) -> None:
+            self.headers_started_at = None
+            if not self.transport.is_closing():
+                self.transport.write(_REQUEST_TIMEOUT)
+                self.transport.close()
+
+    return HeaderDeadlineProtocol
+
+
 class DirectServer:
     """One replica's uvicorn on the shared direct port, on the running event loop.
 
     ``app`` is called per connection scope; ``in_flight`` counts HTTP requests being answered
-    (the autoscaling metric)."""
+    (the autoscaling metric); ``timed_out`` counts connections closed for headers that took
+    longer than ``header_timeout_s``."""
 
     def __init__(self, app: ASGI, host: str, port: int, *, timeout_keep_alive_s: float = 5.0,
-                 graceful_s: float = 10.0):
+                 graceful_s: float = 10.0, header_timeout_s: float = 10.0):
         self._app, self._host, self._port = app, host, port
-        self._keep_alive_s, self._graceful_s = timeout_keep_alive_s, graceful_s
+        self._keep_alive_s, self._graceful_s, self._header_timeout_s = timeout_keep_alive_s, graceful_s, header_timeout_s
         self._server: Any = None
         self._task: asyncio.Task | None = None
+        self._sweeper: asyncio.Task | None = None
+        self.timed_out = 0
         self.in_flight = 0
         self.served = 0
         now = time.monotonic()
@@ -103,13 +156,30 @@ class DirectServer:
         import uvicorn
 
         sock = reuseport_socket(self._host, self._port)
-        config = uvicorn.Config(self._counted, interface="asgi3", http="httptools", ws="none", lifespan="off", access_log=False,
+        config = uvicorn.Config(self._counted, interface="asgi3", http=_header_deadline_protocol(), ws="none", lifespan="off",
+                                access_log=False,
                                 log_config=None, server_header=False, timeout_keep_alive=int(self._keep_alive_s),
                                 timeout_graceful_shutdown=int(self._graceful_s))
         self._server = uvicorn.Server(config)
         self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
         self._task.add_done_callback(self._ended)
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
         log.info("direct data plane listening on %s:%s", self._host, self._port)
+
+    async def _sweep(self) -> None:
+        """Close the connections whose request headers are overdue (:func:`headers_overdue`),
+        checking a few times per timeout."""
+        loop = asyncio.get_running_loop()
+        interval_s = min(1.0, self._header_timeout_s / 4)
+        while True:
+            await asyncio.sleep(interval_s)
+            if self._server is None:
+                continue
+            now = loop.time()
+            for connection in list(self._server.server_state.connections):
+                if headers_overdue(getattr(connection, "headers_started_at", None), now, self._header_timeout_s):
+                    connection.request_timed_out()
+                    self.timed_out += 1
 
     def _ended(self, task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -121,6 +191,8 @@ class DirectServer:
 
     async def stop(self) -> None:
         """Stop listening, let requests in flight finish (up to the graceful timeout)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._server is None or self._task is None:
             return
         self._server.should_exit = True

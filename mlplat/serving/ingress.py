@@ -193,7 +193,8 @@ class Ingress(GrpcInference):
         self._direct: DirectServer | None = None
         if self._serve.direct_port:
             self._direct = DirectServer(self._direct_asgi, self._serve.host, self._serve.direct_port,
-                                        timeout_keep_alive_s=min(5.0, self._serve.haproxy_timeout_client_s))
+                                        timeout_keep_alive_s=min(5.0, self._serve.haproxy_timeout_client_s),
+                                        header_timeout_s=self._serve.body_read_timeout_s)
             try:
                 asyncio.get_running_loop()
             except RuntimeError:  # built outside Serve (a unit test): no loop, no direct port

@@ -69,6 +69,42 @@ def test_server_answers_counts_in_flight_and_stops():
     asyncio.run(scenario())
 
 
+def test_headers_that_do_not_arrive_in_time_get_a_408_and_the_connection_closes():
+    """Slowloris: partial headers, then nothing; a connection that sends nothing at all. Both
+    are closed after ``header_timeout_s``; a whole request on the same server is answered."""
+
+    async def scenario() -> None:
+        async def app(scope, receive, send):
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+        port = free_port()
+        server = DirectServer(app, "127.0.0.1", port, graceful_s=1, header_timeout_s=0.4)
+        server.start()
+        for _ in range(50):
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        slow_reader, slow_writer = reader, writer
+        slow_writer.write(b"POST /v1/models/m:predict HTTP/1.1\r\nhost: x\r\ncontent-")  # and never the rest
+        await slow_writer.drain()
+        silent_reader, silent_writer = await asyncio.open_connection("127.0.0.1", port)
+        ok_reader, ok_writer = await asyncio.open_connection("127.0.0.1", port)
+        ok_writer.write(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert (await asyncio.wait_for(ok_reader.readuntil(b"ok"), 5)).startswith(b"HTTP/1.1 200")
+        answer = await asyncio.wait_for(slow_reader.read(), 5)  # read to EOF: the server closed it
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert (await asyncio.wait_for(silent_reader.read(), 5)).startswith(b"HTTP/1.1 408")
+        assert server.timed_out == 2
+        for w in (slow_writer, silent_writer, ok_writer):
+            w.close()
+        await server.stop()
+
+    asyncio.run(scenario())
+
+
 def _ctx(total: float, direct: dict[str, float] | None, replicas: int = 1, target: float = 2.0):
     return SimpleNamespace(current_num_replicas=replicas, target_num_replicas=replicas, total_num_requests=total,
                            aggregated_metrics={DIRECT_ONGOING_METRIC: direct} if direct is not None else {},
