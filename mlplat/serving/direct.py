@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["DirectServer", "reuseport_socket", "DIRECT_ONGOING_METRIC", "direct_aware_policy",
+__all__ = ["DirectServer", "direct_app", "reuseport_socket", "DIRECT_ONGOING_METRIC", "direct_aware_policy",
            "DIRECT_POLICY_PATH", "headers_overdue"]
 
 log = logging.getLogger("mlplat.serving")
@@ -56,6 +57,52 @@ def reuseport_socket(host: str, port: int, backlog: int = 2048) -> socket.socket
         sock.close()
         raise
     return sock
+
+
+#: The direct port's fast path: exactly the paths of ``predict_v1`` and ``infer_v2`` (a path
+#: parameter matches ``[^/]+``, as in Starlette's routing).
+_FAST_V1 = re.compile(r"^/v1/models/([^/]+):predict$")
+_FAST_V2 = re.compile(r"^/v2/models/([^/]+)/infer$")
+
+
+def direct_app(infer: Callable[[Any, str, str], Awaitable[Any]], fallback: ASGI, route_prefix: str) -> ASGI:
+    """The direct port's ASGI app: the two inference routes straight to ``infer(request, model,
+    endpoint)`` (what FastAPI's routing would call for them, without its per-request dependency
+    resolution), everything else to ``fallback`` (the same FastAPI app Serve routes to), all
+    under ``route_prefix`` as behind Serve's proxy."""
+    from starlette.requests import Request
+
+    from mlplat.serving import http_api as api
+
+    prefix = route_prefix.rstrip("/")
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        if prefix:  # the app lives under serve.route_prefix, as behind Serve's proxy
+            if path != prefix and not path.startswith(prefix + "/"):
+                await api.error_response(404, f"no route {path[:80]!r}; the API is under {prefix}/")(scope, receive, send)
+                return
+            scope["root_path"] = scope.get("root_path", "") + prefix
+            path = path[len(prefix):]
+        if scope["method"] == "POST":
+            match = _FAST_V1.match(path)
+            endpoint = "v1"
+            if match is None:
+                match, endpoint = _FAST_V2.match(path), "v2"
+            if match is not None:
+                try:
+                    response = await infer(Request(scope, receive), match.group(1), endpoint)
+                except Exception:  # what the app's Exception handler answers (http_api._unexpected)
+                    log.exception("unexpected error on %s", scope["path"])
+                    response = api.error_response(503, "internal error; the request was not processed: retry, or "
+                                                       "call the operator if it persists")
+                await response(scope, receive, send)
+                return
+        await fallback(scope, receive, send)
+
+    return app
 
 
 _REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"

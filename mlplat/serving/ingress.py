@@ -10,7 +10,6 @@ import functools
 import hmac
 import json
 import logging
-import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -30,7 +29,7 @@ from mlplat.serving.admission import Admission, inference_limit, retry_after_hea
 from mlplat.serving.cache import ModelCache
 from mlplat.serving.coalesce import Coalescer
 from mlplat.serving.deployments import run_prediction
-from mlplat.serving.direct import DIRECT_ONGOING_METRIC, DirectServer
+from mlplat.serving.direct import DIRECT_ONGOING_METRIC, DirectServer, direct_app
 from mlplat.serving.grpc_ingress import GrpcInference
 from mlplat.serving.http_api import http_app
 from mlplat.serving.infer_call import InferAnswer, InferCall, first_row, header_map, metadata_document
@@ -96,11 +95,6 @@ def schema_of_bundle(storage: Any, name: str, version: int, bundle_sha256: str |
     encoder = FeatureEncoder.from_json(meta["encoder"]) if meta.get("encoder") else None
     return InputSchema.from_encoder(encoder, int(meta["input_dim"])), meta["spec"]["task"]
 
-
-#: The direct port's fast path: exactly the paths of ``predict_v1`` and ``infer_v2`` (a path
-#: parameter matches ``[^/]+``, as in Starlette's routing).
-_FAST_V1 = re.compile(r"^/v1/models/([^/]+):predict$")
-_FAST_V2 = re.compile(r"^/v2/models/([^/]+)/infer$")
 
 #: An ingress replica forgets a canary's stats this long after its last request (it ended).
 CANARY_STATS_TTL_S = 600.0
@@ -192,7 +186,8 @@ class Ingress(GrpcInference):
         self._freeze_pending = False
         self._direct: DirectServer | None = None
         if self._serve.direct_port:
-            self._direct = DirectServer(self._direct_asgi, self._serve.host, self._serve.direct_port,
+            app = direct_app(self._direct_infer, self._direct_fallback, self._serve.route_prefix)
+            self._direct = DirectServer(app, self._serve.host, self._serve.direct_port,
                                         timeout_keep_alive_s=min(5.0, self._serve.haproxy_timeout_client_s),
                                         header_timeout_s=self._serve.body_read_timeout_s)
             try:
@@ -201,38 +196,12 @@ class Ingress(GrpcInference):
                 self._direct = None
             else:
                 self._direct.start()  # a port taken by another program fails the replica here
-        prefix = self._serve.route_prefix.rstrip("/")
-        self._direct_prefix = prefix
 
     # -- the direct data plane (serving/direct.py) ---------------------------------------------
-    async def _direct_asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        """The direct port's ASGI app: the two inference routes straight to their handlers
-        (what FastAPI's routing would call for them, without its per-request dependency
-        resolution), everything else through the same FastAPI app Serve routes to."""
-        if scope["type"] != "http":
-            return
-        path = scope["path"]
-        prefix = self._direct_prefix
-        if prefix:  # the app lives under serve.route_prefix, as behind Serve's proxy
-            if path != prefix and not path.startswith(prefix + "/"):
-                await api.error_response(404, f"no route {path[:80]!r}; the API is under {prefix}/")(scope, receive, send)
-                return
-            scope["root_path"] = scope.get("root_path", "") + prefix
-            path = path[len(prefix):]
-        if scope["method"] == "POST":
-            match = _FAST_V1.match(path)
-            endpoint = "v1"
-            if match is None:
-                match, endpoint = _FAST_V2.match(path), "v2"
-            if match is not None:
-                try:
-                    response = await self._infer(StarletteRequest(scope, receive), match.group(1), None, endpoint)
-                except Exception:  # what the app's Exception handler answers (http_api._unexpected)
-                    log.exception("unexpected error on %s", scope["path"])
-                    response = api.error_response(503, "internal error; the request was not processed: retry, or "
-                                                       "call the operator if it persists")
-                await response(scope, receive, send)
-                return
+    async def _direct_infer(self, request: StarletteRequest, name: str, endpoint: str) -> Response:
+        return await self._infer(request, name, None, endpoint)
+
+    async def _direct_fallback(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         await self._asgi_app(scope, receive, send)  # type: ignore[attr-defined]  # set by @serve.ingress
 
     async def record_autoscaling_stats(self) -> dict[str, float]:

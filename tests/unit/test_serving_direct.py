@@ -10,7 +10,13 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from mlplat.serving.direct import DIRECT_ONGOING_METRIC, DirectServer, direct_aware_policy, reuseport_socket
+from mlplat.serving.direct import (
+    DIRECT_ONGOING_METRIC,
+    DirectServer,
+    direct_app,
+    direct_aware_policy,
+    reuseport_socket,
+)
 from tests.servers import free_port
 
 
@@ -101,6 +107,40 @@ def test_headers_that_do_not_arrive_in_time_get_a_408_and_the_connection_closes(
         for w in (slow_writer, silent_writer, ok_writer):
             w.close()
         await server.stop()
+
+    asyncio.run(scenario())
+
+
+def test_the_direct_app_sends_the_two_inference_routes_to_infer_and_the_rest_to_the_app():
+    from starlette.responses import JSONResponse
+
+    calls: list[tuple[str, str]] = []
+    fallback_paths: list[str] = []
+
+    async def infer(request, name, endpoint):
+        if name == "boom":
+            raise RuntimeError("a bug")
+        calls.append((name, endpoint))
+        return JSONResponse({"model": name, "root": request.scope["root_path"]})
+
+    async def fallback(scope, receive, send):
+        fallback_paths.append(scope["path"])
+        await JSONResponse({"fallback": True})(scope, receive, send)
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=direct_app(infer, fallback, "/api/"))
+        async with httpx.AsyncClient(transport=transport, base_url="http://x") as client:
+            v1 = await client.post("/api/v1/models/churn:predict", json={})
+            assert v1.json() == {"model": "churn", "root": "/api"}
+            assert (await client.post("/api/v2/models/churn/infer", json={})).status_code == 200
+            assert (await client.get("/api/v1/models/churn")).json() == {"fallback": True}
+            assert (await client.post("/api/v2/models/churn/versions/2/infer", json={})).json() == {"fallback": True}
+            outside = await client.post("/v1/models/churn:predict", json={})
+            assert outside.status_code == 404 and "/api/" in outside.json()["error"]
+            broken = await client.post("/api/v1/models/boom:predict", json={})
+            assert broken.status_code == 503 and "retry" in broken.json()["error"] and "Retry-After" in broken.headers
+        assert calls == [("churn", "v1"), ("churn", "v2")]
+        assert fallback_paths == ["/api/v1/models/churn", "/api/v2/models/churn/versions/2/infer"]
 
     asyncio.run(scenario())
 
