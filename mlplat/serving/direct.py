@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 __all__ = ["DirectServer", "direct_app", "reuseport_socket", "DIRECT_ONGOING_METRIC", "direct_aware_policy",
-           "DIRECT_POLICY_PATH", "headers_overdue"]
+           "DIRECT_POLICY_PATH", "headers_overdue", "request_timeout_response"]
 
 log = logging.getLogger("mlplat.serving")
 
@@ -105,7 +105,19 @@ def direct_app(infer: Callable[[Any, str, str], Awaitable[Any]], fallback: ASGI,
     return app
 
 
-_REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+def request_timeout_response(timeout_s: float) -> bytes:
+    """The 408 a connection gets when its request headers are overdue: the API's one error body
+    (``{"error": ...}``), then the connection closes.
+
+    >>> request_timeout_response(10.0).split(b"\\r\\n")[0]
+    b'HTTP/1.1 408 Request Timeout'
+    """
+    import json
+
+    body = json.dumps({"error": f"the request headers did not arrive within {timeout_s:g} s "
+                                "(serve.body_read_timeout_s); send the whole request at once"}).encode()
+    return (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: "
+            + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
 
 
 def headers_overdue(started_at: float | None, now: float, timeout_s: float) -> bool:
@@ -118,11 +130,13 @@ def headers_overdue(started_at: float | None, now: float, timeout_s: float) -> b
     return started_at is not None and now - started_at > timeout_s
 
 
-def _header_deadline_protocol() -> type:
+def _header_deadline_protocol(timeout_s: float) -> type:
     """uvicorn's httptools protocol that notes when a request's headers began (its connection
     opening, then each request's first byte) and when they completed; :meth:`DirectServer._sweep`
     closes the overdue ones. A timestamp per request, no timer per request."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    response = request_timeout_response(timeout_s)
 
     class HeaderDeadlineProtocol(HttpToolsProtocol):  # type: ignore[misc]
         headers_started_at: float | None = None
@@ -140,11 +154,16 @@ def _header_deadline_protocol() -> type:
             self.headers_started_at = None
             super().on_headers_complete()
 
-        def request_timed_out(self) -> None:
+        def request_timed_out(self) -> bool:
+            """Answer 408 and close; False (nothing done) while an earlier pipelined request's
+            response is still being written: the next sweep decides."""
+            if self.cycle is not None and not self.cycle.response_complete:
+                return False
             self.headers_started_at = None
             if not self.transport.is_closing():
-                self.transport.write(_REQUEST_TIMEOUT)
+                self.transport.write(response)
                 self.transport.close()
+            return True
 
     return HeaderDeadlineProtocol
 
@@ -203,7 +222,7 @@ class DirectServer:
         import uvicorn
 
         sock = reuseport_socket(self._host, self._port)
-        config = uvicorn.Config(self._counted, interface="asgi3", http=_header_deadline_protocol(), ws="none", lifespan="off",
+        config = uvicorn.Config(self._counted, interface="asgi3", http=_header_deadline_protocol(self._header_timeout_s), ws="none", lifespan="off",
                                 access_log=False,
                                 log_config=None, server_header=False, timeout_keep_alive=int(self._keep_alive_s),
                                 timeout_graceful_shutdown=int(self._graceful_s))
@@ -224,8 +243,8 @@ class DirectServer:
                 continue
             now = loop.time()
             for connection in list(self._server.server_state.connections):
-                if headers_overdue(getattr(connection, "headers_started_at", None), now, self._header_timeout_s):
-                    connection.request_timed_out()
+                if (headers_overdue(getattr(connection, "headers_started_at", None), now, self._header_timeout_s)
+                        and connection.request_timed_out()):
                     self.timed_out += 1
 
     def _ended(self, task: asyncio.Task) -> None:

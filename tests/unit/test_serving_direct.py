@@ -4,6 +4,7 @@ uvicorn server (start, serve, count, stop) and the autoscaling policy that adds 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from types import SimpleNamespace
 
@@ -102,6 +103,9 @@ def test_headers_that_do_not_arrive_in_time_get_a_408_and_the_connection_closes(
         assert (await asyncio.wait_for(ok_reader.readuntil(b"ok"), 5)).startswith(b"HTTP/1.1 200")
         answer = await asyncio.wait_for(slow_reader.read(), 5)  # read to EOF: the server closed it
         assert answer.startswith(b"HTTP/1.1 408"), answer
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert b"content-type: application/json" in head
+        assert "serve.body_read_timeout_s" in json.loads(body)["error"]
         assert (await asyncio.wait_for(silent_reader.read(), 5)).startswith(b"HTTP/1.1 408")
         assert server.timed_out == 2
         for w in (slow_writer, silent_writer, ok_writer):
