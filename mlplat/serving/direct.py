@@ -239,12 +239,9 @@ class DirectServer:
         interval_s = min(1.0, self._header_timeout_s / 4)
         while True:
             await asyncio.sleep(interval_s)
-            if self._server is None:
-                continue
             now = loop.time()
-            for connection in list(self._server.server_state.connections):
-                if (headers_overdue(getattr(connection, "headers_started_at", None), now, self._header_timeout_s)
-                        and connection.request_timed_out()):
+            for connection in list(self._server.server_state.connections):  # each a HeaderDeadlineProtocol
+                if headers_overdue(connection.headers_started_at, now, self._header_timeout_s) and connection.request_timed_out():
                     self.timed_out += 1
 
     def _ended(self, task: asyncio.Task) -> None:

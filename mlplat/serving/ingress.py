@@ -159,8 +159,8 @@ class Ingress(GrpcInference):
                                   timeout_s=self._serve.telemetry_catalog_timeout_s),
                 interval_s=self._serve.telemetry_catalog_interval_s,
                 on_error=functools.partial(self._telemetry.count_error, "catalog"))
-        self._flusher = TelemetryFlusher(self._telemetry, self._catalog, flush_s=self._serve.telemetry_flush_s,
-                                         max_rows=self._serve.telemetry_max_rows) if self._telemetry is not None else None
+        self._flusher = TelemetryFlusher(self._telemetry, self._catalog, flush_s=self._serve.telemetry_flush_s) \
+            if self._telemetry is not None else None
         self._metrics = ServingMetrics(telemetry=self._telemetry, interval_s=self._serve.metrics_interval_s,
                                        max_latencies=self._serve.metrics_max_latencies) if self._serve.metrics else None
         if self._metrics is not None:

@@ -22,6 +22,7 @@ import threading
 from dataclasses import dataclass
 from typing import Protocol
 
+from mlplat.config import ServeSettings
 from mlplat.metrics import (
     CANARY_REQUESTS,
     REQUEST_LATENCY_MS,
@@ -41,8 +42,9 @@ log = logging.getLogger("mlplat.serving")
 #: routing, an unknown name): client input never creates a series.
 UNKNOWN_MODEL = "_unknown"
 #: Latency observations per export interval: past it, a uniform sample of this many of the
-#: interval's latencies is observed (the request counter stays exact).
-MAX_LATENCIES_PER_EXPORT = 1_000
+#: interval's latencies is observed (the request counter stays exact); the default of
+#: ``serve.metrics_max_latencies``.
+MAX_LATENCIES_PER_EXPORT: int = ServeSettings.model_fields["metrics_max_latencies"].default
 
 
 class TelemetryStats(Protocol):

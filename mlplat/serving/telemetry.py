@@ -419,6 +419,11 @@ class TelemetryWriter:
             self._dropped[item.model] = self._dropped.get(item.model, 0) + n
 
     @property
+    def max_rows(self) -> int:
+        """The buffer's bound (rows); past it the oldest requests are dropped."""
+        return self._max_rows
+
+    @property
     def pending_rows(self) -> int:
         return self._count
 

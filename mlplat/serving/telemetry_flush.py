@@ -20,12 +20,11 @@ log = logging.getLogger("mlplat.serving")
 
 class TelemetryFlusher:
     """Flushes a :class:`TelemetryWriter` every ``flush_s``, and early once it holds half of
-    ``max_rows`` (:func:`flush_due`, checked every :data:`FLUSH_CHECK_S`); the files written go
+    its ``max_rows`` (:func:`flush_due`, checked every :data:`FLUSH_CHECK_S`); the files written go
     to ``catalog`` when given (a queue append: a flush never waits for the registry)."""
 
-    def __init__(self, writer: TelemetryWriter, catalog: CatalogSync | None, *, flush_s: float, max_rows: int):
-        self.writer, self.catalog = writer, catalog
-        self._flush_s, self._max_rows = flush_s, max_rows
+    def __init__(self, writer: TelemetryWriter, catalog: CatalogSync | None, *, flush_s: float):
+        self.writer, self.catalog, self._flush_s = writer, catalog, flush_s
 
     async def run(self) -> None:
         """The flush loop (a task on the replica's event loop, for its life)."""
@@ -33,7 +32,7 @@ class TelemetryFlusher:
         last = loop.time()
         while True:
             await asyncio.sleep(min(self._flush_s, FLUSH_CHECK_S))
-            if not flush_due(self.writer.pending_rows, self._max_rows, loop.time() - last, self._flush_s):
+            if not flush_due(self.writer.pending_rows, self.writer.max_rows, loop.time() - last, self._flush_s):
                 continue
             last = loop.time()
             try:
