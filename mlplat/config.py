@@ -210,6 +210,11 @@ class ServeSettings(StrictModel):
     #: requests count toward ``ingress_autoscaling``). ``port`` keeps serving through Serve.
     #: None or 0: off.
     direct_port: int | None = Field(None, ge=0, le=65535)
+    #: The replicas on ``direct_port`` even out their open connections: one that accepts a
+    #: connection while it holds more than one above the least-loaded replica of the node hands
+    #: it over before reading it (serving/direct_balance.py), where the kernel's hash alone can
+    #: split 16 keep-alive connections 13/3. Off: each connection stays where the kernel put it.
+    direct_balance_connections: bool = True
     app_name: str = "mlplat"
     route_prefix: str = "/"
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)

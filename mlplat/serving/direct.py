@@ -27,6 +27,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from mlplat.serving.direct_balance import ConnectionBalancer
+
 __all__ = ["DirectServer", "direct_app", "reuseport_socket", "DIRECT_ONGOING_METRIC", "direct_aware_policy",
            "DIRECT_POLICY_PATH", "headers_overdue", "request_timeout_response"]
 
@@ -130,20 +132,42 @@ def headers_overdue(started_at: float | None, now: float, timeout_s: float) -> b
     return started_at is not None and now - started_at > timeout_s
 
 
-def _header_deadline_protocol(timeout_s: float) -> type:
+def _header_deadline_protocol(timeout_s: float, balancer: ConnectionBalancer | None = None) -> type:
     """uvicorn's httptools protocol that notes when a request's headers began (its connection
     opening, then each request's first byte) and when they completed; :meth:`DirectServer._sweep`
-    closes the overdue ones. A timestamp per request, no timer per request."""
+    closes the overdue ones. A timestamp per request, no timer per request. With ``balancer``, a
+    new connection is first offered to a less-loaded replica (direct_balance.py) and, if one
+    takes it, closed here before anything of it is read."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     response = request_timeout_response(timeout_s)
 
     class HeaderDeadlineProtocol(HttpToolsProtocol):  # type: ignore[misc]
         headers_started_at: float | None = None
+        #: Handed over by another replica: served here, never handed on.
+        adopted = False
+        #: Handed to another replica in connection_made: uvicorn never saw it.
+        handed_off = False
 
         def connection_made(self, transport: Any) -> None:
+            if balancer is not None:
+                if self.adopted:
+                    pass  # counted on arrival (ConnectionBalancer._take)
+                elif balancer.offer(transport.get_extra_info("socket").fileno()):
+                    self.handed_off = True
+                    transport.abort()  # our copy of the socket; the peer's stays open
+                    return
+                else:
+                    balancer.opened()
             super().connection_made(transport)
             self.headers_started_at = self.loop.time()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.handed_off:
+                return
+            if balancer is not None:
+                balancer.closed()
+            super().connection_lost(exc)
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -173,11 +197,14 @@ class DirectServer:
 
     ``app`` is called per connection scope; ``in_flight`` counts HTTP requests being answered
     (the autoscaling metric); ``timed_out`` counts connections closed for headers that took
-    longer than ``header_timeout_s``."""
+    longer than ``header_timeout_s``. With ``balance_connections`` the replicas on the port even
+    out their open connections (:class:`ConnectionBalancer`, ``balancer``)."""
 
     def __init__(self, app: ASGI, host: str, port: int, *, timeout_keep_alive_s: float = 5.0,
-                 graceful_s: float = 10.0, header_timeout_s: float = 10.0):
+                 graceful_s: float = 10.0, header_timeout_s: float = 10.0, balance_connections: bool = True):
         self._app, self._host, self._port = app, host, port
+        self.balancer: ConnectionBalancer | None = ConnectionBalancer(host, port) if balance_connections and port else None
+        self._adoptions: set[asyncio.Task] = set()
         self._keep_alive_s, self._graceful_s, self._header_timeout_s = timeout_keep_alive_s, graceful_s, header_timeout_s
         self._server: Any = None
         self._task: asyncio.Task | None = None
@@ -222,15 +249,41 @@ class DirectServer:
         import uvicorn
 
         sock = reuseport_socket(self._host, self._port)
-        config = uvicorn.Config(self._counted, interface="asgi3", http=_header_deadline_protocol(self._header_timeout_s), ws="none", lifespan="off",
+        loop = asyncio.get_running_loop()
+        if self.balancer is not None and not self.balancer.start(loop, self._adopt):
+            self.balancer = None
+        protocol = _header_deadline_protocol(self._header_timeout_s, self.balancer)
+        config = uvicorn.Config(self._counted, interface="asgi3", http=protocol, ws="none", lifespan="off",
                                 access_log=False,
                                 log_config=None, server_header=False, timeout_keep_alive=int(self._keep_alive_s),
                                 timeout_graceful_shutdown=int(self._graceful_s))
         self._server = uvicorn.Server(config)
-        self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
+        self._task = loop.create_task(self._server.serve(sockets=[sock]))
         self._task.add_done_callback(self._ended)
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        self._sweeper = loop.create_task(self._sweep())
         log.info("direct data plane listening on %s:%s", self._host, self._port)
+
+    def _adopt(self, sock: socket.socket) -> None:
+        """Serve a connection another replica handed over, as uvicorn serves the ones it accepts."""
+        server = self._server
+        config = server.config
+
+        def protocol() -> Any:
+            p = config.http_protocol_class(config=config, server_state=server.server_state, app_state=server.lifespan.state)
+            p.adopted = True
+            return p
+
+        task = asyncio.get_running_loop().create_task(asyncio.get_running_loop().connect_accepted_socket(protocol, sock))
+        self._adoptions.add(task)
+        task.add_done_callback(self._adopted)
+
+    def _adopted(self, task: asyncio.Task) -> None:
+        self._adoptions.discard(task)
+        if task.cancelled() or task.exception() is not None:
+            if self.balancer is not None:
+                self.balancer.closed()  # counted on arrival; no protocol will report it closed
+            if not task.cancelled():
+                log.warning("direct port: a handed-over connection could not be served: %r", task.exception())
 
     async def _sweep(self) -> None:
         """Close the connections whose request headers are overdue (:func:`headers_overdue`),
@@ -256,6 +309,8 @@ class DirectServer:
         """Stop listening, let requests in flight finish (up to the graceful timeout)."""
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self.balancer is not None:
+            self.balancer.stop()  # no more connections from peers; ours stay until they finish
         if self._server is None or self._task is None:
             return
         self._server.should_exit = True

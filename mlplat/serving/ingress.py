@@ -189,7 +189,8 @@ class Ingress(GrpcInference):
             app = direct_app(self._direct_infer, self._direct_fallback, self._serve.route_prefix)
             self._direct = DirectServer(app, self._serve.host, self._serve.direct_port,
                                         timeout_keep_alive_s=min(5.0, self._serve.haproxy_timeout_client_s),
-                                        header_timeout_s=self._serve.body_read_timeout_s)
+                                        header_timeout_s=self._serve.body_read_timeout_s,
+                                        balance_connections=self._serve.direct_balance_connections)
             try:
                 asyncio.get_running_loop()
             except RuntimeError:  # built outside Serve (a unit test): no loop, no direct port
