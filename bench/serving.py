@@ -228,13 +228,18 @@ def run_ceiling(seconds: int | None = None, rounds: int = 2) -> list[dict[str, A
     return rows
 
 
+#: The fair baseline run beside an idle mlplat platform (run_direct).
+BESIDE = "bare beside idle mlplat"
+
+
 def run_direct(seconds: int | None = None, rounds: int = 2) -> list[dict[str, Any]]:
     """The direct data plane (``serve.direct_port``) against the fair baseline, interleaved:
     each round starts bare uvicorn ``--workers N`` and then an mlplat platform (HAProxy mode,
     N ingress replicas, the model in the ingress) with its direct port on; on that platform
     the v1 route on the direct port, the OIP v2 JSON route on the direct port and the v1 route
-    through HAProxy, one wrk run each after a warm-up (``BENCH_P1_WARMUP_S``, 8 s, both sides).
-    Medians over the rounds; each run kept."""
+    through HAProxy, one wrk run each after a warm-up (``BENCH_P1_WARMUP_S``, 8 s, both sides);
+    then, with that platform still up and idle, the fair baseline once more on its own port
+    (:data:`BESIDE`). Medians over the rounds; each run kept."""
     seconds = seconds or int(os.environ.get("BENCH_P1_SECONDS", "8"))
     # Both sides warm up under load this long: on mlplat's side it covers the one-time work of a
     # fresh platform (the first telemetry flush imports pyarrow; the heap freeze after the load).
@@ -262,6 +267,18 @@ def run_direct(seconds: int | None = None, rounds: int = 2) -> list[dict[str, An
                                                                         body=load.V2_BODY))
                 load.wrk(port, 2)
                 runs.setdefault("mlplat+haproxy", []).append(load.wrk(port, seconds))
+                # The fair baseline again, beside this platform left idle: what the platform's
+                # presence (Ray, Serve, the registry and controllers, idle replicas) costs any
+                # server on the box, apart from mlplat's request path.
+                beside_root = tempfile.mkdtemp(prefix="bench-bare-beside-")
+                beside_port, beside_before = _free_port(), _haproxy_pids()
+                beside = _start_side(fair, beside_port, beside_root)
+                try:
+                    load.wrk(beside_port, warmup)
+                    runs.setdefault(BESIDE, []).append(load.wrk(beside_port, seconds))
+                finally:
+                    _stop(beside, beside_before)
+                    shutil.rmtree(beside_root, ignore_errors=True)
             finally:
                 os.environ.pop("BENCH_DIRECT_PORT", None)
                 _stop(proc, haproxy_before)
@@ -288,6 +305,13 @@ def run_direct(seconds: int | None = None, rounds: int = 2) -> list[dict[str, An
     rows.append(row("P1", f"mlplat direct data plane, OIP v2 JSON, one row: req/s ({text(med['mlplat+direct v2'])})",
                     med["mlplat+direct v2"]["rps"], "req/s", baseline=f"mlplat direct v1 ({text(d)})",
                     baseline_value=d["rps"], target="v2 within 10% of v1", runs=runs["mlplat+direct v2"]))
+    b = med[BESIDE]
+    rows.append(row("P1", f"{fair_name.split(' (')[0]} beside the same mlplat platform left idle (same rounds), v1 one row: "
+                          f"req/s ({text(b)})", b["rps"], "req/s", baseline=fair_name, baseline_value=base["rps"],
+                    target="context: what the idle platform costs a server beside it",
+                    p99_over_baseline=round(b["p99_ms"] / base["p99_ms"], 2) if base["p99_ms"] else None,
+                    direct_p99_over_this_p99=round(d["p99_ms"] / b["p99_ms"], 2) if b["p99_ms"] else None,
+                    runs=runs[BESIDE], baseline_runs=runs[fair]))
     return rows
 
 
