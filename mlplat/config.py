@@ -247,8 +247,16 @@ class ServeSettings(StrictModel):
     #: clients: headers without a body, 1 byte/s, a Content-Length longer than the body). On
     #: ``direct_port`` a request's headers have the same deadline from its first byte.
     body_read_timeout_s: float = Field(10.0, gt=0)
-    #: How often each replica reads the registry's event log (route changes, pre-warm requests).
+    #: How often the registry's event log is read for the replicas (route changes, pre-warm
+    #: requests): by the registry actor while replicas wait on it (see ``route_wait_s``), by a
+    #: replica itself after a failed read or where its reader cannot wait.
     route_refresh_s: float = Field(0.2, gt=0)
+    #: A replica's read of the event log waits up to this long in the registry actor for the
+    #: next event (a long poll): a change written through the registry reaches the replicas at
+    #: once, one written to its database by another process within ``route_refresh_s``, and a
+    #: quiet registry costs one call per follower per ``route_wait_s`` instead of one per
+    #: ``route_refresh_s`` (each ingress and pool replica has two followers or one).
+    route_wait_s: float = Field(10.0, gt=0, le=60)
     #: This app's regional cell: its ingress serves ``production.<region>``, else ``production``.
     #: None: the global app. Must be one of the platform's ``regions`` when those are listed.
     region: str | None = None

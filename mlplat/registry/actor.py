@@ -9,6 +9,7 @@ nothing twice.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -24,6 +25,11 @@ __all__ = ["RegistryActor", "ACTOR_OPTIONS", "REGISTRY_ACTOR_NAME"]
 REGISTRY_ACTOR_NAME = "mlplat-registry"
 #: Options of ``ray.remote`` for the actor class (ray-2.60-notes.md, "Actors as services").
 ACTOR_OPTIONS: dict[str, Any] = {"num_cpus": 0, "max_restarts": -1, "max_task_retries": -1}
+#: The calls that write (those that take an idempotency key, protocol.py): after one, the
+#: followers waiting in :meth:`RegistryActor.wait_events` read the log at once.
+WRITE_CALLS = frozenset(name for name, call in REGISTRY_CALLS.items() if "idempotency_key" in call.signature.parameters)
+#: The longest one :meth:`RegistryActor.wait_events` call waits.
+MAX_WAIT_S = 60.0
 
 
 class RegistryActor:
@@ -38,6 +44,7 @@ class RegistryActor:
         self._url, self._synchronous = normalize_registry_url(url), synchronous
         self._store: RegistryStore | None = None
         self._pid = os.getpid()
+        self._written: asyncio.Event | None = None  # set (and dropped) by the next write
 
     def _opened(self) -> RegistryStore:
         if self._store is None:
@@ -47,7 +54,32 @@ class RegistryActor:
     async def call(self, method: str, kwargs: Mapping[str, Any]) -> Any:
         if method not in REGISTRY_CALLS:
             raise ValidationError(f"unknown registry call {method!r}")
-        return getattr(self._opened(), method)(**dict(kwargs))
+        result = getattr(self._opened(), method)(**dict(kwargs))
+        if method in WRITE_CALLS and self._written is not None:
+            self._written.set()  # wake every follower waiting in wait_events
+            self._written = None
+        return result
+
+    async def wait_events(self, seq: int, limit: int = 1000, kinds: list[str] | None = None, timeout_s: float = 10.0,
+                          poll_s: float = 0.2) -> list[Any]:
+        """``events_since(seq)``, waiting up to ``timeout_s`` (at most :data:`MAX_WAIT_S`) for an
+        event when there is none yet: a long poll for the serving replicas' followers, one call
+        per ``timeout_s`` while nothing changes instead of one per ``poll_s``. A write through
+        this actor ends the wait at once; the log is read again every ``poll_s`` meanwhile, so a
+        write to the database by another process shows as soon as it did with polling."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(max(timeout_s, 0.0), MAX_WAIT_S)
+        while True:
+            events = self._opened().events_since(seq, limit=limit, kinds=kinds)
+            remaining = deadline - loop.time()
+            if events or remaining <= 0:
+                return events
+            if self._written is None:
+                self._written = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._written.wait(), min(remaining, max(poll_s, 0.01)))
+            except TimeoutError:
+                pass
 
     async def open(self) -> str:
         """Open the database now (migrating it if needed); its URL without password."""

@@ -205,7 +205,8 @@ def _prewarmer(config: PlatformConfig, registry_actor: str | None, warm: Any, pi
         return None
     target, replica = replica_identity()
     prewarmer = Prewarmer(actor_registry_reader(registry_actor, config.namespace), target=target, replica=replica,
-                          warm=warm, pin_previous=pin, unpin=unpin, refresh_s=config.serve.route_refresh_s)
+                          warm=warm, pin_previous=pin, unpin=unpin, refresh_s=config.serve.route_refresh_s,
+                          wait_s=config.serve.route_wait_s)
     prewarmer.start_soon()
     return prewarmer
 

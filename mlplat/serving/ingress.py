@@ -145,7 +145,8 @@ class Ingress(GrpcInference):
             reader = actor_registry_reader(registry_actor, config.namespace)
         self._reader = reader
         self._routes = RouteTable(reader, lambda n, v, sha: schema_of_bundle(self._storage, n, v, sha),
-                                  refresh_s=self._serve.route_refresh_s, region=self._serve.region)
+                                  refresh_s=self._serve.route_refresh_s, region=self._serve.region,
+                                  wait_s=self._serve.route_wait_s)
         self._telemetry = TelemetryWriter(self._storage, max_rows=self._serve.telemetry_max_rows,
                                           encoded=self._serve.telemetry_encoded) if self._serve.telemetry else None
         self._context_keys = (frozenset(self._serve.telemetry_context_keys)
@@ -177,7 +178,7 @@ class Ingress(GrpcInference):
         self._prewarmer = Prewarmer(reader, target=self._target, replica=self._replica, warm=self._warm,
                                     pin_previous=lambda n, v: self._local.pin(n, v, self._serve.keep_previous_s),
                                     unpin=self._local.unpin,
-                                    refresh_s=self._serve.route_refresh_s)
+                                    refresh_s=self._serve.route_refresh_s, wait_s=self._serve.route_wait_s)
         self._prewarmer.start_soon()
         self._started: asyncio.Task | None = None
         self._ready = False
@@ -569,7 +570,7 @@ class Ingress(GrpcInference):
     async def admin_rollback(self, name: str, request: Request, region: str | None = None) -> JSONResponse:
         """Roll ``name`` back (an active canary ends, else production swaps with previous), in
         ``?region=`` when given. Writes through the registry; this replica switches at once,
-        the others within ``route_refresh_s``."""
+        the others when the event ends their long poll of the log (``route_wait_s``)."""
         try:
             by = self._check_admin(request)
             await self._ensure_started()

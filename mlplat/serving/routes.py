@@ -103,15 +103,25 @@ class ActorRegistryReader:
         self._actor = actor
 
     async def _call(self, method: str, **kwargs: Any) -> Any:
+        return await self._unwrapped(self._actor.call.remote(method, kwargs))
+
+    @staticmethod
+    async def _unwrapped(ref: Any) -> Any:
         from ray.exceptions import RayTaskError
 
         try:
-            return await self._actor.call.remote(method, kwargs)
+            return await ref
         except RayTaskError as exc:
             cause = remote_cause(exc)
             if cause is not None:
                 raise cause from None
             raise
+
+    async def wait_events(self, seq: int, *, limit: int = EVENT_PAGE, kinds: list[str] | None = None,
+                          timeout_s: float, poll_s: float) -> list[Event]:
+        """:meth:`events_since`, waiting in the actor up to ``timeout_s`` for an event
+        (:meth:`~mlplat.registry.actor.RegistryActor.wait_events`, a long poll)."""
+        return list(await self._unwrapped(self._actor.wait_events.remote(seq, limit, kinds, timeout_s, poll_s)))
 
     async def last_seq(self) -> int:
         return int(await self._call("last_seq"))
@@ -135,6 +145,22 @@ class ActorRegistryReader:
 
     async def rollback(self, name: str, *, region: str | None = None, by: str = "") -> ModelVersion:
         return await self._call("rollback", name=name, region=region, by=by, idempotency_key=f"serve:{uuid.uuid4().hex}")
+
+
+async def next_events(reader: Any, seq: int, *, limit: int, wait_s: float, poll_s: float,
+                      kinds: list[str] | None = None) -> list[Event]:
+    """The events after ``seq`` for a follower of the log: a long poll of up to ``wait_s`` where
+    the reader can wait (``wait_events``: the registry actor), else one read followed by
+    ``poll_s`` of sleep when it found nothing. Either way it never spins."""
+    wait = getattr(reader, "wait_events", None)
+    started = time.monotonic()
+    if wait is not None:
+        events = await wait(seq, limit=limit, kinds=kinds, timeout_s=wait_s, poll_s=poll_s)
+    else:
+        events = await reader.events_since(seq, limit=limit, kinds=kinds)
+    if not events and (wait is None or time.monotonic() - started < poll_s):
+        await asyncio.sleep(poll_s)
+    return list(events)
 
 
 def actor_registry_reader(actor_name: str, namespace: str) -> ActorRegistryReader:
@@ -186,8 +212,9 @@ class RouteTable:
     ``region``: this ingress's cell; it serves ``production.<region>``, else ``production``."""
 
     def __init__(self, reader: RegistryReader, schema_loader: SchemaLoader, refresh_s: float = 0.5,
-                 region: str | None = None):
+                 region: str | None = None, wait_s: float = 10.0):
         self._reader, self._schema_loader, self._refresh_s, self._region = reader, schema_loader, refresh_s, region
+        self._wait_s = wait_s
         self._by_name: dict[str, ModelRoutes] = {}
         self._by_version: dict[tuple[str, int], Route] = {}
         self._schemas: dict[tuple[str, int], tuple[InputSchema, str]] = {}
@@ -301,13 +328,13 @@ class RouteTable:
     async def _follow_events(self) -> None:
         while True:
             try:
-                events = await self._reader.events_since(self._seq, limit=EVENT_PAGE)
+                events = await next_events(self._reader, self._seq, limit=EVENT_PAGE, wait_s=self._wait_s,
+                                           poll_s=self._refresh_s)
                 for event in events:
                     self._seq = max(self._seq, event.seq)
                     if event.subject.startswith("model:"):
                         self.invalidate(event.subject.removeprefix("model:"))
-                if len(events) == EVENT_PAGE:
-                    continue
+                continue
             except asyncio.CancelledError:
                 raise
             except Exception:  # registry restarting: keep serving from the cache, try again

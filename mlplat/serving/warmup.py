@@ -20,6 +20,7 @@ from typing import Any
 
 from mlplat.records import Event
 from mlplat.serving.request import InputSchema
+from mlplat.serving.routes import next_events
 
 __all__ = ["probe_rows", "check_probe", "Prewarmer", "replica_identity", "reference_stats_of", "DEPLOYMENT_STARTED", "REPLICA_REPORT",
            "PIN_EVENTS"]
@@ -108,9 +109,10 @@ class Prewarmer:
     pre-warm or a pin."""
 
     def __init__(self, client: Any, *, target: str, replica: str, warm: WarmFn, pin_previous: PinFn | None = None,
-                 unpin: PinFn | None = None, refresh_s: float = 0.25, max_concurrent: int = 2):
+                 unpin: PinFn | None = None, refresh_s: float = 0.25, max_concurrent: int = 2, wait_s: float = 10.0):
         self._client, self._target, self._replica = client, target, replica
         self._warm, self._pin_previous, self._unpin, self._refresh_s = warm, pin_previous, unpin, refresh_s
+        self._wait_s = wait_s
         self._max_concurrent = max_concurrent
         self._seq = 0
         self._task: asyncio.Task[None] | None = None
@@ -164,12 +166,12 @@ class Prewarmer:
     async def _follow(self) -> None:
         while True:
             try:
-                events = await self._client.events_since(self._seq, limit=1000)
+                events = await next_events(self._client, self._seq, limit=1000, wait_s=self._wait_s,
+                                           poll_s=self._refresh_s)
                 for event in events:
                     self._seq = max(self._seq, event.seq)
                     await self._apply(event)
-                if len(events) == 1000:
-                    continue
+                continue
             except asyncio.CancelledError:
                 raise
             except Exception:  # registry restarting: try again
