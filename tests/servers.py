@@ -19,8 +19,10 @@ ACCESS_KEY = "mlplat-test"
 SECRET_KEY = "mlplat-test-secret"
 
 
-def free_port(low: int = 20000, high: int = 40000) -> int:
-    """A free loopback port whose +10000 gRPC twin (SeaweedFS convention) is free too."""
+def free_port(low: int = 20000, high: int = 32000) -> int:
+    """A free loopback port whose +10000 gRPC twin (SeaweedFS convention) is free too. Below
+    the kernel's ephemeral range (from 32768 by default), so that an outgoing connection of a
+    running Ray cannot take it between this check and the server's bind."""
     import random
 
     for _ in range(200):
