@@ -273,7 +273,8 @@ class DirectServer:
             p.adopted = True
             return p
 
-        task = asyncio.get_running_loop().create_task(asyncio.get_running_loop().connect_accepted_socket(protocol, sock))
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(loop.connect_accepted_socket(protocol, sock))
         self._adoptions.add(task)
         task.add_done_callback(self._adopted)
 

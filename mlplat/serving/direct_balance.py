@@ -100,10 +100,6 @@ class ConnectionBalancer:
     def _path(self, replica: str, suffix: str) -> str:
         return os.path.join(self.directory, f"{replica}.{suffix}")
 
-    @property
-    def active(self) -> bool:
-        return self._sock is not None
-
     def start(self, loop: object, adopt: Callable[[socket.socket], None]) -> bool:
         """Publish this replica and listen for handed-over connections. False (balancing off
         for this replica, logged) when the directory or socket cannot be set up."""
@@ -111,6 +107,7 @@ class ConnectionBalancer:
         if len(os.fsencode(sock_path)) > _MAX_UNIX_PATH:
             log.warning("direct port: no connection balancing, %s is too long for a Unix socket path", sock_path)
             return False
+        sock: socket.socket | None = None
         try:
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
             if os.stat(self.directory).st_uid != os.getuid():
@@ -125,7 +122,9 @@ class ConnectionBalancer:
             sock.bind(sock_path)
         except OSError as e:
             log.warning("direct port: no connection balancing (%s)", e)
-            self._remove_own_files()
+            if sock is not None:
+                sock.close()
+            self.stop()  # the count file and its map, if made
             return False
         self._sock, self._adopt, self._loop = sock, adopt, loop
         loop.add_reader(sock.fileno(), self._receive)  # type: ignore[attr-defined]
