@@ -261,6 +261,8 @@ def run_direct(seconds: int | None = None, rounds: int = 2) -> list[dict[str, An
                     runs.setdefault(fair, []).append(load.wrk(port, seconds))
                     continue
                 _wait_http(direct_port)
+                if os.environ.get("BENCH_SERVING_CPUS") and _pin_ingress() != INGRESS_REPLICAS:
+                    raise RuntimeError("could not pin every ingress replica to BENCH_SERVING_CPUS")
                 load.wrk(direct_port, warmup)
                 runs.setdefault("mlplat+direct", []).append(load.wrk(direct_port, seconds))
                 runs.setdefault("mlplat+direct v2", []).append(load.wrk(direct_port, seconds, path=load.V2_PATH,
@@ -312,6 +314,12 @@ def run_direct(seconds: int | None = None, rounds: int = 2) -> list[dict[str, An
                     p99_over_baseline=round(b["p99_ms"] / base["p99_ms"], 2) if base["p99_ms"] else None,
                     direct_p99_over_this_p99=round(d["p99_ms"] / b["p99_ms"], 2) if b["p99_ms"] else None,
                     runs=runs[BESIDE], baseline_runs=runs[fair]))
+    serving = os.environ.get("BENCH_SERVING_CPUS")
+    if serving:
+        for r in rows:
+            r["pinned"] = (f"serving processes (bare workers, mlplat's ingress replicas) on CPUs {serving}, wrk on "
+                           f"{os.environ.get('BENCH_LOAD_CPUS') or 'any'}, the platform's other processes on the rest "
+                           f"of {len(os.sched_getaffinity(0))} CPUs")
     return rows
 
 
@@ -366,9 +374,10 @@ def _start_side(side: str, port: int, root: str) -> subprocess.Popen:
     if side.endswith(("dedicated", "pool")):
         env["BENCH_PLACEMENT"] = side.rsplit(" ", 1)[1]
     log = open(Path(root) / f"{side}.log", "w")  # noqa: SIM115 - the child writes it
+    cpus = _pinned_cpus(side)
     proc = subprocess.Popen([sys.executable, "-m", "bench.serving", "--side", side, "--port", str(port), "--root", root],
                             cwd=HERE.parent, env=env, stdout=subprocess.PIPE, stderr=log, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
@@ -383,6 +392,41 @@ def _start_side(side: str, port: int, root: str) -> subprocess.Popen:
         print((Path(root) / f"{side}.log").read_text()[-3000:], file=sys.stderr)
         raise
     return proc
+
+
+def _pinned_cpus(side: str) -> set[int]:
+    """Where a side's processes run when ``BENCH_SERVING_CPUS`` is set (a box with spare cores):
+    a bare side on the serving CPUs, a Ray platform on every CPU but the serving ones and the
+    load generator's (``BENCH_LOAD_CPUS``); :func:`_pin_ingress` then moves its ingress replicas
+    onto the serving CPUs. Unset (the default): no pinning, every process anywhere."""
+    serving = load.cpus_of(os.environ.get("BENCH_SERVING_CPUS", ""))
+    if not serving:
+        return set()
+    if side.startswith(("bare", "kserve")):
+        return serving
+    rest = set(os.sched_getaffinity(0)) - serving - load.cpus_of(os.environ.get("BENCH_LOAD_CPUS", ""))
+    if not rest:
+        raise RuntimeError("BENCH_SERVING_CPUS and BENCH_LOAD_CPUS leave no CPU for the platform's other processes")
+    return rest
+
+
+def _pin_ingress() -> int:
+    """With ``BENCH_SERVING_CPUS`` set, move every thread of mlplat's ingress replicas onto
+    those CPUs (the platform's other processes stay off them). Returns the replicas moved."""
+    serving = load.cpus_of(os.environ.get("BENCH_SERVING_CPUS", ""))
+    if not serving:
+        return 0
+    moved = 0
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or b"ServeReplica:mlplat:ingress" not in (entry / "cmdline").read_bytes():
+                continue
+            for task in (entry / "task").iterdir():
+                os.sched_setaffinity(int(task.name), serving)
+            moved += 1
+        except OSError:
+            pass
+    return moved
 
 
 def _free_port() -> int:

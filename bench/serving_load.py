@@ -39,9 +39,11 @@ def wrk(port: int, seconds: int, connections: int = 16, path: str = V1_PATH, bod
     """req/s, p50/p99 ms and the count of non-2xx answers and socket errors of one wrk run."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(_HEADERS + f"wrk.body = {json.dumps(body)}\n")
+    load_cpus = cpus_of(os.environ.get("BENCH_LOAD_CPUS", ""))
     try:
         out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name,
-                              f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, timeout=seconds + 60)
+                              f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, timeout=seconds + 60,
+                             preexec_fn=(lambda: os.sched_setaffinity(0, load_cpus)) if load_cpus else None)
     finally:
         os.unlink(script.name)
     text = out.stdout
@@ -50,6 +52,19 @@ def wrk(port: int, seconds: int, connections: int = 16, path: str = V1_PATH, bod
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     return {"rps": rps, "p50_ms": _latency(text, "50%"), "p99_ms": _latency(text, "99%"),
             "errors": (int(errors.group(1)) if errors else 0) + (sum(map(int, socket_errors.groups())) if socket_errors else 0)}
+
+
+def cpus_of(text: str) -> set[int]:
+    """``"0,1"`` or ``"3-15"`` (or both, comma-separated) -> the set of CPU numbers; ``""`` -> empty.
+
+    >>> sorted(cpus_of("0,1")), sorted(cpus_of("2-4,7")), cpus_of("")
+    ([0, 1], [2, 3, 4, 7], set())
+    """
+    out: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        low, _, high = part.partition("-")
+        out.update(range(int(low), int(high or low) + 1))
+    return out
 
 
 def _latency(text: str, pct: str) -> float:
