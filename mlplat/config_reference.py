@@ -52,9 +52,9 @@ OTHER_ENV_VARS: dict[str, str] = {
     "MLPLAT_INFERENCE_GPUS_PER_SERVICE": "GPU batch inference: GPUs each inference service reserves (default 1).",
 }
 
-#: Documentation of fields that mlplat/config.py does not document yet, by (declaring class, field).
-#: A stopgap: the place for these is ``Field(description=...)`` in config.py; the test fails
-#: once config.py documents a field that is still listed here.
+#: Documentation of fields that mlplat/config/ does not document yet, by (declaring class, field).
+#: A stopgap: the place for these is ``Field(description=...)`` in mlplat/config/; the test fails
+#: once mlplat/config/ documents a field that is still listed here.
 FALLBACK_DOCS: dict[tuple[str, str], str] = {
     ("PlatformConfig", "root"): "The storage root: a local path or `s3://bucket/prefix`; every dataset, feature set, "
                                 "model, run, report and telemetry file lives under it.",
@@ -100,7 +100,7 @@ FALLBACK_DOCS: dict[tuple[str, str], str] = {
 _HEADER = """\
 # Configuration reference
 
-<!-- Generated from the settings models in mlplat/config.py by
+<!-- Generated from the settings models in mlplat/config/ by
      `python -m mlplat.config_reference > docs/configuration.md`; do not edit by hand:
      tests/unit/test_config_reference.py fails when this file is stale. -->
 

@@ -202,7 +202,7 @@ def render(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines + ["", NOTES])
 
 
-#: How the serving rows are met (settings in mlplat/config.py ServeSettings), kept beside the table.
+#: How the serving rows are met (settings in mlplat/config/serve.py ServeSettings), kept beside the table.
 NOTES = """## How B9 and B10 are met
 
 - **Load shedding.** An ingress replica admits at most `serve.ingress_max_ongoing_requests -

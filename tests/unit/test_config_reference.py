@@ -48,7 +48,7 @@ def test_every_field_has_a_row_with_type_default_env_and_doc() -> None:
     for key in keys:
         _, kind, default, _, doc = _row(text, key)
         assert kind and default, key
-        assert doc, f"{key} has no documentation: give it Field(description=...) in mlplat/config.py"
+        assert doc, f"{key} has no documentation: give it Field(description=...) in mlplat/config/"
     for var, key in config.ENV_VARS.items():
         assert f"`{var}`" in _row(text, key)[3], (var, key)
 
@@ -79,12 +79,12 @@ def test_a_description_wins_over_comments() -> None:
 
 
 def test_fallback_docs_name_real_undocumented_fields() -> None:
-    """FALLBACK_DOCS is a stopgap: each entry names a field config.py declares and does not document."""
+    """FALLBACK_DOCS is a stopgap: each entry names a field mlplat/config/ declares and does not document."""
     models = {cls.__name__: cls for cls in vars(config).values() if isinstance(cls, type) and issubclass(cls, BaseModel)}
     for (cls_name, field), _ in FALLBACK_DOCS.items():
         assert cls_name in models and field in models[cls_name].model_fields, (cls_name, field)
         assert field not in field_docs(models[cls_name], fallback=False), (
-            f"mlplat/config.py now documents {cls_name}.{field}: remove it from FALLBACK_DOCS and run `{REGENERATE}`")
+            f"mlplat/config/ now documents {cls_name}.{field}: remove it from FALLBACK_DOCS and run `{REGENERATE}`")
 
 
 def test_every_environment_variable_mlplat_reads_is_documented() -> None:
@@ -92,4 +92,4 @@ def test_every_environment_variable_mlplat_reads_is_documented() -> None:
     for path in (REPO / "mlplat").rglob("*.py"):
         names |= set(re.findall(r"[\"'](MLPLAT_[A-Z0-9_]+)[\"']", path.read_text()))
     missing = sorted(names - set(config.ENV_VARS) - set(OTHER_ENV_VARS))
-    assert not missing, f"{missing}: add them to ENV_VARS (mlplat/config.py) or OTHER_ENV_VARS (mlplat/config_reference.py)"
+    assert not missing, f"{missing}: add them to ENV_VARS (mlplat/config/) or OTHER_ENV_VARS (mlplat/config_reference.py)"
