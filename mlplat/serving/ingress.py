@@ -25,14 +25,16 @@ from starlette.requests import Request as StarletteRequest
 from mlplat.config import PlatformConfig
 from mlplat.errors import MlplatError
 from mlplat.serving import http_api as api
-from mlplat.serving.admission import Admission, inference_limit, retry_after_headers
+from mlplat.serving.admission import Admission, inference_limit
 from mlplat.serving.cache import ModelCache
 from mlplat.serving.coalesce import Coalescer
 from mlplat.serving.deployments import run_prediction
 from mlplat.serving.direct import DIRECT_ONGOING_METRIC, DirectServer, direct_app
 from mlplat.serving.grpc_ingress import GrpcInference
 from mlplat.serving.http_api import http_app
-from mlplat.serving.infer_call import InferAnswer, InferCall, first_row, header_map, metadata_document
+from mlplat.serving.infer_call import InferAnswer, InferCall, first_row, header_map
+from mlplat.serving.ingress_routes import ControlRoutes
+from mlplat.serving.ingress_routes import error as _error
 from mlplat.serving.metrics import UNKNOWN_MODEL, ServingMetrics
 from mlplat.serving.oip_binary import HEADER_LENGTH, binary_output_requested, binary_response, decode_request
 from mlplat.serving.request import ParsedRequest, RequestError, parse_json_body, parse_v1, parse_v2
@@ -68,10 +70,6 @@ class _Json(JSONResponse):
         return _JSON_ENCODER.encode(content).encode("utf-8")
 
 
-def _error(status: int, message: str, field: str | None = None, *, retry_after_s: int = 1) -> JSONResponse:
-    """The error body every route answers; a 503 (retry later) carries ``Retry-After``."""
-    return JSONResponse(RequestError(status, message, field).body(), status_code=status,
-                        headers=retry_after_headers(status, retry_after_s))
 
 
 def schema_of_bundle(storage: Any, name: str, version: int, bundle_sha256: str | None):
@@ -127,7 +125,7 @@ def _registry_of_actor(actor_name: str, namespace: str) -> Any:
 
 @serve.deployment(name="ingress")
 @serve.ingress(http_app)
-class Ingress(GrpcInference):
+class Ingress(ControlRoutes, GrpcInference):
     def __init__(self, config: PlatformConfig, registry_actor: str, pool: Any, dedicated: dict[str, Any],
                  reader: RegistryReader | None = None):
         """``reader``: how routes read the registry; by default the actor named ``registry_actor``
@@ -486,143 +484,8 @@ class Ingress(GrpcInference):
         self._heap_grew()
         return model
 
-    @http_app.post("/v1/models/{name}:predict", **api.V1_PREDICT_DOC)
-    async def predict_v1(self, name: str, request: Request) -> Response:
-        """Raw feature rows in, predictions out: `{"instances": [{feature: value}]}`."""
-        return await self._infer(request, name, None, "v1")
-
-    @http_app.post("/v2/models/{name}/infer", **api.V2_INFER_DOC)
-    async def infer_v2(self, name: str, request: Request) -> Response:
-        """Open Inference Protocol v2 inference on the production version."""
-        return await self._infer(request, name, None, "v2")
-
-    @http_app.post("/v2/models/{name}/versions/{version}/infer", **api.V2_INFER_DOC)
-    async def infer_v2_version(self, name: str, version: str, request: Request) -> Response:
-        """Open Inference Protocol v2 inference on one version."""
-        if not version.isdigit() or not 0 < int(version) < 10**9:
-            return _error(400, f"version {version!r} must be a positive integer", "version")
-        return await self._infer(request, name, int(version), "v2")
-
-    # -- metadata and health -------------------------------------------------------------------
-    @http_app.get("/v2/health/live", **api.LIVE_DOC)
-    async def live(self) -> dict[str, bool]:
-        return {"live": True}
-
-    @http_app.get("/v2/health/ready", **api.HEALTH_READY_DOC)
-    async def ready(self) -> JSONResponse:
-        try:
-            await asyncio.wait_for(self._ensure_started(), timeout=5)
-        except Exception:
-            return JSONResponse({"ready": False}, status_code=503)
-        return JSONResponse({"ready": True})
-
-    async def _metadata_of(self, headers: Mapping[str, str], name: str, version: int | None) -> dict[str, Any]:
-        """The metadata document of the model (version), after the token check (HTTP and gRPC)."""
-        self._check_auth(headers)
-        await self._ensure_started()
-        route = await self._routes.resolve(name, version)
-        return metadata_document(name, route.version, route.schema, task=route.task, placement=route.placement)
-
-    async def _metadata(self, request: Request, name: str, version: int | None) -> JSONResponse:
-        try:
-            document = await self._metadata_of(request.headers, name, version)
-        except RequestError as exc:
-            return _error(exc.status, exc.message, exc.field)
-        return JSONResponse(document, headers={"x-mlplat-model-version": document["versions"][0]})
-
-    @http_app.get("/v2/models/{name}", **api.METADATA_DOC)
-    async def model_metadata(self, name: str, request: Request) -> JSONResponse:
-        return await self._metadata(request, name, None)
-
-    @http_app.get("/v2/models/{name}/versions/{version}", **api.METADATA_DOC)
-    async def version_metadata(self, name: str, version: str, request: Request) -> JSONResponse:
-        if not version.isdigit() or not 0 < int(version) < 10**9:
-            return _error(400, f"version {version!r} must be a positive integer", "version")
-        return await self._metadata(request, name, int(version))
-
-    @http_app.get("/v2/models/{name}/ready", **api.READY_DOC)
-    async def model_ready(self, name: str, request: Request) -> JSONResponse:
-        response = await self._metadata(request, name, None)
-        if response.status_code != 200:
-            return response
-        return JSONResponse({"name": name, "ready": True},
-                            headers={"x-mlplat-model-version": response.headers["x-mlplat-model-version"]})
-
-    @http_app.get("/v2/models/{name}/versions/{version}/ready", **api.READY_DOC)
-    async def version_ready(self, name: str, version: str, request: Request) -> JSONResponse:
-        response = await self.version_metadata(name, version, request)
-        if response.status_code != 200:
-            return response
-        return JSONResponse({"name": name, "ready": True},
-                            headers={"x-mlplat-model-version": response.headers["x-mlplat-model-version"]})
-
-    # -- admin: rollout control without a Ray driver ---------------------------------------------
-    def _check_admin(self, request: Request) -> str:
-        """The admin token guards /admin/*; returns who acts (``x-mlplat-user``, for the event)."""
-        if self._admin_token is None:
-            raise RequestError(401, "no admin token is configured on the server (MLPLAT_ADMIN_TOKEN); admin routes are off")
-        scheme, _, supplied = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(supplied.strip().encode(), self._admin_token):
-            raise RequestError(401, "missing or wrong admin token: send 'Authorization: Bearer <MLPLAT_ADMIN_TOKEN>'")
-        return request.headers.get("x-mlplat-user", "")[:128] or "admin-api"
-
-    @http_app.post("/admin/models/{name}/rollback", **api.ROLLBACK_DOC)
-    async def admin_rollback(self, name: str, request: Request, region: str | None = None) -> JSONResponse:
-        """Roll ``name`` back (an active canary ends, else production swaps with previous), in
-        ``?region=`` when given. Writes through the registry; this replica switches at once,
-        the others when the event ends their long poll of the log (``route_wait_s``)."""
-        try:
-            by = self._check_admin(request)
-            await self._ensure_started()
-            self._routes.check_name(name)
-            if region is not None:
-                self._config.check_region(region)
-            record = await self._reader.rollback(name, region=region, by=by)
-        except RequestError as exc:
-            return _error(exc.status, exc.message, exc.field)
-        except MlplatError as exc:
-            return _error(api.status_of(exc), str(exc), "name")
-        self._routes.invalidate(name)
-        return JSONResponse({"name": name, "region": region, "production": record.version, "state": record.state.value})
-
-    @http_app.get("/admin/deployments", **api.DEPLOYMENTS_DOC)
-    async def admin_deployments(self, request: Request) -> JSONResponse:
-        """What this ingress replica routes now: per model, production and canary versions and
-        the split, and which versions are loaded or pinned here."""
-        try:
-            self._check_admin(request)
-            await self._ensure_started()
-        except RequestError as exc:
-            return _error(exc.status, exc.message, exc.field)
-        models = {name: {"production": r.production.version, "canary": r.canary.version if r.canary else None,
-                         "canary_percent": r.canary_percent, "deployment": r.canary_deployment,
-                         "placement": r.production.placement}
-                  for name, r in sorted(self._routes.cached_routes().items())}
-        return JSONResponse({"replica": self._replica, "target": self._target, "region": self._serve.region,
-                             "models": models, "loaded": self._local.loaded(), "pinned": self._local.pinned(),
-                             "prewarmed": self._prewarmer.warmed[-20:]})
-
-    # -- the API's own description, behind the token unless serve.public_docs -------------------
-    def _docs_allowed(self, request: Request) -> None:
-        if not self._serve.public_docs:
-            self._check_auth(request.headers)
-
-    @http_app.get("/openapi.json", include_in_schema=False)
-    async def openapi_json(self, request: Request) -> JSONResponse:
-        try:
-            self._docs_allowed(request)
-        except RequestError as exc:
-            return _error(exc.status, exc.message, exc.field)
-        return JSONResponse(api.openapi_document(request.app))
-
-    @http_app.get("/docs", include_in_schema=False)
-    async def docs(self, request: Request) -> Response:
-        try:
-            self._docs_allowed(request)
-        except RequestError as exc:
-            return _error(exc.status, exc.message, exc.field)
-        return api.docs_html(api.openapi_document(request.app))
-
+    # -- last: the catch-all (routes match in the order they were declared; ingress_routes.py
+    # declares its routes on import, before this class body) ----------------------------------
     @http_app.api_route(api.CATCH_ALL, methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE"],
                         include_in_schema=False)
     async def fallback(self, path: str, request: Request) -> JSONResponse:
