@@ -13,6 +13,19 @@
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PATH=$PWD/.tools:$PATH LD_LIBRARY_PATH=$PWD/.tools PYTHONUNBUFFERED=1
+# Serve imports grpc_reflection, whose generated code refuses a grpcio older than itself: take
+# the newest one in .whl/reflection/ that the machine's grpcio is not older than
+reflection=$(python3 - <<'PY'
+import glob, grpc, re
+have = tuple(int(x) for x in re.findall(r"\d+", grpc.__version__)[:3])
+def version(path):
+    return tuple(int(x) for x in re.search(r"-(\d+)\.(\d+)\.(\d+)-", path).groups())
+fits = sorted((p for p in glob.glob(".whl/reflection/*.whl") if version(p) <= have), key=version)
+print(fits[-1] if fits else "")
+PY
+)
+echo "grpcio $(python3 -c 'import grpc; print(grpc.__version__)'), reflection wheel: ${reflection:-none}"
+[ -n "$reflection" ] && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$reflection"
 OUT=${OUT:-$(mktemp -d)}
 nproc; wrk --version 2>&1 | head -1
 python3 -c "import ray, ray.dashboard.optional_deps, fastapi, uvicorn, uvloop, httptools, mlplat.serving.ingress; print('ray', ray.__version__)" || exit 1
