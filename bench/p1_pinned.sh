@@ -26,9 +26,16 @@ PY
 )
 echo "grpcio $(python3 -c 'import grpc; print(grpc.__version__)'), reflection wheel: ${reflection:-none}"
 [ -n "$reflection" ] && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$reflection"
+# opencensus (Ray's dashboard agent) imports google.rpc, whose generated code needs a protobuf at
+# least as new as itself: install the newest googleapis-common-protos in .whl/gcp/ that imports
+for wheel in $(ls .whl/gcp/*.whl | sort -t- -k2 -V -r); do
+  rm -rf /tmp/gcp-try && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/gcp-try "$wheel" \
+    && PYTHONPATH=/tmp/gcp-try:$PYTHONPATH python3 -c "from google.rpc import code_pb2, status_pb2" 2>/dev/null \
+    && { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$wheel"; echo "google.rpc from $wheel"; break; }
+done
 OUT=${OUT:-$(mktemp -d)}
 nproc; wrk --version 2>&1 | head -1
-python3 -c "import ray, ray.dashboard.optional_deps, fastapi, uvicorn, uvloop, httptools, mlplat.serving.ingress; print('ray', ray.__version__)" || exit 1
+python3 -c "import ray, ray.dashboard.optional_deps, ray._private.prometheus_exporter, ray.dashboard.modules.reporter.reporter_agent, fastapi, uvicorn, uvloop, httptools, mlplat.serving.ingress; import google.protobuf as p; print('ray', ray.__version__, 'protobuf', p.__version__)" || exit 1
 BENCH_SERVING_CPUS=${BENCH_SERVING_CPUS:-0,1} BENCH_LOAD_CPUS=${BENCH_LOAD_CPUS:-2} BENCH_INGRESS_REPLICAS=2 \
   timeout --kill-after=10 "${P1_PINNED_TIMEOUT_S:-540}" \
   python3 -m bench.serving --only direct --rounds "${P1_PINNED_ROUNDS:-3}" > "$OUT/p1-pinned.txt" 2> "$OUT/p1-pinned.log"
