@@ -33,6 +33,8 @@ for wheel in $(ls .whl/gcp/*.whl | sort -t- -k2 -V -r); do
     && PYTHONPATH=/tmp/gcp-try:$PYTHONPATH python3 -c "from google.rpc import code_pb2, status_pb2" 2>/dev/null \
     && { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$wheel"; echo "google.rpc from $wheel"; break; }
 done
+# the slimmed Ray wheel has no dashboard web client; the dashboard's server wants its folder
+mkdir -p /tmp/site/ray/dashboard/client/build/static
 OUT=${OUT:-$(mktemp -d)}
 nproc; wrk --version 2>&1 | head -1
 python3 -c "import ray, ray.dashboard.optional_deps, ray._private.prometheus_exporter, ray.dashboard.modules.reporter.reporter_agent, fastapi, uvicorn, uvloop, httptools, mlplat.serving.ingress; import google.protobuf as p; print('ray', ray.__version__, 'protobuf', p.__version__)" || exit 1
