@@ -60,11 +60,11 @@ HERE = Path(__file__).resolve().parent
 def _medians(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
     """Each side's median of every measured field over its runs.
 
-    >>> _medians({"bare": [{"rps": 1.0}, {"rps": 3.0}, {"rps": 2.0}]})
+    >>> _medians({"bare": [{"rps": 1.0, "connections_per_process": [8, 8]}, {"rps": 3.0}, {"rps": 2.0}]})
     {'bare': {'rps': 2.0}}
     """
-    return {side: {k: statistics.median(r[k] for r in side_runs) for k in side_runs[0]}
-            for side, side_runs in runs.items()}
+    return {side: {k: statistics.median(r[k] for r in side_runs) for k, v in side_runs[0].items()
+                   if isinstance(v, int | float)} for side, side_runs in runs.items()}
 
 
 def _latency_text(m: dict[str, float]) -> str:
@@ -239,7 +239,9 @@ def run_direct(seconds: int | None = None, rounds: int = 2) -> list[dict[str, An
     the v1 route on the direct port, the OIP v2 JSON route on the direct port and the v1 route
     through HAProxy, one wrk run each after a warm-up (``BENCH_P1_WARMUP_S``, 8 s, both sides);
     then, with that platform still up and idle, the fair baseline once more on its own port
-    (:data:`BESIDE`). Medians over the rounds; each run kept."""
+    (:data:`BESIDE`). Medians over the rounds; each run kept, with how the server's processes
+    held the 16 connections (``connections_per_process``: uvicorn's workers share one accept
+    queue, so one of them can get most of them; the direct port balances its own)."""
     seconds = seconds or int(os.environ.get("BENCH_P1_SECONDS", "8"))
     # Both sides warm up under load this long: on mlplat's side it covers the one-time work of a
     # fresh platform (the first telemetry flush imports pyarrow; the heap freeze after the load).
@@ -258,15 +260,15 @@ def run_direct(seconds: int | None = None, rounds: int = 2) -> list[dict[str, An
             try:
                 if side == fair:
                     load.wrk(port, warmup)
-                    runs.setdefault(fair, []).append(load.wrk(port, seconds))
+                    runs.setdefault(fair, []).append(load.wrk(port, seconds, split=True))
                     continue
                 _wait_http(direct_port)
                 if os.environ.get("BENCH_SERVING_CPUS") and _pin_ingress() != INGRESS_REPLICAS:
                     raise RuntimeError("could not pin every ingress replica to BENCH_SERVING_CPUS")
                 load.wrk(direct_port, warmup)
-                runs.setdefault("mlplat+direct", []).append(load.wrk(direct_port, seconds))
+                runs.setdefault("mlplat+direct", []).append(load.wrk(direct_port, seconds, split=True))
                 runs.setdefault("mlplat+direct v2", []).append(load.wrk(direct_port, seconds, path=load.V2_PATH,
-                                                                        body=load.V2_BODY))
+                                                                        body=load.V2_BODY, split=True))
                 load.wrk(port, 2)
                 runs.setdefault("mlplat+haproxy", []).append(load.wrk(port, seconds))
                 # The fair baseline again, beside this platform left idle: what the platform's
@@ -277,7 +279,7 @@ def run_direct(seconds: int | None = None, rounds: int = 2) -> list[dict[str, An
                 beside = _start_side(fair, beside_port, beside_root)
                 try:
                     load.wrk(beside_port, warmup)
-                    runs.setdefault(BESIDE, []).append(load.wrk(beside_port, seconds))
+                    runs.setdefault(BESIDE, []).append(load.wrk(beside_port, seconds, split=True))
                 finally:
                     _stop(beside, beside_before)
                     shutil.rmtree(beside_root, ignore_errors=True)
@@ -317,6 +319,7 @@ def run_direct(seconds: int | None = None, rounds: int = 2) -> list[dict[str, An
     serving = os.environ.get("BENCH_SERVING_CPUS")
     if serving:
         for r in rows:
+            r["metric"] = f"pinned (CPUs {serving} serve, the rest of the platform elsewhere): {r['metric']}"
             r["pinned"] = (f"serving processes (bare workers, mlplat's ingress replicas) on CPUs {serving}, wrk on "
                            f"{os.environ.get('BENCH_LOAD_CPUS') or 'any'}, the platform's other processes on the rest "
                            f"of {len(os.sched_getaffinity(0))} CPUs")

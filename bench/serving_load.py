@@ -8,6 +8,7 @@ of the same two cores, so its row is informational, not a ratio against a wrk ro
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
 import re
@@ -15,7 +16,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from typing import Any
 
 TOKEN = "bench-token"
 ROW = {"amount": 12.5, "age": 31, "country": "fr"}
@@ -35,23 +38,64 @@ V2_BODY = json.dumps({"inputs": [
 ]})
 
 
-def wrk(port: int, seconds: int, connections: int = 16, path: str = V1_PATH, body: str = V1_BODY) -> dict[str, float]:
-    """req/s, p50/p99 ms and the count of non-2xx answers and socket errors of one wrk run."""
+def wrk(port: int, seconds: int, connections: int = 16, path: str = V1_PATH, body: str = V1_BODY, *,
+        split: bool = False) -> dict[str, Any]:
+    """req/s, p50/p99 ms and the count of non-2xx answers and socket errors of one wrk run;
+    with ``split``, also ``connections_per_process``: how the server's processes held the
+    connections 2 s into the run (:func:`connection_split`), since a side whose kernel gave one
+    worker most of them answers slower and with a longer tail for it."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(_HEADERS + f"wrk.body = {json.dumps(body)}\n")
     load_cpus = cpus_of(os.environ.get("BENCH_LOAD_CPUS", ""))
+    seen: list[list[int] | None] = []
+    timer = threading.Timer(min(2.0, seconds / 2), lambda: seen.append(connection_split(port))) if split else None
     try:
+        if timer is not None:
+            timer.start()
         out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name,
                               f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, timeout=seconds + 60,
                              preexec_fn=(lambda: os.sched_setaffinity(0, load_cpus)) if load_cpus else None)
     finally:
+        if timer is not None:
+            timer.cancel()
         os.unlink(script.name)
     text = out.stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    return {"rps": rps, "p50_ms": _latency(text, "50%"), "p99_ms": _latency(text, "99%"),
-            "errors": (int(errors.group(1)) if errors else 0) + (sum(map(int, socket_errors.groups())) if socket_errors else 0)}
+    result: dict[str, Any] = {
+        "rps": rps, "p50_ms": _latency(text, "50%"), "p99_ms": _latency(text, "99%"),
+        "errors": (int(errors.group(1)) if errors else 0) + (sum(map(int, socket_errors.groups())) if socket_errors else 0)}
+    if split:
+        result["connections_per_process"] = seen[0] if seen else None
+    return result
+
+
+def connection_split(port: int) -> list[int] | None:
+    """Established connections on the server side of ``port``, counted per process, most first
+    (``ss``); None where ``ss`` is missing or fails."""
+    try:
+        out = subprocess.run(["ss", "-tnpH", "state", "established", f"( sport = :{port} )"], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return split_of(out.stdout) if out.returncode == 0 else None
+
+
+def split_of(ss_output: str) -> list[int]:
+    """Connections per process in ``ss -tnpH`` output (the first ``pid=`` of each line), most first.
+
+    >>> split_of('0 0 127.0.0.1:8000 127.0.0.1:5000 users:(("python",pid=12,fd=9))\\n'
+    ...          '0 0 127.0.0.1:8000 127.0.0.1:5001 users:(("python",pid=12,fd=10))\\n'
+    ...          '0 0 127.0.0.1:8000 127.0.0.1:5002 users:(("python",pid=7,fd=9))\\n')
+    [2, 1]
+    """
+    per_process: collections.Counter[str] = collections.Counter()
+    for line in ss_output.splitlines():
+        found = re.search(r"pid=(\d+)", line)
+        if found:
+            per_process[found.group(1)] += 1
+    return sorted(per_process.values(), reverse=True)
 
 
 def cpus_of(text: str) -> set[int]:
