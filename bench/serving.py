@@ -57,8 +57,8 @@ ROW = load.ROW
 HERE = Path(__file__).resolve().parent
 
 
-def _medians(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
-    """Each side's median of every measured field over its runs.
+def _medians(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:
+    """Each side's median of every numeric field over its runs (the first run's fields).
 
     >>> _medians({"bare": [{"rps": 1.0, "connections_per_process": [8, 8]}, {"rps": 3.0}, {"rps": 2.0}]})
     {'bare': {'rps': 2.0}}
@@ -424,11 +424,15 @@ def _pin_ingress() -> int:
         try:
             if not entry.name.isdigit() or b"ServeReplica:mlplat:ingress" not in (entry / "cmdline").read_bytes():
                 continue
-            for task in (entry / "task").iterdir():
+            tasks = list((entry / "task").iterdir())
+        except OSError:  # the process ended meanwhile
+            continue
+        for task in tasks:
+            try:
                 os.sched_setaffinity(int(task.name), serving)
-            moved += 1
-        except OSError:
-            pass
+            except OSError:  # that thread ended meanwhile
+                pass
+        moved += 1
     return moved
 
 
@@ -782,6 +786,10 @@ if __name__ == "__main__":
          "p4": lambda: _side_p4(args.port, args.root)}[args.side]()
     else:
         from bench.common import stamp, table
+
+        if os.environ.get("BENCH_SERVING_CPUS") and args.only != "direct":
+            parser.error("BENCH_SERVING_CPUS (pinning) is only for --only direct: the other runs do not move "
+                         "mlplat's ingress replicas onto the serving CPUs")
 
         rows = (run_p1() if args.only == "p1" else run_direct(rounds=args.rounds) if args.only == "direct" else run_p4() if args.only == "p4" else run_ceiling()
                 if args.only == "ceiling" else run())

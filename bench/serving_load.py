@@ -50,16 +50,24 @@ def wrk(port: int, seconds: int, connections: int = 16, path: str = V1_PATH, bod
     seen: list[list[int] | None] = []
     timer = threading.Timer(min(2.0, seconds / 2), lambda: seen.append(connection_split(port))) if split else None
     try:
+        # the timer thread starts after the fork (a preexec_fn in a process with threads can hang)
+        proc = subprocess.Popen(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name,
+                                 f"http://127.0.0.1:{port}{path}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, preexec_fn=(lambda: os.sched_setaffinity(0, load_cpus)) if load_cpus else None)
         if timer is not None:
             timer.start()
-        out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name,
-                              f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, timeout=seconds + 60,
-                             preexec_fn=(lambda: os.sched_setaffinity(0, load_cpus)) if load_cpus else None)
+        try:
+            text, _ = proc.communicate(timeout=seconds + 60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
     finally:
         if timer is not None:
             timer.cancel()
+            if timer.is_alive():
+                timer.join(timeout=15)  # ss still counting
         os.unlink(script.name)
-    text = out.stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)

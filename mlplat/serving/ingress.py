@@ -70,8 +70,6 @@ class _Json(JSONResponse):
         return _JSON_ENCODER.encode(content).encode("utf-8")
 
 
-
-
 def schema_of_bundle(storage: Any, name: str, version: int, bundle_sha256: str | None):
     """Read bundle.json only (never weights) and derive the request schema."""
     import json

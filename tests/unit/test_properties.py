@@ -59,7 +59,7 @@ def _field_names(model) -> list[str]:
     return sorted(model.model_fields)
 
 
-#: Keys as a YAML file can hold them (an empty key is reported as '<top level>': left to config.py).
+#: Keys as a YAML file can hold them (an empty key is reported as '<top level>': left to mlplat/config/).
 CONFIG_KEYS = st.sampled_from(_field_names(PlatformConfig)) | st.text(min_size=1, max_size=10)
 SERVE_KEYS = st.sampled_from(_field_names(ServeSettings)) | st.text(max_size=10)
 
