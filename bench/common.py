@@ -24,6 +24,30 @@ def machine() -> dict[str, Any]:
     return {"cores": os.cpu_count(), "gpu": gpu, "cpu": platform.processor() or platform.machine()}
 
 
+def free_listen_port(low: int = 20000, high: int = 32000, *, offsets: tuple[int, ...] = (0,)) -> int:
+    """A free loopback port in ``low..high``, below the kernel's ephemeral range (32768-60999
+    here), with ``port + offset`` free too for each offset (a server's second port). For a
+    listener bound after Ray is up: a port from ``bind(0)`` is one that Ray's own outgoing
+    connections may take meanwhile (an ingress replica then failed with EADDRINUSE, twice in
+    2026-12-01 runs). The benchmarks and the tests' servers (tests/servers.py) both use it."""
+    import random
+    import socket
+
+    def free(port: int) -> bool:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+        return True
+
+    for _ in range(200):
+        port = random.randint(low, high)
+        if all(free(port + offset) for offset in offsets):
+            return port
+    raise RuntimeError(f"no free port in {low}-{high} on 127.0.0.1")
+
+
 def median_time_s(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:
     """Median wall time of ``fn`` over ``repeats`` runs after ``warmup`` untimed runs."""
     for _ in range(warmup):

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import serving_load as load
-from bench.common import row
+from bench.common import free_listen_port, row
 
 TOKEN = load.TOKEN
 #: One ingress replica per core: the ingress is where a request's Python work happens.
@@ -252,7 +252,7 @@ def run_direct(seconds: int | None = None, rounds: int = 2) -> list[dict[str, An
         for side in (fair, "mlplat+direct"):
             root = tempfile.mkdtemp(prefix=f"bench-{side.replace(' ', '-').replace('+', '-')}-")
             port = _free_port()
-            direct_port = _free_listen_port()
+            direct_port = free_listen_port()
             os.environ["BENCH_GRPC_PORT"] = "0"
             os.environ["BENCH_DIRECT_PORT"] = str(direct_port)
             haproxy_before = _haproxy_pids()
@@ -275,7 +275,7 @@ def run_direct(seconds: int | None = None, rounds: int = 2) -> list[dict[str, An
                 # presence (Ray, Serve, the registry and controllers, idle replicas) costs any
                 # server on the box, apart from mlplat's request path.
                 beside_root = tempfile.mkdtemp(prefix="bench-bare-beside-")
-                beside_port, beside_before = _free_listen_port(), _haproxy_pids()
+                beside_port, beside_before = free_listen_port(), _haproxy_pids()
                 beside = _start_side(fair, beside_port, beside_root)
                 try:
                     load.wrk(beside_port, warmup)
@@ -442,24 +442,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _free_listen_port(low: int = 20000, high: int = 32000) -> int:
-    """A free port below the kernel's ephemeral range (32768-60999 here) for a listener bound
-    after Ray is up: a port from ``bind(0)`` is one that Ray's own outgoing connections may take
-    meanwhile (an ingress replica then fails with EADDRINUSE, seen twice in 2026-12-01 runs)."""
-    import random
-    import socket
-
-    for _ in range(200):
-        port = random.randint(low, high)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {low}-{high}")
 
 
 def _wait_http(port: int, prefix: str = "") -> None:

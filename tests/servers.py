@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,30 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.common import free_listen_port
+
 ACCESS_KEY = "mlplat-test"
 SECRET_KEY = "mlplat-test-secret"
 
 
 def free_port(low: int = 20000, high: int = 32000) -> int:
-    """A free loopback port whose +10000 gRPC twin (SeaweedFS convention) is free too. Below
-    the kernel's ephemeral range (from 32768 by default), so that an outgoing connection of a
-    running Ray cannot take it between this check and the server's bind."""
-    import random
-
-    for _ in range(200):
-        port = random.randint(low, high)
-        if all(_port_free(p) for p in (port, port + 10000)):
-            return port
-    raise RuntimeError("no free port pair found on 127.0.0.1")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+    """A free loopback port whose +10000 gRPC twin (SeaweedFS convention) is free too, below the
+    kernel's ephemeral range (bench.common.free_listen_port)."""
+    return free_listen_port(low, high, offsets=(0, 10000))
 
 
 def weed_binary() -> str:
