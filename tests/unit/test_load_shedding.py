@@ -76,10 +76,9 @@ def _ingress(tmp_path, **serve):
 
     from mlplat.models import ModelSpec, build_model, save_bundle
     from mlplat.records import ModelState
-    from mlplat.serving.ingress import Ingress
     from mlplat.storage import open_root
     from tests.integration.serving_support import fitted_encoder
-    from tests.unit.test_serving_routes import FakeReader
+    from tests.unit.test_serving_routes import FakeReader, ingress_outside_serve
 
     storage = open_root(str(tmp_path / "root"))
     encoder = fitted_encoder(0)
@@ -92,7 +91,7 @@ def _ingress(tmp_path, **serve):
     reader.versions[("inline", 1)] = reader.versions[("inline", 1)].model_copy(update={"artifacts": {"bundle": ref}})
     reader.promote("inline", 1)
     config = PlatformConfig(root=str(tmp_path / "root"), api_token=TOKEN, serve={"telemetry": False, **serve})
-    return Ingress.func_or_class.__mro__[1](config, "no-actor-needed", None, {}, reader=reader)
+    return ingress_outside_serve(config, "no-actor-needed", None, {}, reader=reader)
 
 
 TOKEN = "unit-token"

@@ -99,7 +99,7 @@ def test_the_document_and_docs_need_the_token_unless_public_docs(tmp_path, publi
     from starlette.requests import Request
 
     from mlplat.config import PlatformConfig
-    from mlplat.serving.ingress import Ingress
+    from tests.unit.test_serving_routes import ingress_outside_serve
 
     config = PlatformConfig(root=str(tmp_path / "root"), api_token="unit-token",
                             serve={"public_docs": public_docs, "telemetry": False, "metrics": False})
@@ -110,7 +110,7 @@ def test_the_document_and_docs_need_the_token_unless_public_docs(tmp_path, publi
                         "query_string": b""})
 
     async def answers() -> list[int]:
-        ingress = Ingress.func_or_class.__mro__[1](config, "no-actor-needed", None, {}, reader=object())
+        ingress = ingress_outside_serve(config, "no-actor-needed", None, {}, reader=object())
         return [(await handler(request(path, token))).status_code
                 for handler, path in ((ingress.openapi_json, "/openapi.json"), (ingress.docs, "/docs"))
                 for token in (None, "wrong", "unit-token")]

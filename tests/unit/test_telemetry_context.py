@@ -641,9 +641,8 @@ def test_the_canary_split_counts_answered_requests_only(tmp_path) -> None:
     from mlplat.config import PlatformConfig
     from mlplat.models import ModelSpec, build_model, save_bundle
     from mlplat.records import ModelState
-    from mlplat.serving.ingress import Ingress
     from tests.integration.serving_support import RAW_ROW, fitted_encoder
-    from tests.unit.test_serving_routes import FakeReader, _request
+    from tests.unit.test_serving_routes import FakeReader, _request, ingress_outside_serve
 
     storage = open_root(str(tmp_path / "root"))
     encoder = fitted_encoder(0)
@@ -662,10 +661,8 @@ def test_the_canary_split_counts_answered_requests_only(tmp_path) -> None:
     config = PlatformConfig(root=str(tmp_path / "root"), api_token=token)
     config = config.model_copy(update={"serve": config.serve.model_copy(
         update={"telemetry": False, "metrics_interval_s": 3600.0, "canary_report_s": 3600.0})})
-    user_class = Ingress.func_or_class.__mro__[1]  # the class under Serve's ASGI wrapper
-
     async def scenario() -> Any:
-        ingress = user_class(config, "no-actor-needed", None, {}, reader=reader)
+        ingress = ingress_outside_serve(config, "no-actor-needed", None, {}, reader=reader)
         try:
             bad = await ingress.predict_v1("inline", _request("/v1/models/inline:predict",
                                                               {"instances": [{**RAW_ROW, "amount": "lots"}]}, token))
