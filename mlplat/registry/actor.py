@@ -44,7 +44,10 @@ class RegistryActor:
         self._url, self._synchronous = normalize_registry_url(url), synchronous
         self._store: RegistryStore | None = None
         self._pid = os.getpid()
-        self._written: asyncio.Event | None = None  # set (and dropped) by the next write
+        self._changed: asyncio.Event | None = None  # set (and dropped) when the log may have grown
+        self._waiters: dict[object, float] = {}  # each waiting wait_events call -> its poll_s
+        self._watcher: asyncio.Task[None] | None = None
+        self._watched_seq = 0  # the log's last seq at the watcher's latest read
 
     def _opened(self) -> RegistryStore:
         if self._store is None:
@@ -55,31 +58,70 @@ class RegistryActor:
         if method not in REGISTRY_CALLS:
             raise ValidationError(f"unknown registry call {method!r}")
         result = getattr(self._opened(), method)(**dict(kwargs))
-        if method in WRITE_CALLS and self._written is not None:
-            self._written.set()  # wake every follower waiting in wait_events
-            self._written = None
+        if method in WRITE_CALLS:
+            if self._watcher is not None:  # the watcher need not wake them a second time for it
+                self._watched_seq = self._opened().last_seq()
+            self._wake_waiters()
         return result
+
+    def _wake_waiters(self) -> None:
+        """Every wait_events call waiting now reads the log again."""
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     async def wait_events(self, seq: int, limit: int = 1000, kinds: list[str] | None = None, timeout_s: float = 10.0,
                           poll_s: float = 0.2) -> list[Any]:
         """``events_since(seq)``, waiting up to ``timeout_s`` (at most :data:`MAX_WAIT_S`) for an
         event when there is none yet: a long poll for the serving replicas' followers, one call
         per ``timeout_s`` while nothing changes instead of one per ``poll_s``. A write through
-        this actor ends the wait at once; the log is read again every ``poll_s`` meanwhile, so a
-        write to the database by another process shows as soon as it did with polling."""
+        this actor ends the wait at once. A write to the database by another process shows within
+        ``poll_s``: one watcher, shared by every waiting call, reads the log's last seq that often
+        (the shortest ``poll_s`` of those waiting) and wakes them all when it moved, so a hundred
+        waiting replicas cost one cheap read per ``poll_s``, not a hundred reads of the log."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + min(max(timeout_s, 0.0), MAX_WAIT_S)
-        while True:
-            events = self._opened().events_since(seq, limit=limit, kinds=kinds)
-            remaining = deadline - loop.time()
-            if events or remaining <= 0:
-                return events
-            if self._written is None:
-                self._written = asyncio.Event()
-            try:
-                await asyncio.wait_for(self._written.wait(), min(remaining, max(poll_s, 0.01)))
-            except TimeoutError:
-                pass
+        waiter = object()
+        try:
+            while True:
+                events = self._opened().events_since(seq, limit=limit, kinds=kinds)
+                remaining = deadline - loop.time()
+                if events or remaining <= 0:
+                    return events
+                # no await since the read: any later change moves the log past what the watcher saw
+                if self._changed is None:
+                    self._changed = asyncio.Event()
+                changed = self._changed
+                self._waiters[waiter] = max(poll_s, 0.01)
+                if self._watcher is None:
+                    self._watched_seq = self._opened().last_seq()
+                    self._watcher = loop.create_task(self._watch_log())
+                try:
+                    await asyncio.wait_for(changed.wait(), remaining)
+                except TimeoutError:
+                    pass
+        finally:
+            self._waiters.pop(waiter, None)
+
+    async def _watch_log(self) -> None:
+        """While calls wait: read the log's last seq every (shortest) ``poll_s`` and wake them
+        when it moved (a write by another process). A read that fails wakes them too: their own
+        read then raises the error to the caller."""
+        try:
+            while self._waiters:
+                await asyncio.sleep(min(self._waiters.values(), default=0.01))
+                if not self._waiters:
+                    return
+                try:
+                    last = self._opened().last_seq()
+                except Exception:
+                    self._wake_waiters()
+                    continue
+                if last != self._watched_seq:
+                    self._watched_seq = last
+                    self._wake_waiters()
+        finally:
+            self._watcher = None
 
     async def open(self) -> str:
         """Open the database now (migrating it if needed); its URL without password."""

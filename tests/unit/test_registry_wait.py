@@ -63,6 +63,39 @@ def test_a_write_by_another_process_shows_within_poll_s(tmp_path):
     asyncio.run(scenario())
 
 
+def test_waiting_followers_share_one_watcher_of_the_log(tmp_path):
+    """Forty followers waiting with poll_s 0.05 for 1 s: the log itself is read once per
+    follower (and once more after the other process's write), its last seq ~20 times by the one
+    watcher, not forty reads of the log every 0.05 s (800)."""
+    actor = RegistryActor(str(tmp_path / "r.db"))
+    other = RegistryStore(tmp_path / "r.db")
+    store = actor._opened()  # noqa: SLF001 - count the actor's reads of its store
+    reads = {"events_since": 0, "last_seq": 0}
+    for name in reads:
+        def counted(*args, _read=getattr(store, name), _name=name, **kwargs):
+            reads[_name] += 1
+            return _read(*args, **kwargs)
+        setattr(store, name, counted)
+    followers = 40
+
+    async def scenario() -> list[list]:
+        seq = other.last_seq()
+
+        async def write_late() -> None:
+            await asyncio.sleep(1.0)
+            other.append_event("note", "model:churn", {})
+
+        writer = asyncio.create_task(write_late())
+        answers = await asyncio.gather(*(actor.wait_events(seq, timeout_s=30, poll_s=0.05) for _ in range(followers)))
+        await writer
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert all(len(a) == 1 for a in answers), answers
+    assert reads["events_since"] == 2 * followers, reads
+    assert reads["last_seq"] < followers, reads  # ~20 ticks of 0.05 s, and 1 when the watcher starts
+
+
 class _PollingReader:
     """A reader that cannot wait (like LocalRegistryReader): next_events sleeps between reads."""
 
