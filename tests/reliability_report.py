@@ -218,7 +218,11 @@ NOTES = """## How B9 and B10 are met
 - **Slow and broken clients.** The whole request body must arrive within
   `serve.body_read_timeout_s` (default 10 s), else 408: headers without a body, a trickling body,
   a Content-Length longer than the body. A request waiting for its body holds one admission slot,
-  never a health slot.
+  never a health slot. On the direct port (`serve.direct_port`) the headers have the same
+  deadline, from the request's first byte (from the connection's opening for its first
+  request): past it the replica answers 408 and closes the connection, so a client trickling
+  header bytes, or sending nothing, does not hold a connection for ever
+  (`tests/unit/test_serving_direct.py::test_headers_that_do_not_arrive_in_time_get_a_408_and_the_connection_closes`).
 - **HAProxy mode** (`serve.haproxy`). mlplat sets `RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S` from
   `serve.haproxy_timeout_client_s` (default 30 s; Serve's own is 3600 s). Serve 2.60 renders
   `timeout http-request` only from a field of its `HAProxyConfig` that no environment variable

@@ -160,8 +160,9 @@ def run(out: dict[str, Any], work: Path) -> None:
         port = free_port()
         config = PlatformConfig(root=str(root), namespace=NAMESPACE, api_token=TOKEN, serve=ServeSettings(
             port=port, app_name=APP, telemetry=False, metrics=False, ingress_replicas=2, ingress_num_cpus=0.1,
-            # the pool autoscales 1 -> 2 under the load (one replica per worker node) and back after it
-            pool=PoolSettings(min_replicas=1, max_replicas=2, num_cpus=0.1, target_ongoing_requests=1,
+            # the pool autoscales 1 -> 2 under the load (one replica per worker node) and back after it;
+            # the load keeps ~1 request in the pool, so a target of 0.5 holds 2 replicas (at 1 it flapped)
+            pool=PoolSettings(min_replicas=1, max_replicas=2, num_cpus=0.1, target_ongoing_requests=0.5,
                               upscale_delay_s=1, downscale_delay_s=3, look_back_period_s=2, metrics_interval_s=0.5)))
         registry = ActorRegistry.connect(config, actor_name="registry-f10", url=str(work / "registry.db"))
         storage = open_root(config.root)
@@ -214,7 +215,10 @@ def run(out: dict[str, Any], work: Path) -> None:
                     mark("2 training workers up")
             else:
                 workers = alive_actors("RayTrainWorker")
-            if 1 <= len(progress.get("history", [])) <= TRAIN_EPOCHS - 2 and len(workers) == 2:
+            # both pool replicas up, one per worker node: losing a node then leaves every deployment a
+            # replica (a deployment that loses its only replica waits for a new one, ~20 s here)
+            pool_spread = running_replicas().get("model-pool") == 2 and len(set(replica_nodes("model-pool"))) == 2
+            if 1 <= len(progress.get("history", [])) <= TRAIN_EPOCHS - 2 and len(workers) == 2 and pool_spread:
                 out["train_nodes_before"] = sorted(node_of(w) for w in workers)
                 out["epochs_before_removal"] = len(progress["history"])
                 # Both worker nodes hold a training worker and a pool replica; take the one with
@@ -224,7 +228,8 @@ def run(out: dict[str, Any], work: Path) -> None:
                 break
             time.sleep(0.3)
         if victim is None:
-            out["error"] = (f"training never reached a checkpointed epoch with 2 workers in {time.monotonic() - t0:.0f} s: "
+            out["error"] = (f"training never reached a checkpointed epoch with 2 workers and 2 pool replicas in "
+                            f"{time.monotonic() - t0:.0f} s: pool {running_replicas()}, "
                             f"{len(workers)} workers alive, progress {progress}, training {result or 'running'}, "
                             f"placement groups {[(g.get('state'), g.get('bundles')) for g in ray.util.placement_group_table().values()]}, "
                             f"available {ray.available_resources()}")
@@ -240,8 +245,10 @@ def run(out: dict[str, Any], work: Path) -> None:
         mark("replacement joined")
 
         # Serving recovers: both deployments back at 2 running replicas.
-        recovered_at = None
+        recovered_at, replicas_gone_at = None, None
         while time.monotonic() - t0 < DEADLINE_S * 0.8:
+            if replicas_gone_at is None and not any(victim.node_id in replica_nodes(name) for name in ("ingress", "model-pool")):
+                replicas_gone_at = time.monotonic()  # Ray has declared the node's replicas dead
             placed = {name: replica_nodes(name) for name in ("ingress", "model-pool")}
             if running_replicas() == {"ingress": 2, "model-pool": 2} and all(
                     len(nodes) == 2 and victim.node_id not in nodes for nodes in placed.values()):
@@ -274,7 +281,10 @@ def run(out: dict[str, Any], work: Path) -> None:
             "requests": len(requests), "failed": len(failed), "in_flight_at_removal": len(in_flight),
             "failed_codes": sorted({r[2] for r in failed}),
             "failed_started_before_removal": sum(1 for r in failed if r[0] <= removed_at),
+            # each failure as (start, end) seconds from the removal, and its status: what judges the bound
+            "failed_at_s": [(round(r[0] - removed_at, 2), round(r[1] - removed_at, 2), r[2]) for r in failed][:50],
             "recovered_s": None if recovered_at is None else round(recovered_at - removed_at, 1),
+            "replicas_gone_s": None if replicas_gone_at is None else round(replicas_gone_at - removed_at, 1),
             "requests_after_recovery": 0 if recovered_at is None else sum(1 for r in requests if r[0] >= recovered_at),
             "failed_after_recovery": None if recovered_at is None else sum(1 for r in failed if r[0] >= recovered_at),
             "placement_after": {"ingress": replica_nodes("ingress"), "pool": replica_nodes("model-pool")},
