@@ -53,21 +53,35 @@ class ShardBatches:
     In memory (the feature set was materialized because it is small): the shard is pulled onto
     the device once and each epoch permutes it (seeded) and slices it -- no per-batch Ray Data
     iterator or host-to-device copy, so a GPU runs at the speed of a bare loop. Otherwise the
-    shard streams through ``iter_torch_batches`` every epoch."""
+    shard streams through ``iter_torch_batches`` every epoch.
 
-    def __init__(self, shard: Any, device: Any, batch_size: int, in_memory: bool, seed: int, shuffle: bool):
+    ``rows`` (in memory only): ``shard`` is the whole materialized dataset, not split by Ray
+    Train (no split coordinator actor to start), and this worker keeps its equal part:
+    rows ``[rank * k, (rank + 1) * k)`` of ``k = rows // world`` -- every rank gets as many rows,
+    as ``streaming_split(equal=True)`` gives, so data-parallel ranks step together."""
+
+    def __init__(self, shard: Any, device: Any, batch_size: int, in_memory: bool, seed: int, shuffle: bool, *,
+                 rows: tuple[int, int, int] | None = None):
         self._shard, self._device, self._batch_size = shard, device, batch_size
         self._seed, self._shuffle = seed, shuffle
         self._tensors: tuple[Any, Any] | None = None
         if in_memory:
             import torch
 
+            lo, hi = (0, None) if rows is None else part_of(*rows)
             xs, ys = [], []
-            for batch in shard.iter_torch_batches(batch_size=65536, device=device):
-                xs.append(batch["x"])
-                ys.append(batch["y"])
-            if xs:
-                self._tensors = (torch.cat(xs), torch.cat(ys))
+            offset = 0
+            for batch in shard.iter_torch_batches(batch_size=65536, device=device if rows is None else "cpu"):
+                n = len(batch["x"])
+                a, b = max(lo - offset, 0), n if hi is None else min(hi - offset, n)
+                offset += n
+                if a < b:
+                    xs.append(batch["x"][a:b])
+                    ys.append(batch["y"][a:b])
+                if hi is not None and offset >= hi:
+                    break
+            # no rows for this worker (fewer rows than workers): an empty epoch, never the stream
+            self._tensors = (torch.cat(xs).to(device), torch.cat(ys).to(device)) if xs else (torch.empty(0), torch.empty(0))
 
     def epoch(self, epoch: int | None) -> Any:
         import torch
@@ -86,6 +100,17 @@ class ShardBatches:
             x, y = x[order], y[order]
         for start in range(0, len(x), self._batch_size):
             yield x[start:start + self._batch_size], y[start:start + self._batch_size]
+
+
+def part_of(total_rows: int, rank: int, world: int) -> tuple[int, int]:
+    """The rows ``[lo, hi)`` of a dataset that ``rank`` of ``world`` equal parts trains on (the
+    remainder, under ``world`` rows, is left out).
+
+    >>> part_of(10, 0, 3), part_of(10, 2, 3), part_of(1, 1, 2)
+    ((0, 3), (6, 9), (0, 0))
+    """
+    k = total_rows // world
+    return (rank * k, (rank + 1) * k) if k else (0, 0)
 
 
 def progress_path(run_id: str) -> tuple[str, str, str]:
@@ -141,6 +166,8 @@ class _Worker:
     metric: str  # the metric early stopping and the best epoch follow
     mode: str
     in_memory: bool
+    #: rows of each materialized dataset, which Ray Train then hands whole to every worker
+    in_memory_rows: dict[str, int] = field(default_factory=dict)
 
     @property
     def hp(self) -> HyperParams:
@@ -171,7 +198,8 @@ def _worker(loop_config: dict[str, Any]) -> _Worker:
                    input_dim=loop_config["input_dim"], rank=rank, world=world,
                    distributed=world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized(),
                    metric=loop_config.get("metric") or es.metric, mode=loop_config.get("mode") or es.mode,
-                   in_memory=bool(loop_config.get("in_memory")))
+                   in_memory=bool(loop_config.get("in_memory")),
+                   in_memory_rows=dict(loop_config.get("in_memory_rows") or {}))
 
 
 class _StepPlan(NamedTuple):
@@ -253,10 +281,14 @@ def _shards(w: _Worker, device: Any) -> tuple[ShardBatches, ShardBatches | None]
 
     hp = w.hp
     seed = hp.seed + 1000 * w.rank
-    train_batches = ShardBatches(ray.train.get_dataset_shard(TRAIN), device, hp.batch_size, w.in_memory, seed, shuffle=True)
+    def rows(name: str) -> tuple[int, int, int] | None:
+        return (w.in_memory_rows[name], w.rank, w.world) if name in w.in_memory_rows else None
+
+    train_batches = ShardBatches(ray.train.get_dataset_shard(TRAIN), device, hp.batch_size, w.in_memory, seed,
+                                 shuffle=True, rows=rows(TRAIN))
     try:
         val_batches = ShardBatches(ray.train.get_dataset_shard(VALIDATION), device, max(hp.batch_size, 1024), w.in_memory,
-                                   seed, shuffle=False)
+                                   seed, shuffle=False, rows=rows(VALIDATION))
     except (KeyError, ValueError):
         val_batches = None
     return train_batches, val_batches
