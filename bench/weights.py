@@ -23,10 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,7 +38,7 @@ from typing import Any
 
 import torch
 
-from bench.common import row
+from bench.common import free_listen_port, row
 from mlplat.config import S3Settings, WeightStorageSettings
 from mlplat.models import ModelSpec, build_model, load_bundle, read_member, save_bundle, write_pack
 from mlplat.models.bundle import bundle_dir
@@ -53,22 +51,9 @@ PACK_SHARD_MAX_BYTES = 64 * 1024 * 1024
 
 # -- SeaweedFS (S3) for the S3 rows --------------------------------------------------------------
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _free_port() -> int:
     """A free loopback port whose +10000 twin (SeaweedFS's gRPC port) is free too."""
-    for _ in range(200):
-        port = random.randint(20000, 40000)
-        if _port_free(port) and _port_free(port + 10000):
-            return port
-    raise RuntimeError("no free port pair found on 127.0.0.1")
+    return free_listen_port(offsets=(0, 10000))
 
 
 @contextmanager
