@@ -50,36 +50,34 @@ PROFILE_DIR = "profile"  # runs/<run-id>/profile/: rank 0's trace and top-kernel
 class ShardBatches:
     """One worker's batches of a dataset shard, epoch after epoch.
 
-    In memory (the feature set was materialized because it is small): the shard is pulled onto
-    the device once and each epoch permutes it (seeded) and slices it -- no per-batch Ray Data
-    iterator or host-to-device copy, so a GPU runs at the speed of a bare loop. Otherwise the
-    shard streams through ``iter_torch_batches`` every epoch.
+    In memory (``part`` given: the feature set was materialized because it is small, and Ray
+    Train hands it whole to every worker, with no split coordinator actor to start): this
+    worker keeps its rows ``[lo, hi)`` (:func:`part_of`: equal parts, as
+    ``streaming_split(equal=True)`` gives, so data-parallel ranks step together), pulls them onto
+    the device once, and each epoch permutes them (seeded) and slices them -- no per-batch Ray
+    Data iterator or host-to-device copy, so a GPU runs at the speed of a bare loop. Otherwise
+    (``part`` None) the shard streams through ``iter_torch_batches`` every epoch."""
 
-    ``rows`` (in memory only): ``shard`` is the whole materialized dataset, not split by Ray
-    Train (no split coordinator actor to start), and this worker keeps its equal part:
-    rows ``[rank * k, (rank + 1) * k)`` of ``k = rows // world`` -- every rank gets as many rows,
-    as ``streaming_split(equal=True)`` gives, so data-parallel ranks step together."""
-
-    def __init__(self, shard: Any, device: Any, batch_size: int, in_memory: bool, seed: int, shuffle: bool, *,
-                 rows: tuple[int, int, int] | None = None):
+    def __init__(self, shard: Any, device: Any, batch_size: int, seed: int, shuffle: bool, *,
+                 part: tuple[int, int] | None = None):
         self._shard, self._device, self._batch_size = shard, device, batch_size
         self._seed, self._shuffle = seed, shuffle
         self._tensors: tuple[Any, Any] | None = None
-        if in_memory:
+        if part is not None:
             import torch
 
-            lo, hi = (0, None) if rows is None else part_of(*rows)
+            lo, hi = part
             xs, ys = [], []
             offset = 0
-            for batch in shard.iter_torch_batches(batch_size=65536, device=device if rows is None else "cpu"):
+            for batch in shard.iter_torch_batches(batch_size=65536, device="cpu"):
+                if offset >= hi:
+                    break
                 n = len(batch["x"])
-                a, b = max(lo - offset, 0), n if hi is None else min(hi - offset, n)
+                a, b = max(lo - offset, 0), min(hi - offset, n)
                 offset += n
                 if a < b:
                     xs.append(batch["x"][a:b])
                     ys.append(batch["y"][a:b])
-                if hi is not None and offset >= hi:
-                    break
             # no rows for this worker (fewer rows than workers): an empty epoch, never the stream
             self._tensors = (torch.cat(xs).to(device), torch.cat(ys).to(device)) if xs else (torch.empty(0), torch.empty(0))
 
@@ -165,8 +163,8 @@ class _Worker:
     distributed: bool  # world > 1 with a live process group: the epoch sums are all-reduced
     metric: str  # the metric early stopping and the best epoch follow
     mode: str
-    in_memory: bool
-    #: rows of each materialized dataset, which Ray Train then hands whole to every worker
+    #: rows of each materialized dataset, which Ray Train hands whole to every worker (empty:
+    #: the datasets stream, split by Ray Train)
     in_memory_rows: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -198,7 +196,6 @@ def _worker(loop_config: dict[str, Any]) -> _Worker:
                    input_dim=loop_config["input_dim"], rank=rank, world=world,
                    distributed=world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized(),
                    metric=loop_config.get("metric") or es.metric, mode=loop_config.get("mode") or es.mode,
-                   in_memory=bool(loop_config.get("in_memory")),
                    in_memory_rows=dict(loop_config.get("in_memory_rows") or {}))
 
 
@@ -281,14 +278,14 @@ def _shards(w: _Worker, device: Any) -> tuple[ShardBatches, ShardBatches | None]
 
     hp = w.hp
     seed = hp.seed + 1000 * w.rank
-    def rows(name: str) -> tuple[int, int, int] | None:
-        return (w.in_memory_rows[name], w.rank, w.world) if name in w.in_memory_rows else None
+    def part(name: str) -> tuple[int, int] | None:
+        return part_of(w.in_memory_rows[name], w.rank, w.world) if name in w.in_memory_rows else None
 
-    train_batches = ShardBatches(ray.train.get_dataset_shard(TRAIN), device, hp.batch_size, w.in_memory, seed,
-                                 shuffle=True, rows=rows(TRAIN))
+    train_batches = ShardBatches(ray.train.get_dataset_shard(TRAIN), device, hp.batch_size, seed, shuffle=True,
+                                 part=part(TRAIN))
     try:
-        val_batches = ShardBatches(ray.train.get_dataset_shard(VALIDATION), device, max(hp.batch_size, 1024), w.in_memory,
-                                   seed, shuffle=False, rows=rows(VALIDATION))
+        val_batches = ShardBatches(ray.train.get_dataset_shard(VALIDATION), device, max(hp.batch_size, 1024), seed,
+                                   shuffle=False, part=part(VALIDATION))
     except (KeyError, ValueError):
         val_batches = None
     return train_batches, val_batches

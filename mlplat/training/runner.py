@@ -175,7 +175,7 @@ def run_trainer(prepared: Prepared, *, storage: Storage, run_id: str, callbacks:
         train_loop_per_worker,
         train_loop_config={"config": cfg.model_dump(mode="json"), "storage": storage, "run_id": run_id,
                            "input_dim": prepared.data.input_dim, "metric": metric or cfg.hyperparameters.early_stopping.metric,
-                           "in_memory": in_memory, "in_memory_rows": in_memory_rows,
+                           "in_memory_rows": in_memory_rows,
                            "mode": mode or cfg.hyperparameters.early_stopping.mode},
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=prepared.use_gpu,
                                      resources_per_worker=prepared.resources_per_worker),

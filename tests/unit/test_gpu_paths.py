@@ -99,7 +99,7 @@ class _Shard:
 
 @pytest.mark.parametrize("in_memory", [True, False])
 def test_shard_batches_cover_every_row_with_a_last_partial_batch(in_memory):
-    full = ShardBatches(_Shard(10), "cpu", 4, in_memory, seed=0, shuffle=True)
+    full = ShardBatches(_Shard(10), "cpu", 4, seed=0, shuffle=True, part=(0, 10) if in_memory else None)
     assert [len(x) for x, _ in full.epoch(0)] == [4, 4, 2]
     if in_memory:  # rows and labels stay paired through the device permutation
         for x, y in full.epoch(3):
@@ -118,7 +118,7 @@ def test_an_unsplit_materialized_dataset_gives_each_rank_an_equal_disjoint_part(
     for test in doctest.DocTestFinder().find(loop.part_of, "part_of", globs={"part_of": loop.part_of}):
         runner.run(test)
     assert runner.tries > 0 and runner.failures == 0
-    parts = [ShardBatches(_Shard(rows), "cpu", 4, True, seed=0, shuffle=False, rows=(rows, rank, world))
+    parts = [ShardBatches(_Shard(rows), "cpu", 4, seed=0, shuffle=False, part=loop.part_of(rows, rank, world))
              for rank in range(world)]
     seen = [[int(v) for _, y in part.epoch(None) for v in y] for part in parts]
     assert len({len(s) for s in seen}) == 1 and len(seen[0]) == rows // world
