@@ -117,12 +117,16 @@ def _proc_split(port: int) -> list[int] | None:
     per_process: collections.Counter[str] = collections.Counter()
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                link = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if link.startswith("socket:[") and link[8:-1] in inodes:
-                    per_process[pid] += 1
+            fds = os.listdir(f"/proc/{pid}/fd")
         except OSError:  # gone, or not ours to read
             continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:  # closed since the listing (the listing's own descriptor is one)
+                continue
+            if link.startswith("socket:[") and link[8:-1] in inodes:
+                per_process[pid] += 1
     return sorted(per_process.values(), reverse=True) if tables else None
 
 
