@@ -113,6 +113,8 @@ def _proc_split(port: int) -> list[int] | None:
         tables = [Path(f"/proc/net/{name}").read_text() for name in ("tcp", "tcp6") if os.path.exists(f"/proc/net/{name}")]
     except OSError:
         return None
+    if not tables:
+        return None
     inodes = server_inodes("".join(tables), port)
     per_process: collections.Counter[str] = collections.Counter()
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -127,7 +129,7 @@ def _proc_split(port: int) -> list[int] | None:
                 continue
             if link.startswith("socket:[") and link[8:-1] in inodes:
                 per_process[pid] += 1
-    return sorted(per_process.values(), reverse=True) if tables else None
+    return sorted(per_process.values(), reverse=True)
 
 
 def server_inodes(proc_net_tcp: str, port: int) -> set[str]:

@@ -106,10 +106,7 @@ def test_shard_batches_cover_every_row_with_a_last_partial_batch(in_memory):
             assert torch.equal(x.reshape(-1), y)
 
 
-@pytest.mark.parametrize(("rows", "world"), [(10, 3), (10, 2), (1, 2), (65536 + 7, 2)])
-def test_an_unsplit_materialized_dataset_gives_each_rank_an_equal_disjoint_part(rows, world):
-    """Ray Train hands a small (materialized) dataset whole to every worker: each rank keeps
-    rows // world rows of its own, the same count on every rank (data-parallel steps match)."""
+def test_part_of_doctest():
     import doctest
 
     from mlplat.training import loop
@@ -118,6 +115,14 @@ def test_an_unsplit_materialized_dataset_gives_each_rank_an_equal_disjoint_part(
     for test in doctest.DocTestFinder().find(loop.part_of, "part_of", globs={"part_of": loop.part_of}):
         runner.run(test)
     assert runner.tries > 0 and runner.failures == 0
+
+
+@pytest.mark.parametrize(("rows", "world"), [(10, 3), (10, 2), (1, 2), (65536 + 7, 2)])
+def test_an_unsplit_materialized_dataset_gives_each_rank_an_equal_disjoint_part(rows, world):
+    """Ray Train hands a small (materialized) dataset whole to every worker: each rank keeps
+    rows // world rows of its own, the same count on every rank (data-parallel steps match)."""
+    from mlplat.training import loop
+
     parts = [ShardBatches(_Shard(rows), "cpu", 4, seed=0, shuffle=False, part=loop.part_of(rows, rank, world))
              for rank in range(world)]
     seen = [[int(v) for _, y in part.epoch(None) for v in y] for part in parts]
