@@ -214,6 +214,13 @@ class ServeSettings(StrictModel):
     #: 15 and 27 ms at 0 (docs/benchmarks.md). None keeps Ray's default. A `ray start` cluster
     #: takes it from ``RAY_worker_niceness`` in the environment of ``ray start``.
     worker_niceness: int | None = Field(0, ge=0, le=19)
+    #: Ray's start of idle Python workers when the first driver connects
+    #: (``RAY_prestart_worker_first_driver``), on a Ray that mlplat starts. Off (the default):
+    #: an idle worker kept for a task that may never come wakes ~150 times a second and holds
+    #: ~100 MB beside the replicas (P1's p99 on 2 cores, docs/benchmarks.md); a task's first
+    #: worker then starts when the task does. A `ray start` cluster takes it from the
+    #: environment of ``ray start`` (cluster.yaml sets it to 0).
+    prestart_workers: bool = False
     #: Serve's per-request access log lines in the replica logs. mlplat's telemetry already
     #: records every inference; the access log costs CPU on the request path.
     access_log: bool = False

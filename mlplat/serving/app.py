@@ -18,6 +18,8 @@ def serve_env(config: PlatformConfig) -> dict[str, str]:
     env: dict[str, str] = {}
     if config.serve.worker_niceness is not None:
         env["RAY_worker_niceness"] = str(config.serve.worker_niceness)  # read by the raylet
+    if not config.serve.prestart_workers:
+        env["RAY_prestart_worker_first_driver"] = "0"  # read by the raylet
     if config.serve.throughput_optimized:
         env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
     if config.serve.haproxy:

@@ -115,7 +115,8 @@ def test_a_shared_wrapper_folder_is_refused(tmp_path):
 def test_apply_serve_env_points_serve_at_the_wrapper_once(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     for var in ("RAY_SERVE_HAPROXY_BINARY_PATH", "RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED",
-                "RAY_SERVE_HAPROXY_METRICS_ENABLED", "RAY_SERVE_HAPROXY_NBTHREAD", "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"):
+                "RAY_SERVE_HAPROXY_METRICS_ENABLED", "RAY_SERVE_HAPROXY_NBTHREAD", "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S",
+                "RAY_worker_niceness", "RAY_prestart_worker_first_driver"):
         monkeypatch.setenv(var, "")  # recorded, so teardown restores (or removes) what apply_serve_env sets
         monkeypatch.delenv(var)
     apply_serve_env(PlatformConfig(serve={"haproxy": False}))

@@ -11,8 +11,14 @@ def _env(**serve) -> dict[str, str]:
 
 
 def test_defaults_are_throughput_mode_without_haproxy():
-    assert _env() == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_worker_niceness": "0"}
-    assert _env(throughput_optimized=False, worker_niceness=None) == {}
+    assert _env() == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_worker_niceness": "0",
+                      "RAY_prestart_worker_first_driver": "0"}
+    assert _env(throughput_optimized=False, worker_niceness=None, prestart_workers=True) == {}
+
+
+def test_idle_workers_are_not_prestarted_unless_asked():
+    assert _env()["RAY_prestart_worker_first_driver"] == "0"
+    assert "RAY_prestart_worker_first_driver" not in _env(prestart_workers=True)
 
 
 def test_worker_niceness_is_passed_to_the_raylet_unless_none():
