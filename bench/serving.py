@@ -13,7 +13,8 @@ loopback, bounded time) at 16 connections:
   - ``mlplat+haproxy pool`` / ``dedicated``: the model in the multiplexed pool / its own
     deployment (a second hop), against the in-ingress path;
   - ``mlplat+direct`` (``--only direct``, :func:`run_direct`): the direct data plane
-    (``serve.direct_port``) against the fair baseline, the two started in turn round after round.
+    (``serve.direct_port``, Serve's default mode: no HAProxy) against the fair baseline, the two
+    started in turn round after round.
 Each side runs in its own subprocess (Serve modes are fixed when Ray starts), one at a time.
 
 P4 — many registered tiny models behind the multiplexed pool: cold-load latency (first request
@@ -234,11 +235,11 @@ BESIDE = "bare beside idle mlplat"
 
 def run_direct(seconds: int | None = None, rounds: int = 2) -> list[dict[str, Any]]:
     """The direct data plane (``serve.direct_port``) against the fair baseline, interleaved:
-    each round starts bare uvicorn ``--workers N`` and then an mlplat platform (HAProxy mode,
-    N ingress replicas, the model in the ingress) with its direct port on; on that platform
-    the v1 route on the direct port, the OIP v2 JSON route on the direct port and the v1 route
-    through HAProxy, one wrk run each after a warm-up (``BENCH_P1_WARMUP_S``, 8 s, both sides);
-    then, with that platform still up and idle, the fair baseline once more on its own port
+    each round starts bare uvicorn ``--workers N`` and then an mlplat platform (its default
+    Serve mode: no HAProxy, which the direct port does not go through; N ingress replicas, the
+    model in the ingress) with its direct port on; on that platform the v1 route and the OIP v2
+    JSON route on the direct port, one wrk run each after a warm-up (``BENCH_P1_WARMUP_S``, 8 s,
+    both sides); then, with that platform still up and idle, the fair baseline once more on its own port
     (:data:`BESIDE`). Medians over the rounds; each run kept, with how the server's processes
     held the 16 connections (``connections_per_process``: uvicorn's workers share one accept
     queue, so one of them can get most of them; the direct port balances its own)."""
@@ -269,8 +270,6 @@ def run_direct(seconds: int | None = None, rounds: int = 2) -> list[dict[str, An
                 runs.setdefault("mlplat+direct", []).append(load.wrk(direct_port, seconds, split=True))
                 runs.setdefault("mlplat+direct v2", []).append(load.wrk(direct_port, seconds, path=load.V2_PATH,
                                                                         body=load.V2_BODY, split=True))
-                load.wrk(port, 2)
-                runs.setdefault("mlplat+haproxy", []).append(load.wrk(port, seconds))
                 # The fair baseline again, beside this platform left idle: what the platform's
                 # presence (Ray, Serve, the registry and controllers, idle replicas) costs any
                 # server on the box, apart from mlplat's request path.
@@ -298,8 +297,7 @@ def run_direct(seconds: int | None = None, rounds: int = 2) -> list[dict[str, An
     rows = []
     for side, label, target in (
             ("mlplat+direct", "mlplat direct data plane (serve.direct_port)", "≥0.6× the fair baseline, p99 ≤2× its p99, "
-                                                                              "≥2,000 req/s"),
-            ("mlplat+haproxy", "mlplat+haproxy (same platform, same rounds)", "context")):
+                                                                              "≥2,000 req/s"),):
         m = med[side]
         rows.append(row("P1", f"{label}, {INGRESS_REPLICAS} ingress replicas, v1 one row: req/s ({text(m)}; {rounds} "
                               "interleaved rounds)", m["rps"], "req/s", baseline=fair_name, baseline_value=base["rps"],
@@ -759,7 +757,7 @@ if __name__ == "__main__":
          "serve-default": lambda: _side_serve_default(args.port, args.root),
          "mlplat": lambda: _side_mlplat(args.port, args.root, haproxy=False),
          "mlplat+haproxy": lambda: _side_mlplat(args.port, args.root, haproxy=True),
-         "mlplat+direct": lambda: _side_mlplat(args.port, args.root, haproxy=True),
+         "mlplat+direct": lambda: _side_mlplat(args.port, args.root, haproxy=False),
          "mlplat+haproxy dedicated": lambda: _side_mlplat(args.port, args.root, haproxy=True),
          "mlplat+haproxy pool": lambda: _side_mlplat(args.port, args.root, haproxy=True),
          f"kserve x{INGRESS_REPLICAS}": lambda: _side_kserve(args.port, args.root),
