@@ -11,6 +11,11 @@ What it applied is stored in the registry (the ``rollout-controller`` cursor), s
 controller resumes after the last event it handled; a first start begins at the end of the log
 (history is not replayed). Each step is a registry event: ``deployment_started``,
 ``canary_started``, ``promoted``, ``canary_rolled_back``, ``deployment_failed``.
+
+While nothing is in flight (no active deployment, no event awaiting a retry, no schedule due)
+each of its two loops waits in the registry actor's event log (:func:`wait_for_log`, a long poll
+that any registry write ends at once) instead of ticking every ``poll_s``: an idle platform's
+controller then makes about one registry call every three seconds instead of six a second.
 """
 
 from __future__ import annotations
@@ -28,11 +33,14 @@ from mlplat.lifecycle.policy import RolloutPolicy, decide_canary
 from mlplat.records import DeploymentState, Event, ModelState
 from mlplat.registry import Registry
 
-__all__ = ["RolloutController", "auto_deploys", "ensure_controller", "CONTROLLER_NAME", "CURSOR"]
+__all__ = ["RolloutController", "auto_deploys", "ensure_controller", "wait_for_log", "CONTROLLER_NAME", "CURSOR",
+           "IDLE_WAIT_S"]
 
 log = logging.getLogger("mlplat.lifecycle")
 CONTROLLER_NAME = "mlplat-rollout-controller"
 CURSOR = "rollout-controller"
+#: The longest an idle controller loop waits in the registry's event log before it ticks anyway.
+IDLE_WAIT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,37 @@ def auto_deploys(events: Iterable[Event], policies: Mapping[str, RolloutPolicy])
     return out
 
 
+def wait_for_log(registry: Any, seen_seq: int | None, timeout_s: float, *, poll_s: float,
+                 sleep: Callable[[float], Any] = time.sleep) -> str:
+    """Return when the registry's event log has moved past ``seen_seq``, or after ``timeout_s``:
+    a long poll in the registry actor (``wait_events``; a write through the actor ends it at
+    once, one by another process to the database shows within ``poll_s``). ``sleep(poll_s)``
+    instead -- the plain tick -- with no ``seen_seq`` (after an error, or while work is in
+    flight), a ``timeout_s`` no longer than ``poll_s``, a registry that cannot wait (in-process),
+    or a wait that failed. Returns which it did.
+
+    >>> class Reader:
+    ...     def wait_events(self, seq, **kw): calls.append((seq, kw["timeout_s"])); return []
+    >>> calls, slept = [], []
+    >>> wait_for_log(Reader(), 7, 10.0, poll_s=1.0, sleep=slept.append), calls, slept
+    ('waited', [(7, 10.0)], [])
+    >>> wait_for_log(Reader(), None, 10.0, poll_s=1.0, sleep=slept.append), wait_for_log(object(), 7, 10.0, poll_s=1.0,
+    ...     sleep=slept.append), wait_for_log(Reader(), 7, 0.5, poll_s=1.0, sleep=slept.append), slept
+    ('slept', 'slept', 'slept', [1.0, 1.0, 1.0])
+    """
+    wait = getattr(registry, "wait_events", None)
+    if seen_seq is None or wait is None or timeout_s <= poll_s:
+        sleep(poll_s)
+        return "slept"
+    try:
+        wait(seen_seq, limit=1, timeout_s=timeout_s, poll_s=poll_s)
+        return "waited"
+    except Exception as exc:  # the registry is restarting: tick again after the usual pause
+        log.debug("waiting in the registry's event log failed: %s", exc)
+        sleep(poll_s)
+        return "slept"
+
+
 class RolloutController:
     """``background=False``: no thread; call :meth:`tick` yourself (tests)."""
 
@@ -80,6 +119,7 @@ class RolloutController:
         self._replica_counts = replica_counts
         self._registry: Registry | None = None
         self._ticks = 0
+        self._in_flight = True  # until a tick has seen no active deployment
         self._last_error: str | None = None
         self._decisions: dict[str, dict[str, Any]] = {}
         self._stats = CanaryStatsFollower()
@@ -97,8 +137,8 @@ class RolloutController:
         cursor = self._registry.get_cursor(CURSOR) if self._registry is not None else None
         retrain = None if self._retrain is None else {"last": list(self._retrain.last)[-20:], "error": self._retrain_error,
                                                        "webhooks": self._sender.stats() if self._sender else None}
-        return {"ticks": self._ticks, "cursor": cursor, "last_error": self._last_error, "canaries": dict(self._decisions),
-                "retrain": retrain}
+        return {"ticks": self._ticks, "cursor": cursor, "last_error": self._last_error, "in_flight": self._in_flight,
+                "canaries": dict(self._decisions), "retrain": retrain}
 
     def _retrain_loop(self) -> None:
         from mlplat.lifecycle.retrain import RetrainController
@@ -115,30 +155,44 @@ class RolloutController:
             except Exception as exc:  # the registry is not up yet: try again
                 self._retrain_error = f"{type(exc).__name__}: {exc}"
                 time.sleep(max(1.0, self._poll_s))
+        retrain = self._retrain
         while True:
+            seen: int | None = None
             try:
-                self._retrain.tick()
+                seen = retrain.registry.last_seq()  # read first: a later event ends the wait below
+                retrain.tick()
                 self._retrain_error = None
             except Exception as exc:  # keep following; visible in status()
+                seen = None
                 self._retrain_error = f"{type(exc).__name__}: {exc}"
                 log.warning("retrain controller tick failed: %s", self._retrain_error)
-            time.sleep(self._poll_s)
+            wait_for_log(retrain.registry, seen, retrain.idle_s(IDLE_WAIT_S), poll_s=self._poll_s)
 
     def wake(self) -> bool:
+        """Ends the pause between ticks; a loop waiting in the registry's log wakes at its next write."""
         self._wake.set()
         return True
 
+    def _pause(self, seconds: float) -> None:
+        self._wake.wait(seconds)
+        self._wake.clear()
+
     def _loop(self) -> None:
         while True:
+            seen: int | None = None
             try:
+                if self._registry is None:
+                    self._registry = self._registry_factory()
+                seen = self._registry.last_seq()  # read first: a later event ends the wait below
                 self.tick()
                 self._last_error = None
             except Exception as exc:  # keep following; the error is visible in status()
+                seen = None
                 self._last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("rollout controller tick failed: %s", self._last_error)
             self._ticks += 1
-            self._wake.wait(self._poll_s)
-            self._wake.clear()
+            wait_for_log(self._registry, None if self._in_flight else seen, IDLE_WAIT_S, poll_s=self._poll_s,
+                         sleep=self._pause)
 
     def tick(self) -> dict[str, Any]:
         """Apply new events (auto deploys), finish pre-warms whose deployer died, then judge
@@ -149,6 +203,7 @@ class RolloutController:
         done: dict[str, Any] = {"deployed": [], "judged": {}, "reconciled": []}
         self._follow_events(registry, done)
         active = registry.list_deployments(active=True, limit=500)
+        self._in_flight = bool(active)  # pre-warms to finish, canaries to judge: tick every poll_s
         for stale in set(self._decisions) - {d.id for d in active}:
             self._decisions.pop(stale)
         self._stats.keep_only({d.id for d in active})

@@ -397,6 +397,13 @@ class RetrainController:
         self._attempts: dict[int, int] = {}
         self.last: list[str] = []
 
+    def idle_s(self, cap_s: float) -> float:
+        """How long the caller may wait for the next event before the next :meth:`tick`: 0 while
+        a failed event awaits its retry, else until the schedule is next due, at most ``cap_s``."""
+        if self._attempts:
+            return 0.0
+        return max(0.0, min(cap_s, self._next_schedule - self._clock()))
+
     def tick(self) -> list[str]:
         """Handle new events, then the schedule when due; returns what was done, in words."""
         done: list[str] = []

@@ -102,6 +102,13 @@ class ActorRegistry:
     def ping(self) -> bool:
         return bool(self._send(lambda: self._actor.ping.remote()))
 
+    def wait_events(self, seq: int, *, limit: int = 1000, kinds: list[str] | None = None, timeout_s: float = 10.0,
+                    poll_s: float = 0.2) -> list[Any]:
+        """``events_since(seq)``, waiting in the actor up to ``timeout_s`` for an event when there
+        is none yet (:meth:`~mlplat.registry.actor.RegistryActor.wait_events`, a long poll: any
+        write through the actor ends it at once): how a controller waits while it has nothing to do."""
+        return list(self._send(lambda: self._actor.wait_events.remote(seq, limit, kinds, timeout_s, poll_s)))
+
     def _send(self, submit: Callable[[], Any], *, retry_unavailable: bool = True) -> Any:
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError

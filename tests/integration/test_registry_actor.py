@@ -250,6 +250,35 @@ def test_f6_client_killed_mid_registration(reg, ray_session, tmp_path):
     assert len(complete) == len(versions)
 
 
+def test_an_idle_rollout_controller_waits_in_the_log_and_wakes_at_the_next_write(reg, ray_session):
+    """With no deployment in flight the controller's loop long-polls the registry actor instead of
+    ticking every poll_s (0.2 s here: ~10 ticks in 2 s), and a write through the actor wakes it."""
+    from mlplat.lifecycle.controller import ensure_controller
+
+    client, config, actor_name = reg
+    controller = ensure_controller(config, poll_s=0.2, registry_actor=actor_name, name=f"ctl-{uuid.uuid4().hex[:6]}")
+
+    def status():
+        return ray_session.get(controller.status.remote())
+
+    try:
+        deadline = time.monotonic() + 30
+        while (status()["ticks"] < 1 or status()["in_flight"]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert status()["in_flight"] is False and status()["last_error"] is None, status()
+        time.sleep(0.5)  # a tick that started before the checks above ends
+        idle = status()["ticks"]
+        time.sleep(2.0)
+        assert status()["ticks"] - idle <= 1, status()
+        client.append_event("note_added", "model:idle-controller", {"why": "wake the controller"})
+        deadline = time.monotonic() + 3
+        while status()["ticks"] == idle and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert status()["ticks"] > idle, status()
+    finally:
+        ray_session.kill(controller, no_restart=True)
+
+
 def test_platform_registry_property(ray_session, tmp_path, monkeypatch):
     """``Platform.registry`` connects to the named detached actor of its namespace."""
     from mlplat.api import connect

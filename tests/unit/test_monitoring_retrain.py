@@ -504,6 +504,22 @@ def test_controller_schedule_and_manual_requests_alarm(trained, storage, fakes):
     assert alarm.payload["details"]["approve"].startswith("mlplat retrain approve churn --request ")
 
 
+def test_idle_wait_runs_until_the_schedule_is_due_and_not_while_an_event_awaits_its_retry(trained, storage, fakes):
+    build, wake, _ = fakes
+    clock = [1_000.0]
+    ctl = lr.RetrainController(trained, storage, wake=wake, build_features=build, clock=lambda: clock[0], schedule_every_s=60)
+    assert ctl.idle_s(10.0) == 0.0  # the first schedule check is due now
+    ctl.tick()
+    assert ctl.idle_s(10.0) == 10.0 and ctl.idle_s(100.0) == 60.0
+    clock[0] += 55
+    assert ctl.idle_s(10.0) == 5.0
+    clock[0] += 10
+    assert ctl.idle_s(10.0) == 0.0  # overdue
+    ctl.tick()
+    ctl._attempts[123] = 1  # an event whose handling failed: retried on the next tick
+    assert ctl.idle_s(10.0) == 0.0
+
+
 def test_drift_triggers_only_for_the_serving_version_and_a_recent_window(trained, storage, fakes):
     build, wake, _ = fakes
     trained.update_model("churn", serving_policy={"retrain": {"mode": "auto", "cooldown_s": 0, "min_new_rows": 100}})
