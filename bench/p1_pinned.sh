@@ -2,7 +2,7 @@
 # P1's direct data plane on a box with spare cores (the device machine: 16 cores), each side's
 # serving processes pinned to the same 2 CPUs: bare uvicorn --workers 2 on CPUs 0,1, or mlplat's
 # 2 ingress replicas (every thread) on CPUs 0,1 while the rest of its platform (GCS, raylet,
-# Serve controller, registry, rollout controller, pool replica, HAProxy, dashboard) runs on
+# Serve controller, registry, rollout controller, pool replica, dashboard) runs on
 # CPUs 3-15; wrk on CPU 2 for both. What the data plane costs against the fair baseline when the
 # control plane does not share the serving cores, as on a cluster whose head node is not a
 # serving node. On a 2-core box every process shares the same 2 cores (the recorded P1 rows).
