@@ -13,9 +13,10 @@ controller resumes after the last event it handled; a first start begins at the 
 ``canary_started``, ``promoted``, ``canary_rolled_back``, ``deployment_failed``.
 
 While nothing is in flight (no active deployment, no event awaiting a retry, no schedule due)
-each of its two loops waits in the registry actor's event log (:func:`wait_for_log`, a long poll
-that any registry write ends at once) instead of ticking every ``poll_s``: an idle platform's
-controller then makes about one registry call every three seconds instead of six a second.
+each of its two loops waits in the registry actor's event log for an event it acts on
+(:func:`wait_for_log`, a long poll that such an event written through the registry ends at once)
+instead of ticking every ``poll_s``: an idle platform's controller then makes about one registry
+call every three seconds instead of six a second.
 """
 
 from __future__ import annotations
@@ -34,13 +35,16 @@ from mlplat.records import DeploymentState, Event, ModelState
 from mlplat.registry import Registry
 
 __all__ = ["RolloutController", "auto_deploys", "ensure_controller", "wait_for_log", "CONTROLLER_NAME", "CURSOR",
-           "IDLE_WAIT_S"]
+           "IDLE_WAIT_S", "WAKING_KINDS"]
 
 log = logging.getLogger("mlplat.lifecycle")
 CONTROLLER_NAME = "mlplat-rollout-controller"
 CURSOR = "rollout-controller"
 #: The longest an idle controller loop waits in the registry's event log before it ticks anyway.
 IDLE_WAIT_S = 30.0
+#: The events that give an idle rollout loop work: a version reaching VALIDATED (an auto deploy)
+#: and a deployment started (a pre-warm to finish, a canary to judge).
+WAKING_KINDS = ("state_changed", "deployment_started")
 
 
 @dataclass(frozen=True)
@@ -74,22 +78,29 @@ def auto_deploys(events: Iterable[Event], policies: Mapping[str, RolloutPolicy])
     return out
 
 
-def wait_for_log(registry: Any, seen_seq: int | None, timeout_s: float, *, poll_s: float,
-                 sleep: Callable[[float], Any] = time.sleep) -> str:
-    """Return when the registry's event log has moved past ``seen_seq``, or after ``timeout_s``:
-    a long poll in the registry actor (``wait_events``; a write through the actor ends it at
-    once, one by another process to the database shows within ``poll_s``). ``sleep(poll_s)``
-    instead -- the plain tick -- with no ``seen_seq`` (after an error, or while work is in
-    flight), a ``timeout_s`` no longer than ``poll_s``, a registry that cannot wait (in-process),
-    or a wait that failed. Returns which it did.
+def wait_for_log(registry: Any, seen_seq: int | None, timeout_s: float, *, poll_s: float, kinds: list[str],
+                 tick_started: float | None = None, sleep: Callable[[float], Any] = time.sleep) -> str:
+    """Return when the registry's event log has an event of ``kinds`` past ``seen_seq``, or
+    after ``timeout_s``: a long poll in the registry actor (``wait_events``; a write through the
+    actor ends it at once, one by another process to the database shows within ``poll_s``), and
+    then no sooner than ``poll_s`` after ``tick_started`` (``time.monotonic()``): a stream of
+    events costs a tick per ``poll_s``, as before, not one per event. ``sleep(poll_s)`` instead
+    -- the plain tick -- with no ``seen_seq`` (after an error, or while work is in flight), a
+    ``timeout_s`` no longer than ``poll_s``, a registry that cannot wait (in-process), or a wait
+    that failed. Returns which it did.
 
     >>> class Reader:
-    ...     def wait_events(self, seq, **kw): calls.append((seq, kw["timeout_s"])); return []
+    ...     def wait_events(self, seq, **kw): calls.append((seq, kw["kinds"], kw["timeout_s"])); return []
     >>> calls, slept = [], []
-    >>> wait_for_log(Reader(), 7, 10.0, poll_s=1.0, sleep=slept.append), calls, slept
-    ('waited', [(7, 10.0)], [])
-    >>> wait_for_log(Reader(), None, 10.0, poll_s=1.0, sleep=slept.append), wait_for_log(object(), 7, 10.0, poll_s=1.0,
-    ...     sleep=slept.append), wait_for_log(Reader(), 7, 0.5, poll_s=1.0, sleep=slept.append), slept
+    >>> wait_for_log(Reader(), 7, 10.0, poll_s=1.0, kinds=["state_changed"], sleep=slept.append), calls, slept
+    ('waited', [(7, ['state_changed'], 10.0)], [])
+    >>> wait_for_log(Reader(), 7, 10.0, poll_s=1.0, kinds=[], tick_started=time.monotonic() + 0.5, sleep=slept.append)
+    'waited'
+    >>> 1.0 < slept.pop() <= 1.5  # an event right after the tick: the rest of poll_s first
+    True
+    >>> wait_for_log(Reader(), None, 10.0, poll_s=1.0, kinds=[], sleep=slept.append), wait_for_log(object(), 7, 10.0,
+    ...     poll_s=1.0, kinds=[], sleep=slept.append), wait_for_log(Reader(), 7, 0.5, poll_s=1.0, kinds=[],
+    ...     sleep=slept.append), slept
     ('slept', 'slept', 'slept', [1.0, 1.0, 1.0])
     """
     wait = getattr(registry, "wait_events", None)
@@ -97,12 +108,14 @@ def wait_for_log(registry: Any, seen_seq: int | None, timeout_s: float, *, poll_
         sleep(poll_s)
         return "slept"
     try:
-        wait(seen_seq, limit=1, timeout_s=timeout_s, poll_s=poll_s)
-        return "waited"
+        wait(seen_seq, limit=1, kinds=kinds, timeout_s=timeout_s, poll_s=poll_s)
     except Exception as exc:  # the registry is restarting: tick again after the usual pause
         log.debug("waiting in the registry's event log failed: %s", exc)
         sleep(poll_s)
         return "slept"
+    if tick_started is not None and (rest := tick_started + poll_s - time.monotonic()) > 0:
+        sleep(rest)
+    return "waited"
 
 
 class RolloutController:
@@ -141,7 +154,7 @@ class RolloutController:
                 "canaries": dict(self._decisions), "retrain": retrain}
 
     def _retrain_loop(self) -> None:
-        from mlplat.lifecycle.retrain import RetrainController
+        from mlplat.lifecycle.retrain import FOLLOWED_KINDS, RetrainController
         from mlplat.monitoring.alarms import WebhookSender
         from mlplat.storage import open_root
         from mlplat.training.queue import ensure_scheduler
@@ -158,6 +171,7 @@ class RolloutController:
         retrain = self._retrain
         while True:
             seen: int | None = None
+            started = time.monotonic()
             try:
                 seen = retrain.registry.last_seq()  # read first: a later event ends the wait below
                 retrain.tick()
@@ -166,7 +180,8 @@ class RolloutController:
                 seen = None
                 self._retrain_error = f"{type(exc).__name__}: {exc}"
                 log.warning("retrain controller tick failed: %s", self._retrain_error)
-            wait_for_log(retrain.registry, seen, retrain.idle_s(IDLE_WAIT_S), poll_s=self._poll_s)
+            wait_for_log(retrain.registry, seen, retrain.idle_s(IDLE_WAIT_S), poll_s=self._poll_s,
+                         kinds=list(FOLLOWED_KINDS), tick_started=started)
 
     def wake(self) -> bool:
         """Ends the pause between ticks; a loop waiting in the registry's log wakes at its next write."""
@@ -180,6 +195,7 @@ class RolloutController:
     def _loop(self) -> None:
         while True:
             seen: int | None = None
+            started = time.monotonic()
             try:
                 if self._registry is None:
                     self._registry = self._registry_factory()
@@ -192,7 +208,7 @@ class RolloutController:
                 log.warning("rollout controller tick failed: %s", self._last_error)
             self._ticks += 1
             wait_for_log(self._registry, None if self._in_flight else seen, IDLE_WAIT_S, poll_s=self._poll_s,
-                         sleep=self._pause)
+                         kinds=list(WAKING_KINDS), tick_started=started, sleep=self._pause)
 
     def tick(self) -> dict[str, Any]:
         """Apply new events (auto deploys), finish pre-warms whose deployer died, then judge

@@ -84,6 +84,9 @@ class RegistryActor:
         waiter = object()
         try:
             while True:
+                # A watcher started below begins at the log's end as it was before this read: an
+                # event another process commits between the two reads is past it, so it wakes us.
+                head = self._opened().last_seq() if self._watcher is None else None
                 events = self._opened().events_since(seq, limit=limit, kinds=kinds)
                 remaining = deadline - loop.time()
                 if events or remaining <= 0:
@@ -94,7 +97,7 @@ class RegistryActor:
                 changed = self._changed
                 self._waiters[waiter] = max(poll_s, 0.01)
                 if self._watcher is None:
-                    self._watched_seq = self._opened().last_seq()
+                    self._watched_seq = head if head is not None else self._opened().last_seq()
                     self._watcher = loop.create_task(self._watch_log())
                 try:
                     await asyncio.wait_for(changed.wait(), remaining)

@@ -252,7 +252,8 @@ def test_f6_client_killed_mid_registration(reg, ray_session, tmp_path):
 
 def test_an_idle_rollout_controller_waits_in_the_log_and_wakes_at_the_next_write(reg, ray_session):
     """With no deployment in flight the controller's loop long-polls the registry actor instead of
-    ticking every poll_s (0.2 s here: ~10 ticks in 2 s), and a write through the actor wakes it."""
+    ticking every poll_s (0.2 s here: ~10 ticks in 2 s); an event it acts on (a state change)
+    wakes it, another kind does not, and a stream of them costs a tick per poll_s at most."""
     from mlplat.lifecycle.controller import ensure_controller
 
     client, config, actor_name = reg
@@ -270,11 +271,21 @@ def test_an_idle_rollout_controller_waits_in_the_log_and_wakes_at_the_next_write
         idle = status()["ticks"]
         time.sleep(2.0)
         assert status()["ticks"] - idle <= 1, status()
-        client.append_event("note_added", "model:idle-controller", {"why": "wake the controller"})
+        idle = status()["ticks"]
+        client.append_event("note_added", "model:idle-controller", {"why": "not an event the controller acts on"})
+        time.sleep(1.0)
+        assert status()["ticks"] == idle, status()
+        client.append_event("state_changed", "model:idle-controller", {"to": "VALIDATED"}, version=1)
         deadline = time.monotonic() + 3
         while status()["ticks"] == idle and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert status()["ticks"] > idle, status()
+        assert status()["ticks"] > idle and status()["last_error"] is None, status()
+        before, started = status()["ticks"], time.monotonic()
+        for _ in range(25):  # 25 events in ~1 s: without the pause, a tick each
+            client.append_event("state_changed", "model:idle-controller", {"to": "VALIDATED"}, version=1)
+            time.sleep(0.04)
+        ticks = status()["ticks"] - before
+        assert ticks <= (time.monotonic() - started) / 0.2 + 2, (ticks, status())
     finally:
         ray_session.kill(controller, no_restart=True)
 
