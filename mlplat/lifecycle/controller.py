@@ -170,14 +170,13 @@ class RolloutController:
                 time.sleep(max(1.0, self._poll_s))
         retrain = self._retrain
         while True:
-            seen: int | None = None
+            seen: int | None = None  # after a tick that raised: the plain poll_s pause
             started = time.monotonic()
             try:
-                seen = retrain.registry.last_seq()  # read first: a later event ends the wait below
                 retrain.tick()
+                seen = retrain.seen_seq  # the log's end as the tick read it: a later event ends the wait
                 self._retrain_error = None
             except Exception as exc:  # keep following; visible in status()
-                seen = None
                 self._retrain_error = f"{type(exc).__name__}: {exc}"
                 log.warning("retrain controller tick failed: %s", self._retrain_error)
             wait_for_log(retrain.registry, seen, retrain.idle_s(IDLE_WAIT_S), poll_s=self._poll_s,
@@ -199,7 +198,8 @@ class RolloutController:
             try:
                 if self._registry is None:
                     self._registry = self._registry_factory()
-                seen = self._registry.last_seq()  # read first: a later event ends the wait below
+                if not self._in_flight:  # only an idle loop waits for events past it (read first)
+                    seen = self._registry.last_seq()
                 self.tick()
                 self._last_error = None
             except Exception as exc:  # keep following; the error is visible in status()

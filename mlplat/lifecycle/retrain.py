@@ -396,6 +396,9 @@ class RetrainController:
         self._next_schedule = 0.0
         self._attempts: dict[int, int] = {}
         self.last: list[str] = []
+        #: The log's last seq as the latest :meth:`tick` read it before its last read of the
+        #: events (None before the first): a caller may wait for events past it.
+        self.seen_seq: int | None = None
 
     def idle_s(self, cap_s: float) -> float:
         """How long the caller may wait for the next event before the next :meth:`tick`: 0 while
@@ -408,11 +411,13 @@ class RetrainController:
         """Handle new events, then the schedule when due; returns what was done, in words."""
         done: list[str] = []
         registry = self.registry
+        self.seen_seq = None
         cursor = registry.get_cursor(self._cursor)
         if cursor is None:
             cursor = registry.set_cursor(self._cursor, registry.last_seq())
         while True:
             head = registry.last_seq()  # read first: every event up to it is visible to the query below
+            self.seen_seq = head
             events = registry.events_since(cursor, kinds=list(FOLLOWED_KINDS), limit=200)
             if not events:
                 if head - cursor >= SKIP_AHEAD:  # only other kinds since: move on, so the scan stays short

@@ -86,7 +86,8 @@ class RegistryActor:
             while True:
                 # A watcher started below begins at the log's end as it was before this read: an
                 # event another process commits between the two reads is past it, so it wakes us.
-                head = self._opened().last_seq() if self._watcher is None else None
+                start_watcher = self._watcher is None
+                head = self._opened().last_seq() if start_watcher else 0
                 events = self._opened().events_since(seq, limit=limit, kinds=kinds)
                 remaining = deadline - loop.time()
                 if events or remaining <= 0:
@@ -96,8 +97,8 @@ class RegistryActor:
                     self._changed = asyncio.Event()
                 changed = self._changed
                 self._waiters[waiter] = max(poll_s, 0.01)
-                if self._watcher is None:
-                    self._watched_seq = head if head is not None else self._opened().last_seq()
+                if start_watcher:  # still None: nothing awaited since the read above
+                    self._watched_seq = head
                     self._watcher = loop.create_task(self._watch_log())
                 try:
                     await asyncio.wait_for(changed.wait(), remaining)

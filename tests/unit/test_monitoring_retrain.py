@@ -510,6 +510,7 @@ def test_idle_wait_runs_until_the_schedule_is_due_and_not_while_an_event_awaits_
     ctl = lr.RetrainController(trained, storage, wake=wake, build_features=build, clock=lambda: clock[0], schedule_every_s=60)
     assert ctl.idle_s(10.0) == 0.0  # the first schedule check is due now
     ctl.tick()
+    assert ctl.seen_seq == trained.last_seq()  # the log's end as the tick read it
     assert ctl.idle_s(10.0) == 10.0 and ctl.idle_s(100.0) == 60.0
     clock[0] += 55
     assert ctl.idle_s(10.0) == 5.0
