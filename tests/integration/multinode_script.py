@@ -26,6 +26,7 @@ from typing import Any
 
 TOKEN = "f10-" + uuid.uuid4().hex
 CLIENTS = 4
+CLIENT_TIMEOUT_S = 20.0
 NAMESPACE = "mlplat-f10"
 APP = "mlplat-f10"
 POOL_MODEL = "tail"
@@ -70,7 +71,10 @@ class Load:
 
     def __init__(self, url: str):
         self.url, self.stop, self.lock = url, threading.Event(), threading.Lock()
-        self.requests: list[tuple[float, float, int]] = []
+        #: (start, end, status): the HTTP status, or the exception's class name where no answer came
+        #: (``ReadTimeout``: the client gave up after CLIENT_TIMEOUT_S; ``RemoteProtocolError``: the
+        #: connection closed without an answer)
+        self.requests: list[tuple[float, float, int | str]] = []
         self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(CLIENTS)]
 
     def _loop(self) -> None:
@@ -78,13 +82,14 @@ class Load:
 
         from tests.integration.serving_support import RAW_ROW
 
-        with httpx.Client(base_url=self.url, timeout=20, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+        with httpx.Client(base_url=self.url, timeout=CLIENT_TIMEOUT_S, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
             while not self.stop.is_set():
                 start = time.monotonic()
+                code: int | str
                 try:
                     code = client.post(f"/v1/models/{POOL_MODEL}:predict", json={"instances": [RAW_ROW]}).status_code
-                except Exception:
-                    code = 599
+                except httpx.TransportError as exc:
+                    code = type(exc).__name__
                 with self.lock:
                     self.requests.append((start, time.monotonic(), code))
                 time.sleep(0.02)
@@ -215,12 +220,14 @@ def run(out: dict[str, Any], work: Path) -> None:
                     mark("2 training workers up")
             else:
                 workers = alive_actors("RayTrainWorker")
-            # both pool replicas up, one per worker node: losing a node then leaves every deployment a
-            # replica (a deployment that loses its only replica waits for a new one, ~20 s here)
-            pool_spread = running_replicas().get("model-pool") == 2 and len(set(replica_nodes("model-pool"))) == 2
-            if 1 <= len(progress.get("history", [])) <= TRAIN_EPOCHS - 2 and len(workers) == 2 and pool_spread:
+            # both ingress and both pool replicas up, one of each per worker node: losing a node then
+            # leaves every deployment a replica (one that loses its only replica waits for a new one, ~20 s here)
+            spread = running_replicas() == {"ingress": 2, "model-pool": 2} and all(
+                len(set(replica_nodes(name))) == 2 for name in ("ingress", "model-pool"))
+            if 1 <= len(progress.get("history", [])) <= TRAIN_EPOCHS - 2 and len(workers) == 2 and spread:
                 out["train_nodes_before"] = sorted(node_of(w) for w in workers)
                 out["epochs_before_removal"] = len(progress["history"])
+                out["placement"].update(ingress=replica_nodes("ingress"), pool=replica_nodes("model-pool"))
                 # Both worker nodes hold a training worker and a pool replica; take the one with
                 # the registry actor too when it is on one of them (Ray puts that 0-CPU actor anywhere).
                 registry_nodes = [node_of(a) for a in alive_actors("RegistryActor")]
@@ -228,8 +235,8 @@ def run(out: dict[str, Any], work: Path) -> None:
                 break
             time.sleep(0.3)
         if victim is None:
-            out["error"] = (f"training never reached a checkpointed epoch with 2 workers and 2 pool replicas in "
-                            f"{time.monotonic() - t0:.0f} s: pool {running_replicas()}, "
+            out["error"] = (f"training never reached a checkpointed epoch with 2 workers and 2 ingress and 2 pool "
+                            f"replicas spread over the worker nodes in {time.monotonic() - t0:.0f} s: replicas {running_replicas()}, "
                             f"{len(workers)} workers alive, progress {progress}, training {result or 'running'}, "
                             f"placement groups {[(g.get('state'), g.get('bundles')) for g in ray.util.placement_group_table().values()]}, "
                             f"available {ray.available_resources()}")
@@ -279,10 +286,16 @@ def run(out: dict[str, Any], work: Path) -> None:
         failed = [r for r in requests if r[2] != 200]
         out["serving"] = {
             "requests": len(requests), "failed": len(failed), "in_flight_at_removal": len(in_flight),
-            "failed_codes": sorted({r[2] for r in failed}),
+            "failed_codes": sorted({str(r[2]) for r in failed}),
+            # requests that got no answer within CLIENT_TIMEOUT_S: they hung
+            "hung": [(round(r[0] - removed_at, 2), round(r[1] - removed_at, 2), r[2])
+                     for r in failed if isinstance(r[2], str) and r[2].endswith("Timeout")],
             "failed_started_before_removal": sum(1 for r in failed if r[0] <= removed_at),
             # each failure as (start, end) seconds from the removal, and its status: what judges the bound
             "failed_at_s": [(round(r[0] - removed_at, 2), round(r[1] - removed_at, 2), r[2]) for r in failed][:50],
+            # the longest requests, failed or not: where a slow recovery shows first
+            "slowest_s": [(round(r[0] - removed_at, 2), round(r[1] - removed_at, 2), r[2])
+                          for r in sorted(requests, key=lambda r: r[0] - r[1])[:5]],
             "recovered_s": None if recovered_at is None else round(recovered_at - removed_at, 1),
             "replicas_gone_s": None if replicas_gone_at is None else round(replicas_gone_at - removed_at, 1),
             "requests_after_recovery": 0 if recovered_at is None else sum(1 for r in requests if r[0] >= recovered_at),

@@ -52,6 +52,7 @@ def test_training_uses_two_nodes_and_serving_is_spread(f10):
     nodes = f10["nodes"]
     assert sorted(f10["train_nodes_before"]) == sorted([nodes["a"], nodes["b"]]), f10
     assert set(f10["placement"]["pool"]) == {nodes["a"], nodes["b"]}, f10["placement"]
+    assert set(f10["placement"]["ingress"]) == {nodes["a"], nodes["b"]}, f10["placement"]
     assert nodes["head"] not in f10["placement"]["ingress"] + f10["placement"]["pool"], f10["placement"]
 
 
@@ -70,16 +71,18 @@ ROUTERS_LEARN_S = 3.0
 def test_f10_serving_recovers_with_failures_confined_to_the_loss(f10):
     """Serve does not retry a request it sent to a replica that died (it may have run), so the
     requests in flight at the removal can fail, and so can those its routers sent to the lost
-    node's replicas before they learned that it was gone. Each deployment kept a replica on the
-    other node, so no request waits for a new replica: nothing hangs to the client's timeout, and
-    nothing fails once serving has recovered."""
+    node's replicas before they learned that it was gone (a 500; a connection closed without an
+    answer is judged the same way, by when the request started). Each deployment kept a replica
+    on the other node, so no request waits for a new replica: nothing hangs to the client's
+    timeout, and nothing fails once serving has recovered."""
     serving = f10["serving"]
-    assert serving["recovered_s"] is not None and serving["replicas_gone_s"] is not None, serving
+    seen = json.dumps(serving)  # whole: a dict in an assertion message is shortened
+    assert serving["recovered_s"] is not None and serving["replicas_gone_s"] is not None, seen
     window_s = serving["replicas_gone_s"] + ROUTERS_LEARN_S
-    assert all(start_s <= window_s for start_s, _, _ in serving["failed_at_s"]), serving
-    assert 599 not in serving["failed_codes"], serving  # no request hung until the client gave up
-    assert serving["requests_after_recovery"] > 0 and serving["failed_after_recovery"] == 0, serving
-    assert f10["removed"] not in serving["placement_after"]["pool"] + serving["placement_after"]["ingress"], serving
+    assert all(start_s <= window_s for start_s, _, _ in serving["failed_at_s"]), seen
+    assert serving["hung"] == [], seen  # no request waited until the client gave up
+    assert serving["requests_after_recovery"] > 0 and serving["failed_after_recovery"] == 0, seen
+    assert f10["removed"] not in serving["placement_after"]["pool"] + serving["placement_after"]["ingress"], seen
 
 
 def test_f10_training_resumes_from_its_checkpoint(f10):
