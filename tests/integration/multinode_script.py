@@ -26,7 +26,9 @@ from typing import Any
 
 TOKEN = "f10-" + uuid.uuid4().hex
 CLIENTS = 4
-CLIENT_TIMEOUT_S = 20.0
+#: Longer than Ray takes to declare a lost node dead (GCS health checks, ~12 s here, more on a
+#: loaded machine): a request that waits for that gets its answer, and the test judges the wait.
+CLIENT_TIMEOUT_S = 60.0
 NAMESPACE = "mlplat-f10"
 APP = "mlplat-f10"
 POOL_MODEL = "tail"
@@ -123,6 +125,19 @@ class RegistryWrites:
                 self.errors.append(f"{i}: {type(exc).__name__}: {exc}"[:300])
             i += 1
             time.sleep(0.05)
+
+
+def watch_node_death(node_id: str, dead_at: list[float], timeout_s: float = 120.0) -> None:
+    """Append the moment the GCS marks ``node_id`` dead (polled every 0.2 s): until then, Ray
+    has not told the callers of the node's actors that they are gone."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes()):
+            dead_at.append(time.monotonic())
+            return
+        time.sleep(0.2)
 
 
 def save(out: dict[str, Any]) -> None:
@@ -247,6 +262,9 @@ def run(out: dict[str, Any], work: Path) -> None:
         removed_at = time.monotonic()
         cluster.remove_node(victim, allow_graceful=False)
         mark("node removed")
+        node_dead_at: list[float] = []  # when the GCS declared the removed node dead
+        watcher = threading.Thread(target=watch_node_death, args=(victim.node_id, node_dead_at), daemon=True)
+        watcher.start()
         replacement = cluster.add_node(**worker_args)
         out["replacement"] = replacement.node_id
         mark("replacement joined")
@@ -281,6 +299,7 @@ def run(out: dict[str, Any], work: Path) -> None:
         out["autoscaling"]["pool_after_load"] = running_replicas().get("model-pool")
         mark("pool scaled down" if "pool_down_s" in out["autoscaling"] else "pool NOT scaled down")
 
+        watcher.join(timeout=1.0)
         requests = list(load.requests)
         in_flight = [r for r in requests if r[0] <= removed_at <= r[1]]
         failed = [r for r in requests if r[2] != 200]
@@ -298,6 +317,12 @@ def run(out: dict[str, Any], work: Path) -> None:
                           for r in sorted(requests, key=lambda r: r[0] - r[1])[:5]],
             "recovered_s": None if recovered_at is None else round(recovered_at - removed_at, 1),
             "replicas_gone_s": None if replicas_gone_at is None else round(replicas_gone_at - removed_at, 1),
+            "node_dead_s": round(node_dead_at[0] - removed_at, 1) if node_dead_at else None,
+            # the requests running between the removal and the node's death that took over 1 s, as
+            # (start, end) seconds from the removal and status: what judges how long the loss held them
+            "held_up": [(round(r[0] - removed_at, 2), round(r[1] - removed_at, 2), r[2]) for r in requests
+                        if r[1] >= removed_at and r[1] - r[0] > 1.0
+                        and (not node_dead_at or r[0] <= node_dead_at[0])][:50],
             "requests_after_recovery": 0 if recovered_at is None else sum(1 for r in requests if r[0] >= recovered_at),
             "failed_after_recovery": None if recovered_at is None else sum(1 for r in failed if r[0] >= recovered_at),
             "placement_after": {"ingress": replica_nodes("ingress"), "pool": replica_nodes("model-pool")},

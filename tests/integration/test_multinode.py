@@ -66,6 +66,9 @@ def test_the_pool_autoscales_across_nodes_under_load_and_back_after_it(f10):
 #: Seconds after Ray declares the lost node's replicas dead within which Serve's routers (the
 #: proxy's, the ingress's) have dropped them: the controller tells them through its long poll.
 ROUTERS_LEARN_S = 3.0
+#: A request that took no longer than this was not held up by the loss (retried on the other
+#: replica after its first one's connection closed: up to 4.4 s in 13 runs).
+QUICK_S = 6.0
 
 
 def test_f10_serving_recovers_with_failures_confined_to_the_loss(f10):
@@ -74,13 +77,20 @@ def test_f10_serving_recovers_with_failures_confined_to_the_loss(f10):
     node's replicas before they learned that it was gone (a 500; a connection closed without an
     answer is judged the same way, by when the request started). Each deployment kept a replica
     on the other node, so no request waits for a new replica: nothing hangs to the client's
-    timeout, and nothing fails once serving has recovered."""
+    timeout, nothing is held up past Ray's declaring the node dead, and nothing fails once
+    serving has recovered."""
     serving = f10["serving"]
     seen = json.dumps(serving)  # whole: a dict in an assertion message is shortened
     assert serving["recovered_s"] is not None and serving["replicas_gone_s"] is not None, seen
     window_s = serving["replicas_gone_s"] + ROUTERS_LEARN_S
     assert all(start_s <= window_s for start_s, _, _ in serving["failed_at_s"]), seen
     assert serving["hung"] == [], seen  # no request waited until the client gave up
+    # A request a router sent to the lost node's replica after its connection closed waits until
+    # Ray declares the node dead (GCS health checks), then runs on the other replica or fails;
+    # none is held up past that.
+    assert serving["node_dead_s"] is not None, seen
+    released_s = serving["node_dead_s"] + ROUTERS_LEARN_S
+    assert all(end_s <= released_s or end_s - start_s <= QUICK_S for start_s, end_s, _ in serving["held_up"]), seen
     assert serving["requests_after_recovery"] > 0 and serving["failed_after_recovery"] == 0, seen
     assert f10["removed"] not in serving["placement_after"]["pool"] + serving["placement_after"]["ingress"], seen
 
