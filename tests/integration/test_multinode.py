@@ -67,7 +67,7 @@ def test_the_pool_autoscales_across_nodes_under_load_and_back_after_it(f10):
 #: proxy's, the ingress's) have dropped them: the controller tells them through its long poll.
 ROUTERS_LEARN_S = 3.0
 #: A request that took no longer than this was not held up by the loss (retried on the other
-#: replica after its first one's connection closed: up to 4.4 s in 13 runs).
+#: replica after its first one's connection closed: up to 4.4 s in the 9 runs that recorded it).
 QUICK_S = 6.0
 
 
