@@ -187,6 +187,11 @@ class RolloutController:
         self._wake.set()
         return True
 
+    def _connected(self) -> Registry:
+        if self._registry is None:
+            self._registry = self._registry_factory()
+        return self._registry
+
     def _pause(self, seconds: float) -> None:
         self._wake.wait(seconds)
         self._wake.clear()
@@ -196,10 +201,8 @@ class RolloutController:
             seen: int | None = None
             started = time.monotonic()
             try:
-                if self._registry is None:
-                    self._registry = self._registry_factory()
                 if not self._in_flight:  # only an idle loop waits for events past it (read first)
-                    seen = self._registry.last_seq()
+                    seen = self._connected().last_seq()
                 self.tick()
                 self._last_error = None
             except Exception as exc:  # keep following; the error is visible in status()
@@ -213,9 +216,7 @@ class RolloutController:
     def tick(self) -> dict[str, Any]:
         """Apply new events (auto deploys), finish pre-warms whose deployer died, then judge
         running canaries; returns what it did."""
-        if self._registry is None:
-            self._registry = self._registry_factory()
-        registry = self._registry
+        registry = self._connected()
         done: dict[str, Any] = {"deployed": [], "judged": {}, "reconciled": []}
         self._follow_events(registry, done)
         active = registry.list_deployments(active=True, limit=500)

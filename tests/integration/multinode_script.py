@@ -301,26 +301,28 @@ def run(out: dict[str, Any], work: Path) -> None:
 
         watcher.join(timeout=1.0)
         requests = list(load.requests)
+
+        def since_removal(r: tuple[float, float, int | str]) -> tuple[float, float, int | str]:
+            return round(r[0] - removed_at, 2), round(r[1] - removed_at, 2), r[2]
+
         in_flight = [r for r in requests if r[0] <= removed_at <= r[1]]
         failed = [r for r in requests if r[2] != 200]
         out["serving"] = {
             "requests": len(requests), "failed": len(failed), "in_flight_at_removal": len(in_flight),
             "failed_codes": sorted({str(r[2]) for r in failed}),
             # requests that got no answer within CLIENT_TIMEOUT_S: they hung
-            "hung": [(round(r[0] - removed_at, 2), round(r[1] - removed_at, 2), r[2])
-                     for r in failed if isinstance(r[2], str) and r[2].endswith("Timeout")],
+            "hung": [since_removal(r) for r in failed if isinstance(r[2], str) and r[2].endswith("Timeout")],
             "failed_started_before_removal": sum(1 for r in failed if r[0] <= removed_at),
             # each failure as (start, end) seconds from the removal, and its status: what judges the bound
-            "failed_at_s": [(round(r[0] - removed_at, 2), round(r[1] - removed_at, 2), r[2]) for r in failed][:50],
+            "failed_at_s": [since_removal(r) for r in failed][:50],
             # the longest requests, failed or not: where a slow recovery shows first
-            "slowest_s": [(round(r[0] - removed_at, 2), round(r[1] - removed_at, 2), r[2])
-                          for r in sorted(requests, key=lambda r: r[0] - r[1])[:5]],
+            "slowest_s": [since_removal(r) for r in sorted(requests, key=lambda r: r[0] - r[1])[:5]],
             "recovered_s": None if recovered_at is None else round(recovered_at - removed_at, 1),
             "replicas_gone_s": None if replicas_gone_at is None else round(replicas_gone_at - removed_at, 1),
             "node_dead_s": round(node_dead_at[0] - removed_at, 1) if node_dead_at else None,
             # the requests running between the removal and the node's death that took over 1 s, as
             # (start, end) seconds from the removal and status: what judges how long the loss held them
-            "held_up": [(round(r[0] - removed_at, 2), round(r[1] - removed_at, 2), r[2]) for r in requests
+            "held_up": [since_removal(r) for r in requests
                         if r[1] >= removed_at and r[1] - r[0] > 1.0
                         and (not node_dead_at or r[0] <= node_dead_at[0])][:50],
             "requests_after_recovery": 0 if recovered_at is None else sum(1 for r in requests if r[0] >= recovered_at),
